@@ -1,0 +1,31 @@
+# Two commands for a new user: `make demo` and `make test`. Both build .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "conngrpc needs Python 3.10 or newer; $(PYTHON) is " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m conngrpc demo
+
+test: lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check conngrpc tests
+	$(BIN)/ruff format --check conngrpc tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict conngrpc
+
+unit: $(STAMP)
+	$(BIN)/pytest tests
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,84 @@
+"""The registry: names mapped to the live handles of running children."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Generic, TypeVar
+
+from ..errors import NameTakenError
+
+__all__ = ["Registry", "default_registry"]
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to live handles; a name is held only while its owner runs.
+
+    Registering is scoped: :meth:`register` is a context manager, and the name is
+    released however the block is left (return, cancellation or crash). Lookups are
+    synchronous dict reads. Example::
+
+        with registry.register("demo_pool", pool) :
+            task_status.started(pool)
+            await anyio.sleep_forever()
+    """
+
+    __slots__ = ("_entries", "name")
+
+    def __init__(self, name: str = "registry") -> None:
+        self.name = name
+        self._entries: dict[str, T] = {}
+
+    def __repr__(self) -> str:
+        return f"<Registry {self.name!r} names={len(self._entries)}>"
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @contextmanager
+    def register(self, name: str, handle: T) -> Iterator[T]:
+        """Hold ``name`` for ``handle`` until the block is left.
+
+        :raises NameTakenError: a live owner holds ``name``.
+        :raises TypeError: ``name`` is not a non-empty string.
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"registry {self.name!r}: expected a non-empty str name, got {name!r}")
+        if name in self._entries:
+            raise NameTakenError(name, self.name)
+        self._entries[name] = handle
+        try:
+            yield handle
+        finally:
+            if self._entries.get(name) is handle:
+                del self._entries[name]
+
+    def get(self, name: str) -> T | None:
+        """The handle registered under ``name``, or None."""
+        return self._entries.get(name)
+
+    def lookup(self, name: str) -> T:
+        """The handle registered under ``name``.
+
+        :raises KeyError: nothing is registered under ``name``.
+        """
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise KeyError(
+                f"registry {self.name!r}: nothing is registered under {name!r}; "
+                f"registered: {sorted(self._entries)!r}"
+            ) from None
+
+    def names(self) -> list[str]:
+        """The registered names, in registration order."""
+        return list(self._entries)
+
+
+#: The process-wide registry that pools and channels register in.
+default_registry: Registry[object] = Registry("conngrpc")

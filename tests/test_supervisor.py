@@ -1,0 +1,628 @@
+"""The supervisor behaves like OTP's: strategies, restart types, intensity, runtime API."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+import sniffio
+from anyio.abc import TaskStatus
+from structlog.testing import capture_logs
+
+from conngrpc import (
+    ChildSpec,
+    ChildStartError,
+    ChildStateError,
+    DuplicateChildError,
+    Supervisor,
+    SupervisorGaveUpError,
+    SupervisorNotRunningError,
+    UnknownChildError,
+)
+from tests._probe import SUPERVISOR_EVENTS, FakeClock, Handle, Probe, recording, wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+def handles(sup: Supervisor) -> dict[Any, Handle]:
+    return {info.id: info.value for info in sup.which_children() if info.running}  # type: ignore[misc]
+
+
+async def crash_and_wait_for_restart(sup: Supervisor, child_id: Any) -> Handle:
+    old = handles(sup)[child_id]
+    old.crash()
+    await wait_until(lambda: handles(sup).get(child_id) not in (None, old))
+    return handles(sup)[child_id]
+
+
+# --- start and stop order --------------------------------------------------------
+
+
+async def test_children_start_left_to_right_and_stop_right_to_left() -> None:
+    probe = Probe()
+    async with Supervisor([probe.spec("a"), probe.spec("b"), probe.spec("c")]) as sup:
+        assert probe.log == [("start", "a"), ("start", "b"), ("start", "c")]
+        assert [info.id for info in sup.which_children()] == ["a", "b", "c"]
+    assert probe.events("stop") == ["c", "b", "a"]
+
+
+async def test_enter_waits_for_each_child_to_be_started() -> None:
+    ready_order: list[str] = []
+
+    def slow_child(name: str) -> ChildSpec:
+        async def start(*, task_status: TaskStatus[str]) -> None:
+            for _ in range(5):
+                await anyio.lowlevel.checkpoint()
+            ready_order.append(name)
+            task_status.started(name.upper())
+            await anyio.sleep_forever()
+
+        return ChildSpec(name, start)
+
+    async with Supervisor([slow_child("x"), slow_child("y")]) as sup:
+        assert ready_order == ["x", "y"]
+        assert [info.value for info in sup.which_children()] == ["X", "Y"]
+
+
+async def test_failing_initial_child_fails_enter_and_stops_the_started_ones() -> None:
+    probe = Probe()
+    probe.fail_next_starts["b"] = 1
+    with pytest.raises(ChildStartError, match="'b' failed to start") as caught:
+        async with Supervisor([probe.spec("a"), probe.spec("b"), probe.spec("c")]):
+            pytest.fail("the body must not run")
+    assert isinstance(caught.value.__cause__, ValueError)
+    assert probe.log == [("start", "a"), ("start", "b"), ("stop", "a")]
+
+
+async def test_crash_in_body_stops_children_and_propagates() -> None:
+    probe = Probe()
+    with pytest.raises(KeyError, match="from the body"):
+        async with Supervisor([probe.spec("a"), probe.spec("b")]):
+            raise KeyError("from the body")
+    assert probe.events("stop") == ["b", "a"]
+
+
+async def test_cancelling_the_body_shuts_the_children_down() -> None:
+    probe = Probe()
+    with anyio.CancelScope() as scope:
+        async with Supervisor([probe.spec("a"), probe.spec("b")]):
+            scope.cancel()
+            await anyio.sleep_forever()
+    assert scope.cancelled_caught
+    assert probe.events("stop") == ["b", "a"]
+
+
+async def test_supervisor_accepts_an_object_with_child_spec() -> None:
+    probe = Probe()
+
+    class Declared:
+        @classmethod
+        def child_spec(cls) -> ChildSpec:
+            return probe.spec("declared")
+
+    class Instance:
+        def child_spec(self) -> ChildSpec:
+            return probe.spec("instance")
+
+    async with Supervisor([Declared]) as sup:
+        await sup.start_child(Instance())
+        assert [info.id for info in sup.which_children()] == ["declared", "instance"]
+    assert probe.events("stop") == ["instance", "declared"]
+
+
+# --- restart types -------------------------------------------------------------------
+
+
+async def test_permanent_child_is_restarted_after_a_crash() -> None:
+    probe = Probe()
+    async with Supervisor([probe.spec("p")]) as sup:
+        await crash_and_wait_for_restart(sup, "p")
+    assert probe.events("start") == ["p", "p"]
+
+
+async def test_permanent_child_is_restarted_after_a_normal_exit() -> None:
+    probe = Probe()
+    async with Supervisor([probe.spec("p")]) as sup:
+        old = handles(sup)["p"]
+        old.exit()
+        await wait_until(lambda: handles(sup).get("p") not in (None, old))
+
+
+async def test_transient_child_is_restarted_after_a_crash() -> None:
+    probe = Probe()
+    async with Supervisor([probe.spec("t", restart="transient")]) as sup:
+        await crash_and_wait_for_restart(sup, "t")
+
+
+async def test_transient_child_is_not_restarted_after_a_normal_exit() -> None:
+    probe = Probe()
+    with recording(SUPERVISOR_EVENTS) as events:
+        async with Supervisor([probe.spec("t", restart="transient")], name="trans") as sup:
+            handles(sup)["t"].exit()
+            await wait_until(lambda: events.of("child_terminated") != [])
+            assert [(i.id, i.running) for i in sup.which_children()] == [("t", False)]
+    assert probe.events("start") == ["t"]
+    assert events.of("child_terminated")[0]["reason"] == "normal"
+
+
+async def test_temporary_child_is_never_restarted_and_is_forgotten() -> None:
+    probe = Probe()
+    with recording(SUPERVISOR_EVENTS) as events:
+        async with Supervisor([probe.spec("tmp", restart="temporary")]) as sup:
+            handles(sup)["tmp"].crash()
+            await wait_until(lambda: sup.which_children() == [])
+    assert probe.events("start") == ["tmp"]
+    assert events.of("child_restarted") == []
+
+
+# --- strategies ------------------------------------------------------------------------
+
+
+async def test_one_for_one_restarts_only_the_crashed_child() -> None:
+    probe = Probe()
+    async with Supervisor([probe.spec("a"), probe.spec("b"), probe.spec("c")]) as sup:
+        before = handles(sup)
+        await crash_and_wait_for_restart(sup, "b")
+        after = handles(sup)
+        assert after["a"] is before["a"]
+        assert after["c"] is before["c"]
+    assert probe.log[3:5] == [("stop", "b"), ("start", "b")]
+
+
+async def test_one_for_all_stops_the_others_right_to_left_and_restarts_all_left_to_right() -> None:
+    probe = Probe()
+    specs = [probe.spec(x) for x in "abcd"]
+    async with Supervisor(specs, strategy="one_for_all") as sup:
+        before = handles(sup)
+        before["b"].crash()
+        await wait_until(lambda: all(handles(sup).get(x) not in (None, before[x]) for x in "abcd"))
+        assert probe.log[4:] == [
+            ("stop", "b"),
+            ("stop", "d"),
+            ("stop", "c"),
+            ("stop", "a"),
+            ("start", "a"),
+            ("start", "b"),
+            ("start", "c"),
+            ("start", "d"),
+        ]
+
+
+async def test_rest_for_one_restarts_the_crashed_child_and_those_started_after_it() -> None:
+    probe = Probe()
+    specs = [probe.spec(x) for x in "abcd"]
+    async with Supervisor(specs, strategy="rest_for_one") as sup:
+        before = handles(sup)
+        before["b"].crash()
+        await wait_until(lambda: all(handles(sup).get(x) not in (None, before[x]) for x in "bcd"))
+        assert handles(sup)["a"] is before["a"]
+        assert probe.log[4:] == [
+            ("stop", "b"),
+            ("stop", "d"),
+            ("stop", "c"),
+            ("start", "b"),
+            ("start", "c"),
+            ("start", "d"),
+        ]
+
+
+async def test_one_for_all_forgets_temporary_siblings_it_stops() -> None:
+    probe = Probe()
+    specs = [probe.spec("a"), probe.spec("tmp", restart="temporary")]
+    async with Supervisor(specs, strategy="one_for_all") as sup:
+        old = handles(sup)["a"]
+        old.crash()
+        await wait_until(lambda: handles(sup).get("a") not in (None, old))
+        assert [info.id for info in sup.which_children()] == ["a"]
+
+
+# --- restart intensity ------------------------------------------------------------------
+
+
+async def test_exceeding_the_intensity_gives_up_and_stops_children_right_to_left() -> None:
+    probe = Probe()
+    clock = FakeClock()
+    specs = [probe.spec("a"), probe.spec("b"), probe.spec("c")]
+    with recording(SUPERVISOR_EVENTS) as events, pytest.raises(SupervisorGaveUpError) as caught:
+        async with Supervisor(
+            specs, max_restarts=2, max_seconds=5, name="fragile", clock=clock
+        ) as sup:
+            await crash_and_wait_for_restart(sup, "b")
+            await crash_and_wait_for_restart(sup, "b")
+            last = RuntimeError("third strike")
+            handles(sup)["b"].crash(last)
+            await anyio.sleep_forever()  # the supervisor cancels the body when it gives up
+    error = caught.value
+    assert error.supervisor == "fragile"
+    assert error.child_id == "b"
+    assert error.__cause__ is last
+    assert "fragile" in str(error)
+    assert "'b'" in str(error)
+    assert probe.log[-3:] == [("stop", "b"), ("stop", "c"), ("stop", "a")]
+    assert events.of("gave_up") == [{"supervisor": "fragile", "child_id": "b", "error": last}]
+
+
+async def test_restarts_older_than_the_window_do_not_count() -> None:
+    probe = Probe()
+    clock = FakeClock()
+    async with Supervisor([probe.spec("a")], max_restarts=1, max_seconds=5, clock=clock) as sup:
+        for _ in range(4):
+            await crash_and_wait_for_restart(sup, "a")
+            clock.now += 5.001
+    assert probe.events("start") == ["a"] * 5
+
+
+async def test_zero_max_restarts_gives_up_on_the_first_crash() -> None:
+    probe = Probe()
+    with pytest.raises(SupervisorGaveUpError):
+        async with Supervisor([probe.spec("a")], max_restarts=0) as sup:
+            handles(sup)["a"].crash()
+            await anyio.sleep_forever()
+    assert probe.events("start") == ["a"]
+
+
+async def test_a_child_that_fails_to_restart_counts_against_the_intensity() -> None:
+    probe = Probe()
+    clock = FakeClock()
+    with pytest.raises(SupervisorGaveUpError) as caught:
+        async with Supervisor([probe.spec("a")], max_restarts=3, clock=clock) as sup:
+            probe.fail_next_starts["a"] = 100
+            handles(sup)["a"].crash()
+            await anyio.sleep_forever()
+    assert probe.events("start") == ["a"] * 4
+    assert isinstance(caught.value.__cause__, ChildStartError)
+
+
+async def test_a_restart_that_fails_once_is_retried() -> None:
+    probe = Probe()
+    async with Supervisor([probe.spec("a")], max_restarts=3) as sup:
+        probe.fail_next_starts["a"] = 1
+        await crash_and_wait_for_restart(sup, "a")
+    assert probe.events("start") == ["a", "a", "a"]
+
+
+# --- escalation through nested supervisors ------------------------------------------------
+
+
+async def test_a_nested_supervisor_that_gives_up_is_restarted_by_its_parent() -> None:
+    probe = Probe()
+    inner = Supervisor.child_spec(id="inner", children=[probe.spec("leaf")], max_restarts=0)
+    with recording(SUPERVISOR_EVENTS) as events:
+        async with Supervisor([inner], name="outer") as outer:
+            first_inner = outer.which_children()[0].value
+            assert isinstance(first_inner, Supervisor)
+            handles(first_inner)["leaf"].crash()
+            await wait_until(lambda: outer.which_children()[0].value not in (None, first_inner))
+            second_inner = outer.which_children()[0].value
+            assert isinstance(second_inner, Supervisor)
+            assert handles(second_inner)["leaf"].serial != 0
+    restarted = events.of("child_restarted")
+    assert [(m["supervisor"], m["child_id"]) for m in restarted] == [("outer", "inner")]
+    assert isinstance(restarted[0]["error"], SupervisorGaveUpError)
+    assert probe.events("start") == ["leaf", "leaf"]
+
+
+async def test_a_crash_escalates_to_the_top_when_every_level_gives_up() -> None:
+    probe = Probe()
+    inner = Supervisor.child_spec(id="inner", children=[probe.spec("leaf")], max_restarts=0)
+    with pytest.raises(SupervisorGaveUpError) as caught:
+        async with Supervisor([inner], name="outer", max_restarts=0) as outer:
+            inner_sup = outer.which_children()[0].value
+            assert isinstance(inner_sup, Supervisor)
+            handles(inner_sup)["leaf"].crash()
+            await anyio.sleep_forever()
+    assert caught.value.supervisor == "outer"
+    assert caught.value.child_id == "inner"
+    cause = caught.value.__cause__
+    assert isinstance(cause, SupervisorGaveUpError)
+    assert cause.supervisor == "inner"
+    assert isinstance(cause.__cause__, RuntimeError)
+
+
+# --- runtime API ---------------------------------------------------------------------------
+
+
+async def test_start_child_returns_the_value_passed_to_started() -> None:
+    probe = Probe()
+    async with Supervisor() as sup:
+        handle = await sup.start_child(probe.spec("late"))
+        assert isinstance(handle, Handle)
+        assert handle.child_id == "late"
+        assert sup.which_children()[0].value is handle
+
+
+async def test_start_child_with_a_duplicate_id_is_an_error() -> None:
+    probe = Probe()
+    async with Supervisor([probe.spec("a")], name="dup") as sup:
+        with pytest.raises(DuplicateChildError, match="'a', which is already running"):
+            await sup.start_child(probe.spec("a"))
+        await sup.terminate_child("a")
+        with pytest.raises(DuplicateChildError, match="already present"):
+            await sup.start_child(probe.spec("a"))
+    assert probe.events("start") == ["a"]
+
+
+async def test_start_child_that_fails_raises_child_start_error_and_supervisor_keeps_running() -> (
+    None
+):
+    probe = Probe()
+    probe.fail_next_starts["bad"] = 1
+    async with Supervisor([probe.spec("good")]) as sup:
+        with pytest.raises(ChildStartError, match="ValueError: 'bad' refuses to start") as caught:
+            await sup.start_child(probe.spec("bad"))
+        assert isinstance(caught.value.__cause__, ValueError)
+        assert [info.id for info in sup.which_children()] == ["good"]
+        await crash_and_wait_for_restart(sup, "good")
+        assert await sup.start_child(probe.spec("bad")) is not None
+
+
+async def test_start_child_that_returns_without_started_is_a_start_error() -> None:
+    async def quits(*, task_status: TaskStatus[None]) -> None:
+        return
+
+    async with Supervisor() as sup:
+        with pytest.raises(ChildStartError, match=r"without calling task_status\.started"):
+            await sup.start_child(ChildSpec("quitter", quits))
+        assert sup.which_children() == []
+
+
+async def test_terminate_child_stops_it_without_restart_and_keeps_the_spec() -> None:
+    probe = Probe()
+    with recording(SUPERVISOR_EVENTS) as events:
+        async with Supervisor([probe.spec("a"), probe.spec("b")], name="term") as sup:
+            await sup.terminate_child("a")
+            assert [(i.id, i.running) for i in sup.which_children()] == [
+                ("a", False),
+                ("b", True),
+            ]
+            await sup.terminate_child("a")  # terminating a stopped child does nothing
+    assert probe.events("start") == ["a", "b"]
+    terminated = events.of("child_terminated")
+    assert terminated[0] == {"supervisor": "term", "child_id": "a", "reason": "shutdown"}
+
+
+async def test_terminate_child_forgets_a_temporary_child() -> None:
+    probe = Probe()
+    async with Supervisor([probe.spec("tmp", restart="temporary")]) as sup:
+        await sup.terminate_child("tmp")
+        assert sup.which_children() == []
+
+
+async def test_restart_child_starts_a_terminated_child_again() -> None:
+    probe = Probe()
+    async with Supervisor([probe.spec("a")]) as sup:
+        await sup.terminate_child("a")
+        handle = await sup.restart_child("a")
+        assert isinstance(handle, Handle)
+        assert handles(sup)["a"] is handle
+
+
+async def test_restart_child_of_a_running_child_is_an_error() -> None:
+    probe = Probe()
+    async with Supervisor([probe.spec("a")]) as sup:
+        with pytest.raises(ChildStateError, match="'a' is running"):
+            await sup.restart_child("a")
+
+
+async def test_delete_child_forgets_a_terminated_child() -> None:
+    probe = Probe()
+    async with Supervisor([probe.spec("a"), probe.spec("b")]) as sup:
+        with pytest.raises(ChildStateError, match="terminate_child"):
+            sup.delete_child("a")
+        await sup.terminate_child("a")
+        sup.delete_child("a")
+        assert [info.id for info in sup.which_children()] == ["b"]
+        await sup.start_child(probe.spec("a"))
+
+
+@pytest.mark.parametrize("call", ["terminate_child", "restart_child", "delete_child"])
+async def test_unknown_child_ids_are_errors(call: str) -> None:
+    probe = Probe()
+    async with Supervisor([probe.spec("a")], name="known") as sup:
+        with pytest.raises(UnknownChildError, match=r"'known' has no child 'nope'.*\['a'\]"):
+            result = getattr(sup, call)("nope")
+            if call != "delete_child":
+                await result
+
+
+async def test_which_children_and_count_children_describe_the_children() -> None:
+    probe = Probe()
+    inner = Supervisor.child_spec(id="inner", children=[probe.spec("leaf")])
+    specs = [probe.spec("w1"), inner, probe.spec("w2", restart="transient")]
+    async with Supervisor(specs) as sup:
+        await sup.terminate_child("w2")
+        infos = sup.which_children()
+        assert [(i.id, i.type, i.restart, i.running) for i in infos] == [
+            ("w1", "worker", "permanent", True),
+            ("inner", "supervisor", "permanent", True),
+            ("w2", "worker", "transient", False),
+        ]
+        counts = sup.count_children()
+        assert (counts.specs, counts.active, counts.supervisors, counts.workers) == (3, 2, 1, 2)
+        assert "specs=3 active=2" in repr(sup)
+
+
+async def test_runtime_calls_after_exit_say_the_supervisor_is_not_running() -> None:
+    probe = Probe()
+    async with Supervisor([probe.spec("a")], name="gone") as sup:
+        pass
+    with pytest.raises(SupervisorNotRunningError, match="'gone' is not running"):
+        await sup.start_child(probe.spec("b"))
+    with pytest.raises(SupervisorNotRunningError):
+        sup.delete_child("a")
+
+
+async def test_a_supervisor_can_be_entered_only_once() -> None:
+    sup = Supervisor()
+    async with sup:
+        pass
+    with pytest.raises(RuntimeError, match="only once"):
+        async with sup:
+            pass
+
+
+# --- shutdown --------------------------------------------------------------------------------
+
+
+async def test_shutdown_gives_a_child_at_most_its_shutdown_time_before_moving_on() -> None:
+    release = anyio.Event()
+    order: list[str] = []
+
+    async def stubborn(*, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            order.append("stubborn cancelled")
+            with anyio.CancelScope(shield=True):
+                await release.wait()
+            order.append("stubborn finished")
+
+    async def polite(*, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            order.append("polite stopped")
+            release.set()
+
+    specs = [ChildSpec("polite", polite), ChildSpec("stubborn", stubborn, shutdown=0.05)]
+    with capture_logs() as logs:
+        async with Supervisor(specs):
+            pass
+    assert order == ["stubborn cancelled", "polite stopped", "stubborn finished"]
+    assert any("did not stop within its shutdown time" in log["event"] for log in logs)
+
+
+def _tasks_alive() -> int:
+    if sniffio.current_async_library() == "asyncio":
+        import asyncio
+
+        return len(asyncio.all_tasks())
+    import trio
+
+    def count(task: Any) -> int:
+        return 1 + sum(count(t) for n in task.child_nurseries for t in n.child_tasks)
+
+    return count(trio.lowlevel.current_root_task())
+
+
+async def test_no_task_of_the_tree_is_left_after_exit() -> None:
+    probe = Probe()
+    baseline = _tasks_alive()
+    inner = Supervisor.child_spec(id="inner", children=[probe.spec("x"), probe.spec("y")])
+    async with Supervisor([probe.spec("a"), inner]) as sup:
+        await crash_and_wait_for_restart(sup, "a")
+        assert _tasks_alive() > baseline
+    assert _tasks_alive() == baseline
+    assert sorted(map(str, probe.events("start"))) == sorted(map(str, probe.events("stop")))
+
+
+# --- telemetry and logs ------------------------------------------------------------------------
+
+
+async def test_supervisor_events_name_the_supervisor_and_the_child() -> None:
+    probe = Probe()
+    with recording(SUPERVISOR_EVENTS) as events:
+        async with Supervisor([probe.spec("a")], name="tele") as sup:
+            crashed = handles(sup)["a"]
+            await crash_and_wait_for_restart(sup, "a")
+    names = [event[-1] for event in events.names()]
+    assert names == [
+        "child_started",
+        "child_terminated",
+        "child_started",
+        "child_restarted",
+        "child_terminated",
+    ]
+    assert all(meta["supervisor"] == "tele" for _, _, meta in events.events)
+    assert all(meta["child_id"] == "a" for _, _, meta in events.events)
+    assert events.of("child_terminated")[0]["reason"] == "crash"
+    assert events.of("child_terminated")[0]["error"] is crashed.error
+    started_measurements = [m for e, m, _ in events.events if e[-1] == "child_started"]
+    assert all(isinstance(m["duration"], int) and m["duration"] >= 0 for m in started_measurements)
+
+
+async def test_a_crash_is_logged_with_the_supervisor_and_child() -> None:
+    probe = Probe()
+    with capture_logs() as logs:
+        async with Supervisor([probe.spec("a")], name="logged") as sup:
+            await crash_and_wait_for_restart(sup, "a")
+    crash = [log for log in logs if log["event"] == "child crashed"]
+    assert len(crash) == 1
+    assert crash[0]["supervisor"] == "logged"
+    assert crash[0]["child_id"] == "a"
+    assert crash[0]["log_level"] == "error"
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+async def _noop(*, task_status: TaskStatus[None]) -> None:
+    task_status.started()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("restart", "sometimes", "ChildSpec.restart: expected one of permanent, transient"),
+        ("type", "manager", "ChildSpec.type: expected one of worker, supervisor"),
+        ("shutdown", -1, "ChildSpec.shutdown: expected a number of seconds >= 0"),
+        ("shutdown", math.nan, "ChildSpec.shutdown"),
+        ("shutdown", "5", "ChildSpec.shutdown"),
+        ("shutdown", True, "ChildSpec.shutdown"),
+    ],
+)
+def test_child_spec_rejects_bad_values(field: str, value: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ChildSpec("x", _noop, **{field: value})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"id": ["unhashable"]}, TypeError, "ChildSpec.id: expected a hashable"),
+        ({"id": None}, ValueError, "ChildSpec.id"),
+        ({"start": "not callable"}, TypeError, "ChildSpec.start: expected an async callable"),
+    ],
+)
+def test_child_spec_rejects_bad_id_and_start(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    arguments: dict[str, Any] = {"id": "x", "start": _noop, **kwargs}
+    with pytest.raises(error, match=message):
+        ChildSpec(**arguments)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"strategy": "one_for_some"}, "Supervisor.strategy: expected one of one_for_one"),
+        ({"max_restarts": -1}, "max_restarts: expected an int >= 0"),
+        ({"max_restarts": 1.5}, "max_restarts"),
+        ({"max_seconds": 0}, "max_seconds: expected a finite number > 0"),
+        ({"max_seconds": math.inf}, "max_seconds"),
+        ({"name": ""}, "Supervisor.name: expected a non-empty str"),
+    ],
+)
+def test_supervisor_rejects_bad_options(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Supervisor(**kwargs)
+
+
+def test_supervisor_rejects_duplicate_ids_in_its_children() -> None:
+    with pytest.raises(DuplicateChildError, match="'twice'"):
+        Supervisor([ChildSpec("twice", _noop), ChildSpec("twice", _noop)])
+
+
+def test_supervisor_rejects_a_child_without_child_spec() -> None:
+    with pytest.raises(TypeError, match="expected a ChildSpec or an object with a child_spec"):
+        Supervisor([object()])  # type: ignore[list-item]
+
+
+def test_nested_supervisor_spec_is_checked_where_it_is_written() -> None:
+    with pytest.raises(ValueError, match="strategy"):
+        Supervisor.child_spec(id="inner", strategy="bogus")  # type: ignore[arg-type]
