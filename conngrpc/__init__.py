@@ -4,9 +4,16 @@ Everything public is exported here; other modules are private and may change.
 """
 
 from . import telemetry as telemetry
+from .channel import Backoff as Backoff
+from .channel import Channel as Channel
+from .channel import ChannelConfig as ChannelConfig
+from .channel import ChannelWorker as ChannelWorker
+from .channel import Connector as Connector
+from .channel import ExponentialBackoff as ExponentialBackoff
 from .errors import ChannelUnavailableError as ChannelUnavailableError
 from .errors import ChildStartError as ChildStartError
 from .errors import ChildStateError as ChildStateError
+from .errors import ConnectFailedError as ConnectFailedError
 from .errors import ConnGRPCError as ConnGRPCError
 from .errors import DuplicateChildError as DuplicateChildError
 from .errors import NameTakenError as NameTakenError
@@ -16,6 +23,9 @@ from .errors import SupervisorError as SupervisorError
 from .errors import SupervisorGaveUpError as SupervisorGaveUpError
 from .errors import SupervisorNotRunningError as SupervisorNotRunningError
 from .errors import UnknownChildError as UnknownChildError
+from .pool import Pool as Pool
+from .pool import PoolSettings as PoolSettings
+from .pool import PoolStatus as PoolStatus
 from .supervisor import ChildCounts as ChildCounts
 from .supervisor import ChildInfo as ChildInfo
 from .supervisor import ChildSpec as ChildSpec
@@ -25,17 +35,27 @@ from .supervisor import Supervisor as Supervisor
 __version__ = "0.1.0"
 
 __all__ = [
+    "Backoff",
+    "Channel",
+    "ChannelConfig",
     "ChannelUnavailableError",
+    "ChannelWorker",
     "ChildCounts",
     "ChildInfo",
     "ChildSpec",
     "ChildStartError",
     "ChildStateError",
     "ConnGRPCError",
+    "ConnectFailedError",
+    "Connector",
     "DuplicateChildError",
+    "ExponentialBackoff",
     "NameTakenError",
     "NotConnectedError",
+    "Pool",
     "PoolNotStartedError",
+    "PoolSettings",
+    "PoolStatus",
     "Registry",
     "Supervisor",
     "SupervisorError",

@@ -120,3 +120,12 @@ class NotConnectedError(ChannelUnavailableError):
 
 class PoolNotStartedError(ChannelUnavailableError):
     """No pool (or channel) of that name is running."""
+
+
+class ConnectFailedError(ConnGRPCError, ConnectionError):
+    """One attempt to connect a channel failed; ``reason`` is grpc's account of why."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        self.address = address
+        self.reason = reason
+        super().__init__(f"expected a READY channel to {address!r}, but it failed: {reason}")

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import structlog
+from ._log import get_logger
 
 __all__ = [
     "HANDLER_FAILURE",
@@ -53,7 +53,7 @@ Event = tuple[str, ...]
 HANDLER_FAILURE: Event = ("conngrpc", "telemetry", "handler_failure")
 
 _EMPTY: Mapping[str, Any] = {}
-_log = structlog.get_logger("conngrpc.telemetry")
+_log = get_logger("conngrpc.telemetry")
 
 
 class Handler(Protocol):
@@ -100,12 +100,15 @@ class TelemetryBus:
     dict lookup. Attach and detach replace tuples under a lock; execute reads without one.
     """
 
-    __slots__ = ("_by_event", "_by_id", "_lock")
+    __slots__ = ("_by_event", "_by_id", "_lock", "listeners")
 
     def __init__(self) -> None:
         self._by_event: dict[Event, tuple[HandlerInfo, ...]] = {}
         self._by_id: dict[Hashable, tuple[HandlerInfo, ...]] = {}
         self._lock = threading.Lock()
+        #: ``listeners(event)``: the handlers attached to ``event``, or None. The dict's
+        #: own ``get``, so a hot path can skip timing what nobody will read.
+        self.listeners: Callable[[Event], tuple[HandlerInfo, ...] | None] = self._by_event.get
 
     def __repr__(self) -> str:
         return f"<TelemetryBus handlers={len(self._by_id)} events={len(self._by_event)}>"

@@ -626,3 +626,8 @@ def test_supervisor_rejects_a_child_without_child_spec() -> None:
 def test_nested_supervisor_spec_is_checked_where_it_is_written() -> None:
     with pytest.raises(ValueError, match="strategy"):
         Supervisor.child_spec(id="inner", strategy="bogus")  # type: ignore[arg-type]
+
+
+async def test_each_backend_really_runs_the_test(anyio_backend: str) -> None:
+    """Guards the test order: a trio test must never land on the live tests' asyncio loop."""
+    assert sniffio.current_async_library() == anyio_backend

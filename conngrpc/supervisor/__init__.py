@@ -2,7 +2,6 @@
 
 from .intensity import RestartIntensity as RestartIntensity
 from .registry import Registry as Registry
-from .registry import default_registry as default_registry
 from .spec import ChildSource as ChildSource
 from .spec import ChildSpec as ChildSpec
 from .spec import StartFunction as StartFunction
@@ -20,6 +19,5 @@ __all__ = [
     "RestartIntensity",
     "StartFunction",
     "Supervisor",
-    "default_registry",
     "to_child_spec",
 ]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 from ..errors import NameTakenError
 
-__all__ = ["Registry", "default_registry"]
+__all__ = ["Registry"]
 
 T = TypeVar("T")
 
@@ -25,11 +25,14 @@ class Registry(Generic[T]):
             await anyio.sleep_forever()
     """
 
-    __slots__ = ("_entries", "name")
+    __slots__ = ("_entries", "get", "name")
 
     def __init__(self, name: str = "registry") -> None:
         self.name = name
         self._entries: dict[str, T] = {}
+        #: The handle registered under a name, or None: the dict's own ``get``, so a
+        #: lookup on a hot path costs one C call.
+        self.get: Callable[[str], T | None] = self._entries.get
 
     def __repr__(self) -> str:
         return f"<Registry {self.name!r} names={len(self._entries)}>"
@@ -58,10 +61,6 @@ class Registry(Generic[T]):
             if self._entries.get(name) is handle:
                 del self._entries[name]
 
-    def get(self, name: str) -> T | None:
-        """The handle registered under ``name``, or None."""
-        return self._entries.get(name)
-
     def lookup(self, name: str) -> T:
         """The handle registered under ``name``.
 
@@ -78,7 +77,3 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         """The registered names, in registration order."""
         return list(self._entries)
-
-
-#: The process-wide registry that pools and channels register in.
-default_registry: Registry[object] = Registry("conngrpc")

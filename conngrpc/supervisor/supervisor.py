@@ -13,11 +13,11 @@ from types import TracebackType
 from typing import Any, Literal, get_args
 
 import anyio
-import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .. import telemetry
+from .._log import get_logger
 from ..errors import (
     ChildStartError,
     ChildStateError,
@@ -42,7 +42,7 @@ CHILD_RESTARTED = ("conngrpc", "supervisor", "child_restarted")
 CHILD_TERMINATED = ("conngrpc", "supervisor", "child_terminated")
 GAVE_UP = ("conngrpc", "supervisor", "gave_up")
 
-_log = structlog.get_logger("conngrpc.supervisor")
+_log = get_logger("conngrpc.supervisor")
 _names = itertools.count(1)
 
 

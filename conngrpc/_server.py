@@ -1,0 +1,212 @@
+"""A small grpc.aio server for the demo, the tests and the benchmarks (private).
+
+It answers the standard ``grpc.health.v1.Health/Check`` (SERVING), ``Peer`` (the
+caller's address as the server sees it, so a test can tell connections apart) and
+``Sleep`` (waits the milliseconds given as ASCII, then answers empty).
+
+``python -m conngrpc._server --port 0`` prints ``PORT <n>`` once it listens and
+stops on SIGTERM (gracefully, within ``--grace`` seconds) or SIGINT.
+:class:`ServerProcess` runs it in a child process that a test or the demo can kill,
+pause and restart on the same port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from . import _health
+
+__all__ = ["PEER_METHOD", "SLEEP_METHOD", "ServerProcess", "start_server"]
+
+DEMO_SERVICE = "conngrpc.demo.v1.Demo"
+PEER_METHOD = f"/{DEMO_SERVICE}/Peer"
+SLEEP_METHOD = f"/{DEMO_SERVICE}/Sleep"
+
+
+async def _check(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    return _health.encode_response(1)
+
+
+async def _peer(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    return context.peer().encode()
+
+
+async def _sleep(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    await asyncio.sleep(float(request or b"0") / 1000)
+    return b""
+
+
+def _handlers() -> tuple[grpc.GenericRpcHandler, ...]:
+    def unary(behaviour: Any) -> grpc.RpcMethodHandler[bytes, bytes]:
+        return grpc.unary_unary_rpc_method_handler(behaviour)
+
+    return (
+        grpc.method_handlers_generic_handler("grpc.health.v1.Health", {"Check": unary(_check)}),
+        grpc.method_handlers_generic_handler(
+            DEMO_SERVICE, {"Peer": unary(_peer), "Sleep": unary(_sleep)}
+        ),
+    )
+
+
+async def start_server(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    max_concurrent_streams: int | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> tuple[grpc.aio.Server, int]:
+    """Start the server in this process; return it and the port it listens on."""
+    merged: dict[str, Any] = {"grpc.so_reuseport": 0}
+    if max_concurrent_streams is not None:
+        merged["grpc.max_concurrent_streams"] = max_concurrent_streams
+    merged.update(options)
+    server = grpc.aio.server(options=list(merged.items()))
+    server.add_generic_rpc_handlers(_handlers())
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"could not listen on {host}:{port}")
+    await server.start()
+    return server, bound
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, _, value = text.partition("=")
+    return key, int(value) if value.lstrip("-").isdigit() else value
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    server, port = await start_server(
+        args.host, args.port, max_concurrent_streams=args.max_streams, options=args.option
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"PORT {port}", flush=True)
+    await stop.wait()
+    await server.stop(args.grace)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m conngrpc._server")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--max-streams", type=int, default=None)
+    parser.add_argument("--grace", type=float, default=5.0)
+    parser.add_argument("--option", type=_option, action="append", default=[])
+    asyncio.run(_serve(parser.parse_args(argv)))
+
+
+class ServerProcess:
+    """The server in a child process on 127.0.0.1: start, kill, pause, restart on its port.
+
+    Example::
+
+        with ServerProcess() as server:
+            address = server.address
+            server.kill()
+            server.start()  # the same port again
+    """
+
+    def __init__(self, port: int = 0, *, args: Sequence[str] = ()) -> None:
+        self.port = port
+        self.args = list(args)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<ServerProcess 127.0.0.1:{self.port} {state}>"
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.kill()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError("the server process has not been started")
+        return self.process.pid
+
+    def start(self, timeout: float = 20.0) -> int:
+        """Start the server (on the port it had before, if any); return the port.
+
+        :raises RuntimeError: it did not report its port within ``timeout`` seconds.
+        """
+        if self.running:
+            raise RuntimeError(f"{self!r} is running already")
+        command = [sys.executable, "-m", "conngrpc._server", "--port", str(self.port)]
+        environment = {**os.environ, "GRPC_VERBOSITY": os.environ.get("GRPC_VERBOSITY", "ERROR")}
+        process = subprocess.Popen([*command, *self.args], stdout=subprocess.PIPE, env=environment)
+        self.process = process
+        assert process.stdout is not None
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            while not selector.select(max(0.0, deadline - time.monotonic())):
+                if time.monotonic() >= deadline:
+                    self.kill()
+                    raise RuntimeError(f"the server did not start within {timeout:g} s")
+        line = process.stdout.readline().decode()
+        if not line.startswith("PORT "):
+            self.kill()
+            raise RuntimeError(f"the server failed to start (said {line!r})")
+        self.port = int(line.split()[1])
+        return self.port
+
+    def _signal(self, signum: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies at once, its connections reset by the kernel."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def terminate(self, timeout: float = 30.0) -> None:
+        """SIGTERM: the server stops gracefully (GOAWAY, in-flight calls finish)."""
+        if self.process is None:
+            return
+        self._signal(signal.SIGTERM)
+        self.process.wait(timeout)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def pause(self) -> None:
+        """SIGSTOP: the server stops answering without closing anything."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: a paused server carries on."""
+        self._signal(signal.SIGCONT)
+
+
+if __name__ == "__main__":
+    main()

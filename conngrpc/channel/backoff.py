@@ -1,0 +1,89 @@
+"""Backoff: how long a channel waits before it tries to connect again."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Backoff", "ExponentialBackoff"]
+
+
+@runtime_checkable
+class Backoff(Protocol):
+    """Any object with these two methods will do as a channel's backoff.
+
+    Each channel works on its own ``copy.copy()`` of the configured backoff, made when
+    its worker starts, so state kept in plain attributes is per channel.
+    """
+
+    def next(self) -> float:
+        """Seconds to wait before the next attempt; advances the backoff."""
+
+    def reset(self) -> None:
+        """Start again from the shortest wait (called after a successful connect)."""
+
+
+class ExponentialBackoff:
+    """Exponential backoff with jitter, bounded by ``min`` and ``max`` seconds.
+
+    The n-th wait (from 0) is ``min * multiplier**n`` capped at ``max``, stretched by a
+    random factor in ``[1, 1 + jitter]`` and capped at ``max`` again, so a pool's
+    channels do not retry in lock step. The defaults are upstream's: 1 s to 30 s.
+
+    Example::
+
+        ExponentialBackoff(min=0.1, max=5.0)
+
+    :raises TypeError: a setting is not a number.
+    :raises ValueError: ``min`` is not > 0, ``max`` is below ``min``, ``multiplier`` is
+        below 1 or ``jitter`` is outside ``[0, 1]``.
+    """
+
+    __slots__ = ("_base", "_random", "jitter", "maximum", "minimum", "multiplier")
+
+    def __init__(
+        self,
+        min: float = 1.0,
+        max: float = 30.0,
+        *,
+        multiplier: float = 2.0,
+        jitter: float = 0.2,
+        rng: random.Random | None = None,
+    ) -> None:
+        settings = (("min", min), ("max", max), ("multiplier", multiplier), ("jitter", jitter))
+        for field, value in settings:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"ExponentialBackoff.{field}: expected a number, got {value!r}")
+        if not (0 < min < math.inf):
+            raise ValueError(f"ExponentialBackoff.min: expected seconds > 0, got {min!r}")
+        if not (min <= max < math.inf):
+            raise ValueError(
+                f"ExponentialBackoff.max: expected finite seconds >= min ({min!r}), got {max!r}"
+            )
+        if not multiplier >= 1:
+            raise ValueError(f"ExponentialBackoff.multiplier: expected >= 1, got {multiplier!r}")
+        if not 0 <= jitter <= 1:
+            raise ValueError(f"ExponentialBackoff.jitter: expected 0 to 1, got {jitter!r}")
+        self.minimum = float(min)
+        self.maximum = float(max)
+        self.multiplier = float(multiplier)
+        self.jitter = float(jitter)
+        self._random = rng if rng is not None else random.Random()
+        self._base = self.minimum
+
+    def __repr__(self) -> str:
+        return (
+            f"ExponentialBackoff(min={self.minimum:g}, max={self.maximum:g}, "
+            f"multiplier={self.multiplier:g}, jitter={self.jitter:g})"
+        )
+
+    def next(self) -> float:
+        """The next wait in seconds, between ``min`` and ``max``."""
+        base = self._base
+        self._base = min(self.maximum, base * self.multiplier)
+        return min(self.maximum, base * (1.0 + self.jitter * self._random.random()))
+
+    def reset(self) -> None:
+        """Go back to the shortest wait."""
+        self._base = self.minimum

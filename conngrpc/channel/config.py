@@ -1,0 +1,176 @@
+"""ChannelConfig: everything one persistent channel needs, checked where it is written."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import grpc
+import grpc.aio
+
+from .backoff import Backoff, ExponentialBackoff
+
+if TYPE_CHECKING:
+    from .connector import Connector
+
+__all__ = ["Callback", "ChannelConfig", "ChannelConfigLike"]
+
+#: ``on_connect`` / ``on_disconnect``: a zero-argument callable, sync or async.
+Callback = Callable[[], Awaitable[object] | object]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelConfig:
+    """How to open, watch and reopen one channel; a plain dict with these keys will do.
+
+    - ``address``: ``host:port`` or any grpc target (``dns:///...``, ``unix:...``).
+    - ``options``: grpc channel arguments as ``(key, value)`` pairs; they override
+      conngrpc's defaults (see ``DEFAULT_OPTIONS`` in ``conngrpc.channel.connector``).
+    - ``credentials``: ``grpc.ChannelCredentials`` for TLS; None connects insecurely.
+    - ``compression``: a ``grpc.Compression`` for every call, or None.
+    - ``interceptors``: ``grpc.aio`` client interceptors.
+    - ``connect_timeout``: seconds one connection attempt may take.
+    - ``backoff``: waits between attempts; each channel uses its own copy.
+    - ``on_connect`` / ``on_disconnect``: zero-argument callables, sync or async, run
+      after each successful connect and after each lost connection. One that raises
+      crashes the channel's worker, which its supervisor restarts.
+    - ``connector``: turns this config into a ready channel (default: grpc.aio).
+    - ``mock``: when given, ``get_channel`` / ``Channel.get`` answer ``mock()`` and no
+      connection is opened: for tests that must not touch the network.
+    - ``debug``: structured debug logs naming pool, channel index and event.
+
+    :raises TypeError: a field has the wrong type, or (from :meth:`coerce`) an unknown key.
+    :raises ValueError: a field has a value out of range, such as an empty address.
+    """
+
+    address: str
+    options: Sequence[tuple[str, Any]] = ()
+    credentials: grpc.ChannelCredentials | None = None
+    compression: grpc.Compression | None = None
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = ()
+    connect_timeout: float = 5.0
+    backoff: Backoff = field(default_factory=ExponentialBackoff)
+    on_connect: Callback | None = None
+    on_disconnect: Callback | None = None
+    connector: Connector | None = None
+    mock: Callable[[], Any] | None = None
+    debug: bool = False
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if not isinstance(self.address, str):
+            raise TypeError(f"ChannelConfig.address: expected a str, got {self.address!r}")
+        if not self.address.strip():
+            raise ValueError(
+                "ChannelConfig.address: expected 'host:port' or a grpc target, got an empty string"
+            )
+        set_(self, "options", _check_options(self.options))
+        if self.credentials is not None and not isinstance(
+            self.credentials, grpc.ChannelCredentials
+        ):
+            raise TypeError(
+                "ChannelConfig.credentials: expected grpc.ChannelCredentials or None, "
+                f"got {self.credentials!r}"
+            )
+        if self.compression is not None and not isinstance(self.compression, grpc.Compression):
+            raise TypeError(
+                f"ChannelConfig.compression: expected a grpc.Compression or None, "
+                f"got {self.compression!r}"
+            )
+        set_(self, "interceptors", _check_interceptors(self.interceptors))
+        timeout = self.connect_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"ChannelConfig.connect_timeout: expected seconds, got {timeout!r}")
+        if not 0 < timeout < math.inf:
+            raise ValueError(
+                f"ChannelConfig.connect_timeout: expected finite seconds > 0, got {timeout!r}"
+            )
+        if not (
+            callable(getattr(self.backoff, "next", None))
+            and callable(getattr(self.backoff, "reset", None))
+        ):
+            raise TypeError(
+                "ChannelConfig.backoff: expected an object with next() and reset(), "
+                f"got {self.backoff!r}"
+            )
+        for name in ("on_connect", "on_disconnect", "connector", "mock"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise TypeError(f"ChannelConfig.{name}: expected a callable or None, got {value!r}")
+        if not isinstance(self.debug, bool):
+            raise TypeError(f"ChannelConfig.debug: expected a bool, got {self.debug!r}")
+
+    @classmethod
+    def coerce(cls, value: ChannelConfigLike, *, where: str = "channel") -> ChannelConfig:
+        """Return ``value`` if it is a ChannelConfig, else build one from its keys.
+
+        :raises TypeError: ``value`` is neither, or a key is not a ChannelConfig field.
+        """
+        if isinstance(value, ChannelConfig):
+            return value
+        if isinstance(value, Mapping):
+            _check_keys(value, where)
+            if "address" not in value:
+                raise TypeError(f"{where}: 'address' is required, got keys {sorted(value)!r}")
+            return cls(**value)
+        raise TypeError(f"{where}: expected a ChannelConfig or a dict of its fields, got {value!r}")
+
+    def merged(self, changes: ChannelConfigLike) -> ChannelConfig:
+        """This config with the fields of ``changes`` (a partial dict, or a whole config)."""
+        if isinstance(changes, ChannelConfig):
+            return changes
+        if not isinstance(changes, Mapping):
+            raise TypeError(
+                f"channel: expected a ChannelConfig or a dict of its fields, got {changes!r}"
+            )
+        _check_keys(changes, "channel")
+        return dataclasses.replace(self, **changes)
+
+
+ChannelConfigLike: TypeAlias = ChannelConfig | Mapping[str, Any]
+
+FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ChannelConfig))
+
+
+def _check_keys(value: Mapping[str, Any], where: str) -> None:
+    unknown = [key for key in value if key not in FIELDS]
+    if unknown:
+        raise TypeError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"valid keys are {', '.join(FIELDS)}"
+        )
+
+
+def _check_options(options: object) -> tuple[tuple[str, Any], ...]:
+    if isinstance(options, (str, bytes, Mapping)) or not isinstance(options, Sequence):
+        raise TypeError(
+            f"ChannelConfig.options: expected a sequence of (key, value) pairs, got {options!r}"
+        )
+    checked = []
+    for option in options:
+        if not isinstance(option, tuple) or len(option) != 2 or not isinstance(option[0], str):
+            raise TypeError(
+                f"ChannelConfig.options: expected (str key, value) pairs, got {option!r}"
+            )
+        if not option[0]:
+            raise ValueError(f"ChannelConfig.options: expected a non-empty key, got {option!r}")
+        checked.append(option)
+    return tuple(checked)
+
+
+def _check_interceptors(interceptors: object) -> tuple[grpc.aio.ClientInterceptor, ...]:
+    if isinstance(interceptors, (str, bytes)) or not isinstance(interceptors, Sequence):
+        raise TypeError(
+            "ChannelConfig.interceptors: expected a sequence of grpc.aio client interceptors, "
+            f"got {interceptors!r}"
+        )
+    for interceptor in interceptors:
+        if not isinstance(interceptor, grpc.aio.ClientInterceptor):
+            raise TypeError(
+                "ChannelConfig.interceptors: expected grpc.aio client interceptors, "
+                f"got {interceptor!r}"
+            )
+    return tuple(interceptors)

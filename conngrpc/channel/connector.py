@@ -1,0 +1,115 @@
+"""Connectors turn a ChannelConfig into a channel that is READY; the default uses grpc.aio."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+import grpc
+import grpc.aio
+
+from ..errors import ConnectFailedError
+
+if TYPE_CHECKING:
+    from .config import ChannelConfig
+
+__all__ = ["DEFAULT_OPTIONS", "Connector", "channel_options", "connect_grpc"]
+
+_READY = grpc.ChannelConnectivity.READY
+_FAILED = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+_SHUTDOWN = grpc.ChannelConnectivity.SHUTDOWN
+
+#: conngrpc's channel arguments, safe against any server; ``options`` override them.
+#: grpc's client idle timeout (30 minutes) would drop an idle pooled channel's
+#: connection, so it is switched off. No keepalive pings are sent by default: a
+#: default grpc server answers pings on idle connections sent more often than every
+#: 5 minutes with GOAWAY ``too_many_pings``. Opt into fast detection of silent peers
+#: through ``options`` (see the README).
+DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (("grpc.client_idle_timeout_ms", 2**31 - 1),)
+
+#: The channel argument that gives every channel its own connection. grpc shares one
+#: connection between channels with the same target and arguments, so a pool of
+#: naive channels would sit on a single socket.
+CHANNEL_ID_OPTION = "conngrpc.channel_id"
+
+_channel_ids = itertools.count(1)
+
+# A method no server implements: calling it on a channel in TRANSIENT_FAILURE fails at
+# once with grpc's own account of why the last connection attempt failed.
+_PROBE_METHOD = "/conngrpc.internal.v1.ConnectProbe/Why"
+
+
+class Connector(Protocol):
+    """Opens a channel from a config and returns it once it is READY.
+
+    On failure it raises (any exception counts as a failed attempt) and closes what it
+    opened. The worker bounds each call by ``connect_timeout`` and cancels it after.
+    """
+
+    def __call__(self, config: ChannelConfig) -> Awaitable[grpc.aio.Channel]:
+        """Connect, or raise."""
+
+
+def channel_options(config: ChannelConfig) -> list[tuple[str, Any]]:
+    """The defaults, overridden by ``config.options``, plus a fresh channel id."""
+    merged = dict(DEFAULT_OPTIONS)
+    merged.update(config.options)
+    merged[CHANNEL_ID_OPTION] = next(_channel_ids)
+    return list(merged.items())
+
+
+async def connect_grpc(config: ChannelConfig) -> grpc.aio.Channel:
+    """The default connector: a grpc.aio channel that owns its connection, once READY.
+
+    :raises ConnectFailedError: the channel reached TRANSIENT_FAILURE; the message is
+        grpc's reason (refused, unresolvable host, TLS failure, ...).
+    """
+    options = channel_options(config)
+    try:
+        if config.credentials is None:
+            channel = grpc.aio.insecure_channel(
+                config.address, options, config.compression, config.interceptors or None
+            )
+        else:
+            channel = grpc.aio.secure_channel(
+                config.address,
+                config.credentials,
+                options,
+                config.compression,
+                config.interceptors or None,
+            )
+    except Exception as exc:
+        raise ConnectFailedError(config.address, f"{type(exc).__name__}: {exc}") from exc
+    try:
+        state = channel.get_state(try_to_connect=True)
+        while state is not _READY:
+            if state is _FAILED:
+                raise ConnectFailedError(config.address, await _why_failed(channel))
+            if state is _SHUTDOWN:
+                raise ConnectFailedError(config.address, "the channel was shut down")
+            await channel.wait_for_state_change(state)
+            state = channel.get_state(try_to_connect=True)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await channel.close()
+        raise
+    return channel
+
+
+async def _why_failed(channel: grpc.aio.Channel) -> str:
+    try:
+        probe = channel.unary_unary(
+            _PROBE_METHOD, request_serializer=_as_is, response_deserializer=_as_is
+        )
+        await probe(b"", timeout=1.0)
+    except grpc.aio.AioRpcError as error:
+        if error.code() is grpc.StatusCode.UNAVAILABLE:
+            return error.details() or "UNAVAILABLE"
+        return f"{error.code().name}: {error.details()}"
+    return "TRANSIENT_FAILURE"
+
+
+def _as_is(data: bytes) -> bytes:
+    return data

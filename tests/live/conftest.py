@@ -1,0 +1,23 @@
+"""Tests against live gRPC servers share one asyncio event loop.
+
+grpc.aio binds its completion-queue poller to the event loop that first uses it; a
+later loop may then receive events for a closed one ("Event loop is closed"). So every
+test in this folder runs in one session-long loop (the root conftest orders them after
+all other tests, whose trio runs must not land on this asyncio runner).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"  # grpc.aio is asyncio-only
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _one_event_loop_for_grpc() -> AsyncIterator[None]:
+    yield  # noqa: PT022 - the yield keeps the loop alive for the whole session

@@ -1,0 +1,614 @@
+"""The Pool and its channel workers, driven by the fake connector (no network).
+
+Each test is one behaviour of the spec: round-robin hand-out, skipping disconnected
+channels, callbacks, backoff, supervision of crashing workers, the declarative class.
+Behaviour against real servers is in test_pool_servers.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+from structlog.testing import capture_logs
+
+from conngrpc import (
+    ChannelConfig,
+    ChildStartError,
+    ExponentialBackoff,
+    NameTakenError,
+    NotConnectedError,
+    Pool,
+    PoolNotStartedError,
+    Supervisor,
+    SupervisorGaveUpError,
+)
+from conngrpc.testing import FakeChannel, FakeConnector
+from tests._probe import SUPERVISOR_EVENTS, EventLog, recording, wait_until
+
+pytestmark = pytest.mark.anyio
+
+FAST = ExponentialBackoff(min=0.005, max=0.01, jitter=0)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # grpc.aio, and so the Pool, is asyncio-only
+
+
+@pytest.fixture
+def connector() -> FakeConnector:
+    return FakeConnector()
+
+
+def fake_channel(connector: FakeConnector, **fields: Any) -> dict[str, Any]:
+    return {"address": "fake:1", "connector": connector, "backoff": FAST, **fields}
+
+
+@asynccontextmanager
+async def running_pool(
+    name: str, size: int, channel: dict[str, Any] | ChannelConfig, *, wait: bool = True, **kw: Any
+) -> AsyncIterator[Supervisor]:
+    async with Supervisor(
+        [Pool.child_spec(name=name, pool_size=size, channel=channel, **kw)]
+    ) as sup:
+        if wait:
+            await Pool.wait_connected(name, timeout=5)
+        yield sup
+
+
+def serials(name: str, calls: int) -> list[int]:
+    channels = [Pool.get_channel(name) for _ in range(calls)]
+    assert all(isinstance(c, FakeChannel) for c in channels)
+    return [c.serial for c in channels]  # type: ignore[attr-defined]
+
+
+def by_index(name: str) -> list[FakeChannel]:
+    return [w.channel for w in Pool.get_all_workers(name)]  # type: ignore[misc]
+
+
+async def lose(name: str, channel: FakeChannel) -> None:
+    """Drop a channel's connection; its worker leaves the pool on its next turn."""
+    channel.drop()
+    await wait_until(lambda: channel not in by_index(name), timeout=0.5)
+
+
+# --- hand-out --------------------------------------------------------------------------
+
+
+async def test_get_channel_hands_out_connected_channels_round_robin(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    async with running_pool(pool_name, 3, fake_channel(connector)):
+        first, second, third = by_index(pool_name)
+        handed = [Pool.get_channel(pool_name) for _ in range(7)]
+        assert handed == [first, second, third, first, second, third, first]
+
+
+async def test_a_disconnected_channel_is_skipped_at_once(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    async with running_pool(pool_name, 3, fake_channel(connector)):
+        first, second, third = by_index(pool_name)
+        connector.hang_next(1)  # its worker's reconnect attempt will not finish
+        await lose(pool_name, second)
+        handed = [Pool.get_channel(pool_name) for _ in range(6)]
+        assert second not in handed
+        assert set(handed) == {first, third}
+        assert Pool.status(pool_name).current_size == 2
+
+
+async def test_a_reconnected_channel_comes_back(pool_name: str, connector: FakeConnector) -> None:
+    async with running_pool(pool_name, 3, fake_channel(connector)):
+        _, dropped, _ = by_index(pool_name)
+        await lose(pool_name, dropped)
+        await Pool.wait_connected(pool_name, timeout=5)
+        first, fresh, third = by_index(pool_name)
+        assert fresh is not dropped
+        assert dropped.closed
+        handed = [Pool.get_channel(pool_name) for _ in range(3)]
+        assert handed == [first, fresh, third]
+
+
+async def test_get_channel_raises_not_connected_when_no_channel_is(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    connector.fail_next(10_000)
+    async with running_pool(pool_name, 2, fake_channel(connector), wait=False):
+        await connector.wait_for_calls(2)
+        with pytest.raises(NotConnectedError) as caught:
+            Pool.get_channel(pool_name)
+    assert caught.value.pool_name == pool_name
+    assert "none of its 2 channel(s) is connected" in caught.value.reason
+
+
+async def test_get_channel_of_a_pool_that_does_not_run_raises_pool_not_started(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    with pytest.raises(PoolNotStartedError, match="no pool of that name is running"):
+        Pool.get_channel(pool_name)
+    async with running_pool(pool_name, 1, fake_channel(connector)):
+        Pool.get_channel(pool_name)
+    with pytest.raises(PoolNotStartedError) as caught:
+        Pool.get_channel(pool_name)
+    assert caught.value.pool_name == pool_name
+
+
+async def test_get_channel_with_a_name_that_is_not_a_string_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="expected a pool name as a str, got 42"):
+        Pool.get_channel(42)  # type: ignore[arg-type]
+
+
+async def test_a_pool_of_size_zero_runs_and_is_never_connected(pool_name: str) -> None:
+    async with running_pool(pool_name, 0, {"address": "fake:1"}):
+        assert Pool.status(pool_name).expected_size == 0
+        with pytest.raises(NotConnectedError):
+            Pool.get_channel(pool_name)
+
+
+# --- callbacks ---------------------------------------------------------------------------
+
+
+async def test_on_connect_runs_once_per_successful_connection_and_never_on_failure(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    connects: list[int] = []
+    connector.fail_next(3)
+    channel = fake_channel(connector, on_connect=lambda: connects.append(len(connector.channels)))
+    async with running_pool(pool_name, 2, channel):
+        assert len(connects) == 2
+        connector.drop(0)
+        await wait_until(lambda: len(connects) == 3)
+        await Pool.wait_connected(pool_name, timeout=5)
+    assert len(connector.calls) == 6  # 3 failures, 2 connects, 1 reconnect
+    assert len(connects) == 3
+
+
+async def test_on_disconnect_runs_only_for_a_channel_that_was_connected(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    disconnects: list[str] = []
+    connector.fail_next(3)
+    channel = fake_channel(connector, on_disconnect=lambda: disconnects.append("lost"))
+    async with running_pool(pool_name, 2, channel):
+        assert disconnects == []
+        connector.drop(0)
+        await wait_until(lambda: disconnects == ["lost"])
+        await Pool.wait_connected(pool_name, timeout=5)
+    assert disconnects == ["lost"]  # stopping the pool is no disconnect
+
+
+async def test_async_callbacks_are_awaited(pool_name: str, connector: FakeConnector) -> None:
+    seen: list[str] = []
+
+    async def on_connect() -> None:
+        await anyio.lowlevel.checkpoint()
+        seen.append("connect")
+
+    async def on_disconnect() -> None:
+        await anyio.lowlevel.checkpoint()
+        seen.append("disconnect")
+
+    channel = fake_channel(connector, on_connect=on_connect, on_disconnect=on_disconnect)
+    async with running_pool(pool_name, 1, channel):
+        connector.drop(0)
+        await wait_until(lambda: seen == ["connect", "disconnect", "connect"])
+
+
+async def test_a_channel_joins_the_pool_only_after_on_connect_returns(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    sizes: list[int] = []
+    channel = fake_channel(
+        connector, on_connect=lambda: sizes.append(Pool.status(pool_name).current_size)
+    )
+    async with running_pool(pool_name, 1, channel):
+        assert sizes == [0]
+
+
+# --- backoff and the connector --------------------------------------------------------------
+
+
+class SpyBackoff:
+    """Records every call; each channel's copy shares the log (a shallow copy)."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def next(self) -> float:
+        self.log.append("next")
+        return 0.001
+
+    def reset(self) -> None:
+        self.log.append("reset")
+
+
+async def test_backoff_advances_on_every_failure_and_resets_on_success(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    log: list[str] = []
+    connector.fail_next(3)
+    async with running_pool(pool_name, 1, fake_channel(connector, backoff=SpyBackoff(log))):
+        assert log == ["next", "next", "next", "reset"]
+        connector.drop(0)
+        await wait_until(lambda: log.count("reset") == 2)
+    assert log == ["next", "next", "next", "reset", "next", "reset"]
+
+
+async def test_each_channel_backs_off_on_its_own_copy_of_the_backoff(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    shared = ExponentialBackoff(min=0.001, max=0.002, jitter=0)
+    connector.fail_next(4)
+    async with running_pool(pool_name, 2, fake_channel(connector, backoff=shared)):
+        pass
+    assert shared.next() == 0.001  # the configured object itself was never advanced
+
+
+async def test_the_connector_is_called_with_exactly_the_configured_address_and_options(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    options = [("grpc.keepalive_time_ms", 60_000), ("grpc.primary_user_agent", "test")]
+    config = ChannelConfig("dns:///backend.internal:443", options=options, connector=connector)
+    async with running_pool(pool_name, 2, config):
+        pass
+    assert len(connector.calls) == 2
+    for call in connector.calls:
+        assert call.address == "dns:///backend.internal:443"
+        assert list(call.options) == options
+
+
+async def test_a_hanging_attempt_is_cut_off_by_connect_timeout(
+    pool_name: str, connector: FakeConnector, channel_events: EventLog
+) -> None:
+    connector.hang_next(1)
+    channel = fake_channel(connector, connect_timeout=0.05)
+    async with running_pool(pool_name, 1, channel):
+        (failure,) = channel_events.of("connection_failed")
+    assert "within connect_timeout=0.05 s" in failure["reason"]
+
+
+# --- supervision ------------------------------------------------------------------------------
+
+
+async def test_a_raising_on_connect_restarts_only_its_worker(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    raise_next = [False]
+
+    def on_connect() -> None:
+        if raise_next[0]:
+            raise_next[0] = False
+            raise RuntimeError("on_connect failed")
+
+    with recording(SUPERVISOR_EVENTS) as events:
+        async with running_pool(pool_name, 3, fake_channel(connector, on_connect=on_connect)):
+            first, second, third = by_index(pool_name)
+            raise_next[0] = True
+            second.drop()
+            await wait_until(lambda: events.of("child_restarted") != [])
+            await Pool.wait_connected(pool_name, timeout=5)
+            now = by_index(pool_name)
+            assert now[0] is first
+            assert now[2] is third
+            assert now[1] not in (second, None)
+    (restarted,) = events.of("child_restarted")
+    assert restarted["supervisor"] == pool_name
+    assert restarted["child_id"] == "channel-1"
+    assert isinstance(restarted["error"], RuntimeError)
+
+
+async def test_a_raising_on_disconnect_restarts_only_its_worker(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    def on_disconnect() -> None:
+        raise RuntimeError("on_disconnect failed")
+
+    with recording(SUPERVISOR_EVENTS) as events:
+        async with running_pool(pool_name, 2, fake_channel(connector, on_disconnect=on_disconnect)):
+            first, second = by_index(pool_name)
+            second.drop()
+            await wait_until(lambda: len(events.of("child_restarted")) == 1)
+            await Pool.wait_connected(pool_name, timeout=5)
+            assert by_index(pool_name)[0] is first
+    assert [m["child_id"] for m in events.of("child_restarted")] == ["channel-1"]
+
+
+async def test_a_crash_loop_past_the_intensity_makes_the_pool_give_up_to_its_parent(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    def on_connect() -> None:
+        raise RuntimeError("always fails")
+
+    spec = Pool.child_spec(
+        name=pool_name,
+        pool_size=1,
+        channel=fake_channel(connector, on_connect=on_connect),
+        max_restarts=2,
+    )
+    with pytest.raises(SupervisorGaveUpError) as caught:
+        async with Supervisor([spec], name="app", max_restarts=0):
+            await anyio.sleep_forever()
+    assert caught.value.child_id == pool_name
+    cause = caught.value.__cause__
+    assert isinstance(cause, SupervisorGaveUpError)
+    assert cause.supervisor == pool_name
+    assert cause.child_id == "channel-0"
+    assert str(cause.__cause__) == "always fails"
+    assert all(channel.closed for channel in connector.channels)
+
+
+async def test_a_sibling_pool_keeps_serving_while_another_crash_loops(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    def on_connect() -> None:
+        raise RuntimeError("always fails")
+
+    healthy = FakeConnector()
+    broken = Pool.child_spec(
+        name=f"{pool_name}-broken",
+        pool_size=1,
+        channel=fake_channel(connector, on_connect=on_connect),
+        max_restarts=1,
+    )
+    good = Pool.child_spec(name=pool_name, pool_size=2, channel=fake_channel(healthy))
+    with recording(SUPERVISOR_EVENTS) as events:
+        async with Supervisor([good, broken], max_restarts=1000, max_seconds=60):
+            await Pool.wait_connected(pool_name, timeout=5)
+            serving = by_index(pool_name)
+            await wait_until(
+                lambda: sum(1 for m in events.of("gave_up") if m["supervisor"] == broken.id) >= 3
+            )
+            assert by_index(pool_name) == serving
+            assert [Pool.get_channel(pool_name) for _ in range(2)] == serving
+
+
+async def test_starting_a_second_pool_under_a_running_name_is_an_error(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    async with running_pool(pool_name, 1, fake_channel(connector)):
+        serving = by_index(pool_name)
+        async with Supervisor(name="other") as other:
+            with pytest.raises(ChildStartError, match=f"'{pool_name}', which is already") as caught:
+                await other.start_child(
+                    Pool.child_spec(name=pool_name, pool_size=4, channel=fake_channel(connector))
+                )
+        assert isinstance(caught.value.__cause__, NameTakenError)
+        assert by_index(pool_name) == serving
+        assert Pool.status(pool_name).expected_size == 1
+
+
+async def test_leaving_the_supervisor_closes_every_channel(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    async with running_pool(pool_name, 4, fake_channel(connector)):
+        await lose(pool_name, connector.connected[0])
+        await Pool.wait_connected(pool_name, timeout=5)
+    assert len(connector.channels) == 5
+    assert all(channel.closed for channel in connector.channels)
+
+
+# --- status, workers, waiting --------------------------------------------------------------------
+
+
+async def test_status_reports_expected_and_current_size(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    async with running_pool(pool_name, 3, fake_channel(connector)):
+        connector.hang_next(1)
+        await lose(pool_name, connector.connected[0])
+        status = Pool.status(pool_name)
+        assert (status.name, status.expected_size, status.current_size) == (pool_name, 3, 2)
+
+
+async def test_get_all_workers_lists_the_connected_workers_in_index_order(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    async with running_pool(pool_name, 3, fake_channel(connector)):
+        connector.hang_next(1)
+        await lose(pool_name, by_index(pool_name)[1])
+        workers = Pool.get_all_workers(pool_name)
+        assert [w.index for w in workers] == [0, 2]
+        assert all(w.state == "connected" and w.name.startswith(pool_name) for w in workers)
+
+
+async def test_wait_connected_waits_for_the_count_asked_for(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    connector.hang_next(1)
+    channel = fake_channel(connector, connect_timeout=0.2)
+    async with running_pool(pool_name, 2, channel, wait=False):
+        status = await Pool.wait_connected(pool_name, count=1, timeout=5)
+        assert status.current_size >= 1
+        status = await Pool.wait_connected(pool_name, timeout=5)
+        assert status.current_size == 2
+
+
+async def test_wait_connected_times_out_with_not_connected(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    connector.fail_next(10_000)
+    async with running_pool(pool_name, 2, fake_channel(connector), wait=False):
+        with pytest.raises(NotConnectedError, match=r"expected 2 connected channel\(s\) within"):
+            await Pool.wait_connected(pool_name, timeout=0.05)
+
+
+async def test_wait_connected_rejects_a_count_beyond_the_pool_size(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    async with running_pool(pool_name, 2, fake_channel(connector)):
+        with pytest.raises(ValueError, match="expected 0 to 2"):
+            await Pool.wait_connected(pool_name, count=3)
+    with pytest.raises(PoolNotStartedError):
+        await Pool.wait_connected(pool_name)
+
+
+# --- the declarative class -------------------------------------------------------------------
+
+
+async def test_a_declared_pool_is_named_after_its_class_and_accepted_by_a_supervisor(
+    connector: FakeConnector,
+) -> None:
+    class InventoryPool(Pool, pool_size=2, channel=fake_channel(connector)):
+        pass
+
+    async with Supervisor([InventoryPool]) as sup:
+        assert sup.which_children()[0].id == "InventoryPool"
+        await InventoryPool.wait_connected(timeout=5)
+        assert InventoryPool.status().current_size == 2
+        assert InventoryPool.get_channel() in [w.channel for w in InventoryPool.get_all_workers()]
+        assert Pool.get_channel("InventoryPool") is not None
+
+
+async def test_a_declared_pool_may_be_given_a_name(connector: FakeConnector) -> None:
+    class Named(Pool, name="billing", pool_size=1, channel=fake_channel(connector)):
+        pass
+
+    async with Supervisor([Named]):
+        await Named.wait_connected(timeout=5)
+        assert Pool.status("billing").expected_size == 1
+        with pytest.raises(ValueError, match="fixed by the class statement"):
+            Named.child_spec(name="other")
+
+
+async def test_runtime_config_overrides_the_class_and_explicit_arguments_override_both(
+    connector: FakeConnector,
+) -> None:
+    environment = {"pool_size": 3, "channel": {"address": "from-config:1"}}
+
+    class Layered(
+        Pool,
+        pool_size=1,
+        channel=fake_channel(connector, connect_timeout=2.0),
+        telemetry_interval=7.0,
+        config=lambda: environment,
+    ):
+        pass
+
+    async with Supervisor([Layered.child_spec(telemetry_interval=9.0)]):
+        await Layered.wait_connected(timeout=5)
+        assert Layered.status().expected_size == 3
+    call = connector.calls[0]
+    assert call.address == "from-config:1"  # config() laid over the class's channel...
+    assert call.connect_timeout == 2.0  # ...field by field
+    spec_default = Layered.child_spec()
+    spec_override = Layered.child_spec(pool_size=5, channel={"address": "explicit:1"})
+    assert spec_default.id == spec_override.id == "Layered"
+
+
+async def test_the_config_callable_is_called_at_child_spec_time(connector: FakeConnector) -> None:
+    calls: list[int] = []
+
+    def config() -> dict[str, Any]:
+        calls.append(1)
+        return {"channel": {"address": "late:1"}}
+
+    class Late(Pool, pool_size=1, config=config, channel={"connector": connector, "backoff": FAST}):
+        pass
+
+    assert calls == []
+    async with Supervisor([Late]):
+        await Late.wait_connected(timeout=5)
+    assert calls == [1]
+    assert connector.calls[0].address == "late:1"
+
+
+async def test_the_base_pool_needs_a_name() -> None:
+    with pytest.raises(TypeError, match="expected a pool name"):
+        Pool.get_channel()
+    with pytest.raises(TypeError, match="name= is required"):
+        Pool.child_spec(pool_size=1, channel={"address": "x:1"})
+
+
+# --- mock -------------------------------------------------------------------------------------
+
+
+async def test_mock_answers_get_channel_and_no_connection_is_opened(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    stand_in = object()
+    async with running_pool(pool_name, 3, fake_channel(connector, mock=lambda: stand_in)):
+        assert Pool.status(pool_name).current_size == 3
+        assert Pool.get_channel(pool_name) is stand_in
+    assert connector.calls == []
+
+
+# --- telemetry and logs ---------------------------------------------------------------------------
+
+
+async def test_channel_events_carry_durations_and_names(
+    pool_name: str, connector: FakeConnector, channel_events: EventLog
+) -> None:
+    connector.fail_next(1)
+    async with running_pool(pool_name, 1, fake_channel(connector)):
+        connector.drop(0)
+        await wait_until(lambda: len(channel_events.of("connected")) == 2)
+    kinds = [event[-1] for event in channel_events.names() if event[1] == "channel"]
+    assert kinds == ["connection_failed", "connected", "disconnected", "connected", "disconnected"]
+    for event, measurements, metadata in channel_events.events:
+        if event[1] != "channel":
+            continue
+        assert isinstance(measurements["duration"], int)
+        assert measurements["duration"] >= 0
+        assert metadata["pool_name"] == pool_name
+        assert metadata["channel_name"] == f"{pool_name}[0]"
+    failed = channel_events.events[0]
+    assert "refused on purpose" in str(failed[1]["error"])
+    reasons = [m["reason"] for m in channel_events.of("disconnected")]
+    assert reasons == ["connection_lost", "shutdown"]
+
+
+async def test_get_channel_emits_its_event_either_way(
+    pool_name: str, connector: FakeConnector, channel_events: EventLog
+) -> None:
+    connector.hang_next(1)
+    async with running_pool(pool_name, 1, fake_channel(connector, connect_timeout=5), wait=False):
+        with pytest.raises(NotConnectedError):
+            Pool.get_channel(pool_name)
+    with pytest.raises(PoolNotStartedError):
+        Pool.get_channel(pool_name)
+    results = [(m["pool_name"], m["result"]) for m in channel_events.of("get_channel")]
+    assert results == [(pool_name, "NotConnectedError"), (pool_name, "PoolNotStartedError")]
+
+
+async def test_get_channel_event_reports_a_successful_hand_out(
+    pool_name: str, connector: FakeConnector, channel_events: EventLog
+) -> None:
+    async with running_pool(pool_name, 1, fake_channel(connector)):
+        Pool.get_channel(pool_name)
+    ((_, measurements, metadata),) = [e for e in channel_events.events if e[0][-1] == "get_channel"]
+    assert metadata == {"pool_name": pool_name, "result": "ok"}
+    assert isinstance(measurements["duration"], int)
+
+
+async def test_the_pool_reports_its_status_periodically(
+    pool_name: str, connector: FakeConnector, channel_events: EventLog
+) -> None:
+    async with running_pool(pool_name, 2, fake_channel(connector), telemetry_interval=0.02):
+        await wait_until(lambda: len(channel_events.of("status")) >= 2)
+    ((_, measurements, metadata), *_) = [e for e in channel_events.events if e[0][-1] == "status"]
+    assert metadata == {"pool_name": pool_name}
+    assert measurements == {"expected_size": 2, "current_size": 2}
+
+
+async def test_debug_logs_name_the_pool_the_channel_index_and_the_event(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    with capture_logs() as logs:
+        async with running_pool(pool_name, 2, fake_channel(connector, debug=True)):
+            pass
+    connected = [log for log in logs if log["event"] == "channel connected"]
+    assert sorted(log["channel_index"] for log in connected) == [0, 1]
+    assert all(log["pool_name"] == pool_name and log["log_level"] == "debug" for log in connected)
+
+
+async def test_without_debug_a_healthy_pool_logs_nothing(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    with capture_logs() as logs:
+        async with running_pool(pool_name, 2, fake_channel(connector)):
+            pass
+    assert logs == []

@@ -1,0 +1,95 @@
+"""docs/telemetry.md and the code agree: every event listed is emitted, and vice versa."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from conngrpc import Channel, ExponentialBackoff, Pool, Supervisor, SupervisorGaveUpError, telemetry
+from conngrpc.testing import FakeConnector
+from tests._probe import recording, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+Event = tuple[str, ...]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def documented_events() -> set[Event]:
+    text = (ROOT / "docs" / "telemetry.md").read_text()
+    headings = re.findall(r"^### `(\(.*\))`$", text, re.MULTILINE)
+    return {ast.literal_eval(heading) for heading in headings}
+
+
+def events_in_the_code() -> set[Event]:
+    found = set()
+    for path in (ROOT / "conngrpc").rglob("*.py"):
+        for match in re.finditer(r'\("conngrpc", "\w+", "\w+"\)', path.read_text()):
+            found.add(ast.literal_eval(match.group(0)))
+    return found
+
+
+def test_every_event_in_the_code_is_documented_and_every_documented_one_is_in_the_code() -> None:
+    documented = documented_events()
+    assert len(documented) >= 11
+    assert events_in_the_code() == documented
+
+
+@pytest.mark.anyio
+async def test_every_documented_event_is_emitted() -> None:
+    fast = ExponentialBackoff(min=0.001, max=0.002, jitter=0)
+    connector = FakeConnector()
+    connector.fail_next(1)
+    crash_once = [True]
+
+    def on_connect() -> None:
+        if crash_once[0]:
+            crash_once[0] = False
+            raise RuntimeError("crash once")
+
+    def always_raise() -> None:
+        raise RuntimeError("always")
+
+    def broken_handler(*_: Any) -> None:
+        raise ValueError("a broken handler")
+
+    channel = {"address": "fake:1", "connector": connector, "backoff": fast}
+    specs = [
+        Pool.child_spec(
+            name="docs-pool",
+            pool_size=1,
+            channel={**channel, "on_connect": on_connect},
+            telemetry_interval=0.01,
+        ),
+        Channel.child_spec(name="docs-channel", channel=channel),
+    ]
+    doomed = Pool.child_spec(
+        name="docs-doomed",
+        pool_size=1,
+        channel={**channel, "on_connect": always_raise},
+        max_restarts=0,
+    )
+    telemetry.attach("docs-broken-handler", ("conngrpc", "pool", "status"), broken_handler)
+    try:
+        with recording(sorted(documented_events() | events_in_the_code())) as log:
+            async with Supervisor(specs) as sup:
+                await Pool.wait_connected("docs-pool", timeout=5)
+                Pool.get_channel("docs-pool")
+                await wait_until(lambda: Channel.get("docs-channel") is not None)
+                connector.drop(connector.connected[0])
+                await wait_until(lambda: len(log.of("status")) >= 1)
+                with anyio.fail_after(5), pytest.raises(SupervisorGaveUpError):
+                    async with Supervisor([doomed], max_restarts=0):
+                        await anyio.sleep_forever()
+                assert sup.count_children().active == 2
+    finally:
+        telemetry.detach("docs-broken-handler")
+    assert set(log.names()) == documented_events()
