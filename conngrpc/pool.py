@@ -397,6 +397,8 @@ async def _run_pool(settings: _PoolSettings, *, task_status: TaskStatus[Supervis
                         index=index,
                         membership=runtime,
                     ),
+                    # room for in-flight calls to finish before the channel closes
+                    shutdown=settings.channel.shutdown_grace + 1.0,
                 )
                 for index in range(settings.pool_size)
             ]

@@ -33,6 +33,8 @@ class ChannelConfig:
     - ``compression``: a ``grpc.Compression`` for every call, or None.
     - ``interceptors``: ``grpc.aio`` client interceptors.
     - ``connect_timeout``: seconds one connection attempt may take.
+    - ``shutdown_grace``: seconds calls in flight may take to finish when the pool is
+      stopped, before they are cancelled and the channel closes.
     - ``backoff``: waits between attempts; each channel uses its own copy.
     - ``on_connect`` / ``on_disconnect``: zero-argument callables, sync or async, run
       after each successful connect and after each lost connection. One that raises
@@ -52,6 +54,7 @@ class ChannelConfig:
     compression: grpc.Compression | None = None
     interceptors: Sequence[grpc.aio.ClientInterceptor] = ()
     connect_timeout: float = 5.0
+    shutdown_grace: float = 5.0
     backoff: Backoff = field(default_factory=ExponentialBackoff)
     on_connect: Callback | None = None
     on_disconnect: Callback | None = None
@@ -81,13 +84,8 @@ class ChannelConfig:
                 f"got {self.compression!r}"
             )
         set_(self, "interceptors", _check_interceptors(self.interceptors))
-        timeout = self.connect_timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-            raise TypeError(f"ChannelConfig.connect_timeout: expected seconds, got {timeout!r}")
-        if not 0 < timeout < math.inf:
-            raise ValueError(
-                f"ChannelConfig.connect_timeout: expected finite seconds > 0, got {timeout!r}"
-            )
+        _check_seconds("connect_timeout", self.connect_timeout, zero_allowed=False)
+        _check_seconds("shutdown_grace", self.shutdown_grace, zero_allowed=True)
         if not (
             callable(getattr(self.backoff, "next", None))
             and callable(getattr(self.backoff, "reset", None))
@@ -142,6 +140,14 @@ def _check_keys(value: Mapping[str, Any], where: str) -> None:
             f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
             f"valid keys are {', '.join(FIELDS)}"
         )
+
+
+def _check_seconds(field: str, value: object, *, zero_allowed: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"ChannelConfig.{field}: expected seconds, got {value!r}")
+    if not (value >= 0 if zero_allowed else value > 0) or not value < math.inf:
+        bound = ">= 0" if zero_allowed else "> 0"
+        raise ValueError(f"ChannelConfig.{field}: expected finite seconds {bound}, got {value!r}")
 
 
 def _check_options(options: object) -> tuple[tuple[str, Any], ...]:

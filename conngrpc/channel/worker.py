@@ -125,6 +125,7 @@ async def run_worker(
         if config.debug:
             log.debug("channel connected", connect_ms=(connected_at - begin) / 1e6)
         lost = False
+        grace: float | None = None  # for in-flight calls, when the pool is being stopped
         try:
             await _run_callback(config.on_connect)
             worker.channel = channel
@@ -150,6 +151,8 @@ async def run_worker(
             if not lost:
                 membership.left(worker)
                 cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+                if cancelled:
+                    grace = config.shutdown_grace
                 telemetry.execute(
                     DISCONNECTED,
                     {"duration": time.monotonic_ns() - connected_at},
@@ -160,7 +163,7 @@ async def run_worker(
             worker.channel = None
             worker.connected_at = None
             with anyio.CancelScope(shield=True):
-                await channel.close()
+                await channel.close(grace)
 
         # --- backing off -------------------------------------------------------------
         worker.state = "backing_off"
