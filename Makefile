@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit clean
+.PHONY: demo test lint typecheck unit bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "conngrpc needs Python 3.10 or newer; $(PYTHON) is " + sys.version.split()[0])'
@@ -18,14 +18,21 @@ demo: $(STAMP)
 test: lint typecheck unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check conngrpc tests
-	$(BIN)/ruff format --check conngrpc tests
+	$(BIN)/ruff check conngrpc tests bench
+	$(BIN)/ruff format --check conngrpc tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict conngrpc
 
 unit: $(STAMP)
 	$(BIN)/pytest tests
+
+# Benchmarks never run inside `make test` (a smoke test runs bench-quick's code only).
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.run --quick
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis

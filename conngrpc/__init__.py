@@ -19,6 +19,7 @@ from .errors import DuplicateChildError as DuplicateChildError
 from .errors import NameTakenError as NameTakenError
 from .errors import NotConnectedError as NotConnectedError
 from .errors import PoolNotStartedError as PoolNotStartedError
+from .errors import StrayCancellationError as StrayCancellationError
 from .errors import SupervisorError as SupervisorError
 from .errors import SupervisorGaveUpError as SupervisorGaveUpError
 from .errors import SupervisorNotRunningError as SupervisorNotRunningError
@@ -57,6 +58,7 @@ __all__ = [
     "PoolSettings",
     "PoolStatus",
     "Registry",
+    "StrayCancellationError",
     "Supervisor",
     "SupervisorError",
     "SupervisorGaveUpError",

@@ -1,12 +1,29 @@
-"""The exception hierarchy: every error conngrpc raises is a :class:`ConnGRPCError`."""
+"""The exception hierarchy: errors of a running pool or supervisor are ConnGRPCErrors.
+
+Configuration mistakes are ``TypeError`` / ``ValueError`` (some of which are also
+ConnGRPCErrors), raised where the configuration is written.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import Any
 
 
 class ConnGRPCError(Exception):
     """Base class of every error conngrpc raises."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The subclasses' __init__ take their fields, not the message: rebuild from both,
+        # so errors survive pickle (multiprocessing, task queues) and copy.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[ConnGRPCError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 # --- supervision -------------------------------------------------------------
@@ -45,6 +62,22 @@ class SupervisorGaveUpError(SupervisorError):
         super().__init__(
             f"supervisor {supervisor!r} gave up: child {child_id!r} needed more than "
             f"{max_restarts} restart(s) within {max_seconds:g} s; all children were stopped"
+        )
+
+
+class StrayCancellationError(SupervisorError):
+    """A child raised a cancellation that no cancel scope asked for; a crash.
+
+    grpc.aio raises a bare ``asyncio.CancelledError`` from a call whose channel was
+    closed; the original exception is the ``__cause__``.
+    """
+
+    def __init__(self, supervisor: str, child_id: Hashable) -> None:
+        self.supervisor = supervisor
+        self.child_id = child_id
+        super().__init__(
+            f"supervisor {supervisor!r}: child {child_id!r} raised a cancellation that no "
+            "cancel scope asked for (grpc.aio does so for a call whose channel was closed)"
         )
 
 

@@ -25,9 +25,10 @@ import grpc.aio
 from anyio.abc import TaskStatus
 
 from . import telemetry
+from ._tasks import task_group
 from .channel.config import ChannelConfig, ChannelConfigLike
 from .channel.worker import ChannelWorker, run_worker
-from .errors import ChannelUnavailableError, NotConnectedError, PoolNotStartedError
+from .errors import NotConnectedError, PoolNotStartedError
 from .supervisor import ChildSpec, Registry, Supervisor
 
 if TYPE_CHECKING:
@@ -270,21 +271,16 @@ class Pool:
         """
         if name is None:
             name = cls._own_name()
-        if _listeners(GET_CHANNEL) is None:
-            return _pick(name)
-        begin = time.perf_counter_ns()
-        result = "ok"
         try:
-            return _pick(name)
-        except ChannelUnavailableError as error:
-            result = type(error).__name__
-            raise
-        finally:
-            telemetry.execute(
-                GET_CHANNEL,
-                {"duration": time.perf_counter_ns() - begin},
-                {"pool_name": name, "result": result},
-            )
+            pool = _lookup(name)
+        except TypeError:  # unhashable
+            raise _not_started(name) from None
+        # The hot path, one condition: a running pool, a connected channel, no mock and
+        # nobody listening for the telemetry event. Everything else goes the long way.
+        if pool is not None and pool.channels and pool.mock is None and not _listeners(GET_CHANNEL):
+            channels = pool.channels
+            return channels[next(pool.counter) % len(channels)]
+        return _get_channel(name, pool)
 
     @classmethod
     def status(cls, name: str | None = None) -> PoolStatus:
@@ -360,19 +356,31 @@ class Pool:
         return runtime
 
 
-def _pick(name: str) -> grpc.aio.Channel:
-    """The next connected channel of pool ``name``, round-robin."""
-    pool = _lookup(name)
-    if pool is None:
-        raise _not_started(name)
-    channels = pool.channels
-    if not channels:
-        raise NotConnectedError(
-            name, f"none of its {pool.expected_size} channel(s) is connected now"
-        )
-    if pool.mock is not None:
-        return pool.mock()  # type: ignore[no-any-return]
-    return channels[next(pool.counter) % len(channels)]
+def _get_channel(name: str, pool: _PoolRuntime | None) -> grpc.aio.Channel:
+    """``get_channel`` the long way: errors, ``mock``, and the telemetry event."""
+    begin = time.perf_counter_ns()
+    result = "ok"
+    try:
+        if pool is None:
+            raise _not_started(name)
+        channels = pool.channels
+        if not channels:
+            raise NotConnectedError(
+                name, f"none of its {pool.expected_size} channel(s) is connected now"
+            )
+        if pool.mock is not None:
+            return pool.mock()  # type: ignore[no-any-return]
+        return channels[next(pool.counter) % len(channels)]
+    except Exception as error:
+        result = type(error).__name__
+        raise
+    finally:
+        if _listeners(GET_CHANNEL):
+            telemetry.execute(
+                GET_CHANNEL,
+                {"duration": time.perf_counter_ns() - begin},
+                {"pool_name": name, "result": result},
+            )
 
 
 def _not_started(name: object) -> Exception:
@@ -383,36 +391,41 @@ def _not_started(name: object) -> Exception:
 
 
 async def _run_pool(settings: _PoolSettings, *, task_status: TaskStatus[Supervisor]) -> None:
-    """The pool's supervisor: registers the name, runs the workers and the status reporter."""
+    """The pool's supervisor: registers the name, runs the workers and the status reporter.
+
+    Channels that leave the pool are closed in ``closer``, which outlives the workers:
+    when the pool stops, every channel drains its calls in flight at the same time.
+    """
     runtime = _PoolRuntime(settings.name, settings.pool_size, settings.channel.mock)
     try:
-        with pools.register(settings.name, runtime):
-            workers = [
-                ChildSpec(
-                    f"channel-{index}",
-                    functools.partial(
-                        run_worker,
-                        settings.channel,
-                        pool_name=settings.name,
-                        index=index,
-                        membership=runtime,
-                    ),
-                    # room for in-flight calls to finish before the channel closes
-                    shutdown=settings.channel.shutdown_grace + 1.0,
+        async with task_group() as closer:
+            with pools.register(settings.name, runtime):
+                workers = [
+                    ChildSpec(
+                        f"channel-{index}",
+                        functools.partial(
+                            run_worker,
+                            settings.channel,
+                            pool_name=settings.name,
+                            index=index,
+                            membership=runtime,
+                            closer=closer,
+                        ),
+                    )
+                    for index in range(settings.pool_size)
+                ]
+                reporter = ChildSpec(
+                    "status",
+                    functools.partial(_report_status, runtime, settings.telemetry_interval),
                 )
-                for index in range(settings.pool_size)
-            ]
-            reporter = ChildSpec(
-                "status", functools.partial(_report_status, runtime, settings.telemetry_interval)
-            )
-            async with Supervisor(
-                [*workers, reporter],
-                name=settings.name,
-                max_restarts=settings.max_restarts,
-                max_seconds=settings.max_seconds,
-            ) as supervisor:
-                task_status.started(supervisor)
-                await anyio.sleep_forever()
+                async with Supervisor(
+                    [*workers, reporter],
+                    name=settings.name,
+                    max_restarts=settings.max_restarts,
+                    max_seconds=settings.max_seconds,
+                ) as supervisor:
+                    task_status.started(supervisor)
+                    await anyio.sleep_forever()
     finally:
         runtime.changed.set()  # wake wait_connected callers: the pool is gone
 

@@ -36,12 +36,30 @@ def test_the_defaults_are_upstreams_one_to_thirty_seconds() -> None:
     assert _waits(backoff, 7) == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
 
 
+def _bases(minimum: float, maximum: float, multiplier: float, jitter: float, n: int) -> list[float]:
+    """The unstretched waits: growing from min, stopping where a stretched wait hits max."""
+    ceiling = max(minimum, maximum / (1 + jitter))
+    bases, base = [], minimum
+    for _ in range(n):
+        bases.append(base)
+        base = min(ceiling, base * multiplier)
+    return bases
+
+
 def test_with_jitter_each_wait_lies_between_its_base_and_the_stretched_base() -> None:
     jitter = 0.5
     backoff = ExponentialBackoff(min=1.0, max=20.0, jitter=jitter, rng=random.Random(1))
-    bases = [1.0, 2.0, 4.0, 8.0, 16.0, 20.0, 20.0]
+    bases = _bases(1.0, 20.0, 2.0, jitter, 7)
+    assert bases == [1.0, 2.0, 4.0, 8.0, 20 / 1.5, 20 / 1.5, 20 / 1.5]
     for base, wait in zip(bases, _waits(backoff, len(bases)), strict=True):
         assert base <= wait <= min(20.0, base * (1 + jitter))
+
+
+def test_waits_at_the_cap_stay_spread_below_max() -> None:
+    backoff = ExponentialBackoff(min=1.0, max=30.0, jitter=0.2, rng=random.Random(3))
+    at_cap = _waits(backoff, 40)[-20:]
+    assert all(30.0 / 1.2 <= wait <= 30.0 for wait in at_cap)
+    assert len(set(at_cap)) > 10  # channels that failed together do not retry together
 
 
 def test_with_jitter_the_waits_are_not_all_the_base() -> None:
@@ -70,10 +88,10 @@ def test_every_wait_lies_within_min_and_max_above_a_non_decreasing_base(
     backoff = ExponentialBackoff(
         minimum, maximum, multiplier=multiplier, jitter=jitter, rng=random.Random(seed)
     )
-    bases = _waits(ExponentialBackoff(minimum, maximum, multiplier=multiplier, jitter=0), 40)
+    bases = _bases(minimum, maximum, multiplier, jitter, 40)
     assert bases == sorted(bases)
     for base, wait in zip(bases, _waits(backoff, len(bases)), strict=True):
-        assert minimum <= base <= wait <= maximum
+        assert minimum <= base <= wait <= min(maximum, base * (1 + jitter)) * (1 + 1e-12)
 
 
 def test_reset_goes_back_to_min() -> None:

@@ -140,6 +140,8 @@ async def test_get_channel_of_a_pool_that_does_not_run_raises_pool_not_started(
 async def test_get_channel_with_a_name_that_is_not_a_string_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="expected a pool name as a str, got 42"):
         Pool.get_channel(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"expected a pool name as a str, got \[.a.\]"):
+        Pool.get_channel(["a"])  # type: ignore[arg-type]
 
 
 async def test_a_pool_of_size_zero_runs_and_is_never_connected(pool_name: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -17,6 +18,7 @@ from conngrpc import (
     ChildStartError,
     ChildStateError,
     DuplicateChildError,
+    StrayCancellationError,
     Supervisor,
     SupervisorGaveUpError,
     SupervisorNotRunningError,
@@ -467,7 +469,7 @@ async def test_a_supervisor_can_be_entered_only_once() -> None:
 # --- shutdown --------------------------------------------------------------------------------
 
 
-async def test_shutdown_gives_a_child_at_most_its_shutdown_time_before_moving_on() -> None:
+async def test_a_child_that_overruns_its_shutdown_time_is_reported_and_waited_for() -> None:
     release = anyio.Event()
     order: list[str] = []
 
@@ -487,20 +489,99 @@ async def test_shutdown_gives_a_child_at_most_its_shutdown_time_before_moving_on
             await anyio.sleep_forever()
         finally:
             order.append("polite stopped")
-            release.set()
+
+    def overran() -> bool:
+        return any("did not stop within its shutdown time" in log["event"] for log in logs)
+
+    async def release_once_reported() -> None:
+        await wait_until(overran)
+        release.set()
 
     specs = [ChildSpec("polite", polite), ChildSpec("stubborn", stubborn, shutdown=0.05)]
     with capture_logs() as logs:
-        async with Supervisor(specs):
-            pass
-    assert order == ["stubborn cancelled", "polite stopped", "stubborn finished"]
-    assert any("did not stop within its shutdown time" in log["event"] for log in logs)
+        async with anyio.create_task_group() as watcher:
+            watcher.start_soon(release_once_reported)
+            async with Supervisor(specs):
+                pass
+    # The next child is stopped only once the overrunning one has really ended.
+    assert order == ["stubborn cancelled", "stubborn finished", "polite stopped"]
+    assert overran()
+
+
+async def test_a_child_cannot_terminate_itself() -> None:
+    outcome: list[BaseException] = []
+
+    async def suicidal(*, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        try:
+            await sup.terminate_child("self")
+        except ChildStateError as error:
+            outcome.append(error)
+        await anyio.sleep_forever()
+
+    async with Supervisor() as sup:
+        await sup.start_child(ChildSpec("self", suicidal))
+        await wait_until(lambda: outcome != [])
+        assert sup.which_children()[0].running
+    assert "cannot terminate itself" in str(outcome[0])
+
+
+async def test_leaving_cancels_a_child_that_is_still_starting() -> None:
+    outcome: list[BaseException] = []
+
+    async def never_ready(*, task_status: TaskStatus[None]) -> None:
+        await anyio.sleep_forever()
+
+    async def starter(sup: Supervisor) -> None:
+        try:
+            await sup.start_child(ChildSpec("slow", never_ready))
+        except ChildStartError as error:
+            outcome.append(error)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tasks, Supervisor() as sup:
+            tasks.start_soon(starter, sup)
+            await wait_until(lambda: sup.count_children().specs == 1)
+    assert "stopped while the child was starting" in str(outcome[0])
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # only asyncio has stray cancellations
+async def test_a_stray_cancellation_from_a_child_is_a_crash_not_a_shutdown() -> None:
+    raise_it = [True]
+
+    async def like_a_closed_grpc_call(*, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        await anyio.lowlevel.checkpoint()
+        if raise_it[0]:
+            raise_it[0] = False
+            raise asyncio.CancelledError()  # what grpc.aio raises from a closed channel's call
+        await anyio.sleep_forever()
+
+    with recording(SUPERVISOR_EVENTS) as events:
+        async with Supervisor([ChildSpec("grpc-user", like_a_closed_grpc_call)]) as sup:
+            await wait_until(lambda: events.of("child_restarted") != [])
+            assert sup.which_children()[0].running
+    (restarted,) = events.of("child_restarted")
+    assert isinstance(restarted["error"], StrayCancellationError)
+
+
+async def test_a_transient_supervisor_that_gave_up_is_not_restarted_as_in_otp() -> None:
+    probe = Probe()
+    inner = Supervisor.child_spec(
+        id="inner", children=[probe.spec("leaf")], max_restarts=0, restart="transient"
+    )
+    with recording(SUPERVISOR_EVENTS) as events:
+        async with Supervisor([inner], name="outer") as outer:
+            inner_sup = outer.which_children()[0].value
+            assert isinstance(inner_sup, Supervisor)
+            handles(inner_sup)["leaf"].crash()
+            await wait_until(lambda: not outer.which_children()[0].running)
+    assert [m["supervisor"] for m in events.of("gave_up")] == ["inner"]
+    assert events.of("child_restarted") == []
 
 
 def _tasks_alive() -> int:
     if sniffio.current_async_library() == "asyncio":
-        import asyncio
-
         return len(asyncio.all_tasks())
     import trio
 

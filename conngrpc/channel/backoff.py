@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import math
 import random
 from typing import Protocol, runtime_checkable
@@ -27,9 +28,11 @@ class Backoff(Protocol):
 class ExponentialBackoff:
     """Exponential backoff with jitter, bounded by ``min`` and ``max`` seconds.
 
-    The n-th wait (from 0) is ``min * multiplier**n`` capped at ``max``, stretched by a
-    random factor in ``[1, 1 + jitter]`` and capped at ``max`` again, so a pool's
-    channels do not retry in lock step. The defaults are upstream's: 1 s to 30 s.
+    The n-th wait (from 0) grows from ``min * multiplier**n``, stretched by a random
+    factor in ``[1, 1 + jitter]``, so a pool's channels do not retry in lock step; the
+    growth stops where the stretched wait reaches ``max``, so waits at the cap are spread
+    over ``[max / (1 + jitter), max]`` (never below ``min``). The defaults are upstream's:
+    1 s to 30 s.
 
     Example::
 
@@ -40,7 +43,7 @@ class ExponentialBackoff:
         below 1 or ``jitter`` is outside ``[0, 1]``.
     """
 
-    __slots__ = ("_base", "_random", "jitter", "maximum", "minimum", "multiplier")
+    __slots__ = ("_base", "_ceiling", "_random", "jitter", "maximum", "minimum", "multiplier")
 
     def __init__(
         self,
@@ -71,6 +74,9 @@ class ExponentialBackoff:
         self.jitter = float(jitter)
         self._random = rng if rng is not None else random.Random()
         self._base = self.minimum
+        # The base stops growing where its stretched wait reaches max, so that waits at
+        # the cap stay spread over [max / (1 + jitter), max] instead of all being max.
+        self._ceiling = builtins.max(self.minimum, self.maximum / (1.0 + self.jitter))
 
     def __repr__(self) -> str:
         return (
@@ -81,7 +87,7 @@ class ExponentialBackoff:
     def next(self) -> float:
         """The next wait in seconds, between ``min`` and ``max``."""
         base = self._base
-        self._base = min(self.maximum, base * self.multiplier)
+        self._base = min(self._ceiling, base * self.multiplier)
         return min(self.maximum, base * (1.0 + self.jitter * self._random.random()))
 
     def reset(self) -> None:

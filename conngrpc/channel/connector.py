@@ -53,8 +53,16 @@ class Connector(Protocol):
 
 
 def channel_options(config: ChannelConfig) -> list[tuple[str, Any]]:
-    """The defaults, overridden by ``config.options``, plus a fresh channel id."""
+    """The defaults, overridden by ``config.options``, plus a fresh channel id.
+
+    grpc keeps a connection attempt going for its own minimum connect timeout (20 s)
+    even after the channel is closed, holding a socket; conngrpc gives up on an attempt
+    after ``connect_timeout``, so grpc's attempt is bounded by the same time.
+    """
+    timeout_ms = max(1, round(config.connect_timeout * 1000))
     merged = dict(DEFAULT_OPTIONS)
+    merged["grpc.min_reconnect_backoff_ms"] = timeout_ms
+    merged["grpc.initial_reconnect_backoff_ms"] = timeout_ms
     merged.update(config.options)
     merged[CHANNEL_ID_OPTION] = next(_channel_ids)
     return list(merged.items())

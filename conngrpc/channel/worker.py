@@ -17,10 +17,11 @@ from typing import Literal, Protocol
 import anyio
 import grpc
 import grpc.aio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from .. import telemetry
 from .._log import get_logger
+from .._tasks import task_group
 from .config import Callback, ChannelConfig
 from .connector import connect_grpc
 
@@ -38,6 +39,9 @@ CONNECTION_FAILED = ("conngrpc", "channel", "connection_failed")
 DISCONNECTED = ("conngrpc", "channel", "disconnected")
 
 _READY = grpc.ChannelConnectivity.READY
+
+#: A lost connection that had been up at least this long is reopened without backoff.
+RECONNECT_AT_ONCE_AFTER_NS = 1_000_000_000
 _log = get_logger("conngrpc.channel")
 
 WorkerState = Literal["starting", "connecting", "connected", "backing_off", "mocked"]
@@ -76,6 +80,7 @@ async def run_worker(
     pool_name: str,
     index: int,
     membership: Membership,
+    closer: TaskGroup | None = None,
     task_status: TaskStatus[ChannelWorker],
 ) -> None:
     """Keep one channel connected for ever; a supervisor runs this as a child.
@@ -84,6 +89,10 @@ async def run_worker(
     even while its server is down. Connection failures are not crashes: they are
     reported (``connection_failed``) and retried after ``backoff.next()`` seconds. A
     raising ``on_connect`` / ``on_disconnect`` is a crash, for the supervisor to handle.
+
+    A channel that leaves is closed in the background, in ``closer`` when given (a
+    task group that outlives the worker: a pool passes one, so that all its channels
+    drain at once when it stops), letting its calls in flight finish first.
     """
     worker = ChannelWorker(pool_name, index)
     backoff = copy.copy(config.backoff)
@@ -97,77 +106,95 @@ async def run_worker(
         return
 
     failures = 0
-    while True:
-        # --- connecting ----------------------------------------------------------
-        worker.state = "connecting"
-        begin = time.monotonic_ns()
-        try:
-            with anyio.fail_after(config.connect_timeout):
-                channel = await connect(config)
-        except Exception as exc:
-            error = _timeout_error(config) if isinstance(exc, TimeoutError) else exc
-            failures += 1
-            telemetry.execute(
-                CONNECTION_FAILED,
-                {"duration": time.monotonic_ns() - begin, "error": error},
-                {**metadata, "reason": str(error)},
-            )
-            if failures == 1 or config.debug:
-                log.warning("channel connection failed", reason=str(error), attempt=failures)
-            worker.state = "backing_off"
-            await anyio.sleep(backoff.next())
-            continue
+    async with task_group() as own_closer:
+        retiring = closer if closer is not None else own_closer
+        while True:
+            # --- connecting ------------------------------------------------------------
+            worker.state = "connecting"
+            begin = time.monotonic_ns()
+            try:
+                with anyio.move_on_after(config.connect_timeout) as deadline:
+                    channel = await connect(config)
+                if deadline.cancelled_caught:
+                    raise _timeout_error(config)
+            except Exception as error:
+                # Its traceback holds the attempt's closed channel: a handler that keeps
+                # events must not keep channels alive.
+                error.__traceback__ = None
+                failures += 1
+                telemetry.execute(
+                    CONNECTION_FAILED,
+                    {"duration": time.monotonic_ns() - begin, "error": error},
+                    {**metadata, "reason": str(error)},
+                )
+                if failures == 1 or config.debug:
+                    log.warning("channel connection failed", reason=str(error), attempt=failures)
+                worker.state = "backing_off"
+                await anyio.sleep(backoff.next())
+                continue
 
-        # --- connected -------------------------------------------------------------
-        connected_at = time.monotonic_ns()
-        failures = 0
-        telemetry.execute(CONNECTED, {"duration": connected_at - begin}, metadata)
-        if config.debug:
-            log.debug("channel connected", connect_ms=(connected_at - begin) / 1e6)
-        lost = False
-        grace: float | None = None  # for in-flight calls, when the pool is being stopped
-        try:
-            await _run_callback(config.on_connect)
-            worker.channel = channel
-            worker.connected_at = time.monotonic()
-            worker.state = "connected"
-            membership.joined(worker)
-            backoff.reset()
+            # --- connected -------------------------------------------------------------
+            connected_at = time.monotonic_ns()
+            failures = 0
+            telemetry.execute(CONNECTED, {"duration": connected_at - begin}, metadata)
+            if config.debug:
+                log.debug("channel connected", connect_ms=(connected_at - begin) / 1e6)
+            lost = False
+            try:
+                await _run_callback(config.on_connect)
+                worker.channel = channel
+                worker.connected_at = time.monotonic()
+                worker.state = "connected"
+                membership.joined(worker)
+                backoff.reset()
 
-            # --- watching ----------------------------------------------------------
-            state = await _wait_until_not_ready(channel)
+                # --- watching ----------------------------------------------------------
+                state = await _wait_until_not_ready(channel)
 
-            # --- disconnected --------------------------------------------------------
-            lost = True
-            membership.left(worker)
-            telemetry.execute(
-                DISCONNECTED,
-                {"duration": time.monotonic_ns() - connected_at},
-                {**metadata, "reason": "connection_lost", "state": state.name},
-            )
-            log.warning("channel disconnected", state=state.name)
-            await _run_callback(config.on_disconnect)
-        except BaseException as exc:
-            if not lost:
+                # --- disconnected ------------------------------------------------------
+                lost = True
                 membership.left(worker)
-                cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
-                if cancelled:
-                    grace = config.shutdown_grace
                 telemetry.execute(
                     DISCONNECTED,
                     {"duration": time.monotonic_ns() - connected_at},
-                    {**metadata, "reason": "shutdown" if cancelled else "crash"},
+                    {**metadata, "reason": "connection_lost", "state": state.name},
                 )
-            raise
-        finally:
-            worker.channel = None
-            worker.connected_at = None
-            with anyio.CancelScope(shield=True):
-                await channel.close(grace)
+                log.warning("channel disconnected", state=state.name)
+                await _run_callback(config.on_disconnect)
+            except BaseException as exc:
+                if not lost:
+                    membership.left(worker)
+                    cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+                    telemetry.execute(
+                        DISCONNECTED,
+                        {"duration": time.monotonic_ns() - connected_at},
+                        {**metadata, "reason": "shutdown" if cancelled else "crash"},
+                    )
+                raise
+            finally:
+                worker.channel = None
+                worker.connected_at = None
+                # Calls in flight get shutdown_grace to finish (grpc cancels them after), in
+                # the background: the worker backs off and reconnects meanwhile.
+                with anyio.CancelScope(shield=True):
+                    await retiring.start(_retire, channel, config.shutdown_grace)
 
-        # --- backing off -------------------------------------------------------------
-        worker.state = "backing_off"
-        await anyio.sleep(backoff.next())
+            # --- backing off -----------------------------------------------------------
+            if time.monotonic_ns() - connected_at < RECONNECT_AT_ONCE_AFTER_NS:
+                # It died young: the server may be failing, so wait before trying again.
+                # A connection that served a while (then rotated, drained, or its server
+                # restarted) is reopened at once; should that fail, the backoff applies.
+                worker.state = "backing_off"
+                await anyio.sleep(backoff.next())
+
+
+async def _retire(
+    channel: grpc.aio.Channel, grace: float, *, task_status: TaskStatus[None]
+) -> None:
+    """Close a channel that has left the pool, letting its calls in flight finish first."""
+    with anyio.CancelScope(shield=True):  # entered before started(): always closes
+        task_status.started()
+        await channel.close(grace)
 
 
 async def _stand_in_for_a_connection(worker: ChannelWorker, membership: Membership) -> None:

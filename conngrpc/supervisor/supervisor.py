@@ -7,7 +7,8 @@ import itertools
 import math
 import sys
 import time
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import AsyncIterator, Hashable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, get_args
@@ -22,6 +23,7 @@ from ..errors import (
     ChildStartError,
     ChildStateError,
     DuplicateChildError,
+    StrayCancellationError,
     SupervisorGaveUpError,
     SupervisorNotRunningError,
     UnknownChildError,
@@ -77,7 +79,7 @@ class _Run:
     It is also the ``task_status`` the child's start function receives.
     """
 
-    __slots__ = ("done", "error", "scope", "settled", "started_", "stopping", "value")
+    __slots__ = ("done", "error", "scope", "settled", "started_", "stopping", "task", "value")
 
     def __init__(self) -> None:
         # Shielded, so that only the supervisor stops a child: an outer cancellation
@@ -89,6 +91,7 @@ class _Run:
         self.stopping = False  # the supervisor cancelled it: its end is no crash
         self.value: object = None
         self.error: Exception | None = None
+        self.task: int | None = None  # the id of the anyio task that runs it
 
     def started(self, value: object = None) -> None:
         if self.started_:
@@ -172,6 +175,7 @@ class Supervisor:
         self._exits: MemoryObjectSendStream[_Exit] | None = None
         self._manager_scope: anyio.CancelScope | None = None
         self._manager_done: anyio.Event | None = None
+        self._starting: set[_Run] = set()  # runs not yet started: stopping cancels them
 
     @classmethod
     def child_spec(
@@ -268,6 +272,8 @@ class Supervisor:
                     self._manager_scope.cancel()
                     assert self._manager_done is not None
                     await self._manager_done.wait()
+                for starting in list(self._starting):  # a start_child still waiting holds
+                    starting.scope.cancel()  # the lock: its child will not be started now
                 async with self._lock:
                     await self._stop_all()
         finally:
@@ -310,15 +316,20 @@ class Supervisor:
         child.run = run
         begin = time.monotonic_ns()
         self._tg.start_soon(self._run_child, child, run, name=f"{self.name}/{child.spec.id!r}")
+        self._starting.add(run)
         try:
             await run.settled.wait()
         except BaseException:
             await self._stop(child, run, reason="shutdown")
             raise
+        finally:
+            self._starting.discard(run)
         if not run.started_:
             child.run = None
             if run.error is not None:
                 reason = f"{type(run.error).__name__}: {run.error}"
+            elif run.scope.cancel_called:
+                reason = "the supervisor stopped while the child was starting"
             else:
                 reason = "it returned without calling task_status.started()"
             raise ChildStartError(self.name, child.spec.id, reason) from run.error
@@ -332,12 +343,21 @@ class Supervisor:
     async def _run_child(self, child: _Child, run: _Run) -> None:
         """The child's task: runs its start function and reports how it ended."""
         error: Exception | None = None
+        run.task = anyio.get_current_task().id
         try:
             with run.scope:
                 try:
                     await child.spec.start(task_status=run)
                 except Exception as exc:
                     error = exc
+                except anyio.get_cancelled_exc_class() as exc:
+                    if run.scope.cancel_called:
+                        raise
+                    # The run's scope is shielded, so no cancel scope asked for this one:
+                    # grpc.aio raises a bare CancelledError from a call whose channel was
+                    # closed. Left alone it would cancel the whole supervisor; it is a crash.
+                    error = StrayCancellationError(self.name, child.spec.id)
+                    error.__cause__ = exc
         finally:
             run.error = error
             run.done.set()
@@ -360,15 +380,19 @@ class Supervisor:
         """Cancel one run and wait at most its ``shutdown`` seconds for it to end."""
         run.stopping = True
         run.scope.cancel()
-        with anyio.move_on_after(child.spec.shutdown, shield=True) as waited:
-            await run.done.wait()
-        if waited.cancelled_caught:
-            _log.warning(
-                "child did not stop within its shutdown time; still waiting for it",
-                supervisor=self.name,
-                child_id=child.spec.id,
-                shutdown=child.spec.shutdown,
-            )
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(child.spec.shutdown) as waited:
+                await run.done.wait()
+            if waited.cancelled_caught:
+                # anyio cannot kill a task that ignores cancellation (OTP would kill it):
+                # say so, and keep waiting, so that a child id never runs twice at once.
+                _log.warning(
+                    "child did not stop within its shutdown time; waiting for it",
+                    supervisor=self.name,
+                    child_id=child.spec.id,
+                    shutdown=child.spec.shutdown,
+                )
+                await run.done.wait()
         if child.run is run:
             child.run = None
         telemetry.execute(
@@ -400,7 +424,10 @@ class Supervisor:
                 "error": error,
             },
         )
-        if spec.restart == "temporary" or (spec.restart == "transient" and error is None):
+        # As in OTP, a supervisor that gave up exits with reason shutdown: no abnormal
+        # exit, so a transient one is not restarted.
+        abnormal = error is not None and not isinstance(error, SupervisorGaveUpError)
+        if spec.restart == "temporary" or (spec.restart == "transient" and not abnormal):
             if spec.restart == "temporary":
                 self._children.remove(child)
             return
@@ -421,7 +448,8 @@ class Supervisor:
             if sibling.spec.restart == "temporary":
                 self._children.remove(sibling)
         group = [crashed, *(s for s in siblings if s.spec.restart != "temporary")]
-        group.sort(key=self._children.index)
+        # delete_child may have removed a stopped sibling while this task awaited.
+        group = [c for c in self._children if c in group]
         last_error: Exception | None = error
         while True:
             if not self._intensity.add_restart():
@@ -478,10 +506,17 @@ class Supervisor:
 
     # --- runtime API ---------------------------------------------------------------
 
-    def _running_lock(self) -> anyio.Lock:
+    def _check_running(self) -> anyio.Lock:
         if self._state != "running" or self._lock is None:
             raise SupervisorNotRunningError(self.name)
         return self._lock
+
+    @asynccontextmanager
+    async def _running_lock(self) -> AsyncIterator[None]:
+        """Hold the lock of a running supervisor (it may have stopped while we waited)."""
+        async with self._check_running():
+            self._check_running()
+            yield
 
     def _find(self, child_id: Hashable) -> _Child:
         for child in self._children:
@@ -516,10 +551,15 @@ class Supervisor:
         Terminating a child that is not running does nothing.
 
         :raises UnknownChildError: no child has that id.
+        :raises ChildStateError: a child asked to terminate itself.
         """
         async with self._running_lock():
             child = self._find(child_id)
             if child.run is not None:
+                if child.run.task == anyio.get_current_task().id:
+                    raise ChildStateError(
+                        self.name, child_id, "cannot terminate itself; let it return instead"
+                    )
                 await self._stop(child, child.run, reason="shutdown")
             if child.spec.restart == "temporary":
                 self._children.remove(child)
@@ -545,7 +585,7 @@ class Supervisor:
         :raises UnknownChildError: no child has that id.
         :raises ChildStateError: the child is running (terminate it first).
         """
-        self._running_lock()
+        self._check_running()
         child = self._find(child_id)
         if child.run is not None:
             raise ChildStateError(

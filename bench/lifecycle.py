@@ -1,0 +1,139 @@
+"""Start-up, failure detection and recovery, and memory per pooled channel."""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import time
+
+import anyio
+
+from conngrpc import NotConnectedError, Pool, Supervisor
+from conngrpc._server import ServerProcess
+
+from ._common import Section, median, ms, rss_bytes, run_load
+
+_names = itertools.count(1)
+
+
+async def startup(quick: bool) -> Section:
+    sizes = (1, 4) if quick else (1, 16, 64)
+    runs = 2 if quick else 9
+    section = Section(
+        "Start-up: until every channel is connected",
+        ["channels", "median ms", "min ms", "max ms"],
+    )
+    medians: dict[int, float] = {}
+    with ServerProcess() as server:
+        for size in sizes:
+            times = []
+            for _ in range(runs):
+                name = f"bench-startup-{next(_names)}"
+                spec = Pool.child_spec(
+                    name=name, pool_size=size, channel={"address": server.address}
+                )
+                began = time.perf_counter()
+                async with Supervisor([spec]):
+                    await Pool.wait_connected(name, timeout=30)
+                    times.append(time.perf_counter() - began)
+            medians[size] = median(times)
+            section.add(size, ms(medians[size]), ms(min(times)), ms(max(times)))
+    largest = max(sizes)
+    section.check(
+        f"{largest} channels / 1 channel",
+        medians[largest] / medians[1],
+        "<= 3.0",
+        medians[largest] / medians[1] <= 3.0,
+    )
+    section.notes.append(
+        f"Median of {runs} starts per size, from entering the supervisor to "
+        "`wait_connected` returning, against a server in another process."
+    )
+    return section
+
+
+async def failure_and_recovery(quick: bool) -> Section:
+    """Kill the server under load; time until get_channel fails, then until the pool is back."""
+    rounds = 1 if quick else 10
+    size = 4
+    section = Section(
+        "Failure detection and recovery (server SIGKILLed under load, restarted on its port)",
+        ["round", "kill -> NotConnectedError ms", "server back -> pool connected ms"],
+    )
+    detections: list[float] = []
+    recoveries: list[float] = []
+    backoff_min = 1.0  # the default ExponentialBackoff(min=1.0, max=30.0)
+    with ServerProcess() as server:
+        name = f"bench-recovery-{next(_names)}"
+        spec = Pool.child_spec(name=name, pool_size=size, channel={"address": server.address})
+        async with Supervisor([spec]):
+            for round_ in range(1, rounds + 1):
+                await Pool.wait_connected(name, timeout=30)
+                async with anyio.create_task_group() as load:
+                    load.start_soon(_keep_calling, name)
+                    await anyio.sleep(0.2)  # the pool is busy when the server dies
+                    killed = time.perf_counter()
+                    server.kill()
+                    while True:
+                        try:
+                            Pool.get_channel(name)
+                        except NotConnectedError:
+                            break
+                        await anyio.sleep(0.0005)
+                    detected = time.perf_counter() - killed
+                    load.cancel_scope.cancel()
+                await anyio.to_thread.run_sync(server.start)
+                back = time.perf_counter()
+                await Pool.wait_connected(name, timeout=30)
+                recovered = time.perf_counter() - back
+                detections.append(detected)
+                recoveries.append(recovered)
+                section.add(round_, ms(detected), ms(recovered))
+    section.add("median", ms(median(detections)), ms(median(recoveries)))
+    section.check(
+        "median kill -> NotConnectedError (s)",
+        median(detections),
+        "<= 0.5",
+        median(detections) <= 0.5,
+    )
+    section.check(
+        "median server back -> pool connected (s)",
+        median(recoveries),
+        f"<= backoff min + 0.3 = {backoff_min + 0.3:g}",
+        median(recoveries) <= backoff_min + 0.3,
+    )
+    section.notes.append(
+        f"Pool of {size} with the default backoff (1 s to 30 s, jitter up to +20%), 50 callers "
+        "making 5 ms calls. The server is restarted as soon as the pool has emptied; starting "
+        "its process takes part of the first backoff."
+    )
+    return section
+
+
+async def _keep_calling(name: str) -> None:
+    await run_load(lambda: Pool.get_channel(name), callers=50, seconds=3600, request=b"5")
+
+
+async def memory(quick: bool) -> Section:
+    sizes = (20,) if quick else (100, 500)
+    section = Section(
+        "Memory: resident set growth per 100 pooled channels",
+        ["channels", "RSS growth KiB", "KiB per 100 channels"],
+    )
+    with ServerProcess() as server:
+        for size in (10, *sizes):  # the first, small pool warms grpc up and is not reported
+            name = f"bench-memory-{next(_names)}"
+            spec = Pool.child_spec(name=name, pool_size=size, channel={"address": server.address})
+            gc.collect()
+            before = rss_bytes()
+            async with Supervisor([spec]):
+                await Pool.wait_connected(name, timeout=60)
+                gc.collect()
+                grown = (rss_bytes() - before) / 1024
+            if size in sizes:
+                section.add(size, grown, grown / size * 100)
+    section.notes.append(
+        "Client process RSS after all channels connected, minus before; grpc core allocates "
+        "per-connection buffers, so this is mostly grpc's own memory."
+    )
+    return section

@@ -1,0 +1,38 @@
+"""The benchmarks still run (``make bench-quick``); their numbers are not checked here."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_quick_benchmark_suite_runs_and_reports_every_benchmark(tmp_path: Path) -> None:
+    report = tmp_path / "benchmarks.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--output", str(report)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = report.read_text()
+    for title in [
+        "get_channel cost",
+        "telemetry.execute cost",
+        "Stream-capped throughput, overload protection on",
+        "Stream-capped throughput, overload protection off",
+        "Overhead when nothing is capped",
+        "Cold burst",
+        "Start-up",
+        "Failure detection and recovery",
+        "Memory",
+        "When to use what",
+    ]:
+        assert f"## {title}" in text, title
+    assert re.search(r"\| (PASS|MISS) \|", text)
