@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict
 
 import anyio
 import grpc.aio
@@ -39,7 +39,7 @@ __all__ = ["GET_CHANNEL", "STATUS", "Pool", "PoolSettings", "PoolStatus", "pools
 GET_CHANNEL = ("conngrpc", "pool", "get_channel")
 STATUS = ("conngrpc", "pool", "status")
 
-_listeners = telemetry.default_bus.listeners
+_observed = telemetry.default_bus.switch(GET_CHANNEL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +52,10 @@ class PoolStatus:
 
 
 class _PoolRuntime:
-    """A running pool's hand-out state: its connected channels, in worker order.
+    """A running pool's hand-out state: its connected workers and channels, in order.
 
-    ``channels`` is a tuple replaced (never changed in place) whenever a worker joins
-    or leaves, so ``get_channel`` reads a consistent snapshot without a lock.
+    ``workers`` and ``channels`` are tuples replaced (never changed in place) whenever a
+    worker joins or leaves, so ``get_channel`` reads a consistent snapshot without a lock.
     """
 
     __slots__ = ("changed", "channels", "counter", "expected_size", "mock", "name", "workers")
@@ -70,7 +70,7 @@ class _PoolRuntime:
         self.changed = anyio.Event()
 
     def __repr__(self) -> str:
-        return f"<Pool {self.name!r} connected={len(self.channels)} expected={self.expected_size}>"
+        return f"<Pool {self.name!r} connected={len(self.workers)} expected={self.expected_size}>"
 
     def joined(self, worker: ChannelWorker) -> None:
         if worker not in self.workers:
@@ -82,12 +82,14 @@ class _PoolRuntime:
 
     def _publish(self, workers: list[ChannelWorker]) -> None:
         self.workers = tuple(workers)
-        self.channels = tuple(w.channel for w in workers)  # type: ignore[misc]
+        # A mocked pool hands out mock() the long way: its fast path finds no channel.
+        if self.mock is None:
+            self.channels = tuple(w.channel for w in workers)  # type: ignore[misc]
         self.changed.set()
         self.changed = anyio.Event()
 
     def status(self) -> PoolStatus:
-        return PoolStatus(self.name, self.expected_size, len(self.channels))
+        return PoolStatus(self.name, self.expected_size, len(self.workers))
 
 
 #: The process-wide registry of running pools, by name.
@@ -174,6 +176,41 @@ def _channel_or_partial(value: Any, where: str) -> ChannelConfig | Mapping[str, 
     return ChannelConfig.coerce(value, where=where)
 
 
+class GetChannel(Protocol):
+    """The signature of ``Pool.get_channel``."""
+
+    def __call__(self, name: str | None = None) -> grpc.aio.Channel:
+        """A connected channel of the pool, round-robin; never waits."""
+
+
+def _hand_out(own_name: str | None) -> GetChannel:
+    """``get_channel`` for a pool class; a declared pool's name is its default argument.
+
+    A function made per class, not a classmethod: the hand-out is the hot path, and
+    this spares binding a method and looking the name up at every call.
+    """
+
+    def get_channel(name: str | None = own_name) -> grpc.aio.Channel:
+        """A connected channel of the pool, round-robin; never waits.
+
+        :raises NotConnectedError: the pool runs but no channel is connected now.
+        :raises PoolNotStartedError: no pool of that name runs.
+        """
+        try:
+            pool = _lookup(name)  # type: ignore[arg-type]
+        except TypeError:  # unhashable
+            raise _not_started(name) from None
+        # The hot path: a running pool, a connected channel and nobody listening to the
+        # telemetry event. Everything else (errors, mock, telemetry) goes the long way.
+        if pool is not None and not _observed.on:
+            channels = pool.channels
+            if channels:
+                return channels[next(pool.counter) % len(channels)]
+        return _get_channel(name, pool)
+
+    return get_channel
+
+
 class Pool:
     """A pool of persistent, pre-connected gRPC channels, handed out round-robin.
 
@@ -215,6 +252,7 @@ class Pool:
                 f"got {config!r}"
             )
         cls._declared = declared
+        cls.get_channel = staticmethod(_hand_out(declared["name"]))
         if config is not None:
             cls._config = staticmethod(config)
 
@@ -262,25 +300,11 @@ class Pool:
 
     # --- handing out -------------------------------------------------------------
 
-    @classmethod
-    def get_channel(cls, name: str | None = None) -> grpc.aio.Channel:
-        """A connected channel of the pool, round-robin; never waits.
-
-        :raises NotConnectedError: the pool runs but no channel is connected now.
-        :raises PoolNotStartedError: no pool of that name runs.
-        """
-        if name is None:
-            name = cls._own_name()
-        try:
-            pool = _lookup(name)
-        except TypeError:  # unhashable
-            raise _not_started(name) from None
-        # The hot path, one condition: a running pool, a connected channel, no mock and
-        # nobody listening for the telemetry event. Everything else goes the long way.
-        if pool is not None and pool.channels and pool.mock is None and not _listeners(GET_CHANNEL):
-            channels = pool.channels
-            return channels[next(pool.counter) % len(channels)]
-        return _get_channel(name, pool)
+    #: ``Pool.get_channel(name)``, or ``DemoPool.get_channel()`` for a declared pool: a
+    #: connected channel of the pool, round-robin; never waits. Raises
+    #: ``NotConnectedError`` when the pool runs but no channel is connected now, and
+    #: ``PoolNotStartedError`` when no pool of that name runs.
+    get_channel: ClassVar[GetChannel] = staticmethod(_hand_out(None))
 
     @classmethod
     def status(cls, name: str | None = None) -> PoolStatus:
@@ -324,7 +348,7 @@ class Pool:
                 f"(the pool size), got {count!r}"
             )
         with anyio.move_on_after(timeout):
-            while len(runtime.channels) < wanted:
+            while len(runtime.workers) < wanted:
                 await runtime.changed.wait()
                 if _lookup(runtime.name) is not runtime:
                     raise _not_started(runtime.name)
@@ -332,7 +356,7 @@ class Pool:
         raise NotConnectedError(
             runtime.name,
             f"expected {wanted} connected channel(s) within {timeout:g} s, "
-            f"but {len(runtime.channels)} are",
+            f"but {len(runtime.workers)} are",
         )
 
     # --- helpers -----------------------------------------------------------------
@@ -356,26 +380,28 @@ class Pool:
         return runtime
 
 
-def _get_channel(name: str, pool: _PoolRuntime | None) -> grpc.aio.Channel:
+def _get_channel(name: str | None, pool: _PoolRuntime | None) -> grpc.aio.Channel:
     """``get_channel`` the long way: errors, ``mock``, and the telemetry event."""
     begin = time.perf_counter_ns()
     result = "ok"
     try:
         if pool is None:
+            if name is None:
+                raise TypeError("expected a pool name (Pool.get_channel('name')), got none")
             raise _not_started(name)
-        channels = pool.channels
-        if not channels:
+        if not pool.workers:
             raise NotConnectedError(
-                name, f"none of its {pool.expected_size} channel(s) is connected now"
+                pool.name, f"none of its {pool.expected_size} channel(s) is connected now"
             )
         if pool.mock is not None:
             return pool.mock()  # type: ignore[no-any-return]
+        channels = pool.channels
         return channels[next(pool.counter) % len(channels)]
     except Exception as error:
         result = type(error).__name__
         raise
     finally:
-        if _listeners(GET_CHANNEL):
+        if _observed.on:
             telemetry.execute(
                 GET_CHANNEL,
                 {"duration": time.perf_counter_ns() - begin},
@@ -440,6 +466,6 @@ async def _report_status(
         await anyio.sleep(interval)
         telemetry.execute(
             STATUS,
-            {"expected_size": runtime.expected_size, "current_size": len(runtime.channels)},
+            {"expected_size": runtime.expected_size, "current_size": len(runtime.workers)},
             metadata,
         )

@@ -37,6 +37,7 @@ __all__ = [
     "Event",
     "Handler",
     "HandlerInfo",
+    "Switch",
     "TelemetryBus",
     "attach",
     "attach_many",
@@ -70,6 +71,18 @@ class Handler(Protocol):
         """Handle one event; the return value is ignored."""
 
 
+class Switch:
+    """Whether anyone listens to one event; kept up to date by its bus."""
+
+    __slots__ = ("on",)
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+
+    def __repr__(self) -> str:
+        return f"<Switch {'on' if self.on else 'off'}>"
+
+
 @dataclass(frozen=True, slots=True)
 class HandlerInfo:
     """One attachment of a handler to one event, as :meth:`TelemetryBus.list_handlers` shows it."""
@@ -100,7 +113,7 @@ class TelemetryBus:
     dict lookup. Attach and detach replace tuples under a lock; execute reads without one.
     """
 
-    __slots__ = ("_by_event", "_by_id", "_lock", "listeners")
+    __slots__ = ("_by_event", "_by_id", "_lock", "_switches", "listeners")
 
     def __init__(self) -> None:
         self._by_event: dict[Event, tuple[HandlerInfo, ...]] = {}
@@ -109,6 +122,7 @@ class TelemetryBus:
         #: ``listeners(event)``: the handlers attached to ``event``, or None. The dict's
         #: own ``get``, so a hot path can skip timing what nobody will read.
         self.listeners: Callable[[Event], tuple[HandlerInfo, ...] | None] = self._by_event.get
+        self._switches: dict[Event, Switch] = {}
 
     def __repr__(self) -> str:
         return f"<TelemetryBus handlers={len(self._by_id)} events={len(self._by_event)}>"
@@ -160,6 +174,7 @@ class TelemetryBus:
             self._by_id[handler_id] = infos
             for info in infos:
                 self._by_event[info.event] = (*self._by_event.get(info.event, ()), info)
+                self._flip(info.event)
 
     def detach(self, handler_id: Hashable) -> bool:
         """Detach every attachment of ``handler_id``; False when it was not attached."""
@@ -173,7 +188,25 @@ class TelemetryBus:
                     self._by_event[info.event] = remaining
                 else:
                     del self._by_event[info.event]
+                self._flip(info.event)
             return True
+
+    def switch(self, event: Event) -> Switch:
+        """A live flag that is on while any handler is attached to ``event``.
+
+        For hot paths: reading ``switch.on`` is one attribute load, cheaper than hashing
+        the event's tuple, so code can skip even measuring what nobody listens to.
+        """
+        with self._lock:
+            found = self._switches.get(_check_event(event))
+            if found is None:
+                found = self._switches[event] = Switch(event in self._by_event)
+            return found
+
+    def _flip(self, event: Event) -> None:
+        found = self._switches.get(event)
+        if found is not None:
+            found.on = event in self._by_event
 
     def execute(
         self,

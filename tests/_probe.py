@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -98,9 +99,11 @@ class EventLog:
 
     def __init__(self) -> None:
         self.events: list[tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]] = []
+        self.at: list[int] = []  # time.monotonic_ns() of each event
 
     def handle(self, event: tuple[str, ...], measurements: Any, metadata: Any, config: Any) -> None:
         self.events.append((event, dict(measurements), dict(metadata)))
+        self.at.append(time.monotonic_ns())
 
     def names(self, suffix: str | None = None) -> list[tuple[str, ...]]:
         return [e for e, _, _ in self.events if suffix is None or e[-1] == suffix]

@@ -181,3 +181,20 @@ def test_a_handler_must_be_callable(bus: TelemetryBus) -> None:
     with pytest.raises(TypeError, match="expected a callable"):
         bus.attach("h", ("e",), "not a function")  # type: ignore[arg-type]
     assert bus.list_handlers() == []
+
+
+def test_a_switch_is_on_exactly_while_a_handler_listens(
+    bus: TelemetryBus, recorder: Recorder
+) -> None:
+    switch = bus.switch(("e",))
+    assert bus.switch(("e",)) is switch
+    assert not switch.on
+    bus.attach("one", ("e",), recorder)
+    bus.attach_many("two", [("e",), ("f",)], recorder)
+    assert switch.on
+    bus.detach("one")
+    assert switch.on
+    bus.detach("two")
+    assert not switch.on
+    bus.attach("late", ("e",), recorder)
+    assert bus.switch(("e",)).on

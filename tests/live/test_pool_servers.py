@@ -6,6 +6,7 @@ Servers that a test kills, pauses or restarts run in child processes
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +18,7 @@ import grpc.aio
 import pytest
 
 from conngrpc import ExponentialBackoff, NotConnectedError, Pool, Supervisor
-from conngrpc._server import PEER_METHOD, ServerProcess
+from conngrpc._server import PEER_METHOD, ServerProcess, start_server
 from tests._net import established_sockets
 from tests._probe import SUPERVISOR_EVENTS, EventLog, recording, wait_until
 
@@ -34,6 +35,8 @@ KEEPALIVE = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+#: Long enough for two rotations of 1.5 s connections.
+ROTATION_BOUND = 5.0
 #: What the server must allow for those pings on idle connections.
 SERVER_PERMITS_KEEPALIVE = [
     "--option=grpc.keepalive_permit_without_calls=1",
@@ -200,3 +203,34 @@ async def test_a_bad_address_becomes_connection_failed_with_the_reason_and_backs
     assert reason in channel_events.of("connection_failed")[0]["reason"]
     assert supervisor_events.of("child_restarted") == []
     assert {m["reason"] for m in supervisor_events.of("child_terminated")} == {"shutdown"}
+
+
+async def test_a_connection_rotated_by_the_server_is_reopened_at_once(
+    pool_name: str, channel_events: EventLog
+) -> None:
+    """A server's max_connection_age sends GOAWAY to healthy connections: no backoff gap."""
+    server, port = await start_server(
+        options=[("grpc.max_connection_age_ms", 1500), ("grpc.max_connection_age_grace_ms", 500)]
+    )
+    try:
+        # A 5 s backoff would show as a 5 s gap; a rotated connection must not wait for it.
+        async with pool(pool_name, f"127.0.0.1:{port}", 2, backoff=ExponentialBackoff(5, 10)):
+            await Pool.wait_connected(pool_name, timeout=5)
+            await wait_until(
+                lambda: len(channel_events.of("connected")) >= 4, timeout=ROTATION_BOUND
+            )
+    finally:
+        await server.stop(None)
+    gaps = []
+    for index in range(2):
+        mine = [
+            (event[-1], at)
+            for (event, _, meta), at in zip(channel_events.events, channel_events.at, strict=True)
+            if event[1] == "channel" and meta.get("channel_index") == index
+        ]
+        for (kind, at), (next_kind, next_at) in itertools.pairwise(mine):
+            if kind == "disconnected" and next_kind == "connected":
+                gaps.append((next_at - at) / 1e9)
+    print(f"rotation gaps: {[f'{gap * 1000:.1f} ms' for gap in gaps]}")
+    assert gaps
+    assert max(gaps) < 1.0
