@@ -131,7 +131,7 @@ async def workload_ceiling(quick: bool) -> float:
 
 
 async def stream_capped(quick: bool, cpu_limit: float, ceiling: float) -> list[Section]:
-    seconds, rounds = (0.2, 1) if quick else (1.5, 3)
+    seconds, rounds = (0.2, 1) if quick else (1.0, 5)
     callers = 200
     sections = []
     for overload in ("on (grpc default)", "off"):
@@ -156,8 +156,11 @@ async def stream_capped(quick: bool, cpu_limit: float, ceiling: float) -> list[S
         loads: dict[str, list[Load]] = {label: [] for label, _ in _contenders()}
         sockets: dict[str, int] = {}
         with ServerProcess(args=args) as server:
-            for _ in range(rounds):  # contenders take turns, so drift hits them alike
-                for label, make in _contenders():
+            # The contenders take turns, so drift hits them alike, and every other round
+            # runs in reverse, so that none of them always goes first.
+            order = _contenders()
+            for round_ in range(rounds):
+                for label, make in order if round_ % 2 == 0 else order[::-1]:
                     load, sockets[label] = await _measure(make, server, callers, seconds)
                     loads[label].append(load)
         rates = {label: median([load.rate for load in runs]) for label, runs in loads.items()}
@@ -296,9 +299,9 @@ async def _burst(get: GetChannel, size: int) -> tuple[list[float], int]:
 
 async def overhead(quick: bool) -> Section:
     """Pool of 1 against one plain channel, nothing capped: what the pool itself costs."""
-    blocks = 2 if quick else 20
-    sequential = 50 if quick else 500
-    seconds = 0.2 if quick else 1.0
+    blocks = 2 if quick else 24
+    sequential = 50 if quick else 400
+    seconds = 0.2 if quick else 0.8
     section = Section(
         "Overhead when nothing is capped: pool of 1 vs one plain channel",
         ["client", "p50 us", "p99 us", "calls/s (50 callers)"],
@@ -307,8 +310,9 @@ async def overhead(quick: bool) -> Section:
         async with _plain(server.address) as plain, _pool(server.address, 1) as pooled:
             samples: dict[str, list[float]] = {"plain": [], "pool": []}
             rates: dict[str, list[float]] = {"plain": [], "pool": []}
-            for _ in range(blocks):  # interleaved, so drift hits both alike
-                for key, get in (("plain", plain), ("pool", pooled)):
+            clients = [("plain", plain), ("pool", pooled)]
+            for block in range(blocks):  # interleaved, each first in every other block
+                for key, get in clients if block % 2 == 0 else clients[::-1]:
                     samples[key] += await _round_trips(get, sequential)
                     load = await run_load(get, callers=50, seconds=seconds, request=b"0")
                     rates[key].append(load.rate)
