@@ -67,6 +67,16 @@ def _row(section: Section, label: str) -> list[str]:
     return next(row for row in section.rows if row[0] == label)
 
 
+def _fewer(a105_16: list[str], pool16: list[str]) -> str:
+    """A remark when A105's fewer connections did more than the pool of 16 at the ceiling."""
+    if _num(a105_16[1]) <= _num(pool16[1]):
+        return ""
+    return (
+        "; at that ceiling fewer connections do more (a busy server spends CPU per"
+        " connection), so size a pool to the concurrency you need, not beyond"
+    )
+
+
 def _advice(sections: list[Section], cpu_limit: float) -> str:
     capped = _find(sections, "Stream-capped throughput, overload protection off")
     loopback = _find(
@@ -98,9 +108,10 @@ Drawn from the figures above (stream cap of 10, 20 ms handler, 200 callers):
   sockets against {pool4[1]} for a pool of 4; N=16 did {a105_16[1]} calls/s on
   {a105_16[7]} sockets (grpc clamps it to 10 by default) against {pool16[1]} for a
   pool of 16. Both stop where this 2-core machine runs out of CPU (the Python server
-  takes a whole core). A105 opens its extra connections lazily, under load, which cost
-  little here: a burst of 200 calls on a fresh channel saw p99 {loopback.rows[1][2]} ms
-  on loopback (pool: {loopback.rows[0][2]} ms) and {remote.rows[1][2]} ms over a link
+  takes a whole core){_fewer(a105_16, pool16)}. A105 opens its extra connections
+  lazily, under load, which cost little here: a burst of 200 calls on a fresh channel
+  saw p99 {loopback.rows[1][2]} ms on loopback (pool: {loopback.rows[0][2]} ms) and
+  {remote.rows[1][2]} ms over a link
   with 10 ms each way (pool: {remote.rows[0][2]} ms). If the stream cap is your only
   problem and 10 connections suffice, the switch is enough.
 - **A conngrpc pool** gives the same throughput and adds what A105 lacks: connections
