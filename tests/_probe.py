@@ -77,11 +77,15 @@ class Probe:
         return [child_id for what, child_id in self.log if what == kind]
 
 
+#: How often wait_until looks again: often enough to see a change within a millisecond.
+POLL_INTERVAL = 0.001
+
+
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``predicate`` at every scheduler turn until it holds, failing after ``timeout``."""
+    """Poll ``predicate`` every millisecond until it holds, failing after ``timeout``."""
     with anyio.fail_after(timeout):
         while not predicate():
-            await anyio.sleep(0.001)
+            await anyio.sleep(POLL_INTERVAL)
 
 
 class FakeClock:
