@@ -15,18 +15,13 @@ import grpc
 import grpc.aio
 
 from conngrpc._server import SLEEP_METHOD
+from conngrpc.channel.connector import raw_unary
 
 GetChannel = Callable[[], grpc.aio.Channel]
 
 
-def _as_is(data: bytes) -> bytes:
-    return data
-
-
 def sleep_call(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
-    return channel.unary_unary(
-        SLEEP_METHOD, request_serializer=_as_is, response_deserializer=_as_is
-    )
+    return raw_unary(channel, SLEEP_METHOD)
 
 
 def a105_options(connections: int) -> list[tuple[str, str]]:

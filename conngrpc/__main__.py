@@ -22,8 +22,9 @@ import grpc.aio
 import structlog
 
 from . import _health, telemetry
-from ._server import PEER_METHOD, ServerProcess
+from ._server import ServerProcess, peer_of
 from .channel import ChannelConfig, ExponentialBackoff
+from .channel.connector import raw_unary
 from .errors import NotConnectedError
 from .pool import Pool
 from .supervisor import Supervisor
@@ -35,10 +36,6 @@ _DEMO_EVENTS = [
     ("conngrpc", "supervisor", "child_terminated"),
     ("conngrpc", "supervisor", "child_restarted"),
 ]
-
-
-def _as_is(data: bytes) -> bytes:
-    return data
 
 
 def _configure_logging() -> None:
@@ -109,15 +106,12 @@ class _Demo:
         index_of = {id(w.channel): w.index for w in Pool.get_all_workers("DemoPool")}
         for call in range(1, calls + 1):
             channel = Pool.get_channel("DemoPool")
-            peer_call = channel.unary_unary(
-                PEER_METHOD, request_serializer=_as_is, response_deserializer=_as_is
-            )
-            peer = await peer_call(b"", timeout=5)
+            peer = await peer_of(channel)
             self.log.info(
                 "get_channel",
                 call=call,
                 channel=index_of.get(id(channel)),
-                server_saw=peer.decode(),
+                server_saw=peer,
             )
 
     async def run(self) -> None:
@@ -240,9 +234,7 @@ async def _probe(address: str, pool_size: int, timeout: float) -> int:  # noqa: 
                     rows.append((index, "-", "-", f"NOT CONNECTED: {reason}"))
                     continue
                 before = _connections()
-                check = worker.channel.unary_unary(
-                    _health.CHECK_METHOD, request_serializer=_as_is, response_deserializer=_as_is
-                )
+                check = raw_unary(worker.channel, _health.CHECK_METHOD)
                 begin = time.perf_counter()
                 try:
                     answer = await check(_health.encode_request(), timeout=timeout)

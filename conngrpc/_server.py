@@ -27,8 +27,9 @@ import grpc
 import grpc.aio
 
 from . import _health
+from .channel.connector import raw_unary
 
-__all__ = ["PEER_METHOD", "SLEEP_METHOD", "ServerProcess", "start_server"]
+__all__ = ["PEER_METHOD", "SLEEP_METHOD", "ServerProcess", "peer_of", "start_server"]
 
 DEMO_SERVICE = "conngrpc.demo.v1.Demo"
 PEER_METHOD = f"/{DEMO_SERVICE}/Peer"
@@ -79,6 +80,11 @@ async def start_server(
         raise OSError(f"could not listen on {host}:{port}")
     await server.start()
     return server, bound
+
+
+async def peer_of(channel: grpc.aio.Channel, timeout: float = 5.0) -> str:
+    """Where this server sees a call over ``channel`` come from (one peer per connection)."""
+    return (await raw_unary(channel, PEER_METHOD)(b"", timeout=timeout)).decode()
 
 
 def _option(text: str) -> tuple[str, Any]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -113,15 +113,12 @@ class TelemetryBus:
     dict lookup. Attach and detach replace tuples under a lock; execute reads without one.
     """
 
-    __slots__ = ("_by_event", "_by_id", "_lock", "_switches", "listeners")
+    __slots__ = ("_by_event", "_by_id", "_lock", "_switches")
 
     def __init__(self) -> None:
         self._by_event: dict[Event, tuple[HandlerInfo, ...]] = {}
         self._by_id: dict[Hashable, tuple[HandlerInfo, ...]] = {}
         self._lock = threading.Lock()
-        #: ``listeners(event)``: the handlers attached to ``event``, or None. The dict's
-        #: own ``get``, so a hot path can skip timing what nobody will read.
-        self.listeners: Callable[[Event], tuple[HandlerInfo, ...] | None] = self._by_event.get
         self._switches: dict[Event, Switch] = {}
 
     def __repr__(self) -> str:

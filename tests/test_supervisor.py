@@ -712,3 +712,71 @@ def test_nested_supervisor_spec_is_checked_where_it_is_written() -> None:
 async def test_each_backend_really_runs_the_test(anyio_backend: str) -> None:
     """Guards the test order: a trio test must never land on the live tests' asyncio loop."""
     assert sniffio.current_async_library() == anyio_backend
+
+
+def _slow_to_stop(child_id: str, release: anyio.Event, stopping: anyio.Event) -> ChildSpec:
+    """A child whose cleanup, once it is cancelled, waits for ``release``."""
+
+    async def start(*, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            stopping.set()
+            with anyio.CancelScope(shield=True):
+                await release.wait()
+
+    return ChildSpec(child_id, start)
+
+
+async def test_deleting_a_stopped_sibling_during_a_one_for_all_restart_is_safe() -> None:
+    probe = Probe()
+    release, stopping = anyio.Event(), anyio.Event()
+    specs = [probe.spec("a"), _slow_to_stop("b", release, stopping), probe.spec("c")]
+    async with Supervisor(specs, strategy="one_for_all") as sup:
+        crashed = handles(sup)["a"]
+        crashed.crash()
+        await stopping.wait()  # c was stopped first (right to left); b is stopping now
+        assert not {i.id: i.running for i in sup.which_children()}["c"]
+        sup.delete_child("c")
+        release.set()
+        await wait_until(lambda: handles(sup).get("a") not in (None, crashed))
+        await wait_until(
+            lambda: (
+                [(i.id, i.running) for i in sup.which_children()]
+                == [
+                    ("a", True),
+                    ("b", True),
+                ]
+            )
+        )
+
+
+async def test_a_start_child_queued_behind_a_give_up_is_refused() -> None:
+    probe = Probe()
+    release, stopping = anyio.Event(), anyio.Event()
+    outcome: list[BaseException] = []
+
+    async def release_it() -> None:
+        release.set()
+
+    async def start_late(sup: Supervisor) -> None:
+        async with anyio.create_task_group() as helper:
+            # Runs once start_child below has passed its first check and waits for the
+            # lock, which the manager holds while it gives up.
+            helper.start_soon(release_it)
+            try:
+                await sup.start_child(probe.spec("late"))
+            except SupervisorNotRunningError as error:
+                outcome.append(error)
+
+    specs = [_slow_to_stop("slow", release, stopping), probe.spec("a")]
+    async with anyio.create_task_group() as outside:
+        with pytest.raises(SupervisorGaveUpError):
+            async with Supervisor(specs, max_restarts=0) as sup:
+                handles(sup)["a"].crash()
+                await stopping.wait()  # giving up: the manager holds the lock, stopping all
+                outside.start_soon(start_late, sup)
+                await anyio.sleep_forever()
+    assert [type(error) for error in outcome] == [SupervisorNotRunningError]
+    assert "late" not in probe.events("start")

@@ -15,7 +15,7 @@ from ..errors import ConnectFailedError
 if TYPE_CHECKING:
     from .config import ChannelConfig
 
-__all__ = ["DEFAULT_OPTIONS", "Connector", "channel_options", "connect_grpc"]
+__all__ = ["DEFAULT_OPTIONS", "Connector", "channel_options", "connect_grpc", "raw_unary"]
 
 _READY = grpc.ChannelConnectivity.READY
 _FAILED = grpc.ChannelConnectivity.TRANSIENT_FAILURE
@@ -108,15 +108,19 @@ async def connect_grpc(config: ChannelConfig) -> grpc.aio.Channel:
 
 async def _why_failed(channel: grpc.aio.Channel) -> str:
     try:
-        probe = channel.unary_unary(
-            _PROBE_METHOD, request_serializer=_as_is, response_deserializer=_as_is
-        )
-        await probe(b"", timeout=1.0)
+        await raw_unary(channel, _PROBE_METHOD)(b"", timeout=1.0)
     except grpc.aio.AioRpcError as error:
         if error.code() is grpc.StatusCode.UNAVAILABLE:
             return error.details() or "UNAVAILABLE"
         return f"{error.code().name}: {error.details()}"
     return "TRANSIENT_FAILURE"
+
+
+def raw_unary(
+    channel: grpc.aio.Channel, method: str
+) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
+    """A unary call of ``method`` that sends and receives raw bytes (no generated code)."""
+    return channel.unary_unary(method, request_serializer=_as_is, response_deserializer=_as_is)
 
 
 def _as_is(data: bytes) -> bytes:

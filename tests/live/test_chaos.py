@@ -13,6 +13,7 @@ import pytest
 
 from conngrpc import ExponentialBackoff, NotConnectedError, Pool, Supervisor
 from conngrpc._server import SLEEP_METHOD, ServerProcess
+from conngrpc.channel.connector import raw_unary
 from tests._probe import EventLog
 
 pytestmark = pytest.mark.anyio
@@ -27,10 +28,6 @@ SLACK = 0.5  # a call must end within its deadline plus this
 CALL = b"5"  # the handler sleeps 5 ms
 RETRY_PAUSE = 0.01  # a caller that got NotConnectedError tries again after this
 BACKOFF = ExponentialBackoff(min=0.1, max=0.5)
-
-
-def _as_is(data: bytes) -> bytes:
-    return data
 
 
 async def test_the_pool_survives_repeated_server_kills_under_load(
@@ -57,9 +54,7 @@ async def test_the_pool_survives_repeated_server_kills_under_load(
                     errors["NotConnectedError"] += 1
                     await anyio.sleep(RETRY_PAUSE)
                     continue
-                call = channel.unary_unary(
-                    SLEEP_METHOD, request_serializer=_as_is, response_deserializer=_as_is
-                )
+                call = raw_unary(channel, SLEEP_METHOD)
                 began = time.monotonic()
                 try:
                     await call(CALL, timeout=DEADLINE)

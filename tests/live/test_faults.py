@@ -25,7 +25,8 @@ import grpc.aio
 import pytest
 
 from conngrpc import ExponentialBackoff, NotConnectedError, Pool, Supervisor, telemetry
-from conngrpc._server import PEER_METHOD, SLEEP_METHOD, start_server
+from conngrpc._server import SLEEP_METHOD, peer_of, start_server
+from conngrpc.channel.connector import raw_unary
 from tests._net import established_sockets
 from tests._probe import EventLog, wait_until
 from tests._proxy import FaultProxy
@@ -73,14 +74,9 @@ SLEEP_MS = 3000
 CLEAR_FAILURES = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "NotConnectedError"}
 
 
-def _as_is(data: bytes) -> bytes:
-    return data
-
-
 async def peer_port(channel: grpc.aio.Channel) -> int:
     """The port the server sees a call over ``channel`` come from (the proxy's socket)."""
-    call = channel.unary_unary(PEER_METHOD, request_serializer=_as_is, response_deserializer=_as_is)
-    peer = (await call(b"", timeout=CALL_DEADLINE)).decode()
+    peer = await peer_of(channel, timeout=CALL_DEADLINE)
     return int(peer.rsplit(":", 1)[1])
 
 
@@ -439,9 +435,7 @@ async def test_closing_the_connection_mid_call_fails_the_call_as_unavailable_and
     pool_name: str, upstream: str
 ) -> None:
     async with proxied_pool(pool_name, upstream, 2) as proxy:
-        sleep = Pool.get_channel(pool_name).unary_unary(
-            SLEEP_METHOD, request_serializer=_as_is, response_deserializer=_as_is
-        )
+        sleep = raw_unary(Pool.get_channel(pool_name), SLEEP_METHOD)
         with departures(pool_name) as seen:
             sent = proxy.bytes_upstream
             call = sleep(str(SLEEP_MS).encode(), timeout=SLEEP_MS / 1000 + CALL_DEADLINE)

@@ -23,10 +23,11 @@ import grpc.aio
 import pytest
 
 from conngrpc import NotConnectedError, Pool
-from conngrpc._server import SLEEP_METHOD, ServerProcess
+from conngrpc._server import SLEEP_METHOD, ServerProcess, peer_of
+from conngrpc.channel.connector import raw_unary
 from tests._net import established_sockets
 from tests._probe import EventLog, wait_until
-from tests.live.test_pool_servers import peer_of, pool, port_of
+from tests.live.test_pool_servers import pool, port_of
 
 pytestmark = pytest.mark.anyio
 
@@ -46,15 +47,9 @@ class Outcome:
     ended: float
 
 
-def _as_is(data: bytes) -> bytes:
-    return data
-
-
 async def sleep_call(channel: grpc.aio.Channel, ms: int, outcomes: list[Outcome]) -> None:
     """A call the server answers after ``ms`` milliseconds; its outcome goes to ``outcomes``."""
-    call = channel.unary_unary(
-        SLEEP_METHOD, request_serializer=_as_is, response_deserializer=_as_is
-    )
+    call = raw_unary(channel, SLEEP_METHOD)
     try:
         await call(str(ms).encode(), timeout=30)
         result = "ok"

@@ -18,7 +18,7 @@ import grpc.aio
 import pytest
 
 from conngrpc import ExponentialBackoff, NotConnectedError, Pool, Supervisor
-from conngrpc._server import PEER_METHOD, ServerProcess, start_server
+from conngrpc._server import ServerProcess, peer_of, start_server
 from tests._net import established_sockets
 from tests._probe import SUPERVISOR_EVENTS, EventLog, recording, wait_until
 
@@ -42,16 +42,6 @@ SERVER_PERMITS_KEEPALIVE = [
     "--option=grpc.keepalive_permit_without_calls=1",
     "--option=grpc.http2.min_recv_ping_interval_without_data_ms=500",
 ]
-
-
-def _as_is(data: bytes) -> bytes:
-    return data
-
-
-async def peer_of(channel: grpc.aio.Channel) -> str:
-    """Where the server sees a call over ``channel`` come from."""
-    call = channel.unary_unary(PEER_METHOD, request_serializer=_as_is, response_deserializer=_as_is)
-    return (await call(b"", timeout=5)).decode()
 
 
 @asynccontextmanager

@@ -21,7 +21,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from conngrpc import ChannelConfig, ExponentialBackoff, NotConnectedError, Pool, Supervisor
-from conngrpc._server import PEER_METHOD, _handlers
+from conngrpc._server import _handlers, peer_of
 from tests._certs import KeyPair, TLSMaterial, make_tls_material
 from tests._net import established_sockets
 from tests._probe import SUPERVISOR_EVENTS, EventLog, recording, wait_until
@@ -86,16 +86,6 @@ async def pool(name: str, address: str, size: int, **channel: Any) -> AsyncItera
     spec = Pool.child_spec(name=name, pool_size=size, channel={"address": address, **channel})
     async with Supervisor([spec]) as sup:
         yield sup
-
-
-def _as_is(data: bytes) -> bytes:
-    return data
-
-
-async def peer_of(channel: grpc.aio.Channel) -> str:
-    """Where the server sees a call over ``channel`` come from."""
-    call = channel.unary_unary(PEER_METHOD, request_serializer=_as_is, response_deserializer=_as_is)
-    return (await call(b"", timeout=5)).decode()
 
 
 async def peers_of_every_channel(name: str) -> list[str]:
