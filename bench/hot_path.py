@@ -13,7 +13,7 @@ import timeit
 from typing import Any
 
 from conngrpc import Pool, Supervisor, telemetry
-from conngrpc.pool import GET_CHANNEL
+from conngrpc.pool.pool import GET_CHANNEL
 from conngrpc.testing import FakeConnector
 
 from ._common import Section

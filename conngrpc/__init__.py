@@ -5,7 +5,6 @@ Everything public is exported here; other modules are private and may change.
 
 from . import telemetry as telemetry
 from .channel import Backoff as Backoff
-from .channel import Channel as Channel
 from .channel import ChannelConfig as ChannelConfig
 from .channel import ChannelWorker as ChannelWorker
 from .channel import Connector as Connector
@@ -24,6 +23,7 @@ from .errors import SupervisorError as SupervisorError
 from .errors import SupervisorGaveUpError as SupervisorGaveUpError
 from .errors import SupervisorNotRunningError as SupervisorNotRunningError
 from .errors import UnknownChildError as UnknownChildError
+from .pool import Channel as Channel
 from .pool import Pool as Pool
 from .pool import PoolSettings as PoolSettings
 from .pool import PoolStatus as PoolStatus

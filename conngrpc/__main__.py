@@ -13,7 +13,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import anyio
@@ -22,6 +22,7 @@ import grpc.aio
 import structlog
 
 from . import _health, telemetry
+from ._checks import check_seconds
 from ._server import ServerProcess, peer_of
 from .channel import ChannelConfig, ExponentialBackoff
 from .channel.connector import raw_unary
@@ -209,9 +210,16 @@ def _address(endpoint: Mapping[str, Any]) -> str:
 
 async def _probe(address: str, pool_size: int, timeout: float) -> int:  # noqa: ASYNC109
     failures: dict[int, str] = {}
+    began = time.monotonic()
 
     def on_failure(_: Any, __: Any, metadata: Mapping[str, Any], ___: Any) -> None:
-        failures[metadata["channel_index"]] = metadata["reason"]
+        # Said as it happens (on stderr: stdout is the table), once per channel and reason,
+        # so a refused or unresolvable address does not wait its whole timeout in silence.
+        index, reason = metadata["channel_index"], metadata["reason"]
+        if failures.get(index) != reason:
+            elapsed = time.monotonic() - began
+            print(f"{elapsed:6.2f} s  channel {index}: {reason}", file=sys.stderr, flush=True)
+        failures[index] = reason
 
     telemetry.attach("conngrpc-probe", ("conngrpc", "channel", "connection_failed"), on_failure)
     spec = Pool.child_spec(
@@ -266,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     probe = commands.add_parser("probe", help="health-check every channel of a pool to ADDRESS")
     probe.add_argument("address", help="host:port or any grpc target")
     probe.add_argument("--pool-size", type=int, default=4)
-    probe.add_argument("--timeout", type=float, default=5.0)
+    probe.add_argument("--timeout", type=_seconds("--timeout"), default=5.0)
     args = parser.parse_args(argv)
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     _configure_logging()
@@ -275,9 +283,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.pool_size < 1:
         parser.error(f"--pool-size: expected at least 1, got {args.pool_size}")
-    if not args.timeout > 0:
-        parser.error(f"--timeout: expected seconds > 0, got {args.timeout}")
+    try:
+        ChannelConfig(args.address)
+    except ValueError as error:
+        parser.error(str(error).replace("ChannelConfig.address", "ADDRESS"))
     return asyncio.run(_probe(args.address, args.pool_size, args.timeout))
+
+
+def _seconds(option: str) -> Callable[[str], float]:
+    """An argparse type: seconds as conngrpc bounds them, or a usage error naming ``option``."""
+
+    def parse(text: str) -> float:
+        try:
+            return check_seconds(option, float(text))
+        except ValueError as error:
+            message = str(error) if option in str(error) else f"{option}: expected seconds"
+            raise argparse.ArgumentTypeError(message) from None
+
+    return parse
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ make its connections succeed, fail or drop on command::
     )
     async with Supervisor([spec]):
         await Pool.wait_connected("unit")
-        connector.drop(0)                      # the first connection is lost
+        connector.drop(0)                      # worker 0's connection is lost
 
 Parallel tests that must not share servers: ``mock=`` on the channel config makes
 ``get_channel`` answer ``mock()`` and opens no connection (see the README).
@@ -29,6 +29,7 @@ import grpc
 import grpc.aio
 
 from .channel.config import ChannelConfig
+from .channel.worker import CURRENT_WORKER
 from .errors import ConnectFailedError
 
 __all__ = ["FakeChannel", "FakeConnector"]
@@ -40,12 +41,14 @@ class FakeChannel(grpc.aio.Channel):
     """A channel with no connection behind it whose connectivity the test controls.
 
     It starts READY; :meth:`drop` makes it IDLE (a lost connection) and :meth:`close`
-    SHUTDOWN. It carries no calls: any call method raises.
+    SHUTDOWN. It carries no calls: any call method raises. ``worker_index`` is the
+    index of the pool worker it was opened for (None outside a pool).
     """
 
-    def __init__(self, config: ChannelConfig, serial: int) -> None:
+    def __init__(self, config: ChannelConfig, serial: int, worker_index: int | None = None) -> None:
         self.config = config
         self.serial = serial
+        self.worker_index = worker_index
         self.closed = False
         self._state = _READY
         self._changed = anyio.Event()
@@ -111,9 +114,13 @@ class FakeConnector:
         return f"<FakeConnector calls={len(self.calls)} connected={len(self.connected)}>"
 
     def fail_next(self, count: int = 1, error: Exception | None = None) -> None:
-        """Make the next ``count`` attempts raise ``error`` (a ConnectFailedError)."""
+        """Make the next ``count`` attempts raise ``error``.
+
+        By default a :class:`~conngrpc.ConnectFailedError` naming the attempt's address,
+        which the worker retries; an error that is not retryable crashes the worker.
+        """
         for _ in range(count):
-            self._script.append(error or ConnectFailedError("fake", "refused on purpose"))
+            self._script.append(error if error is not None else "refuse")
 
     def hang_next(self, count: int = 1) -> None:
         """Make the next ``count`` attempts hang until the worker's connect_timeout."""
@@ -124,11 +131,24 @@ class FakeConnector:
         """The channels handed out that are still READY, oldest first."""
         return [c for c in self.channels if c.get_state() is _READY]
 
-    def drop(self, which: int | FakeChannel = 0) -> FakeChannel:
-        """Drop one connected channel (by position in :attr:`connected`, or itself)."""
-        channel = self.connected[which] if isinstance(which, int) else which
-        channel.drop()
-        return channel
+    def drop(self, which: int | FakeChannel) -> FakeChannel:
+        """Drop the connection of pool worker ``which`` (its index), or the channel given.
+
+        :raises LookupError: no worker of that index holds a connected channel (or
+            several do: pools that share this connector); the message lists who does.
+        """
+        if isinstance(which, FakeChannel):
+            which.drop()
+            return which
+        found = [c for c in self.connected if c.worker_index == which]
+        if len(found) != 1:
+            holders = sorted(c.worker_index for c in self.connected if c.worker_index is not None)
+            raise LookupError(
+                f"expected one connected channel of worker {which}, found {len(found)}; "
+                f"the workers connected now are {holders}"
+            )
+        found[0].drop()
+        return found[0]
 
     def drop_all(self) -> Sequence[FakeChannel]:
         """Drop every connected channel, as a server that dies would."""
@@ -149,8 +169,12 @@ class FakeConnector:
         outcome = self._script.popleft() if self._script else "connect"
         if isinstance(outcome, BaseException):
             raise outcome
+        if outcome == "refuse":
+            raise ConnectFailedError(config.address, "refused on purpose (FakeConnector)")
         if outcome == "hang":
             await anyio.sleep_forever()
-        channel = FakeChannel(config, len(self.channels))
+        worker = CURRENT_WORKER.get()
+        index = worker.index if worker is not None else None
+        channel = FakeChannel(config, len(self.channels), index)
         self.channels.append(channel)
         return channel

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 
 def _socket_inodes() -> set[str]:
@@ -37,3 +38,11 @@ def established_sockets(port: int) -> int:
 
 def open_file_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nobody listens on now (connecting to it is refused)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import conngrpc
 from conngrpc import ChannelConfig, ExponentialBackoff
+from conngrpc._checks import MAX_SECONDS
 
 
 def _waits(backoff: conngrpc.Backoff, count: int) -> list[float]:
@@ -117,8 +118,8 @@ def test_a_fresh_copy_starts_at_min_while_the_original_advances() -> None:
 
 
 def test_a_huge_multiplier_caps_at_max_instead_of_overflowing() -> None:
-    backoff = ExponentialBackoff(min=1.0, max=1e308, multiplier=1e200, jitter=0)
-    assert _waits(backoff, 4) == [1.0, 1e200, 1e308, 1e308]
+    backoff = ExponentialBackoff(min=1e-300, max=MAX_SECONDS, multiplier=1e300, jitter=0)
+    assert _waits(backoff, 4) == [1e-300, 1.0, MAX_SECONDS, MAX_SECONDS]
 
 
 class _ConstantBackoff:

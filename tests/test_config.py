@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import typing
 from typing import Any
 
 import grpc
@@ -12,6 +13,7 @@ import grpc.aio
 import pytest
 
 from conngrpc import Channel, ChannelConfig, ExponentialBackoff, Pool
+from conngrpc._checks import MAX_SECONDS
 
 ADDRESS = "localhost:50051"
 FIELD_NAMES = [f.name for f in dataclasses.fields(ChannelConfig)]
@@ -44,6 +46,51 @@ def _names(field: str) -> str:
 
 
 # --- ChannelConfig fields ----------------------------------------------------------
+
+
+GOOD_ADDRESSES = [
+    "localhost:50051",
+    "localhost",
+    "127.0.0.1:1",
+    "127.0.0.1:65535",
+    "[::1]:50051",
+    "::1",
+    "my-service.namespace.svc.cluster.local:https",
+    "dns:localhost:50051",
+    "dns:///localhost:50051",
+    "dns://127.0.0.1:53/localhost:50051",
+    "ipv4:127.0.0.1:1,127.0.0.2:2",
+    "ipv6:[::1]:1,[::1]:2",
+    "unix:/run/service.sock",
+    "unix:///run/service.sock",
+    "unix-abstract:service",
+    "vsock:3:50051",
+    "xds:///service",
+]
+
+
+@pytest.mark.parametrize("address", GOOD_ADDRESSES)
+def test_channel_config_accepts_every_kind_of_grpc_target(address: str) -> None:
+    assert ChannelConfig(address).address == address
+
+
+def test_a_custom_connector_may_read_addresses_its_own_way() -> None:
+    config = ChannelConfig("consul://billing", connector=lambda config: None)
+    assert config.address == "consul://billing"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("grpc.a", 2**31 - 1), ("grpc.b", -(2**31)), ("grpc.c", "text"), ("grpc.d", b"raw")],
+)
+def test_channel_config_accepts_the_option_values_grpc_takes(key: str, value: object) -> None:
+    assert _config(options=[(key, value)]).options == ((key, value),)
+
+
+def test_every_duration_accepts_the_longest_wait_grpc_can_take() -> None:
+    config = _config(connect_timeout=MAX_SECONDS, shutdown_grace=MAX_SECONDS)
+    assert config.connect_timeout == MAX_SECONDS
+    assert ExponentialBackoff(min=1, max=MAX_SECONDS).maximum == MAX_SECONDS
 
 
 def test_channel_config_accepts_a_valid_value_for_every_field() -> None:
@@ -98,6 +145,13 @@ BAD_TYPES = [
     pytest.param("debug", 1, id="debug-int"),
     pytest.param("debug", "yes", id="debug-str"),
     pytest.param("debug", None, id="debug-None"),
+    # The class, not an instance: its next() would fail on the first failed attempt.
+    pytest.param("backoff", ExponentialBackoff, id="backoff-the-class"),
+    pytest.param("options", [("grpc.x", object())], id="options-object-value"),
+    pytest.param("options", [("grpc.x", None)], id="options-None-value"),
+    pytest.param("options", [("grpc.x", [1])], id="options-list-value"),
+    # grpc would read a float as a C pointer (it has __int__).
+    pytest.param("options", [("grpc.keepalive_time_ms", 1.5)], id="options-float-value"),
 ]
 
 
@@ -117,6 +171,29 @@ BAD_VALUES = [
     pytest.param("connect_timeout", math.inf, id="connect_timeout-inf"),
     pytest.param("connect_timeout", -math.inf, id="connect_timeout-minus-inf"),
     pytest.param("connect_timeout", math.nan, id="connect_timeout-nan"),
+    # grpc takes milliseconds as a C int: longer waits overflow on every attempt.
+    pytest.param("connect_timeout", 10**20, id="connect_timeout-overflows-grpc"),
+    pytest.param("connect_timeout", MAX_SECONDS * 1.001, id="connect_timeout-over-the-bound"),
+    pytest.param("shutdown_grace", 10**20, id="shutdown_grace-overflows-grpc"),
+    pytest.param("shutdown_grace", -0.1, id="shutdown_grace-negative"),
+    pytest.param("shutdown_grace", math.inf, id="shutdown_grace-inf"),
+    # Targets grpc could never connect to: every attempt would fail for ever.
+    pytest.param("address", "http://127.0.0.1:50051", id="address-unknown-scheme"),
+    pytest.param("address", "127.0.0.1:99999", id="address-port-above-65535"),
+    pytest.param("address", "127.0.0.1:0", id="address-port-zero"),
+    pytest.param("address", "127.0.0.1:port", id="address-port-not-a-number"),
+    pytest.param("address", "dns:///bad host:1", id="address-host-with-space"),
+    pytest.param("address", ":50051", id="address-no-host"),
+    pytest.param("address", "foo:bar:50051", id="address-two-colons"),
+    pytest.param("address", "[::1:50051", id="address-unclosed-bracket"),
+    pytest.param("address", "ipv4:127.0.0.1", id="address-ipv4-without-port"),
+    pytest.param("address", "ipv4:localhost:1", id="address-ipv4-not-an-ip"),
+    pytest.param("address", "ipv4:[::1]:1", id="address-ipv4-given-ipv6"),
+    pytest.param("address", "ipv6:127.0.0.1:1", id="address-ipv6-given-ipv4"),
+    pytest.param("address", "unix:", id="address-unix-without-path"),
+    # Option values grpc rejects on every attempt, or misreads.
+    pytest.param("options", [("grpc.max_send_message_length", 2**31)], id="options-int-overflow"),
+    pytest.param("options", [("", 1)], id="options-empty-key"),
 ]
 
 
@@ -220,6 +297,11 @@ def test_pool_child_spec_accepts_a_boundary_value(setting: str, value: object) -
 
 POOL_BAD_TYPES = [
     pytest.param("name", 3, "Pool name:", id="name-int"),
+    pytest.param("name", None, "Pool name: expected a str, got None", id="name-None"),
+    pytest.param(
+        "pool_size", None, "Pool pool_size: expected an int >= 0, got None", id="size-None"
+    ),
+    pytest.param("channel", None, "Pool channel: expected a ChannelConfig", id="channel-None"),
     pytest.param("pool_size", 1.5, "Pool pool_size:", id="pool_size-float"),
     pytest.param("pool_size", True, "Pool pool_size:", id="pool_size-bool"),
     pytest.param("pool_size", "2", "Pool pool_size:", id="pool_size-str"),
@@ -255,6 +337,8 @@ POOL_BAD_VALUES = [
     pytest.param("max_seconds", 0, "Pool max_seconds:", id="max_seconds-zero"),
     pytest.param("max_seconds", -1, "Pool max_seconds:", id="max_seconds-negative"),
     pytest.param("max_seconds", math.inf, "Pool max_seconds:", id="max_seconds-inf"),
+    pytest.param("max_seconds", 10**20, "Pool max_seconds:", id="max_seconds-huge"),
+    pytest.param("telemetry_interval", 10**20, "Pool telemetry_interval:", id="telemetry-huge"),
     pytest.param("channel", {"address": ""}, "ChannelConfig.address:", id="channel-address"),
     pytest.param(
         "channel",
@@ -359,6 +443,9 @@ BACKOFF_BAD_VALUES = [
     pytest.param({"jitter": -0.1}, "jitter", id="jitter-negative"),
     pytest.param({"jitter": 1.5}, "jitter", id="jitter-above-1"),
     pytest.param({"jitter": math.nan}, "jitter", id="jitter-nan"),
+    pytest.param({"max": 10**20}, "max", id="max-overflows-grpc"),
+    pytest.param({"min": 10**20, "max": 10**20}, "min", id="min-overflows-grpc"),
+    pytest.param({"multiplier": math.inf}, "multiplier", id="multiplier-inf"),
 ]
 
 
@@ -375,3 +462,25 @@ def test_exponential_backoff_rejects_a_bad_value_naming_it(
 def test_exponential_backoff_rejects_a_non_number_naming_it(field: str, value: object) -> None:
     with pytest.raises(TypeError, match=re.escape(f"ExponentialBackoff.{field}:")):
         ExponentialBackoff(**{field: value})  # type: ignore[arg-type]
+
+
+# --- run-time type hints ----------------------------------------------------------------
+
+
+def _public_dataclasses() -> list[type]:
+    import conngrpc
+
+    found = [getattr(conngrpc, name) for name in conngrpc.__all__]
+    return [obj for obj in found if isinstance(obj, type) and dataclasses.is_dataclass(obj)]
+
+
+@pytest.mark.parametrize("cls", _public_dataclasses(), ids=lambda cls: cls.__name__)
+def test_type_hints_of_every_public_dataclass_resolve_at_run_time(cls: type) -> None:
+    """pydantic, cattrs and sphinx call typing.get_type_hints; it must not raise NameError."""
+    hints = typing.get_type_hints(cls)
+    assert set(hints) >= {f.name for f in dataclasses.fields(cls)}
+
+
+def test_the_public_dataclasses_include_the_configs() -> None:
+    names = {cls.__name__ for cls in _public_dataclasses()}
+    assert {"ChannelConfig", "ChildSpec", "PoolStatus", "ChildInfo", "ChildCounts"} <= names

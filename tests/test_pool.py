@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 
 from conngrpc import (
     ChannelConfig,
+    ChannelWorker,
     ChildStartError,
     ExponentialBackoff,
     NameTakenError,
@@ -414,7 +415,7 @@ async def test_get_all_workers_lists_the_connected_workers_in_index_order(
         await lose(pool_name, by_index(pool_name)[1])
         workers = Pool.get_all_workers(pool_name)
         assert [w.index for w in workers] == [0, 2]
-        assert all(w.state == "connected" and w.name.startswith(pool_name) for w in workers)
+        assert all(w.state == "watching" and w.name.startswith(pool_name) for w in workers)
 
 
 async def test_wait_connected_waits_for_the_count_asked_for(
@@ -614,3 +615,134 @@ async def test_without_debug_a_healthy_pool_logs_nothing(
         async with running_pool(pool_name, 2, fake_channel(connector)):
             pass
     assert logs == []
+
+
+# --- failures that can never succeed, and saying why ------------------------------------------
+
+
+class _Broken(Exception):
+    """What a connector with a bug raises: not a network failure, never worth retrying."""
+
+
+async def test_a_connector_bug_crashes_the_worker_instead_of_being_retried_for_ever(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    connector.fail_next(10_000, _Broken("the connector has a bug"))
+    spec = Pool.child_spec(name=pool_name, pool_size=1, channel=fake_channel(connector))
+    with recording(SUPERVISOR_EVENTS) as events, pytest.raises(SupervisorGaveUpError) as caught:
+        async with Supervisor([spec], max_restarts=0):
+            with anyio.fail_after(5):
+                await anyio.sleep_forever()
+    # The pool gave up on its worker (1 attempt + 3 restarts), then the parent on the pool.
+    assert len(connector.calls) == 4
+    pool_gave_up = caught.value.__cause__
+    assert isinstance(pool_gave_up, SupervisorGaveUpError)
+    assert isinstance(pool_gave_up.__cause__, _Broken)
+    assert [m["reason"] for m in events.of("child_terminated")][:1] == ["crash"]
+
+
+async def test_wait_connected_fails_at_once_naming_the_cause_when_the_pool_gives_up(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    connector.fail_next(10_000, _Broken("the connector has a bug"))
+    spec = Pool.child_spec(
+        name=pool_name, pool_size=2, channel=fake_channel(connector), max_restarts=1
+    )
+    async with Supervisor(max_restarts=0) as supervisor:
+        await supervisor.start_child(spec.__class__(spec.id, spec.start, restart="temporary"))
+        with anyio.fail_after(5):  # far below wait_connected's own timeout
+            with pytest.raises(PoolNotStartedError) as caught:
+                await Pool.wait_connected(pool_name, timeout=60)
+    assert "stopped while waiting" in caught.value.reason
+    assert "_Broken: the connector has a bug" in caught.value.reason
+
+
+async def test_a_failed_attempt_names_the_address_it_tried(
+    pool_name: str, connector: FakeConnector, channel_events: EventLog
+) -> None:
+    connector.fail_next(1)
+    async with running_pool(pool_name, 1, fake_channel(connector, address="billing:7")):
+        pass
+    assert "'billing:7'" in channel_events.of("connection_failed")[0]["reason"]
+
+
+async def test_wait_connected_timing_out_gives_the_latest_failure_of_each_channel(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    connector.fail_next(10_000)
+    async with running_pool(pool_name, 3, fake_channel(connector), wait=False):
+        await connector.wait_for_calls(3)
+        with pytest.raises(NotConnectedError) as caught:
+            await Pool.wait_connected(pool_name, timeout=0.01)
+    reason = caught.value.reason
+    assert "expected 3 connected channel(s) within 0.01 s, but 0 are" in reason
+    assert "channel(s) 0-2" in reason
+    assert "refused on purpose (FakeConnector)" in reason
+
+
+async def test_get_channel_not_connected_gives_the_latest_failure(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    connector.fail_next(10_000)
+    async with running_pool(pool_name, 1, fake_channel(connector), wait=False):
+        await connector.wait_for_calls(1)
+        with pytest.raises(NotConnectedError, match=r"after: .*refused on purpose"):
+            Pool.get_channel(pool_name)
+
+
+async def test_a_worker_running_on_disconnect_says_it_is_disconnected(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    workers: list[ChannelWorker] = []
+    states: list[str] = []
+
+    def on_disconnect() -> None:
+        states.append(workers[0].state)
+
+    channel = fake_channel(connector, on_disconnect=on_disconnect)
+    async with running_pool(pool_name, 1, channel):
+        workers.extend(Pool.get_all_workers(pool_name))
+        assert workers[0].state == "watching"
+        connector.drop(0)
+        await wait_until(lambda: states != [])
+    assert states == ["disconnected"]
+
+
+async def test_drop_takes_the_worker_index(pool_name: str, connector: FakeConnector) -> None:
+    async with running_pool(pool_name, 3, fake_channel(connector)):
+        connector.hang_next(1)
+        dropped = connector.drop(2)
+        assert dropped.worker_index == 2
+        await wait_until(lambda: [w.index for w in Pool.get_all_workers(pool_name)] == [0, 1])
+        with pytest.raises(LookupError, match=r"worker 2, found 0; .* are \[0, 1\]"):
+            connector.drop(2)
+
+
+# --- a pool belongs to one event loop -------------------------------------------------------
+
+
+async def test_a_pool_started_outside_asyncio_fails_at_start_saying_so(pool_name: str) -> None:
+    async def start_under_trio() -> None:
+        async with Supervisor(
+            [Pool.child_spec(name=pool_name, pool_size=1, channel={"address": "fake:1"})]
+        ):
+            pass
+
+    with pytest.raises(ChildStartError, match="expected to run on asyncio"):
+        await anyio.to_thread.run_sync(lambda: anyio.run(start_under_trio, backend="trio"))
+
+
+async def test_wait_connected_from_another_event_loop_is_a_clear_error(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    async with running_pool(pool_name, 1, fake_channel(connector)):
+
+        def from_another_loop() -> None:
+            anyio.run(Pool.wait_connected, pool_name)
+
+        with pytest.raises(RuntimeError, match="must run on the event loop that runs the pool"):
+            await anyio.to_thread.run_sync(from_another_loop)
+        with pytest.raises(RuntimeError, match="outside any event loop"):
+            await anyio.to_thread.run_sync(Pool.get_all_workers, pool_name)
+        status = await anyio.to_thread.run_sync(Pool.status, pool_name)
+        assert status.current_size == 1  # a snapshot of plain values: any thread may ask

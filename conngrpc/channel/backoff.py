@@ -7,6 +7,8 @@ import math
 import random
 from typing import Protocol, runtime_checkable
 
+from .._checks import check_seconds
+
 __all__ = ["Backoff", "ExponentialBackoff"]
 
 
@@ -39,8 +41,9 @@ class ExponentialBackoff:
         ExponentialBackoff(min=0.1, max=5.0)
 
     :raises TypeError: a setting is not a number.
-    :raises ValueError: ``min`` is not > 0, ``max`` is below ``min``, ``multiplier`` is
-        below 1 or ``jitter`` is outside ``[0, 1]``.
+    :raises ValueError: ``min`` is not > 0, ``max`` is below ``min`` or longer than grpc
+        can wait (about 24.8 days), ``multiplier`` is below 1 or ``jitter`` is outside
+        ``[0, 1]``.
     """
 
     __slots__ = ("_base", "_ceiling", "_random", "jitter", "maximum", "minimum", "multiplier")
@@ -54,18 +57,19 @@ class ExponentialBackoff:
         jitter: float = 0.2,
         rng: random.Random | None = None,
     ) -> None:
-        settings = (("min", min), ("max", max), ("multiplier", multiplier), ("jitter", jitter))
-        for field, value in settings:
+        check_seconds("ExponentialBackoff.min", min)
+        check_seconds("ExponentialBackoff.max", max)
+        for field, value in (("multiplier", multiplier), ("jitter", jitter)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"ExponentialBackoff.{field}: expected a number, got {value!r}")
-        if not (0 < min < math.inf):
-            raise ValueError(f"ExponentialBackoff.min: expected seconds > 0, got {min!r}")
-        if not (min <= max < math.inf):
+        if not min <= max:
             raise ValueError(
-                f"ExponentialBackoff.max: expected finite seconds >= min ({min!r}), got {max!r}"
+                f"ExponentialBackoff.max: expected seconds >= min ({min!r}), got {max!r}"
             )
-        if not multiplier >= 1:
-            raise ValueError(f"ExponentialBackoff.multiplier: expected >= 1, got {multiplier!r}")
+        if not multiplier >= 1 or multiplier == math.inf:
+            raise ValueError(
+                f"ExponentialBackoff.multiplier: expected a finite number >= 1, got {multiplier!r}"
+            )
         if not 0 <= jitter <= 1:
             raise ValueError(f"ExponentialBackoff.jitter: expected 0 to 1, got {jitter!r}")
         self.minimum = float(min)

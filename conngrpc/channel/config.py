@@ -3,23 +3,39 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 import grpc.aio
 
+from .._checks import check_seconds
 from .backoff import Backoff, ExponentialBackoff
+from .target import parse_target
 
-if TYPE_CHECKING:
-    from .connector import Connector
-
-__all__ = ["Callback", "ChannelConfig", "ChannelConfigLike"]
+__all__ = ["Callback", "ChannelConfig", "ChannelConfigLike", "Connector"]
 
 #: ``on_connect`` / ``on_disconnect``: a zero-argument callable, sync or async.
 Callback = Callable[[], Awaitable[object] | object]
+
+# grpc passes an int channel argument as a C int.
+_C_INT = range(-(2**31), 2**31)
+
+
+class Connector(Protocol):
+    """Opens a channel from a config and returns it once it is READY.
+
+    An attempt that may succeed later (the network said no) raises
+    :class:`~conngrpc.ConnectFailedError`, ``OSError``, ``TimeoutError`` or a
+    ``grpc.RpcError``: the worker reports it and retries after its backoff. Any other
+    exception means the attempt can never succeed (a bug, a bad setting): the worker
+    crashes, and its supervisor handles that. Either way the connector closes what it
+    opened. The worker bounds each call by ``connect_timeout`` and cancels it after.
+    """
+
+    def __call__(self, config: ChannelConfig) -> Awaitable[grpc.aio.Channel]:
+        """Connect, or raise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +86,8 @@ class ChannelConfig:
             raise ValueError(
                 "ChannelConfig.address: expected 'host:port' or a grpc target, got an empty string"
             )
+        if self.connector is None:  # a custom connector may read addresses its own way
+            parse_target(self.address, "ChannelConfig.address")
         set_(self, "options", _check_options(self.options))
         if self.credentials is not None and not isinstance(
             self.credentials, grpc.ChannelCredentials
@@ -84,8 +102,13 @@ class ChannelConfig:
                 f"got {self.compression!r}"
             )
         set_(self, "interceptors", _check_interceptors(self.interceptors))
-        _check_seconds("connect_timeout", self.connect_timeout, zero_allowed=False)
-        _check_seconds("shutdown_grace", self.shutdown_grace, zero_allowed=True)
+        check_seconds("ChannelConfig.connect_timeout", self.connect_timeout)
+        check_seconds("ChannelConfig.shutdown_grace", self.shutdown_grace, zero=True)
+        if isinstance(self.backoff, type):
+            raise TypeError(
+                "ChannelConfig.backoff: expected a backoff object, got the class "
+                f"{self.backoff.__name__}; write {self.backoff.__name__}() instead"
+            )
         if not (
             callable(getattr(self.backoff, "next", None))
             and callable(getattr(self.backoff, "reset", None))
@@ -142,14 +165,6 @@ def _check_keys(value: Mapping[str, Any], where: str) -> None:
         )
 
 
-def _check_seconds(field: str, value: object, *, zero_allowed: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"ChannelConfig.{field}: expected seconds, got {value!r}")
-    if not (value >= 0 if zero_allowed else value > 0) or not value < math.inf:
-        bound = ">= 0" if zero_allowed else "> 0"
-        raise ValueError(f"ChannelConfig.{field}: expected finite seconds {bound}, got {value!r}")
-
-
 def _check_options(options: object) -> tuple[tuple[str, Any], ...]:
     if isinstance(options, (str, bytes, Mapping)) or not isinstance(options, Sequence):
         raise TypeError(
@@ -161,10 +176,35 @@ def _check_options(options: object) -> tuple[tuple[str, Any], ...]:
             raise TypeError(
                 f"ChannelConfig.options: expected (str key, value) pairs, got {option!r}"
             )
-        if not option[0]:
+        key, value = option
+        if not key:
             raise ValueError(f"ChannelConfig.options: expected a non-empty key, got {option!r}")
+        _check_option_value(key, value)
         checked.append(option)
     return tuple(checked)
+
+
+def _check_option_value(key: str, value: object) -> None:
+    """What grpc accepts: an int that fits a C int, a str, bytes, or a pointer object.
+
+    grpc reads any other object with ``__int__`` as a C pointer: a float there would be
+    taken for a memory address, so floats are refused by name.
+    """
+    if isinstance(value, int):
+        if value not in _C_INT:
+            raise ValueError(
+                f"ChannelConfig.options: expected an int from -2**31 to 2**31 - 1 for "
+                f"{key!r} (grpc passes it as a C int), got {value!r}"
+            )
+    elif isinstance(value, float):
+        raise TypeError(
+            f"ChannelConfig.options: expected an int, a str or bytes for {key!r}, got the "
+            f"float {value!r} (grpc channel arguments take whole numbers, such as milliseconds)"
+        )
+    elif not isinstance(value, (str, bytes)) and not hasattr(value, "__int__"):
+        raise TypeError(
+            f"ChannelConfig.options: expected an int, a str or bytes for {key!r}, got {value!r}"
+        )
 
 
 def _check_interceptors(interceptors: object) -> tuple[grpc.aio.ClientInterceptor, ...]:

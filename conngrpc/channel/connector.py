@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import anyio
 import grpc
 import grpc.aio
 
 from ..errors import ConnectFailedError
+from .config import ChannelConfig
 
-if TYPE_CHECKING:
-    from .config import ChannelConfig
-
-__all__ = ["DEFAULT_OPTIONS", "Connector", "channel_options", "connect_grpc", "raw_unary"]
+__all__ = ["DEFAULT_OPTIONS", "channel_options", "connect_grpc", "raw_unary"]
 
 _READY = grpc.ChannelConnectivity.READY
 _FAILED = grpc.ChannelConnectivity.TRANSIENT_FAILURE
@@ -41,17 +38,6 @@ _channel_ids = itertools.count(1)
 _PROBE_METHOD = "/conngrpc.internal.v1.ConnectProbe/Why"
 
 
-class Connector(Protocol):
-    """Opens a channel from a config and returns it once it is READY.
-
-    On failure it raises (any exception counts as a failed attempt) and closes what it
-    opened. The worker bounds each call by ``connect_timeout`` and cancels it after.
-    """
-
-    def __call__(self, config: ChannelConfig) -> Awaitable[grpc.aio.Channel]:
-        """Connect, or raise."""
-
-
 def channel_options(config: ChannelConfig) -> list[tuple[str, Any]]:
     """The defaults, overridden by ``config.options``, plus a fresh channel id.
 
@@ -73,23 +59,24 @@ async def connect_grpc(config: ChannelConfig) -> grpc.aio.Channel:
 
     :raises ConnectFailedError: the channel reached TRANSIENT_FAILURE; the message is
         grpc's reason (refused, unresolvable host, TLS failure, ...).
+
+    An exception from grpc while the channel is built (rather than connected) is not
+    caught: the settings can never work, and ChannelConfig checks them where they are
+    written, so it is a bug to report, not a failure to retry.
     """
     options = channel_options(config)
-    try:
-        if config.credentials is None:
-            channel = grpc.aio.insecure_channel(
-                config.address, options, config.compression, config.interceptors or None
-            )
-        else:
-            channel = grpc.aio.secure_channel(
-                config.address,
-                config.credentials,
-                options,
-                config.compression,
-                config.interceptors or None,
-            )
-    except Exception as exc:
-        raise ConnectFailedError(config.address, f"{type(exc).__name__}: {exc}") from exc
+    if config.credentials is None:
+        channel = grpc.aio.insecure_channel(
+            config.address, options, config.compression, config.interceptors or None
+        )
+    else:
+        channel = grpc.aio.secure_channel(
+            config.address,
+            config.credentials,
+            options,
+            config.compression,
+            config.interceptors or None,
+        )
     try:
         state = channel.get_state(try_to_connect=True)
         while state is not _READY:

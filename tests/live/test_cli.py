@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 
 import anyio
 import grpc.aio
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+
+from tests._net import closed_port
 
 pytestmark = pytest.mark.anyio
 
@@ -86,20 +89,59 @@ async def test_probe_exits_non_zero_when_the_server_is_not_serving(
 
 
 def test_probe_of_an_address_where_nothing_listens_says_why() -> None:
-    result = run_cli("probe", "127.0.0.1:1", "--pool-size", "2", "--timeout", "1")
+    result = run_cli("probe", f"127.0.0.1:{closed_port()}", "--pool-size", "2", "--timeout", "1")
     assert result.returncode == 1
     assert result.stdout.count("NOT CONNECTED") == 2
     assert "Connection refused" in result.stdout
+
+
+def test_probe_reports_each_failure_as_it_comes_not_only_at_the_end() -> None:
+    """Every attempt is refused within milliseconds: say so then, not after the timeout."""
+    command = [sys.executable, "-m", "conngrpc", "probe", f"127.0.0.1:{closed_port()}"]
+    with subprocess.Popen(
+        [*command, "--pool-size", "2", "--timeout", "30"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    ) as probe:
+        try:
+            assert probe.stderr is not None
+            began = time.monotonic()
+            line = probe.stderr.readline()  # blocks until the first report
+            reported_after = time.monotonic() - began
+        finally:
+            probe.kill()
+    assert "Connection refused" in line
+    assert re.match(r"\s*[\d.]+ s  channel [01]: ", line)
+    assert reported_after < 10  # long before the 30 s timeout
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--pool-size", "0"], "--pool-size: expected at least 1, got 0"),
-        (["--timeout", "0"], "--timeout: expected seconds > 0, got 0.0"),
+        (["--timeout", "0"], "--timeout: expected seconds > 0"),
+        (["--timeout", "inf"], "--timeout: expected seconds > 0 and <= 2.14748e+06, got inf"),
+        (["--timeout", "nan"], "--timeout: expected seconds > 0"),
+        (["--timeout", "soon"], "--timeout: expected seconds"),
     ],
 )
 def test_probe_rejects_bad_arguments(args: list[str], message: str) -> None:
     result = run_cli("probe", "127.0.0.1:1", *args)
     assert result.returncode == 2
     assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("http://127.0.0.1:50051", "grpc knows no scheme 'http'"),
+        ("127.0.0.1:99999", "expected a port from 1 to 65535"),
+    ],
+)
+def test_probe_rejects_an_address_grpc_could_never_reach(address: str, message: str) -> None:
+    result = run_cli("probe", address)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

@@ -256,7 +256,7 @@ class PoolMachine(RuleBasedStateMachine):
         def check() -> None:
             members = Pool.get_all_workers(self.name)
             assert [w.index for w in members] == self.up()
-            assert members == [w for w in self.all_workers() if w.state == "connected"]
+            assert members == [w for w in self.all_workers() if w.state == "watching"]
             assert Pool.status(self.name) == PoolStatus(self.name, self.pool_size, len(members))
             channels = [channel_of(w) for w in members]
             assert not any(c.closed for c in channels)

@@ -1,0 +1,257 @@
+"""Pool: a supervised set of persistent channels, handed out round-robin.
+
+Example::
+
+    class DemoPool(Pool, pool_size=5, channel={"address": "localhost:50051"}):
+        pass
+
+    async with Supervisor([DemoPool]):
+        await DemoPool.wait_connected()
+        channel = DemoPool.get_channel()
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import grpc.aio
+
+from .. import telemetry
+from ..channel.config import ChannelConfig
+from ..channel.worker import ChannelWorker
+from ..supervisor import ChildSpec
+from .runtime import PoolRuntime, PoolStatus, not_started, pools, run_pool, wait_connected
+from .settings import PoolSettings, ResolvedSettings, merge
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["GET_CHANNEL", "Pool"]
+
+GET_CHANNEL = ("conngrpc", "pool", "get_channel")
+
+_observed = telemetry.default_bus.switch(GET_CHANNEL)
+_lookup = pools.get
+
+
+class GetChannel(Protocol):
+    """The signature of ``Pool.get_channel``."""
+
+    def __call__(self, name: str | None = None) -> grpc.aio.Channel:
+        """A connected channel of the pool, round-robin; never waits."""
+
+
+def _hand_out(own_name: str | None) -> GetChannel:
+    """``get_channel`` for a pool class; a declared pool's name is its default argument.
+
+    A function made per class, not a classmethod: the hand-out is the hot path, and
+    this spares binding a method and looking the name up at every call.
+    """
+
+    def get_channel(name: str | None = own_name) -> grpc.aio.Channel:
+        """A connected channel of the pool, round-robin; never waits.
+
+        :raises NotConnectedError: the pool runs but no channel is connected now.
+        :raises PoolNotStartedError: no pool of that name runs.
+        """
+        try:
+            pool = _lookup(name)  # type: ignore[arg-type]
+        except TypeError:  # unhashable
+            raise not_started("pool", name) from None
+        # The hot path: a running pool, a connected channel and nobody listening to the
+        # telemetry event. Everything else (errors, mock, telemetry) goes the long way.
+        if pool is not None and not _observed.on:
+            channels = pool.channels
+            if channels:
+                return channels[next(pool.counter) % len(channels)]
+        return _get_channel(name, pool)
+
+    return get_channel
+
+
+class Pool:
+    """A pool of persistent, pre-connected gRPC channels, handed out round-robin.
+
+    Use it either by name, ``Pool.child_spec(name="demo_pool", pool_size=5,
+    channel={...})`` and ``Pool.get_channel("demo_pool")``, or declaratively::
+
+        class DemoPool(Pool, pool_size=5, channel=ChannelConfig("localhost:50051")):
+            pass
+
+        DemoPool.child_spec()      # the class statement's settings
+        DemoPool.get_channel()
+
+    A declared pool is named after its class unless ``name=`` is given. A ``config=``
+    callable on the class is called at ``child_spec()`` time and returns overrides, so
+    settings can come from the environment when the application starts. Precedence:
+    class statement < ``config()`` < ``child_spec()`` arguments; a partial ``channel``
+    dict is laid over the channel below it, field by field.
+    """
+
+    _declared: ClassVar[dict[str, Any]] = {}
+    _config: ClassVar[Callable[[], Mapping[str, Any]] | None] = None
+
+    def __init_subclass__(
+        cls,
+        *,
+        config: Callable[[], Mapping[str, Any]] | None = None,
+        **settings: Unpack[PoolSettings],
+    ) -> None:
+        super().__init_subclass__()
+        declared = {k: v for k, v in cls._declared.items() if k != "name"}
+        merge(
+            declared,
+            {"name": cls.__name__, **settings},
+            where=f"class {cls.__name__}: channel",
+        )
+        if config is not None and not callable(config):
+            raise TypeError(
+                f"class {cls.__name__}: config: expected a callable returning overrides, "
+                f"got {config!r}"
+            )
+        cls._declared = declared
+        cls.get_channel = staticmethod(_hand_out(declared["name"]))
+        if config is not None:
+            cls._config = staticmethod(config)
+
+    # --- starting ----------------------------------------------------------------
+
+    @classmethod
+    def child_spec(cls, **settings: Unpack[PoolSettings]) -> ChildSpec:
+        """A spec that runs this pool under a supervisor (``type="supervisor"``).
+
+        The pool registers its name while it runs and starts ``pool_size`` channel
+        workers (one-for-one, within ``max_restarts`` in ``max_seconds``) and a reporter
+        that emits ``("conngrpc", "pool", "status")`` every ``telemetry_interval`` s.
+        Workers connect in the background: ``wait_connected`` waits for them. The
+        started value is the pool's own :class:`Supervisor`. The pool runs on asyncio.
+
+        :raises TypeError: a setting has the wrong type or a channel key is unknown.
+        :raises ValueError: a setting is out of range (empty name, negative size, ...).
+        """
+        merged = dict(cls._declared)
+        declared_name = merged.get("name")
+        if cls._config is not None:
+            overrides = cls._config()
+            if not isinstance(overrides, Mapping):
+                raise TypeError(
+                    f"{cls.__name__}.config(): expected a mapping of overrides, got {overrides!r}"
+                )
+            merge(merged, overrides, where=f"{cls.__name__}.config(): channel")
+        merge(merged, settings, where="channel")
+        if declared_name is not None and merged["name"] != declared_name:
+            raise ValueError(
+                f"{cls.__name__}: the pool name is fixed by the class statement "
+                f"({declared_name!r}), got {merged['name']!r}"
+            )
+        for required in ("name", "pool_size", "channel"):
+            if required not in merged:
+                raise TypeError(f"{cls.__name__}.child_spec(): {required}= is required")
+        merged["channel"] = ChannelConfig.coerce(merged["channel"])
+        resolved = ResolvedSettings(**merged)
+        return ChildSpec(
+            resolved.name,
+            functools.partial(run_pool, "pool", resolved),
+            shutdown=math.inf,
+            type="supervisor",
+        )
+
+    # --- handing out -------------------------------------------------------------
+
+    #: ``Pool.get_channel(name)``, or ``DemoPool.get_channel()`` for a declared pool: a
+    #: connected channel of the pool, round-robin; never waits. Raises
+    #: ``NotConnectedError`` when the pool runs but no channel is connected now, and
+    #: ``PoolNotStartedError`` when no pool of that name runs.
+    get_channel: ClassVar[GetChannel] = staticmethod(_hand_out(None))
+
+    @classmethod
+    def status(cls, name: str | None = None) -> PoolStatus:
+        """The pool's expected and current (connected) size; safe from any thread.
+
+        :raises PoolNotStartedError: no pool of that name runs.
+        """
+        return cls._runtime(name).status()
+
+    @classmethod
+    def get_all_workers(cls, name: str | None = None) -> list[ChannelWorker]:
+        """The pool's connected workers, in index order.
+
+        :raises PoolNotStartedError: no pool of that name runs.
+        :raises RuntimeError: called from another thread or event loop than the pool's.
+        """
+        runtime = cls._runtime(name)
+        runtime.check_loop("get_all_workers")
+        return list(runtime.workers)
+
+    @classmethod
+    async def wait_connected(
+        cls,
+        name: str | None = None,
+        *,
+        count: int | None = None,
+        timeout: float = 10.0,
+    ) -> PoolStatus:
+        """Wait until ``count`` channels (default: all) are connected; return the status.
+
+        For applications that must not serve before their backends are reachable.
+        ``timeout`` may be ``math.inf``.
+
+        :raises NotConnectedError: fewer were connected when ``timeout`` s ran out; the
+            message says what the others are doing and their latest failure.
+        :raises PoolNotStartedError: no pool of that name runs, or it stopped meanwhile
+            (the message says why).
+        :raises ValueError: ``count`` is outside ``0..pool_size``.
+        :raises RuntimeError: awaited on another event loop than the pool's.
+        """
+        return await wait_connected(cls._runtime(name), count, timeout)
+
+    # --- helpers -----------------------------------------------------------------
+
+    @classmethod
+    def _runtime(cls, name: str | None) -> PoolRuntime:
+        if name is None:
+            name = cls._declared.get("name")
+            if name is None:
+                raise TypeError(
+                    f"{cls.__name__}: expected a pool name (Pool.get_channel('name')), got none"
+                )
+        try:
+            runtime = _lookup(name)
+        except TypeError:  # unhashable
+            runtime = None
+        if runtime is None:
+            raise not_started("pool", name)
+        return runtime
+
+
+def _get_channel(name: str | None, pool: PoolRuntime | None) -> grpc.aio.Channel:
+    """``get_channel`` the long way: errors, ``mock``, and the telemetry event."""
+    if pool is None and not isinstance(name, str):
+        raise not_started("pool", name)  # a TypeError: a misuse, not a hand-out
+    begin = time.perf_counter_ns()
+    result = None  # stays None when mock() raises: that is the mock's failure, not ours
+    try:
+        if pool is None:
+            result = "PoolNotStartedError"
+            raise not_started("pool", name)
+        if not pool.workers:
+            result = "NotConnectedError"
+            raise pool.not_connected()
+        if pool.mock is not None:
+            mocked = pool.mock()
+            result = "ok"
+            return mocked  # type: ignore[no-any-return]
+        result = "ok"
+        channels = pool.channels
+        return channels[next(pool.counter) % len(channels)]
+    finally:
+        if result is not None and _observed.on:
+            telemetry.execute(
+                GET_CHANNEL,
+                {"duration": time.perf_counter_ns() - begin},
+                {"pool_name": name, "result": result},
+            )

@@ -1,0 +1,316 @@
+"""A running pool: its workers, its hand-out state, and the supervisor that runs them.
+
+A pool belongs to the asyncio event loop that started it (grpc.aio channels are bound
+to one loop); calls that can check that at no cost to the hand-out do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+import grpc.aio
+from anyio.abc import TaskStatus
+
+from .. import telemetry
+from .._checks import check_count, check_seconds
+from .._tasks import task_group
+from ..channel.worker import ChannelWorker, run_worker
+from ..errors import NotConnectedError, PoolNotStartedError
+from ..supervisor import ChildSpec, Registry, Supervisor
+from .settings import ResolvedSettings
+
+__all__ = [
+    "STATUS",
+    "PoolRuntime",
+    "PoolStatus",
+    "channels",
+    "not_started",
+    "pools",
+    "run_pool",
+    "wait_connected",
+]
+
+STATUS = ("conngrpc", "pool", "status")
+
+Kind = Literal["pool", "channel"]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus:
+    """How many channels a pool should have and how many are connected now.
+
+    A snapshot of plain values: safe to take from any thread (a metrics exporter's,
+    say), unlike the channels themselves, which belong to the pool's event loop.
+    """
+
+    name: str
+    expected_size: int
+    current_size: int
+
+
+class PoolRuntime:
+    """A running pool's state: every worker's record, and the connected ones in order.
+
+    ``workers`` and ``channels`` (the connected ones) are tuples replaced, never changed
+    in place, whenever a worker joins or leaves, so the hand-out reads a consistent
+    snapshot without a lock. ``records`` holds every worker, connected or not, for
+    status and for error messages that say why a pool is not connected.
+    """
+
+    __slots__ = (
+        "_changed",
+        "channels",
+        "counter",
+        "expected_size",
+        "kind",
+        "loop",
+        "mock",
+        "name",
+        "records",
+        "stopped",
+        "thread",
+        "workers",
+    )
+
+    def __init__(
+        self, kind: Kind, name: str, expected_size: int, mock: Callable[[], Any] | None
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self.expected_size = expected_size
+        self.mock = mock
+        self.records = tuple(ChannelWorker(name, index) for index in range(expected_size))
+        self.workers: tuple[ChannelWorker, ...] = ()
+        self.channels: tuple[grpc.aio.Channel, ...] = ()
+        self.counter = itertools.count()
+        self.stopped: str | None = None  # why the pool stopped, once it has
+        self.loop = asyncio.get_running_loop()
+        self.thread = threading.current_thread()
+        self._changed = anyio.Event()
+
+    def __repr__(self) -> str:
+        kind = self.kind.capitalize()
+        return f"<{kind} {self.name!r} connected={len(self.workers)} expected={self.expected_size}>"
+
+    # --- what the workers report (Membership) -------------------------------------
+
+    def joined(self, worker: ChannelWorker) -> None:
+        if worker not in self.workers:
+            self._publish(sorted((*self.workers, worker), key=lambda w: w.index))
+
+    def left(self, worker: ChannelWorker) -> None:
+        if worker in self.workers:
+            self._publish([w for w in self.workers if w is not worker])
+
+    def changed(self, worker: ChannelWorker) -> None:
+        self._wake()
+
+    def _publish(self, workers: list[ChannelWorker]) -> None:
+        self.workers = tuple(workers)
+        # A mocked pool hands out mock() the long way: its fast path finds no channel.
+        if self.mock is None:
+            self.channels = tuple(w.channel for w in workers)  # type: ignore[misc]
+        self._wake()
+
+    def stop(self, reason: str) -> None:
+        """The pool is gone (the first reason given stays): wake everyone who waits."""
+        if self.stopped is None:
+            self.stopped = reason
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    # --- what callers ask ---------------------------------------------------------
+
+    def status(self) -> PoolStatus:
+        return PoolStatus(self.name, self.expected_size, len(self.workers))
+
+    def check_loop(self, call: str) -> None:
+        """Raise unless the caller runs on the pool's own event loop.
+
+        :raises RuntimeError: it runs in another thread or on another event loop.
+        """
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is not self.loop:
+            raise RuntimeError(
+                f"{self.kind} {self.name!r}: {call} must run on the event loop that runs the "
+                f"{self.kind} (thread {self.thread.name!r}), but it was called from thread "
+                f"{threading.current_thread().name!r}"
+                + (" on another event loop" if here is not None else " outside any event loop")
+                + "; grpc.aio channels belong to one event loop"
+            )
+
+    def not_connected(self) -> NotConnectedError:
+        """The error of a hand-out that finds no channel connected, saying why."""
+        if self.kind == "channel":
+            reason = "the channel is not connected now"
+        else:
+            reason = f"none of its {self.expected_size} channel(s) is connected now"
+        return NotConnectedError(self.name, reason + self.why_not_connected())
+
+    def why_not_connected(self) -> str:
+        """``; <what the workers that are not connected are doing, and why>``, or ''."""
+        waiting: dict[tuple[str, str | None], list[int]] = {}
+        for record in self.records:
+            if record not in self.workers:
+                waiting.setdefault((record.state, record.last_failure), []).append(record.index)
+        parts = []
+        for (state, failure), indexes in waiting.items():
+            who = "channel" if self.kind == "channel" else f"channel(s) {_ranges(indexes)}"
+            part = f"{who} {state.replace('_', ' ')}"
+            parts.append(part + (f" after: {failure}" if failure else ""))
+        return "; " + "; ".join(parts) if parts else ""
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+
+def _ranges(indexes: list[int]) -> str:
+    """``0-2, 5`` for [0, 1, 2, 5]."""
+    runs: list[list[int]] = []
+    for index in indexes:
+        if runs and index == runs[-1][-1] + 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+#: The process-wide registries of running pools and single channels, by name.
+pools: Registry[PoolRuntime] = Registry("pools")
+channels: Registry[PoolRuntime] = Registry("channels")
+
+
+def not_started(kind: Kind, name: object) -> Exception:
+    """The error for a name that no running pool (or channel) holds."""
+    if not isinstance(name, str):
+        return TypeError(f"expected a {kind} name as a str, got {name!r}")
+    registry = pools if kind == "pool" else channels
+    running = ", ".join(map(repr, registry.names())) or "none"
+    return PoolNotStartedError(name, f"no {kind} of that name is running (running: {running})")
+
+
+async def wait_connected(
+    runtime: PoolRuntime,
+    count: int | None,
+    timeout: float,  # noqa: ASYNC109 - a bounded wait is the point
+) -> PoolStatus:
+    """Wait until ``count`` of ``runtime``'s channels (default: all) are connected."""
+    runtime.check_loop("wait_connected")
+    wanted = runtime.expected_size if count is None else count
+    check_count("wait_connected: count", wanted)
+    if wanted > runtime.expected_size:
+        raise ValueError(
+            f"wait_connected: count: expected 0 to {runtime.expected_size} "
+            f"(the {runtime.kind} size), got {count!r}"
+        )
+    check_seconds("wait_connected: timeout", timeout, zero=True, infinite=True)
+    with anyio.move_on_after(timeout):
+        while len(runtime.workers) < wanted:
+            if runtime.stopped is not None:
+                raise PoolNotStartedError(
+                    runtime.name, f"the {runtime.kind} stopped while waiting: {runtime.stopped}"
+                )
+            await runtime.wait_changed()
+        return runtime.status()
+    raise NotConnectedError(
+        runtime.name,
+        f"expected {wanted} connected channel(s) within {timeout:g} s, "
+        f"but {len(runtime.workers)} are{runtime.why_not_connected()}",
+    )
+
+
+async def run_pool(
+    kind: Kind, settings: ResolvedSettings, *, task_status: TaskStatus[Supervisor]
+) -> None:
+    """The pool's supervisor: registers the name, runs the workers and the status reporter.
+
+    Channels that leave the pool are closed in ``closer``, which outlives the workers:
+    when the pool stops, every channel drains its calls in flight at the same time.
+
+    :raises RuntimeError: it was started outside asyncio (grpc.aio is asyncio-only).
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            f"{kind} {settings.name!r}: expected to run on asyncio (grpc.aio is asyncio-only), "
+            "but no asyncio event loop runs here; run the supervisor with anyio.run(..., "
+            "backend='asyncio') or asyncio.run()"
+        ) from None
+    runtime = PoolRuntime(kind, settings.name, settings.pool_size, settings.channel.mock)
+    registry = pools if kind == "pool" else channels
+    try:
+        async with task_group() as closer:
+            with registry.register(settings.name, runtime):
+                children = [
+                    ChildSpec(
+                        f"channel-{record.index}",
+                        functools.partial(
+                            run_worker,
+                            settings.channel,
+                            worker=record,
+                            membership=runtime,
+                            closer=closer,
+                        ),
+                    )
+                    for record in runtime.records
+                ]
+                if kind == "pool":
+                    reporter = functools.partial(
+                        _report_status, runtime, settings.telemetry_interval
+                    )
+                    children.append(ChildSpec("status", reporter))
+                async with Supervisor(
+                    children,
+                    name=settings.name,
+                    max_restarts=settings.max_restarts,
+                    max_seconds=settings.max_seconds,
+                ) as supervisor:
+                    task_status.started(supervisor)
+                    await anyio.sleep_forever()
+    except anyio.get_cancelled_exc_class():
+        runtime.stop("it was stopped")
+        raise
+    except BaseException as error:
+        runtime.stop(_describe(error))
+        raise
+    finally:
+        runtime.stop("it stopped")
+
+
+def _describe(error: BaseException) -> str:
+    """``Type: message``, followed by each cause in the chain."""
+    parts: list[str] = []
+    seen: BaseException | None = error
+    while seen is not None and len(parts) < 5:
+        parts.append(f"{type(seen).__name__}: {seen}")
+        seen = seen.__cause__
+    return ", caused by ".join(parts)
+
+
+async def _report_status(
+    runtime: PoolRuntime, interval: float, *, task_status: TaskStatus[None]
+) -> None:
+    """Emit the pool's status every ``interval`` seconds."""
+    task_status.started()
+    metadata = {"pool_name": runtime.name}
+    while True:
+        await anyio.sleep(interval)
+        telemetry.execute(
+            STATUS,
+            {"expected_size": runtime.expected_size, "current_size": len(runtime.workers)},
+            metadata,
+        )

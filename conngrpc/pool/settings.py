@@ -1,0 +1,94 @@
+"""A pool's settings: declared on a class, from ``config()``, or given to ``child_spec``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from .._checks import check_count, check_seconds
+from ..channel.config import ChannelConfig, ChannelConfigLike
+
+__all__ = ["PoolSettings", "ResolvedSettings", "check_name", "check_setting", "merge"]
+
+
+class PoolSettings(TypedDict, total=False):
+    """What a pool is configured with, in a class statement, ``config()`` or ``child_spec``."""
+
+    name: str
+    pool_size: int
+    channel: ChannelConfigLike
+    telemetry_interval: float
+    max_restarts: int
+    max_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedSettings:
+    """A pool's settings after the class statement, runtime config and overrides merged."""
+
+    name: str
+    pool_size: int
+    channel: ChannelConfig
+    telemetry_interval: float = 5.0
+    max_restarts: int = 3
+    max_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        for key in SETTINGS:
+            check_setting(key, getattr(self, key))
+
+
+SETTINGS = tuple(PoolSettings.__annotations__)
+
+
+def check_name(where: str, value: object) -> str:
+    """A pool or channel name: a non-empty str.
+
+    :raises TypeError: it is not a str (None included: the message says what came).
+    :raises ValueError: it is empty.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{where}: expected a str, got {value!r}")
+    if not value:
+        raise ValueError(f"{where}: expected a non-empty str, got ''")
+    return value
+
+
+def check_setting(key: str, value: Any) -> None:
+    """Raise where a pool setting is wrong, naming it; ``channel`` is checked by its class."""
+    if key == "name":
+        check_name("Pool name", value)
+    elif key in ("pool_size", "max_restarts"):
+        check_count(f"Pool {key}", value)
+    elif key in ("telemetry_interval", "max_seconds"):
+        check_seconds(f"Pool {key}", value)
+    elif key == "channel":
+        if value is None:
+            raise TypeError(
+                "Pool channel: expected a ChannelConfig or a dict of its fields, got None"
+            )
+    else:
+        raise TypeError(f"Pool: unknown setting {key!r}; valid settings are {', '.join(SETTINGS)}")
+
+
+def merge(settings: dict[str, Any], changes: Mapping[str, Any], where: str) -> None:
+    """Lay ``changes`` over ``settings``; a partial channel dict merges field by field."""
+    for key, value in changes.items():
+        check_setting(key, value)
+        if key == "channel":
+            base = settings.get("channel")
+            if isinstance(base, ChannelConfig):
+                value = base.merged(value)
+            elif isinstance(base, Mapping) and isinstance(value, Mapping):
+                value = {**base, **value}
+            value = _channel_or_partial(value, where)
+        settings[key] = value
+
+
+def _channel_or_partial(value: Any, where: str) -> ChannelConfig | Mapping[str, Any]:
+    """A ChannelConfig when ``value`` says enough to build one; else a checked partial dict."""
+    if isinstance(value, Mapping) and "address" not in value:
+        ChannelConfig.coerce({**value, "address": "placeholder:1"}, where=where)
+        return value
+    return ChannelConfig.coerce(value, where=where)
