@@ -8,6 +8,7 @@ all other tests, whose trio runs must not land on this asyncio runner).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 
 import pytest
@@ -18,6 +19,15 @@ def anyio_backend() -> str:
     return "asyncio"  # grpc.aio is asyncio-only
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 async def _one_event_loop_for_grpc() -> AsyncIterator[None]:
     yield  # noqa: PT022 - the yield keeps the loop alive for the whole session
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Async tests share the session's loop; sync ones need none (pytest refuses a sync
+    test an async fixture, so this one is not autouse)."""
+    for item in items:
+        function = getattr(item, "function", None)
+        if "/tests/live/" in str(item.path) and inspect.iscoroutinefunction(function):
+            item.add_marker(pytest.mark.usefixtures("_one_event_loop_for_grpc"))
