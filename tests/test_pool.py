@@ -74,7 +74,7 @@ def by_index(name: str) -> list[FakeChannel]:
 async def lose(name: str, channel: FakeChannel) -> None:
     """Drop a channel's connection; its worker leaves the pool on its next turn."""
     channel.drop()
-    await wait_until(lambda: channel not in by_index(name), timeout=0.5)
+    await wait_until(lambda: channel not in by_index(name))
 
 
 # --- hand-out --------------------------------------------------------------------------
@@ -197,8 +197,10 @@ async def test_async_callbacks_are_awaited(pool_name: str, connector: FakeConnec
 
     channel = fake_channel(connector, on_connect=on_connect, on_disconnect=on_disconnect)
     async with running_pool(pool_name, 1, channel):
+        assert seen == ["connect"]  # awaited before the channel was handed out
         connector.drop(0)
-        await wait_until(lambda: seen == ["connect", "disconnect", "connect"])
+        await wait_until(lambda: len(seen) == 3)
+    assert seen == ["connect", "disconnect", "connect"]
 
 
 async def test_a_channel_joins_the_pool_only_after_on_connect_returns(

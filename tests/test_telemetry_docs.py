@@ -83,7 +83,8 @@ async def test_every_documented_event_is_emitted() -> None:
             async with Supervisor(specs) as sup:
                 await Pool.wait_connected("docs-pool", timeout=5)
                 Pool.get_channel("docs-pool")
-                await wait_until(lambda: Channel.get("docs-channel") is not None)
+                await Channel.wait_connected("docs-channel", timeout=5)
+                Channel.get("docs-channel")
                 connector.drop(connector.connected[0])
                 await wait_until(lambda: len(log.of("status")) >= 1)
                 with anyio.fail_after(5), pytest.raises(SupervisorGaveUpError):

@@ -30,6 +30,7 @@ class TelemetryMachine(RuleBasedStateMachine):
         self.seen: dict[Any, list[tuple[str, ...]]] = {}
         self.expected: dict[Any, list[tuple[str, ...]]] = {}
         self.failures: list[Any] = []
+        self.configs: list[tuple[Any, Any]] = []
         self.bus.attach("failures", HANDLER_FAILURE, self._on_failure)
 
     def _on_failure(self, event: Any, measurements: Any, metadata: Any, config: Any) -> None:
@@ -37,7 +38,9 @@ class TelemetryMachine(RuleBasedStateMachine):
 
     def _handler(self, handler_id: Any, raises: bool) -> Any:
         def handle(event: Any, measurements: Any, metadata: Any, config: Any) -> None:
-            assert config == {"id": handler_id}
+            # An assert here would be swallowed by the bus (it detaches a raising handler):
+            # record what came, and let the invariant check it.
+            self.configs.append((handler_id, config))
             self.seen.setdefault(handler_id, []).append(event)
             if raises:
                 raise RuntimeError(f"{handler_id!r} fails")
@@ -77,6 +80,10 @@ class TelemetryMachine(RuleBasedStateMachine):
             del self.attached[hid]
         assert [log["handler_id"] for log in logs] == failed
         assert self.failures[len(self.failures) - len(failed) :] == failed
+
+    @invariant()
+    def each_handler_got_its_own_config(self) -> None:
+        assert all(config == {"id": handler_id} for handler_id, config in self.configs)
 
     @invariant()
     def each_handler_saw_exactly_its_events(self) -> None:
