@@ -7,9 +7,17 @@ out of the runtime dependencies. The tests check these against the real package.
 
 from __future__ import annotations
 
-__all__ = ["CHECK_METHOD", "STATUS_NAMES", "decode_response", "encode_request", "encode_response"]
+__all__ = [
+    "CHECK_METHOD",
+    "STATUS_NAMES",
+    "WATCH_METHOD",
+    "decode_response",
+    "encode_request",
+    "encode_response",
+]
 
 CHECK_METHOD = "/grpc.health.v1.Health/Check"
+WATCH_METHOD = "/grpc.health.v1.Health/Watch"
 _UINT64 = (1 << 64) - 1
 STATUS_NAMES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 

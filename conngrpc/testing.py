@@ -28,6 +28,7 @@ import anyio
 import grpc
 import grpc.aio
 
+from . import _health
 from .channel.config import ChannelConfig
 from .channel.worker import CURRENT_WORKER
 from .errors import ConnectFailedError
@@ -38,17 +39,26 @@ _READY = grpc.ChannelConnectivity.READY
 
 
 class FakeChannel(grpc.aio.Channel):
-    """A channel with no connection behind it whose connectivity the test controls.
+    """A channel with no connection behind it whose connectivity and health the test controls.
 
     It starts READY; :meth:`drop` makes it IDLE (a lost connection) and :meth:`close`
-    SHUTDOWN. It carries no calls: any call method raises. ``worker_index`` is the
-    index of the pool worker it was opened for (None outside a pool).
+    SHUTDOWN. ``worker_index`` is the index of the pool worker it was opened for (None
+    outside a pool). It answers ``grpc.health.v1.Health`` (``Watch`` and ``Check``) with
+    :attr:`health`, which :meth:`set_health` changes (None: the server has no health
+    service, UNIMPLEMENTED); it carries no other call: those methods raise.
     """
 
-    def __init__(self, config: ChannelConfig, serial: int, worker_index: int | None = None) -> None:
+    def __init__(
+        self,
+        config: ChannelConfig,
+        serial: int,
+        worker_index: int | None = None,
+        health: str | None = "SERVING",
+    ) -> None:
         self.config = config
         self.serial = serial
         self.worker_index = worker_index
+        self.health = health
         self.closed = False
         self._state = _READY
         self._changed = anyio.Event()
@@ -86,22 +96,82 @@ class FakeChannel(grpc.aio.Channel):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    def set_health(self, status: str | None) -> None:
+        """What ``Health`` answers from now on ("SERVING", "NOT_SERVING", ...; None: none)."""
+        self.health = status
+        self._set_state(self._state)  # wakes the watches
+
+    def unary_unary(self, method: str, *_: Any, **__: Any) -> Any:
+        if method != _health.CHECK_METHOD:
+            return self._no_calls()
+
+        async def check(request: bytes, **___: Any) -> bytes:
+            return _health.encode_response(self._health_number())
+
+        return check
+
+    def unary_stream(self, method: str, *_: Any, **__: Any) -> Any:
+        if method != _health.WATCH_METHOD:
+            return self._no_calls()
+        return lambda request, **___: _FakeWatch(self)
+
+    def _health_number(self) -> int:
+        if self.health is None:
+            raise _unimplemented()
+        numbers = {name: number for number, name in _health.STATUS_NAMES.items()}
+        return numbers[self.health]
+
     def _no_calls(self, *_: Any, **__: Any) -> Any:
         raise RuntimeError(
-            "a FakeChannel carries no calls; use a real server, or mock= for a stand-in"
+            "a FakeChannel carries no calls but grpc.health.v1's; use a real server, or "
+            "mock= for a stand-in"
         )
 
-    unary_unary = _no_calls
-    unary_stream = _no_calls
     stream_unary = _no_calls
     stream_stream = _no_calls
+
+
+class _FakeWatch:
+    """``Health/Watch`` on a FakeChannel: the status now, then each change, until cancelled."""
+
+    def __init__(self, channel: FakeChannel) -> None:
+        self._channel = channel
+        self._sent: int | None = None
+
+    def __aiter__(self) -> _FakeWatch:
+        return self
+
+    async def __anext__(self) -> bytes:
+        channel = self._channel
+        while True:
+            if channel.closed:
+                raise StopAsyncIteration
+            number = channel._health_number()
+            if number != self._sent:
+                self._sent = number
+                return _health.encode_response(number)
+            await channel._changed.wait()
+
+    def cancel(self) -> bool:
+        return True
+
+
+def _unimplemented() -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        "Method not found: grpc.health.v1.Health (FakeChannel)",
+    )
 
 
 class FakeConnector:
     """A connector whose attempts the test scripts: succeed, fail, or hang.
 
     Each call records the config it got (``calls``). Unscripted attempts succeed with
-    a new :class:`FakeChannel` (all of them are in ``channels``).
+    a new :class:`FakeChannel` (all of them are in ``channels``), unless their address
+    is :meth:`down`. For a pool over a fleet, give it a ``resolver`` returning fake
+    addresses: each attempt's config carries the address of the backend it is for.
     """
 
     def __init__(self) -> None:
@@ -109,6 +179,28 @@ class FakeConnector:
         self.channels: list[FakeChannel] = []
         self._script: deque[str | BaseException] = deque()
         self._attempted = anyio.Event()
+        self._down: set[str] = set()
+        self._health: dict[str, str | None] = {}
+
+    def down(self, address: str, down: bool = True) -> None:
+        """Refuse (or, with ``down=False``, accept again) every attempt on ``address``.
+
+        Its connected channels are dropped, as a server that dies would drop them.
+        """
+        if down:
+            self._down.add(address)
+            for channel in self.connected:
+                if channel.config.address == address:
+                    channel.drop()
+        else:
+            self._down.discard(address)
+
+    def set_health(self, address: str, status: str | None) -> None:
+        """What the health service of ``address`` says, now and for its new channels."""
+        self._health[address] = status
+        for channel in self.channels:
+            if channel.config.address == address and not channel.closed:
+                channel.set_health(status)
 
     def __repr__(self) -> str:
         return f"<FakeConnector calls={len(self.calls)} connected={len(self.connected)}>"
@@ -169,12 +261,13 @@ class FakeConnector:
         outcome = self._script.popleft() if self._script else "connect"
         if isinstance(outcome, BaseException):
             raise outcome
-        if outcome == "refuse":
+        if outcome == "refuse" or config.address in self._down:
             raise ConnectFailedError(config.address, "refused on purpose (FakeConnector)")
         if outcome == "hang":
             await anyio.sleep_forever()
         worker = CURRENT_WORKER.get()
         index = worker.index if worker is not None else None
-        channel = FakeChannel(config, len(self.channels), index)
+        health = self._health.get(config.address, "SERVING")
+        channel = FakeChannel(config, len(self.channels), index, health)
         self.channels.append(channel)
         return channel

@@ -33,6 +33,8 @@ class TLSMaterial:
     - ``ca``: the root that signed ``server``, ``client`` and ``misnamed_server``.
     - ``server``: for DNS ``localhost`` and IP ``127.0.0.1``.
     - ``misnamed_server``: for DNS ``other.example`` only.
+    - ``localhost_only_server``: for DNS ``localhost`` only (no IP address), so a
+      client dialling 127.0.0.1 verifies it only if it checks the name ``localhost``.
     - ``client``: a client certificate for mutual TLS.
     - ``other_ca``: an unrelated root that signed nothing here.
     """
@@ -40,6 +42,7 @@ class TLSMaterial:
     ca: bytes
     server: KeyPair
     misnamed_server: KeyPair
+    localhost_only_server: KeyPair
     client: KeyPair
     other_ca: bytes
 
@@ -55,6 +58,13 @@ def make_tls_material() -> TLSMaterial:
         misnamed_server=_leaf(
             "other.example",
             [x509.DNSName("other.example")],
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            ca_key,
+            ca_cert,
+        ),
+        localhost_only_server=_leaf(
+            "localhost",
+            [x509.DNSName("localhost")],
             ExtendedKeyUsageOID.SERVER_AUTH,
             ca_key,
             ca_cert,

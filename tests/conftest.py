@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# grpc core's info lines (a GOAWAY seen, ...) would drown the output of -s runs.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import itertools
 from collections.abc import AsyncIterator, Iterator
 
@@ -56,6 +61,7 @@ CHANNEL_EVENTS = [
     ("conngrpc", "channel", "connected"),
     ("conngrpc", "channel", "connection_failed"),
     ("conngrpc", "channel", "disconnected"),
+    ("conngrpc", "channel", "health_changed"),
     ("conngrpc", "channel", "get"),
     ("conngrpc", "pool", "get_channel"),
     ("conngrpc", "pool", "status"),

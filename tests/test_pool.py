@@ -595,7 +595,7 @@ async def test_the_pool_reports_its_status_periodically(
     async with running_pool(pool_name, 2, fake_channel(connector), telemetry_interval=0.02):
         await wait_until(lambda: len(channel_events.of("status")) >= 2)
     ((_, measurements, metadata), *_) = [e for e in channel_events.events if e[0][-1] == "status"]
-    assert metadata == {"pool_name": pool_name}
+    assert metadata == {"pool_name": pool_name, "backends": {"fake:1": 2}}
     assert measurements == {"expected_size": 2, "current_size": 2}
 
 

@@ -62,12 +62,22 @@ async def test_every_documented_event_is_emitted() -> None:
         raise ValueError("a broken handler")
 
     channel = {"address": "fake:1", "connector": connector, "backoff": fast}
+    failing_once = [True]
+
+    def resolver() -> list[str]:
+        if failing_once[0]:
+            failing_once[0] = False
+            raise OSError("the service registry is down")
+        return ["fake:1"]
+
     specs = [
         Pool.child_spec(
             name="docs-pool",
             pool_size=1,
-            channel={**channel, "on_connect": on_connect},
+            channel={**channel, "on_connect": on_connect, "health_check": ""},
             telemetry_interval=0.01,
+            resolver=resolver,
+            resolve_interval=0.01,
         ),
         Channel.child_spec(name="docs-channel", channel=channel),
     ]

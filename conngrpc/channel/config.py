@@ -51,7 +51,15 @@ class ChannelConfig:
     - ``connect_timeout``: seconds one connection attempt may take.
     - ``shutdown_grace``: seconds calls in flight may take to finish when the pool is
       stopped, before they are cancelled and the channel closes.
-    - ``backoff``: waits between attempts; each channel uses its own copy.
+    - ``backoff``: waits between attempts; each channel uses its own copy (and, in a
+      pool spread over several backends, each backend that refused one).
+    - ``health_check``: None (off), or the ``grpc.health.v1`` service name to watch
+      (``""`` for the server as a whole): a channel is handed out only while
+      ``Health/Watch`` says SERVING. A server without the health service counts as
+      serving (as grpc's own client-side health checking does), with one warning.
+    - ``max_connection_age``: None, or seconds (jittered by up to 10%) after which a
+      channel is replaced, make before break: the new one is READY (and SERVING) before
+      the old one leaves and drains within ``shutdown_grace``.
     - ``on_connect`` / ``on_disconnect``: zero-argument callables, sync or async, run
       after each successful connect and after each lost connection. One that raises
       crashes the channel's worker, which its supervisor restarts.
@@ -72,6 +80,8 @@ class ChannelConfig:
     connect_timeout: float = 5.0
     shutdown_grace: float = 5.0
     backoff: Backoff = field(default_factory=ExponentialBackoff)
+    health_check: str | None = None
+    max_connection_age: float | None = None
     on_connect: Callback | None = None
     on_disconnect: Callback | None = None
     connector: Connector | None = None
@@ -117,6 +127,13 @@ class ChannelConfig:
                 "ChannelConfig.backoff: expected an object with next() and reset(), "
                 f"got {self.backoff!r}"
             )
+        if self.health_check is not None and not isinstance(self.health_check, str):
+            raise TypeError(
+                "ChannelConfig.health_check: expected None or a grpc.health.v1 service name "
+                f"('' for the whole server), got {self.health_check!r}"
+            )
+        if self.max_connection_age is not None:
+            check_seconds("ChannelConfig.max_connection_age", self.max_connection_age)
         for name in ("on_connect", "on_disconnect", "connector", "mock"):
             value = getattr(self, name)
             if value is not None and not callable(value):

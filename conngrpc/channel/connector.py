@@ -12,7 +12,7 @@ import grpc.aio
 from ..errors import ConnectFailedError
 from .config import ChannelConfig
 
-__all__ = ["DEFAULT_OPTIONS", "channel_options", "connect_grpc", "raw_unary"]
+__all__ = ["DEFAULT_OPTIONS", "channel_options", "connect_grpc", "raw_unary", "raw_unary_stream"]
 
 _READY = grpc.ChannelConnectivity.READY
 _FAILED = grpc.ChannelConnectivity.TRANSIENT_FAILURE
@@ -108,6 +108,13 @@ def raw_unary(
 ) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
     """A unary call of ``method`` that sends and receives raw bytes (no generated code)."""
     return channel.unary_unary(method, request_serializer=_as_is, response_deserializer=_as_is)
+
+
+def raw_unary_stream(
+    channel: grpc.aio.Channel, method: str
+) -> grpc.aio.UnaryStreamMultiCallable[bytes, bytes]:
+    """A server-streaming call of ``method`` in raw bytes (no generated code)."""
+    return channel.unary_stream(method, request_serializer=_as_is, response_deserializer=_as_is)
 
 
 def _as_is(data: bytes) -> bytes:

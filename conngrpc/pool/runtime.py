@@ -10,9 +10,9 @@ import asyncio
 import functools
 import itertools
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
 
 import anyio
 import grpc.aio
@@ -24,6 +24,8 @@ from .._tasks import task_group
 from ..channel.worker import ChannelWorker, run_worker
 from ..errors import NotConnectedError, PoolNotStartedError
 from ..supervisor import ChildSpec, Registry, Supervisor
+from .fleet import Fleet
+from .resolver import default_resolver
 from .settings import ResolvedSettings
 
 __all__ = [
@@ -53,6 +55,9 @@ class PoolStatus:
     name: str
     expected_size: int
     current_size: int
+    #: Channels handed out now per backend address; every backend the resolver knows
+    #: is listed, with 0 when it holds none.
+    backends: Mapping[str, int] = field(default_factory=dict)
 
 
 class PoolRuntime:
@@ -69,6 +74,7 @@ class PoolRuntime:
         "channels",
         "counter",
         "expected_size",
+        "fleet",
         "kind",
         "loop",
         "mock",
@@ -76,16 +82,19 @@ class PoolRuntime:
         "records",
         "stopped",
         "thread",
+        "unimplemented_health_seen",
         "workers",
     )
 
-    def __init__(
-        self, kind: Kind, name: str, expected_size: int, mock: Callable[[], Any] | None
-    ) -> None:
+    def __init__(self, kind: Kind, settings: ResolvedSettings) -> None:
+        name, config = settings.name, settings.channel
         self.kind = kind
         self.name = name
-        self.expected_size = expected_size
-        self.mock = mock
+        self.expected_size = expected_size = settings.pool_size
+        self.mock = config.mock
+        resolver = settings.resolver or default_resolver(config)
+        self.fleet = Fleet(name, config, resolver)
+        self.unimplemented_health_seen = False
         self.records = tuple(ChannelWorker(name, index) for index in range(expected_size))
         self.workers: tuple[ChannelWorker, ...] = ()
         self.channels: tuple[grpc.aio.Channel, ...] = ()
@@ -102,8 +111,9 @@ class PoolRuntime:
     # --- what the workers report (Membership) -------------------------------------
 
     def joined(self, worker: ChannelWorker) -> None:
-        if worker not in self.workers:
-            self._publish(sorted((*self.workers, worker), key=lambda w: w.index))
+        # Published again even when it is in already: a swap changed its channel.
+        others = [w for w in self.workers if w is not worker]
+        self._publish(sorted((*others, worker), key=lambda w: w.index))
 
     def left(self, worker: ChannelWorker) -> None:
         if worker in self.workers:
@@ -111,6 +121,11 @@ class PoolRuntime:
 
     def changed(self, worker: ChannelWorker) -> None:
         self._wake()
+
+    def first_unimplemented_health(self) -> bool:
+        first = not self.unimplemented_health_seen
+        self.unimplemented_health_seen = True
+        return first
 
     def _publish(self, workers: list[ChannelWorker]) -> None:
         self.workers = tuple(workers)
@@ -132,7 +147,9 @@ class PoolRuntime:
     # --- what callers ask ---------------------------------------------------------
 
     def status(self) -> PoolStatus:
-        return PoolStatus(self.name, self.expected_size, len(self.workers))
+        workers = self.workers
+        backends = self.fleet.backends(list(workers))
+        return PoolStatus(self.name, self.expected_size, len(workers), backends)
 
     def check_loop(self, call: str) -> None:
         """Raise unless the caller runs on the pool's own event loop.
@@ -171,6 +188,8 @@ class PoolRuntime:
             who = "channel" if self.kind == "channel" else f"channel(s) {_ranges(indexes)}"
             part = f"{who} {state.replace('_', ' ')}"
             parts.append(part + (f" after: {failure}" if failure else ""))
+        if self.fleet.resolve_failure is not None:
+            parts.append(f"resolving failed: {self.fleet.resolve_failure}")
         return "; " + "; ".join(parts) if parts else ""
 
     async def wait_changed(self) -> None:
@@ -250,12 +269,14 @@ async def run_pool(
             "but no asyncio event loop runs here; run the supervisor with anyio.run(..., "
             "backend='asyncio') or asyncio.run()"
         ) from None
-    runtime = PoolRuntime(kind, settings.name, settings.pool_size, settings.channel.mock)
+    runtime = PoolRuntime(kind, settings)
     registry = pools if kind == "pool" else channels
     try:
         async with task_group() as closer:
             with registry.register(settings.name, runtime):
-                children = [
+                placer = functools.partial(runtime.fleet.run, settings.resolve_interval)
+                children = [ChildSpec("placer", placer)]
+                children.extend(
                     ChildSpec(
                         f"channel-{record.index}",
                         functools.partial(
@@ -263,11 +284,12 @@ async def run_pool(
                             settings.channel,
                             worker=record,
                             membership=runtime,
+                            placer=runtime.fleet,
                             closer=closer,
                         ),
                     )
                     for record in runtime.records
-                ]
+                )
                 if kind == "pool":
                     reporter = functools.partial(
                         _report_status, runtime, settings.telemetry_interval
@@ -306,11 +328,11 @@ async def _report_status(
 ) -> None:
     """Emit the pool's status every ``interval`` seconds."""
     task_status.started()
-    metadata = {"pool_name": runtime.name}
     while True:
         await anyio.sleep(interval)
+        status = runtime.status()
         telemetry.execute(
             STATUS,
-            {"expected_size": runtime.expected_size, "current_size": len(runtime.workers)},
-            metadata,
+            {"expected_size": status.expected_size, "current_size": status.current_size},
+            {"pool_name": runtime.name, "backends": status.backends},
         )

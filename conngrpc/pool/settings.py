@@ -8,6 +8,7 @@ from typing import Any, TypedDict
 
 from .._checks import check_count, check_seconds
 from ..channel.config import ChannelConfig, ChannelConfigLike
+from .resolver import Resolver
 
 __all__ = ["PoolSettings", "ResolvedSettings", "check_name", "check_setting", "merge"]
 
@@ -21,6 +22,8 @@ class PoolSettings(TypedDict, total=False):
     telemetry_interval: float
     max_restarts: int
     max_seconds: float
+    resolver: Resolver
+    resolve_interval: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +36,14 @@ class ResolvedSettings:
     telemetry_interval: float = 5.0
     max_restarts: int = 3
     max_seconds: float = 5.0
+    resolver: Resolver | None = None
+    resolve_interval: float = 30.0
 
     def __post_init__(self) -> None:
         for key in SETTINGS:
-            check_setting(key, getattr(self, key))
+            value = getattr(self, key)
+            if not (key == "resolver" and value is None):
+                check_setting(key, value)
 
 
 SETTINGS = tuple(PoolSettings.__annotations__)
@@ -61,8 +68,14 @@ def check_setting(key: str, value: Any) -> None:
         check_name("Pool name", value)
     elif key in ("pool_size", "max_restarts"):
         check_count(f"Pool {key}", value)
-    elif key in ("telemetry_interval", "max_seconds"):
+    elif key in ("telemetry_interval", "max_seconds", "resolve_interval"):
         check_seconds(f"Pool {key}", value)
+    elif key == "resolver":
+        if not callable(value):
+            raise TypeError(
+                "Pool resolver: expected a callable (sync or async) returning backend "
+                f"addresses, got {value!r}"
+            )
     elif key == "channel":
         if value is None:
             raise TypeError(

@@ -15,6 +15,7 @@ import grpc.aio
 from .. import telemetry
 from ..channel.config import ChannelConfig, ChannelConfigLike
 from ..supervisor import ChildSpec
+from .resolver import Resolver
 from .runtime import PoolRuntime, PoolStatus, channels, not_started, run_pool, wait_connected
 from .settings import ResolvedSettings, check_name
 
@@ -34,15 +35,31 @@ class Channel:
     """
 
     @staticmethod
-    def child_spec(*, name: str, channel: ChannelConfigLike) -> ChildSpec:
+    def child_spec(
+        *,
+        name: str,
+        channel: ChannelConfigLike,
+        resolver: Resolver | None = None,
+        resolve_interval: float = 30.0,
+    ) -> ChildSpec:
         """A spec that runs the channel (``type="supervisor"``); its name is registered
         while it runs. The channel connects in the background: ``wait_connected`` waits.
+
+        Like a pool's, its target is resolved (``resolver``, every ``resolve_interval``
+        seconds) and the channel connects to one backend that accepts, moving off a
+        backend the resolver no longer lists.
 
         :raises TypeError: a setting has the wrong type or a channel key is unknown.
         :raises ValueError: the name is empty or a channel setting is out of range.
         """
         check_name("Channel name", name)
-        settings = ResolvedSettings(name, 1, ChannelConfig.coerce(channel))
+        settings = ResolvedSettings(
+            name,
+            1,
+            ChannelConfig.coerce(channel),
+            resolver=resolver,
+            resolve_interval=resolve_interval,
+        )
         return ChildSpec(
             name,
             functools.partial(run_pool, "channel", settings),

@@ -122,8 +122,14 @@ async def test_a_restarted_server_brings_the_whole_pool_back_within_the_backoff(
         await wait_until(lambda: Pool.status(pool_name).current_size == 0, timeout=0.5)
         await anyio.to_thread.run_sync(server_process.start)
         restarted = time.monotonic()
-        # Each worker's next attempt comes within its first backoff (min * 1.2 at most).
-        await Pool.wait_connected(pool_name, timeout=BACKOFF_MIN * 1.2 + 0.3)
+        # Each worker's next attempt comes within the backoff it is waiting out. A
+        # connection lost young waits once before its first attempt, so after n failed
+        # attempts the wait is min * 2**n, stretched by the jitter (1.2 at most).
+        failed: dict[int, int] = {}
+        for failure in channel_events.of("connection_failed"):
+            failed[failure["channel_index"]] = failed.get(failure["channel_index"], 0) + 1
+        longest = BACKOFF_MIN * 2 ** max(failed.values(), default=0) * 1.2
+        await Pool.wait_connected(pool_name, timeout=longest + 0.3)
         print(f"restart -> whole pool connected: {time.monotonic() - restarted:.3f} s")
         after = {await peer_of(Pool.get_channel(pool_name)) for _ in range(4)}
         assert len(after) == 4

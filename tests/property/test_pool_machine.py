@@ -117,7 +117,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.pool_sup = info.value
         assert isinstance(self.pool_sup, Supervisor)
         status = self.call(functools.partial(Pool.wait_connected, self.name, timeout=BOUND))
-        assert status == PoolStatus(self.name, pool_size, pool_size)
+        assert status == PoolStatus(self.name, pool_size, pool_size, {"fake:1": pool_size})
         self.consumed = failures if pool_size else 0
 
     def teardown(self) -> None:
@@ -221,7 +221,9 @@ class PoolMachine(RuleBasedStateMachine):
             return status
 
         status = self.call(reopen)
-        assert status == PoolStatus(self.name, self.pool_size, self.pool_size)
+        assert status == PoolStatus(
+            self.name, self.pool_size, self.pool_size, {"fake:1": self.pool_size}
+        )
         if self.down:
             # Each returning worker retried until an attempt succeeded: none is left.
             self.consumed = self.scripted
@@ -257,7 +259,8 @@ class PoolMachine(RuleBasedStateMachine):
             members = Pool.get_all_workers(self.name)
             assert [w.index for w in members] == self.up()
             assert members == [w for w in self.all_workers() if w.state == "watching"]
-            assert Pool.status(self.name) == PoolStatus(self.name, self.pool_size, len(members))
+            expected = PoolStatus(self.name, self.pool_size, len(members), {"fake:1": len(members)})
+            assert Pool.status(self.name) == expected
             channels = [channel_of(w) for w in members]
             assert not any(c.closed for c in channels)
             assert len(set(map(id, channels))) == len(channels)

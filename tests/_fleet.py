@@ -1,0 +1,175 @@
+"""A fleet of real gRPC servers in this process, each knowing who called it.
+
+Each :class:`Backend` is a grpc.aio server on 127.0.0.1 with grpcio-health-checking's
+own ``Health`` service (its status set by the test) and two methods: ``Peer`` records
+the caller's address as this server sees it (one per connection) and returns it;
+``Sleep`` waits the milliseconds given. So a test proves from the servers' side where
+a pool's connections and calls went.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+
+from conngrpc import NotConnectedError, Pool
+from conngrpc._server import PEER_METHOD, SLEEP_METHOD
+from conngrpc.channel.connector import raw_unary
+
+SERVICE = "conngrpc.demo.v1.Demo"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Backend:
+    """One server of the fleet: its address, the peers and calls it saw, its health."""
+
+    def __init__(self, *, with_health: bool = True) -> None:
+        self.with_health = with_health
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.peers: set[str] = set()
+        self.calls = 0
+        self.health = health.aio.HealthServicer()
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.address} calls={self.calls} peers={len(self.peers)}>"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(
+        self, port: int = 0, credentials: grpc.ServerCredentials | None = None
+    ) -> Backend:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server.add_generic_rpc_handlers((self._handlers(),))
+        if self.with_health:
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        where = f"127.0.0.1:{port or self.port}"
+        if credentials is None:
+            self.port = server.add_insecure_port(where)
+        else:
+            self.port = server.add_secure_port(where, credentials)
+        assert self.port != 0, f"could not listen on {where}"
+        await server.start()
+        self.server = server
+        return self
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
+            self.server = None
+        self.peers.clear()
+
+    async def set_health(self, status: int, service: str = "") -> None:
+        await self.health.set(service, status)
+
+    def _handlers(self) -> grpc.GenericRpcHandler:
+        async def peer(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+            self.peers.add(context.peer())
+            self.calls += 1
+            return f"{self.port}|{context.peer()}".encode()
+
+        async def sleep(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+            self.calls += 1
+            await asyncio.sleep(float(request or b"0") / 1000)
+            return b""
+
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Peer": grpc.unary_unary_rpc_method_handler(peer),
+                "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
+            },
+        )
+
+
+@asynccontextmanager
+async def fleet(count: int, **options: Any) -> AsyncIterator[list[Backend]]:
+    """``count`` backends, started, stopped at the end."""
+    backends = [await Backend(**options).start() for _ in range(count)]
+    try:
+        yield backends
+    finally:
+        for backend in backends:
+            await backend.stop()
+
+
+async def where(channel: grpc.aio.Channel) -> int:
+    """The port of the backend that answered a call over ``channel``."""
+    answer = await raw_unary(channel, PEER_METHOD)(b"", timeout=5)
+    return int(answer.decode().split("|", 1)[0])
+
+
+async def ports_of_every_channel(name: str) -> list[int]:
+    """The backend port each connected channel of the pool reaches, in worker order."""
+    return [await where(w.channel) for w in Pool.get_all_workers(name) if w.channel is not None]
+
+
+def spread(ports: list[int]) -> list[int]:
+    """How many channels each backend holds, largest first."""
+    return sorted(Counter(ports).values(), reverse=True)
+
+
+@dataclass
+class Load:
+    """What callers saw: successes, errors by kind, and each backend's share."""
+
+    ok: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    worst: float = 0.0
+
+    @property
+    def not_connected(self) -> int:
+        return self.errors["NotConnectedError"]
+
+
+@asynccontextmanager
+async def load(
+    name: str,
+    callers: int,
+    *,
+    method: str = SLEEP_METHOD,
+    request: bytes = b"5",
+    deadline: float = 1.0,
+    get_channel: Callable[[str], grpc.aio.Channel] = Pool.get_channel,
+) -> AsyncIterator[Load]:
+    """``callers`` tasks calling through the pool until the block ends."""
+    seen = Load()
+    stop = anyio.Event()
+
+    async def caller() -> None:
+        while not stop.is_set():
+            try:
+                channel = get_channel(name)
+            except NotConnectedError:
+                seen.errors["NotConnectedError"] += 1
+                await anyio.sleep(0.01)
+                continue
+            began = time.monotonic()
+            try:
+                await raw_unary(channel, method)(request, timeout=deadline)
+            except grpc.aio.AioRpcError as error:
+                seen.errors[error.code().name] += 1
+            else:
+                seen.ok += 1
+            seen.worst = max(seen.worst, time.monotonic() - began)
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(callers):
+            tasks.start_soon(caller)
+        try:
+            yield seen
+        finally:
+            stop.set()
