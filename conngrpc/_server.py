@@ -126,9 +126,12 @@ class ServerProcess:
             server.start()  # the same port again
     """
 
-    def __init__(self, port: int = 0, *, args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, port: int = 0, *, args: Sequence[str] = (), module: str = "conngrpc._server"
+    ) -> None:
         self.port = port
         self.args = list(args)
+        self.module = module  # another server that prints PORT <n> the same way
         self.process: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
@@ -163,7 +166,7 @@ class ServerProcess:
         """
         if self.running:
             raise RuntimeError(f"{self!r} is running already")
-        command = [sys.executable, "-m", "conngrpc._server", "--port", str(self.port)]
+        command = [sys.executable, "-m", self.module, "--port", str(self.port)]
         environment = {**os.environ, "GRPC_VERBOSITY": os.environ.get("GRPC_VERBOSITY", "ERROR")}
         process = subprocess.Popen([*command, *self.args], stdout=subprocess.PIPE, env=environment)
         self.process = process
@@ -182,7 +185,8 @@ class ServerProcess:
         self.port = int(line.split()[1])
         return self.port
 
-    def _signal(self, signum: int) -> None:
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the server process, if it runs."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signum)
 
@@ -200,18 +204,18 @@ class ServerProcess:
         """SIGTERM: the server stops gracefully (GOAWAY, in-flight calls finish)."""
         if self.process is None:
             return
-        self._signal(signal.SIGTERM)
+        self.signal(signal.SIGTERM)
         self.process.wait(timeout)
         if self.process.stdout is not None:
             self.process.stdout.close()
 
     def pause(self) -> None:
         """SIGSTOP: the server stops answering without closing anything."""
-        self._signal(signal.SIGSTOP)
+        self.signal(signal.SIGSTOP)
 
     def resume(self) -> None:
         """SIGCONT: a paused server carries on."""
-        self._signal(signal.SIGCONT)
+        self.signal(signal.SIGCONT)
 
 
 if __name__ == "__main__":

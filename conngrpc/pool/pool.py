@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+import grpc
 import grpc.aio
 
 from .. import telemetry
@@ -35,6 +36,7 @@ __all__ = ["GET_CHANNEL", "Pool"]
 GET_CHANNEL = ("conngrpc", "pool", "get_channel")
 
 _observed = telemetry.default_bus.switch(GET_CHANNEL)
+_READY = grpc.ChannelConnectivity.READY
 _lookup = pools.get
 
 
@@ -62,12 +64,15 @@ def _hand_out(own_name: str | None) -> GetChannel:
             pool = _lookup(name)  # type: ignore[arg-type]
         except TypeError:  # unhashable
             raise not_started("pool", name) from None
-        # The hot path: a running pool, a connected channel and nobody listening to the
-        # telemetry event. Everything else (errors, mock, telemetry) goes the long way.
+        # The hot path: a running pool, a READY channel and nobody listening to the
+        # telemetry event. Everything else (errors, mock, telemetry, a channel whose
+        # worker has not yet heard that it left READY) goes the long way.
         if pool is not None and not _observed.on:
             channels = pool.channels
             if channels:
-                return channels[next(pool.counter) % len(channels)]
+                channel = channels[next(pool.counter) % len(channels)]
+                if channel.get_state() is _READY:
+                    return channel
         return _get_channel(name, pool)
 
     return get_channel
@@ -238,16 +243,16 @@ def _get_channel(name: str | None, pool: PoolRuntime | None) -> grpc.aio.Channel
         if pool is None:
             result = "PoolNotStartedError"
             raise not_started("pool", name)
-        if not pool.workers:
-            result = "NotConnectedError"
-            raise pool.not_connected()
-        if pool.mock is not None:
+        if pool.mock is not None and pool.workers:
             mocked = pool.mock()
             result = "ok"
             return mocked  # type: ignore[no-any-return]
+        channel = pool.next_ready()
+        if channel is None:
+            result = "NotConnectedError"
+            raise pool.not_connected()
         result = "ok"
-        channels = pool.channels
-        return channels[next(pool.counter) % len(channels)]
+        return channel
     finally:
         if result is not None and _observed.on:
             telemetry.execute(

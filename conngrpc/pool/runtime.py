@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import anyio
+import grpc
 import grpc.aio
 from anyio.abc import TaskStatus
 
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 STATUS = ("conngrpc", "pool", "status")
+
+_READY = grpc.ChannelConnectivity.READY
 
 Kind = Literal["pool", "channel"]
 
@@ -139,6 +142,23 @@ class PoolRuntime:
         if self.stopped is None:
             self.stopped = reason
         self._wake()
+
+    def next_ready(self) -> grpc.aio.Channel | None:
+        """The next handed-out channel that is READY, round-robin; None when none is.
+
+        A channel found not READY leaves the hand-out here and now: its connection broke
+        and grpc knows it, but the worker's notice of it waits its turn on the event loop
+        (tens of milliseconds under load), and calls on it would fail meanwhile.
+        """
+        while True:
+            channels, workers = self.channels, self.workers
+            if not channels:
+                return None
+            index = next(self.counter) % len(channels)
+            channel = channels[index]
+            if channel.get_state() is _READY:
+                return channel
+            self.left(workers[index])
 
     def _wake(self) -> None:
         self._changed.set()

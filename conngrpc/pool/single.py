@@ -85,12 +85,15 @@ class Channel:
             if runtime is None:
                 result = "PoolNotStartedError"
                 raise not_started("channel", name)
-            if not runtime.workers:
-                result = "NotConnectedError"
-                raise runtime.not_connected()
-            found = runtime.mock() if runtime.mock is not None else runtime.channels[0]
+            if runtime.mock is not None and runtime.workers:
+                found = runtime.mock()
+            else:
+                found = runtime.next_ready()
+                if found is None:
+                    result = "NotConnectedError"
+                    raise runtime.not_connected()
             result = "ok"
-            return found
+            return found  # type: ignore[no-any-return]
         finally:
             if result is not None:
                 telemetry.execute(

@@ -1,0 +1,85 @@
+"""A fleet member for the benchmarks: says who answered, and can be told to stop serving.
+
+``python -m bench._fleet_server --port 0`` prints ``PORT <n>`` once it listens. It
+answers ``Sleep`` (waits the milliseconds given, returns its own port, so the client
+can tally each backend's share), grpcio-health-checking's ``Health`` service (SERVING;
+SIGUSR1 turns it NOT_SERVING, SIGUSR2 SERVING again, as an operator draining a
+replica would) and ``Stats`` (JSON: calls received, and calls received while it was
+NOT_SERVING, counted on the server's side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+
+SERVICE = "conngrpc.demo.v1.Demo"
+STATS_METHOD = f"/{SERVICE}/Stats"
+
+
+async def serve(port: int) -> None:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    counts = {"calls": 0, "not_serving_calls": 0}
+    serving = [True]
+    answer = str(bound).encode()
+
+    async def sleep(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        counts["calls"] += 1
+        if not serving[0]:
+            counts["not_serving_calls"] += 1
+        await asyncio.sleep(float(request or b"0") / 1000)
+        return answer
+
+    async def stats(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return json.dumps(counts).encode()
+
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                SERVICE,
+                {
+                    "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
+                    "Stats": grpc.unary_unary_rpc_method_handler(stats),
+                },
+            ),
+        )
+    )
+    await server.start()
+    await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def set_serving(value: bool) -> None:
+        serving[0] = value
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if value
+            else (health_pb2.HealthCheckResponse.NOT_SERVING)
+        )
+        loop.create_task(servicer.set("", status))  # noqa: RUF006 - the loop keeps it
+
+    loop.add_signal_handler(signal.SIGUSR1, set_serving, False)
+    loop.add_signal_handler(signal.SIGUSR2, set_serving, True)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    print(f"PORT {bound}", flush=True)
+    await stop.wait()
+    await server.stop(0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench._fleet_server")
+    parser.add_argument("--port", type=int, default=0)
+    asyncio.run(serve(parser.parse_args().port))
+
+
+if __name__ == "__main__":
+    main()
