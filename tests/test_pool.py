@@ -748,3 +748,20 @@ async def test_wait_connected_from_another_event_loop_is_a_clear_error(
             await anyio.to_thread.run_sync(Pool.get_all_workers, pool_name)
         status = await anyio.to_thread.run_sync(Pool.status, pool_name)
         assert status.current_size == 1  # a snapshot of plain values: any thread may ask
+
+
+async def test_a_channel_that_left_ready_is_not_handed_out_even_before_its_worker_knows(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    """grpc knows at once; the worker hears it when the event loop gets to it."""
+    async with running_pool(pool_name, 3, fake_channel(connector)):
+        first, second, third = by_index(pool_name)
+        second.drop()  # no await: the worker has not run since
+        handed = [Pool.get_channel(pool_name) for _ in range(6)]
+        assert second not in handed
+        assert set(handed) == {first, third}
+        assert Pool.status(pool_name).current_size == 2  # it left the hand-out there and then
+        first.drop()
+        third.drop()
+        with pytest.raises(NotConnectedError):
+            Pool.get_channel(pool_name)

@@ -151,14 +151,18 @@ class PoolRuntime:
         (tens of milliseconds under load), and calls on it would fail meanwhile.
         """
         while True:
-            channels, workers = self.channels, self.workers
+            channels = self.channels
             if not channels:
                 return None
             index = next(self.counter) % len(channels)
             channel = channels[index]
             if channel.get_state() is _READY:
                 return channel
-            self.left(workers[index])
+            self.evict(index)
+
+    def evict(self, index: int) -> None:
+        """Take the channel at ``index`` of the hand-out out (it was found not READY)."""
+        self.left(self.workers[index])
 
     def _wake(self) -> None:
         self._changed.set()
