@@ -62,7 +62,12 @@ def _machine() -> list[str]:
 
 
 def _document(
-    sections: list[Section], cpu_limit: float, ceiling: float, seconds: float, quick: bool
+    sections: list[Section],
+    cpu_limit: float,
+    ceiling: float,
+    seconds: float,
+    quick: bool,
+    load: tuple[float, float],
 ) -> str:
     lines = [
         "# Benchmarks",
@@ -75,6 +80,8 @@ def _document(
         "",
         *_machine(),
         f"- whole suite: {seconds:.0f} s" + (" (quick smoke run)" if quick else ""),
+        f"- 1-minute load average, read as the run began and after each benchmark:"
+        f" {load[0]:.1f} to {load[1]:.1f}, on {os.cpu_count()} cores",
         f"- client CPU limit: {cpu_limit:,.0f} calls/s (pool of 16, 200 callers, server"
         " uncapped, no delay); the capped benchmark's workload (20 ms calls) with no cap:"
         f" {ceiling:,.0f} calls/s",
@@ -98,10 +105,12 @@ def _document(
 
 async def main(quick: bool, output: Path | None) -> int:
     began = time.monotonic()
+    loads = [os.getloadavg()[0]]
     sections: list[Section] = []
 
     def done(section: Section) -> None:
         sections.append(section)
+        loads.append(os.getloadavg()[0])
         print(section.text(), flush=True)
 
     done(await get_channel_cost(quick))
@@ -124,7 +133,8 @@ async def main(quick: bool, output: Path | None) -> int:
     done(await memory(quick))
     seconds = time.monotonic() - began
     if output is not None:
-        document = _document(sections, cpu_limit, ceiling, seconds, quick)
+        load = (min(loads), max(loads))
+        document = _document(sections, cpu_limit, ceiling, seconds, quick, load)
         await anyio.Path(output).write_text(document)
         print(f"wrote {output}")
     missed = [r.name for s in sections for r in s.ratios if not r.passed]

@@ -274,7 +274,7 @@ async def cold_burst(quick: bool, latency_ms: float = 0) -> Section:
         "a round trip. 'Sockets after' counts the client's connections once the burst is over."
         + (
             " The link is a TCP proxy in the client process that holds every chunk "
-            f"{latency_ms:g} ms in each direction, as a network between zones would."
+            f"{latency_ms:g} ms in each direction, a stand-in for a network between zones."
             if latency_ms
             else ""
         )
