@@ -55,11 +55,8 @@ async def startup(quick: bool) -> Section:
         f"Median of {runs} starts per size, from entering the supervisor to `wait_connected`"
         " returning, against a server in another process; 'plain grpc.aio' opens as many"
         " channels (each its own connection) at once and awaits `channel_ready()` on all of"
-        " them, the floor for this machine. On loopback a connection costs no waiting, only"
-        " CPU (grpc's channel set-up and the HTTP/2 handshake, in this process and in the"
-        " Python server's), so many connections cost many times that CPU however"
-        " concurrently they are opened; across a real network the round trips dominate and"
-        " concurrent connects overlap."
+        " them, the floor for this machine. Loopback only: how start-up grows across a real"
+        " network, where each connect waits on round trips, was not measured."
     )
     return section
 
@@ -171,7 +168,8 @@ async def memory(quick: bool) -> Section:
             if size in sizes:
                 section.add(size, grown, grown / size * 100)
     section.notes.append(
-        "Client process RSS after all channels connected, minus before; grpc core allocates "
-        "per-connection buffers, so this is mostly grpc's own memory."
+        "Client process RSS after all channels connected, minus before: what grpc and "
+        "conngrpc allocate per connection together (how it splits between them was not "
+        "measured)."
     )
     return section

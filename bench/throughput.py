@@ -35,6 +35,19 @@ from ._common import (
 
 CAP = 10
 DELAY_MS = b"20"
+#: The columns of the stream-capped tables (bench.remarks reads them by name).
+CAPPED_COLUMNS = (
+    "client",
+    "calls/s",
+    "x one channel",
+    "refused (UNAVAILABLE)",
+    "other errors",
+    "p50 ms",
+    "p99 ms",
+    "sockets",
+    "client CPU %",
+    "server CPU %",
+)
 
 
 @asynccontextmanager
@@ -139,19 +152,7 @@ async def stream_capped(quick: bool, cpu_limit: float, ceiling: float) -> list[S
         if overload == "off":
             args += ["--option", "grpc.http.overload_protection=0"]
         section = Section(
-            f"Stream-capped throughput, overload protection {overload}",
-            [
-                "client",
-                "calls/s",
-                "x one channel",
-                "refused (UNAVAILABLE)",
-                "other errors",
-                "p50 ms",
-                "p99 ms",
-                "sockets",
-                "client CPU %",
-                "server CPU %",
-            ],
+            f"Stream-capped throughput, overload protection {overload}", list(CAPPED_COLUMNS)
         )
         loads: dict[str, list[Load]] = {label: [] for label, _ in _contenders()}
         sockets: dict[str, int] = {}
@@ -273,7 +274,7 @@ async def cold_burst(quick: bool, latency_ms: float = 0) -> Section:
         "a round trip. 'Sockets after' counts the client's connections once the burst is over."
         + (
             " The link is a TCP proxy in the client process that holds every chunk "
-            f"{latency_ms:g} ms in each direction, as a network between zones would."
+            f"{latency_ms:g} ms in each direction, a stand-in for a network between zones."
             if latency_ms
             else ""
         )

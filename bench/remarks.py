@@ -1,0 +1,281 @@
+"""The report's prose: every sentence is worked out from the table it speaks of.
+
+Nothing here measures; each function takes the sections of one run and returns
+markdown, so a unit test can feed it made-up tables and check that what it says is
+true of them.
+"""
+
+from __future__ import annotations
+
+from ._common import Ratio, Section
+from .connection_cap import CAP_ARGUMENT, DEFAULT_CAP
+
+#: Two figures within this share of each other are called level.
+LEVEL = 0.05
+
+CAPPED = "Stream-capped throughput"
+PLAIN = "one plain channel"
+POOL4 = "conngrpc pool of 4"
+POOL16 = "conngrpc pool of 16"
+A105_4 = "A105 N=4"
+A105_16 = "A105 N=16"
+NAIVE = "4 naive channels, identical args"
+POOL4_VS_A105 = "pool of 4 / A105 N=4"
+POOL16_VS_ONE = "pool of 16 / one channel"
+
+
+def number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def find(sections: list[Section], title_start: str) -> Section:
+    return next(s for s in sections if s.title.startswith(title_start))
+
+
+def cell(section: Section, row: str, column: str) -> str:
+    """The cell of ``section``'s table in the row labelled ``row`` and the named column."""
+    index = section.columns.index(column)
+    return next(r for r in section.rows if r[0] == row)[index]
+
+
+def value(section: Section, row: str, column: str) -> float:
+    return number(cell(section, row, column))
+
+
+def ratio(section: Section, name: str) -> Ratio:
+    return next(r for r in section.ratios if r.name == name)
+
+
+def is_level(measured: float) -> bool:
+    return abs(measured - 1) <= LEVEL
+
+
+def condition(section: Section) -> str:
+    """'overload protection off' from a stream-capped section's title."""
+    return section.title.split(", ", 1)[1]
+
+
+def _pool16_note(section: Section, cpu_limit: float, ceiling: float, cores: int) -> str:
+    plain, pool16 = value(section, PLAIN, "calls/s"), value(section, POOL16, "calls/s")
+    server_cpu = value(section, POOL16, "server CPU %")
+    twelve = 12 * plain
+    text = (
+        f"- **Pool of 16 against one channel, {condition(section)}.** Twelve times one"
+        f" channel ({plain:,.1f} calls/s) would be {twelve:,.0f} calls/s. With no stream cap"
+        f" at all, the same 20 ms calls reached {ceiling:,.0f} calls/s in this run"
+    )
+    if twelve > ceiling:
+        text += (
+            f", so the target asks for {twelve / ceiling:.1f} times what this machine did"
+            " with no cap."
+        )
+    else:
+        text += ", so that ceiling does not explain this miss."
+    if pool16 <= ceiling:
+        text += f" The pool of 16 did {pool16:,.1f} calls/s ({pool16 / ceiling:.0%} of it),"
+    else:
+        text += (
+            f" The pool of 16 did {pool16:,.1f} calls/s, more than that, so in this run the"
+            " no-cap figure was no ceiling;"
+        )
+    text += (
+        f" the server process used {server_cpu:.0f}% CPU (100% is one of {cores} cores)."
+        f" The other way to pass, within 5% of the client CPU limit ({cpu_limit:,.0f} calls/s,"
+        f" measured with calls that do not sleep), was missed too: {pool16 / cpu_limit:.1%}."
+    )
+    return text
+
+
+def _pool4_vs_a105_note(section: Section, others: list[Section]) -> str:
+    missed = ratio(section, POOL4_VS_A105)
+    pool, a105 = value(section, POOL4, "calls/s"), value(section, A105_4, "calls/s")
+    refused = "refused (UNAVAILABLE)"
+    refused_pool, refused_a105 = value(section, POOL4, refused), value(section, A105_4, refused)
+    parts = [
+        f"- **Pool of 4 against A105 N=4, {condition(section)}.** The pool did"
+        f" {pool:,.1f} calls/s and A105 N=4 {a105:,.1f}: {missed.value:.2f}, against a"
+        f" target of {missed.target}."
+    ]
+    if refused_pool or refused_a105:
+        parts.append(
+            "In this table the server refused streams (UNAVAILABLE, summed over the rounds):"
+            f" pool of 4 {refused_pool:,.0f}, A105 N=4 {refused_a105:,.0f}."
+        )
+    else:
+        parts.append("No call was refused in this table, so refusals do not explain the gap.")
+    parts.append(
+        "What differs between the two: A105 sends each call to the oldest of its connections"
+        " with a free stream (gRFC A105), while the pool hands its channels out round-robin"
+        " whatever each one carries. CPU in this table: client"
+        f" {value(section, POOL4, 'client CPU %'):.0f}% (pool) and"
+        f" {value(section, A105_4, 'client CPU %'):.0f}% (A105), server"
+        f" {value(section, POOL4, 'server CPU %'):.0f}% and"
+        f" {value(section, A105_4, 'server CPU %'):.0f}%."
+    )
+    for other in others:
+        theirs = ratio(other, POOL4_VS_A105)
+        if is_level(theirs.value):
+            verdict = f"level within {LEVEL:.0%}"
+        else:
+            verdict = "the pool ahead" if theirs.value > 1 else "A105 ahead"
+        if not theirs.passed:
+            verdict += ", and short of the target as well"
+        parts.append(f"With {condition(other)}, the same ratio was {theirs.value:.2f} ({verdict}).")
+    return " ".join(parts)
+
+
+def _startup_note(section: Section) -> str:
+    pool_column, plain_column = section.columns[1], section.columns[4]
+    one, size = section.rows[0][0], section.rows[-1][0]
+    pool_one, pool_many = value(section, one, pool_column), value(section, size, pool_column)
+    plain_one, plain_many = value(section, one, plain_column), value(section, size, plain_column)
+    pool_growth, plain_growth = pool_many / pool_one, plain_many / plain_one
+    extra = (pool_many - plain_many) / number(size)
+    text = (
+        f"- **Start-up of {size} channels against {one}.** The pool took {pool_growth:.1f}"
+        f" times as long; plain grpc.aio channels, opened all at once, took"
+        f" {plain_growth:.1f} times as long ({plain_many:,.1f} ms against {plain_one:,.2f} ms)."
+    )
+    if plain_growth >= (1 - LEVEL) * pool_growth:
+        text += " The time goes into opening the connections, plain or pooled."
+    text += (
+        f" The pool of {size} took {pool_many:,.1f} ms, {abs(extra):.2f} ms per channel"
+        f" {'more' if extra >= 0 else 'less'} than the plain channels. Start-up across a real"
+        " network, where connects wait on round trips, was not measured."
+    )
+    return text
+
+
+def why_missed(sections: list[Section], cpu_limit: float, ceiling: float, cores: int) -> str:
+    """A paragraph per missed target, each worked out from its own table only."""
+    notes = []
+    explained: set[tuple[str, str]] = set()  # (section title, ratio name)
+    capped = [s for s in sections if s.title.startswith(CAPPED)]
+    for section in capped:
+        if not ratio(section, POOL16_VS_ONE).passed:
+            notes.append(_pool16_note(section, cpu_limit, ceiling, cores))
+            explained.add((section.title, POOL16_VS_ONE))
+    for section in capped:
+        if not ratio(section, POOL4_VS_A105).passed:
+            others = [s for s in capped if s is not section]
+            notes.append(_pool4_vs_a105_note(section, others))
+            explained.add((section.title, POOL4_VS_A105))
+    for section in sections:
+        if section.title.startswith("Start-up") and not all(r.passed for r in section.ratios):
+            notes.append(_startup_note(section))
+            explained.update((section.title, r.name) for r in section.ratios)
+    for section in sections:
+        for missed in section.ratios:
+            if not missed.passed and (section.title, missed.name) not in explained:
+                notes.append(
+                    f"- **{section.title}: {missed.name}.** {missed.value:.2f} against a"
+                    f" target of {missed.target}; nothing in this run explains it."
+                )
+    if not notes:
+        return ""
+    return "## Targets missed, and why\n\n" + "\n".join(notes) + "\n"
+
+
+def compare(ours: float, theirs: float, we: str, they: str) -> str:
+    """'level with' or 'ahead of' for two throughputs, with the ratio when not level."""
+    share = ours / theirs
+    if is_level(share):
+        return f"{we} was level with {they} (within {LEVEL:.0%})"
+    ahead, behind = (we, they) if share > 1 else (they, we)
+    return f"{ahead} did {max(share, 1 / share):.2f} times what {behind} did"
+
+
+def advice(sections: list[Section], cores: int) -> str:
+    """'When to use what', drawn from the stream-capped table with overload protection off."""
+    capped = find(sections, f"{CAPPED}, overload protection off")
+    loopback = find(sections, "Cold burst: 200 concurrent calls the moment the client is ready, l")
+    remote = find(sections, "Cold burst: 200 concurrent calls the moment the client is ready, o")
+    recovery = find(sections, "Failure detection")
+    over = find(sections, "Overhead")
+    cap = find(sections, "gRFC A105's connection cap")
+    rate = {row[0]: number(row[1]) for row in capped.rows}
+    sockets = {row[0]: row[capped.columns.index("sockets")] for row in capped.rows}
+    p50 = ratio(over, "pool p50 / plain p50")
+    calls = ratio(over, "plain calls/s / pool calls/s")
+
+    plain = [
+        "- **One plain channel** is enough while your concurrency per backend stays under the"
+        " server's stream cap (HTTP/2 MAX_CONCURRENT_STREAMS, a server or proxy setting;"
+        f" `grpc.max_concurrent_streams` on a grpc server). Here it did {rate[PLAIN]:,.1f}"
+        " calls/s."
+    ]
+    overhead = (
+        f"pool p50 / plain p50 {p50.value:.2f}, plain calls/s / pool calls/s {calls.value:.2f}"
+    )
+    if p50.passed and calls.passed:
+        plain.append(
+            f"A pool of one cost at most 5% on top of it ({overhead}; below 1 the pool was"
+            " the faster)."
+        )
+    else:
+        plain.append(f"A pool of one cost more than 5% on top of it here ({overhead}).")
+    plain.append(
+        "Several channels made naively with identical arguments"
+        + (" do not help: they" if sockets[NAIVE] == "1" else "")
+        + f" held {sockets[NAIVE]} socket(s) and did {rate[NAIVE]:,.1f} calls/s."
+    )
+
+    default = next(row for row in cap.rows if row[1].startswith("unset"))
+    raised = "; ".join(
+        f"N={row[0]} with it at {row[1]}: {row[3]} connections"
+        for row in cap.rows
+        if row is not default
+    )
+    burst = {
+        where: (value(s, s.rows[1][0], "p99 ms"), value(s, s.rows[0][0], "p99 ms"))
+        for where, s in (("loopback", loopback), ("link", remote))
+    }
+    a105 = [
+        "- **grpc's own connection scaling (gRFC A105)**, one service-config switch: N=4 did"
+        f" {rate[A105_4]:,.1f} calls/s on {sockets[A105_4]} sockets and the pool of 4"
+        f" {rate[POOL4]:,.1f} ({compare(rate[POOL4], rate[A105_4], 'the pool', 'A105')});"
+        f" N=16 did {rate[A105_16]:,.1f} calls/s on {sockets[A105_16]} sockets and the pool of"
+        f" 16 {rate[POOL16]:,.1f} ({compare(rate[POOL16], rate[A105_16], 'the pool', 'A105')}).",
+        f"grpc clamps N to {DEFAULT_CAP} unless told otherwise (N={default[0]}, clamp unset:"
+        f" {default[3]} connections in the connection-cap table), and the channel argument"
+        f" `{CAP_ARGUMENT}` changes the clamp ({raised}).",
+        f"A burst of 200 calls on a fresh A105 channel saw p99 {burst['loopback'][0]:,.1f} ms on"
+        f" loopback (pool: {burst['loopback'][1]:,.1f} ms) and {burst['link'][0]:,.1f} ms over"
+        f" a link with 10 ms each way (pool: {burst['link'][1]:,.1f} ms); A105 opens its extra"
+        " connections while calls wait for them; the pool's were open before the burst"
+        " (it came after `wait_connected`).",
+    ]
+    if rate[A105_4] >= (1 - LEVEL) * rate[POOL4]:
+        a105.append(
+            "If the stream cap is your only problem, the switch did as well as a pool of 4 here."
+        )
+
+    detected, recovered = (cell(recovery, "median", c) for c in recovery.columns[1:3])
+    pool = [
+        "- **A conngrpc pool** adds: after `wait_connected`, every connection"
+        " is open and READY before the first call (READY: the TCP and HTTP/2 handshakes are"
+        " done; no call is made to check); a hand-out that skips dead connections and fails"
+        f" fast (server killed under load: `NotConnectedError` a median {detected} ms later);"
+        f" its own reconnection (whole again a median {recovered} ms after the server was back,"
+        " with the default 1 s backoff; a connection rotated by the server is reopened without"
+        " backoff, which `test_a_connection_rotated_by_the_server_is_reopened_at_once`"
+        " checks); supervision of crashing callbacks; callbacks and telemetry per connection."
+        " Choose it when a backend's failure must be visible at once or when you need those"
+        " hooks."
+    ]
+    return (
+        "\n".join(
+            [
+                "## When to use what",
+                "",
+                "Drawn from the figures above (the stream-capped table with overload"
+                " protection off: a cap of 10 streams per connection, 20 ms calls, 200 callers,"
+                f" {cores} cores).",
+                "",
+                " ".join(plain),
+                " ".join(a105),
+                " ".join(pool),
+            ]
+        )
+        + "\n"
+    )
