@@ -29,3 +29,14 @@ async def task_group() -> AsyncIterator[TaskGroup]:
             raise
         crash = wrapped.exceptions[0]
         raise crash from crash.__cause__
+
+
+async def reraise_if_cancelled() -> None:
+    """Call where a ``CancelledError`` was caught from a grpc.aio call.
+
+    grpc.aio raises a bare ``asyncio.CancelledError`` from a call it cancelled itself
+    (its channel closed under it, say), which is no cancellation of ours. A real one
+    comes from an anyio cancel scope, and anyio delivers it again at the next
+    checkpoint: this checkpoint raises it, and returns when the error was grpc's alone.
+    """
+    await anyio.lowlevel.checkpoint()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from typing import Any
 
@@ -9,6 +10,7 @@ import anyio
 import grpc
 import grpc.aio
 
+from .._tasks import reraise_if_cancelled
 from ..errors import ConnectFailedError
 from .config import ChannelConfig
 
@@ -100,6 +102,9 @@ async def _why_failed(channel: grpc.aio.Channel) -> str:
         if error.code() is grpc.StatusCode.UNAVAILABLE:
             return error.details() or "UNAVAILABLE"
         return f"{error.code().name}: {error.details()}"
+    except asyncio.CancelledError:
+        await reraise_if_cancelled()
+        return "TRANSIENT_FAILURE (grpc cancelled the call that would have said why)"
     return "TRANSIENT_FAILURE"
 
 

@@ -25,6 +25,7 @@ owner's hand-out never checks a channel's state.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import copy
 import inspect
@@ -40,7 +41,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .. import _health, telemetry
 from .._log import get_logger
-from .._tasks import task_group
+from .._tasks import reraise_if_cancelled, task_group
 from ..errors import ConnectFailedError
 from .backoff import Backoff, ExponentialBackoff
 from .config import Callback, ChannelConfig
@@ -462,6 +463,9 @@ class _Life:
                     self.health(connection, "UNIMPLEMENTED")
                     await anyio.sleep_forever()
                 self.health(connection, f"UNKNOWN ({error.code().name}: {error.details()})")
+            except asyncio.CancelledError:
+                await reraise_if_cancelled()
+                self.health(connection, "UNKNOWN (grpc cancelled the watch)")
             finally:
                 call.cancel()
             # The stream ended or failed while the connection is up: watch again, as
@@ -563,6 +567,9 @@ class _Life:
         except grpc.aio.AioRpcError as error:
             code = error.code()
             status = "UNIMPLEMENTED" if code is grpc.StatusCode.UNIMPLEMENTED else code.name
+        except asyncio.CancelledError:
+            await reraise_if_cancelled()
+            status = "no answer (grpc cancelled the health check)"
         except TimeoutError:
             status = f"no answer within connect_timeout={self.config.connect_timeout:g} s"
         if status not in _SERVING:

@@ -62,7 +62,7 @@ KEEPALIVE = [
 #: What the server must allow for those pings on idle connections.
 SERVER_PERMITS_KEEPALIVE = [
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 500),
+    ("grpc.http2.min_ping_interval_without_data_ms", 500),
 ]
 #: One-way latency the proxy adds; a call crosses it twice.
 LATENCY = 0.15

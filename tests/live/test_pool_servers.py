@@ -40,7 +40,7 @@ ROTATION_BOUND = 5.0
 #: What the server must allow for those pings on idle connections.
 SERVER_PERMITS_KEEPALIVE = [
     "--option=grpc.keepalive_permit_without_calls=1",
-    "--option=grpc.http2.min_recv_ping_interval_without_data_ms=500",
+    "--option=grpc.http2.min_ping_interval_without_data_ms=500",
 ]
 
 
