@@ -235,10 +235,10 @@ async def fleet(quick: bool) -> list[Section]:
                     # (c) rolling restarts: every replica killed and restarted, in turn
                     async with _running(get, 200) as (_, result):
                         for server in servers * restarts:
-                            await asyncio.sleep(seconds / 3 if quick else 1.0)
+                            await asyncio.sleep(1.0)
                             await asyncio.to_thread(server.kill)
                             await asyncio.to_thread(server.start)
-                        await asyncio.sleep(seconds / 3 if quick else 1.0)
+                        await asyncio.sleep(1.0)
                     keep("c", name, result[0])
 
                 # (d) scale-out: the client starts with two replicas listed

@@ -146,6 +146,41 @@ def _startup_note(section: Section) -> str:
     return text
 
 
+ROLLING = "Fleet (c)"
+FLEET_POOL = "conngrpc pool of 6"
+FLEET_RR = "grpc round_robin + health"
+
+
+def errors_of(section: Section, row: str) -> dict[str, int]:
+    """The errors cell ("UNAVAILABLE 290, NotConnectedError 3" or "0") as counts."""
+    text = cell(section, row, "errors")
+    if text == "0":
+        return {}
+    pairs = (part.rsplit(" ", 1) for part in text.split(", "))
+    return {kind: int(number(count)) for kind, count in pairs}
+
+
+def _rolling_note(section: Section) -> str:
+    kills = int(section.title.split(" kills per client")[0].rsplit(" ", 1)[1])
+    ours, theirs = errors_of(section, FLEET_POOL), errors_of(section, FLEET_RR)
+    kinds = sorted(set(ours) | set(theirs))
+    what = (
+        "Every failed call in this table is UNAVAILABLE: a call in flight on a replica"
+        " when it was killed, which no client can save (grpc does not retry a call the"
+        " server may have begun)."
+        if kinds == ["UNAVAILABLE"]
+        else f"The failed calls were: {', '.join(kinds)}."
+    )
+    return (
+        f"- **{section.title}: failed calls.** {what} Over {kills} kills the pool lost"
+        f" {sum(ours.values()):,} ({sum(ours.values()) / kills:.0f} a kill) and round_robin"
+        f" {sum(theirs.values()):,} ({sum(theirs.values()) / kills:.0f} a kill). How many"
+        " calls a kill catches in flight depends on the instant it lands, which this run"
+        " does not control; compare the per-kill figures of several runs before reading"
+        " a difference into them."
+    )
+
+
 def why_missed(sections: list[Section], cpu_limit: float, ceiling: float, cores: int) -> str:
     """A paragraph per missed target, each worked out from its own table only."""
     notes = []
@@ -160,6 +195,11 @@ def why_missed(sections: list[Section], cpu_limit: float, ceiling: float, cores:
             others = [s for s in capped if s is not section]
             notes.append(_pool4_vs_a105_note(section, others))
             explained.add((section.title, POOL4_VS_A105))
+    for section in sections:
+        rolling_ratio = "failed calls, pool / round_robin"
+        if section.title.startswith(ROLLING) and not ratio(section, rolling_ratio).passed:
+            notes.append(_rolling_note(section))
+            explained.add((section.title, rolling_ratio))
     for section in sections:
         if section.title.startswith("Start-up") and not all(r.passed for r in section.ratios):
             notes.append(_startup_note(section))

@@ -26,7 +26,8 @@ import structlog
 from . import remarks
 from ._common import Section
 from .connection_cap import connection_cap
-from .hot_path import get_channel_cost, telemetry_cost
+from .fleet import fleet
+from .hot_path import get_channel_cost, real_channel_cost, telemetry_cost
 from .lifecycle import failure_and_recovery, memory, startup
 from .throughput import (
     client_cpu_limit,
@@ -114,6 +115,7 @@ async def main(quick: bool, output: Path | None) -> int:
         print(section.text(), flush=True)
 
     done(await get_channel_cost(quick))
+    done(await real_channel_cost(quick))
     done(telemetry_cost(quick))
     cpu_limit = await client_cpu_limit(quick)
     ceiling = await workload_ceiling(quick)
@@ -131,6 +133,8 @@ async def main(quick: bool, output: Path | None) -> int:
     done(await startup(quick))
     done(await failure_and_recovery(quick))
     done(await memory(quick))
+    for section in await fleet(quick):
+        done(section)
     seconds = time.monotonic() - began
     if output is not None:
         load = (min(loads), max(loads))

@@ -92,3 +92,37 @@ def test_two_throughputs_are_level_only_within_five_percent() -> None:
     assert compare(1545.6, 1605.3, "the pool", "A105") == "the pool was level with A105 (within 5%)"
     assert compare(1714.2, 1947.3, "the pool", "A105") == "A105 did 1.14 times what the pool did"
     assert compare(1949.1, 1596.2, "the pool", "A105") == "the pool did 1.22 times what A105 did"
+
+
+def rolling(pool_errors: str, rr_errors: str) -> Section:
+    """A rolling-restart table as bench.fleet makes it."""
+    columns = ["client", "calls/s", "p50 ms", "p99 ms", "share per replica", "errors"]
+    section = Section(
+        "Fleet (c): rolling restarts, each replica SIGKILLed and restarted in turn, "
+        "1 s apart, 12 kills per client, 200 callers",
+        columns,
+    )
+    section.add("conngrpc pool of 6", 1600.0, 100.0, 270.0, "33% / 33% / 33%", pool_errors)
+    section.add("grpc round_robin + health", 2000.0, 90.0, 200.0, "33% / 33% / 33%", rr_errors)
+    ours = sum(int(p.rsplit(" ", 1)[1].replace(",", "")) for p in pool_errors.split(", "))
+    theirs = sum(int(p.rsplit(" ", 1)[1].replace(",", "")) for p in rr_errors.split(", "))
+    section.check("failed calls, pool / round_robin", ours / theirs, "<= 1.00", ours <= theirs)
+    return section
+
+
+def test_a_rolling_restart_miss_gives_per_kill_figures_from_its_own_table() -> None:
+    text = why_missed([rolling("UNAVAILABLE 600", "UNAVAILABLE 240")], 5000.0, 5000.0, 2)
+    assert "Every failed call in this table is UNAVAILABLE" in text
+    assert "the pool lost 600 (50 a kill) and round_robin 240 (20 a kill)" in text
+
+
+def test_a_rolling_restart_miss_with_other_errors_names_them_instead() -> None:
+    text = why_missed(
+        [rolling("UNAVAILABLE 600, DEADLINE_EXCEEDED 12", "UNAVAILABLE 240")], 5000.0, 5000.0, 2
+    )
+    assert "Every failed call" not in text
+    assert "The failed calls were: DEADLINE_EXCEEDED, UNAVAILABLE." in text
+
+
+def test_a_rolling_restart_that_passes_is_not_explained() -> None:
+    assert why_missed([rolling("UNAVAILABLE 100", "UNAVAILABLE 240")], 5000.0, 5000.0, 2) == ""
