@@ -179,7 +179,8 @@ async def fleet(quick: bool) -> list[Section]:
     so a slow spell of a shared machine does not fall on one client; the tallies of a
     client's rounds are added up.
     """
-    seconds, rounds, restarts = (0.6, 1, 1) if quick else (3.0, 2, 2)
+    seconds, rounds, restarts = (0.3, 1, 1) if quick else (3.0, 2, 2)
+    pause = 0.3 if quick else 1.0  # between kills in the rolling restarts
     callers = 30
     servers = [ServerProcess(module="bench._fleet_server") for _ in range(3)]
     for server in servers:
@@ -192,7 +193,7 @@ async def fleet(quick: bool) -> list[Section]:
     )
     rolling = Section(
         f"Fleet (c): rolling restarts, each replica SIGKILLed and restarted in turn, "
-        f"1 s apart, {restarts * rounds * len(servers)} kills per client, 200 callers",
+        f"{pause:g} s apart, {restarts * rounds * len(servers)} kills per client, 200 callers",
         columns,
     )
     scale = Section(
@@ -230,15 +231,15 @@ async def fleet(quick: bool) -> list[Section]:
                         servers[0].signal(signal.SIGUSR2)
                     received[name] += after["not_serving_calls"] - before["not_serving_calls"]
                     keep("b", name, result[0])
-                    await asyncio.sleep(0.5)  # serving again before the next scenario
+                    await asyncio.sleep(pause / 2)  # serving again before the next scenario
 
                     # (c) rolling restarts: every replica killed and restarted, in turn
                     async with _running(get, 200) as (_, result):
                         for server in servers * restarts:
-                            await asyncio.sleep(1.0)
+                            await asyncio.sleep(pause)
                             await asyncio.to_thread(server.kill)
                             await asyncio.to_thread(server.start)
-                        await asyncio.sleep(1.0)
+                        await asyncio.sleep(pause)
                     keep("c", name, result[0])
 
                 # (d) scale-out: the client starts with two replicas listed

@@ -25,6 +25,7 @@ from .errors import SupervisorNotRunningError as SupervisorNotRunningError
 from .errors import UnknownChildError as UnknownChildError
 from .pool import Channel as Channel
 from .pool import Pool as Pool
+from .pool import PooledChannel as PooledChannel
 from .pool import PoolSettings as PoolSettings
 from .pool import PoolStatus as PoolStatus
 from .supervisor import ChildCounts as ChildCounts
@@ -57,6 +58,7 @@ __all__ = [
     "PoolNotStartedError",
     "PoolSettings",
     "PoolStatus",
+    "PooledChannel",
     "Registry",
     "StrayCancellationError",
     "Supervisor",

@@ -1,10 +1,18 @@
 """A fleet of real gRPC servers in this process, each knowing who called it.
 
 Each :class:`Backend` is a grpc.aio server on 127.0.0.1 with grpcio-health-checking's
-own ``Health`` service (its status set by the test) and two methods: ``Peer`` records
-the caller's address as this server sees it (one per connection) and returns it;
-``Sleep`` waits the milliseconds given. So a test proves from the servers' side where
-a pool's connections and calls went.
+own ``Health`` service (its status set by the test) and these methods, all in raw
+bytes:
+
+- ``Peer`` records the caller's address as this server sees it (one per connection)
+  and returns ``<port>|<peer>``;
+- ``Sleep`` waits the milliseconds given and returns the port;
+- ``Count`` (unary-stream) answers ``b"<n>:<ms>"`` with n messages, ms apart;
+- ``Collect`` (stream-unary) returns how many messages it received;
+- ``Echo`` (stream-stream) returns each message as it comes;
+- every method records the invocation metadata it saw (``metadata``).
+
+So a test proves from the servers' side where a pool's connections and calls went.
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ from conngrpc._server import PEER_METHOD, SLEEP_METHOD
 from conngrpc.channel.connector import raw_unary
 
 SERVICE = "conngrpc.demo.v1.Demo"
+COUNT_METHOD = f"/{SERVICE}/Count"
+COLLECT_METHOD = f"/{SERVICE}/Collect"
+ECHO_METHOD = f"/{SERVICE}/Echo"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -40,6 +51,8 @@ class Backend:
         self.port = 0
         self.peers: set[str] = set()
         self.calls = 0
+        self.in_flight = 0  # calls running in a handler now
+        self.metadata: list[tuple[str, str | bytes]] = []
         self.health = health.aio.HealthServicer()
 
     def __repr__(self) -> str:
@@ -76,21 +89,57 @@ class Backend:
         await self.health.set(service, status)
 
     def _handlers(self) -> grpc.GenericRpcHandler:
-        async def peer(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-            self.peers.add(context.peer())
+        def seen(context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
             self.calls += 1
+            self.metadata.extend(context.invocation_metadata() or ())
+
+        async def peer(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+            seen(context)
+            self.peers.add(context.peer())
             return f"{self.port}|{context.peer()}".encode()
 
         async def sleep(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-            self.calls += 1
-            await asyncio.sleep(float(request or b"0") / 1000)
-            return b""
+            seen(context)
+            self.in_flight += 1
+            try:
+                await asyncio.sleep(float(request or b"0") / 1000)
+            finally:
+                self.in_flight -= 1
+            return str(self.port).encode()
+
+        async def count(
+            request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+        ) -> AsyncIterator[bytes]:
+            seen(context)
+            n, ms = request.split(b":")
+            for index in range(int(n)):
+                await asyncio.sleep(float(ms) / 1000)
+                yield str(index).encode()
+
+        async def collect(
+            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+        ) -> bytes:
+            seen(context)
+            received = 0
+            async for _ in requests:
+                received += 1
+            return str(received).encode()
+
+        async def echo(
+            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+        ) -> AsyncIterator[bytes]:
+            seen(context)
+            async for request in requests:
+                yield request
 
         return grpc.method_handlers_generic_handler(
             SERVICE,
             {
                 "Peer": grpc.unary_unary_rpc_method_handler(peer),
                 "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
+                "Count": grpc.unary_stream_rpc_method_handler(count),
+                "Collect": grpc.stream_unary_rpc_method_handler(collect),
+                "Echo": grpc.stream_stream_rpc_method_handler(echo),
             },
         )
 

@@ -17,7 +17,7 @@ def test_the_quick_benchmark_suite_runs_and_reports_every_benchmark(tmp_path: Pa
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -33,6 +33,11 @@ def test_the_quick_benchmark_suite_runs_and_reports_every_benchmark(tmp_path: Pa
         "Start-up",
         "Failure detection and recovery",
         "Memory",
+        "get_channel cost, real channels",
+        "Fleet (a): steady state",
+        "Fleet (b): one replica turns NOT_SERVING",
+        "Fleet (c): rolling restarts",
+        "Fleet (d): scale-out from 2 replicas to 3",
         "When to use what",
     ]:
         assert f"## {title}" in text, title

@@ -25,6 +25,7 @@ from .. import telemetry
 from ..channel.config import ChannelConfig
 from ..channel.worker import ChannelWorker
 from ..supervisor import ChildSpec
+from .pooled import PooledChannel
 from .runtime import PoolRuntime, PoolStatus, not_started, pools, run_pool, wait_connected
 from .settings import PoolSettings, ResolvedSettings, merge
 
@@ -174,6 +175,23 @@ class Pool:
     #: ``NotConnectedError`` when the pool runs but no channel is connected now, and
     #: ``PoolNotStartedError`` when no pool of that name runs.
     get_channel: ClassVar[GetChannel] = staticmethod(_hand_out(None))
+
+    @classmethod
+    def channel(cls, name: str | None = None) -> PooledChannel:
+        """A ``grpc.aio.Channel`` whose calls go through the pool, each to its least-loaded
+        connection; build stubs on it once, even before the pool runs.
+
+        ``DemoPool.channel()`` for a declared pool. See :class:`PooledChannel`.
+
+        :raises TypeError: no name was given and the class declares none.
+        """
+        if name is None:
+            name = cls._declared.get("name")
+            if name is None:
+                raise TypeError(
+                    f"{cls.__name__}: expected a pool name (Pool.channel('name')), got none"
+                )
+        return PooledChannel(name)
 
     @classmethod
     def status(cls, name: str | None = None) -> PoolStatus:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import random
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import grpc
@@ -30,19 +31,26 @@ from .resolver import default_resolver
 from .settings import ResolvedSettings
 
 __all__ = [
+    "EXACT_PICK_UP_TO",
     "STATUS",
     "PoolRuntime",
     "PoolStatus",
+    "Slot",
     "channels",
     "not_started",
     "pools",
     "run_pool",
     "wait_connected",
+    "wait_registered",
 ]
 
 STATUS = ("conngrpc", "pool", "status")
 
 _READY = grpc.ChannelConnectivity.READY
+
+#: Up to this many channels, the least-loaded pick scans them all; above, it compares
+#: two picked at random (the power of two choices), which costs the same at any size.
+EXACT_PICK_UP_TO = 8
 
 Kind = Literal["pool", "channel"]
 
@@ -61,6 +69,36 @@ class PoolStatus:
     #: Channels handed out now per backend address; every backend the resolver knows
     #: is listed, with 0 when it holds none.
     backends: Mapping[str, int] = field(default_factory=dict)
+    #: Calls in flight through the pool's :class:`~conngrpc.PooledChannel`, in all.
+    in_flight: int = 0
+    #: Calls in flight on each handed-out channel, by worker index.
+    in_flight_by_channel: Mapping[int, int] = field(default_factory=dict)
+
+
+class Slot:
+    """A handed-out channel and the calls in flight on it (through the PooledChannel).
+
+    A slot lives as long as its channel is handed out and its calls run: a call counts
+    against the slot it started on until grpc says it is done.
+    """
+
+    __slots__ = ("callables", "channel", "in_flight", "runtime", "worker")
+
+    def __init__(self, worker: ChannelWorker, channel: grpc.aio.Channel, runtime: PoolRuntime):
+        self.worker = worker
+        self.channel = channel
+        self.runtime = runtime
+        self.in_flight = 0
+        #: the channel's own multicallables, one per method of the facade
+        self.callables: dict[object, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<Slot {self.worker.name} in_flight={self.in_flight}>"
+
+    def done(self, _: object = None) -> None:
+        """A call on this slot ended (grpc's done callback)."""
+        self.in_flight -= 1
+        self.runtime.in_flight -= 1
 
 
 class PoolRuntime:
@@ -78,11 +116,13 @@ class PoolRuntime:
         "counter",
         "expected_size",
         "fleet",
+        "in_flight",
         "kind",
         "loop",
         "mock",
         "name",
         "records",
+        "slots",
         "stopped",
         "thread",
         "unimplemented_health_seen",
@@ -101,6 +141,8 @@ class PoolRuntime:
         self.records = tuple(ChannelWorker(name, index) for index in range(expected_size))
         self.workers: tuple[ChannelWorker, ...] = ()
         self.channels: tuple[grpc.aio.Channel, ...] = ()
+        self.slots: tuple[Slot, ...] = ()
+        self.in_flight = 0
         self.counter = itertools.count()
         self.stopped: str | None = None  # why the pool stopped, once it has
         self.loop = asyncio.get_running_loop()
@@ -135,6 +177,10 @@ class PoolRuntime:
         # A mocked pool hands out mock() the long way: its fast path finds no channel.
         if self.mock is None:
             self.channels = tuple(w.channel for w in workers)  # type: ignore[misc]
+            kept = {slot.channel: slot for slot in self.slots}
+            self.slots = tuple(
+                kept.get(c) or Slot(w, c, self) for w, c in zip(workers, self.channels, strict=True)
+            )
         self._wake()
 
     def stop(self, reason: str) -> None:
@@ -164,6 +210,40 @@ class PoolRuntime:
         """Take the channel at ``index`` of the hand-out out (it was found not READY)."""
         self.left(self.workers[index])
 
+    def pick(self) -> Slot | None:
+        """The handed-out channel with the fewest calls in flight that is READY, or None.
+
+        Up to EXACT_PICK_UP_TO channels, a scan from a turning start (ties take turns);
+        above, the less loaded of two picked at random.
+        """
+        while True:
+            slots = self.slots
+            size = len(slots)
+            if not size:
+                return None
+            if size <= EXACT_PICK_UP_TO:
+                start = next(self.counter) % size
+                best = slots[start]
+                for slot in slots[start + 1 :] + slots[:start]:
+                    if slot.in_flight < best.in_flight:
+                        best = slot
+            else:
+                first, second = slots[_below(size)], slots[_below(size)]
+                best = first if first.in_flight <= second.in_flight else second
+            if best.channel.get_state() is _READY:
+                return best
+            self.left(best.worker)
+
+    def track(self, slot: Slot, call: Any) -> Any:
+        """Count ``call`` against ``slot`` until grpc says it is done; return it."""
+        slot.in_flight += 1
+        self.in_flight += 1
+        try:
+            call.add_done_callback(slot.done)
+        except NotImplementedError:  # an interceptor answered without a call: it is done
+            slot.done()
+        return call
+
     def _wake(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
@@ -173,7 +253,10 @@ class PoolRuntime:
     def status(self) -> PoolStatus:
         workers = self.workers
         backends = self.fleet.backends(list(workers))
-        return PoolStatus(self.name, self.expected_size, len(workers), backends)
+        by_channel = {slot.worker.index: slot.in_flight for slot in self.slots}
+        return PoolStatus(
+            self.name, self.expected_size, len(workers), backends, self.in_flight, by_channel
+        )
 
     def check_loop(self, call: str) -> None:
         """Raise unless the caller runs on the pool's own event loop.
@@ -231,9 +314,29 @@ def _ranges(indexes: list[int]) -> str:
     return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
+_below = random.Random().randrange
+
+
 #: The process-wide registries of running pools and single channels, by name.
 pools: Registry[PoolRuntime] = Registry("pools")
 channels: Registry[PoolRuntime] = Registry("channels")
+
+#: Set (and replaced) whenever a pool or channel of that kind registers its name.
+_registered: dict[Kind, anyio.Event] = {}
+
+
+async def wait_registered(kind: Kind) -> None:
+    """Wait until the next pool (or channel) of ``kind`` registers its name."""
+    event = _registered.get(kind)
+    if event is None:
+        event = _registered[kind] = anyio.Event()
+    await event.wait()
+
+
+def _announce(kind: Kind) -> None:
+    event = _registered.pop(kind, None)
+    if event is not None:
+        event.set()
 
 
 def not_started(kind: Kind, name: object) -> Exception:
@@ -298,6 +401,7 @@ async def run_pool(
     try:
         async with task_group() as closer:
             with registry.register(settings.name, runtime):
+                _announce(kind)
                 placer = functools.partial(runtime.fleet.run, settings.resolve_interval)
                 children = [ChildSpec("placer", placer)]
                 children.extend(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import anyio
@@ -71,6 +71,14 @@ class GatedConnector:
         return await self.fake(config)
 
 
+def expected_status(name: str, size: int, connected: Iterable[int]) -> PoolStatus:
+    """A pool of fakes (one backend, fake:1) with these workers connected, no call made."""
+    indexes = list(connected)
+    return PoolStatus(
+        name, size, len(indexes), {"fake:1": len(indexes)}, 0, dict.fromkeys(indexes, 0)
+    )
+
+
 def channel_of(worker: ChannelWorker) -> FakeChannel:
     """A connected worker's channel, which the FakeConnector made."""
     assert isinstance(worker.channel, FakeChannel), worker
@@ -117,7 +125,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.pool_sup = info.value
         assert isinstance(self.pool_sup, Supervisor)
         status = self.call(functools.partial(Pool.wait_connected, self.name, timeout=BOUND))
-        assert status == PoolStatus(self.name, pool_size, pool_size, {"fake:1": pool_size})
+        assert status == expected_status(self.name, pool_size, range(pool_size))
         self.consumed = failures if pool_size else 0
 
     def teardown(self) -> None:
@@ -221,9 +229,7 @@ class PoolMachine(RuleBasedStateMachine):
             return status
 
         status = self.call(reopen)
-        assert status == PoolStatus(
-            self.name, self.pool_size, self.pool_size, {"fake:1": self.pool_size}
-        )
+        assert status == expected_status(self.name, self.pool_size, range(self.pool_size))
         if self.down:
             # Each returning worker retried until an attempt succeeded: none is left.
             self.consumed = self.scripted
@@ -259,7 +265,7 @@ class PoolMachine(RuleBasedStateMachine):
             members = Pool.get_all_workers(self.name)
             assert [w.index for w in members] == self.up()
             assert members == [w for w in self.all_workers() if w.state == "watching"]
-            expected = PoolStatus(self.name, self.pool_size, len(members), {"fake:1": len(members)})
+            expected = expected_status(self.name, self.pool_size, [w.index for w in members])
             assert Pool.status(self.name) == expected
             channels = [channel_of(w) for w in members]
             assert not any(c.closed for c in channels)

@@ -1,0 +1,357 @@
+"""PooledChannel: one ``grpc.aio.Channel`` for stubs, each call sent to the least-loaded connection.
+
+``Pool.channel(name)`` returns one; build stubs on it once, at start-up, even before the
+pool has connected::
+
+    stub = InventoryStub(InventoryPool.channel())
+    ...
+    await stub.GetItem(request)   # goes to the pool's least-loaded connection
+
+Every multicallable it returns picks a connection per call: among the channels the
+pool hands out now (READY and, when health-checked, SERVING), the one with the fewest
+calls in flight (exactly, by a scan, in a small pool; by the power of two choices in a
+large one), ties taking turns. A call counts from the moment it starts until grpc says
+it is done, whatever the ending: success, error, deadline, cancellation, a stream
+dropped unfinished (grpc cancels a call object that is collected). The counts are in
+``Pool.status(name).in_flight``.
+
+With no channel connected, a call fails at once with ``grpc.aio.AioRpcError``
+(UNAVAILABLE, the details naming the pool and why), as an unavailable server would;
+with ``wait_for_ready=True`` it waits, within its timeout, for a channel to join.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Generator
+from typing import Any
+
+import anyio
+import grpc
+import grpc.aio
+
+from .runtime import Kind, PoolRuntime, Slot, channels, pools, wait_registered
+
+__all__ = ["PooledChannel"]
+
+_READY = grpc.ChannelConnectivity.READY
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+class PooledChannel(grpc.aio.Channel):
+    """A ``grpc.aio.Channel`` whose calls go through a pool, each to its least-loaded channel.
+
+    It belongs to no connection: the pool owns its channels, and :meth:`close` only
+    detaches this facade (later calls raise ``grpc.aio.UsageError``).
+    """
+
+    def __init__(self, name: str, kind: Kind = "pool") -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"PooledChannel: expected a pool name as a non-empty str, got {name!r}")
+        self.name = name
+        self.kind: Kind = kind
+        self._registry = pools if kind == "pool" else channels
+        self.closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else self.get_state().name
+        return f"<PooledChannel {self.kind} {self.name!r} {state}>"
+
+    # --- the pool behind it -------------------------------------------------------------
+
+    def runtime(self) -> PoolRuntime | None:
+        """The running pool, or None; raises once the facade is closed."""
+        if self.closed:
+            raise grpc.aio.UsageError(f"the PooledChannel of {self.kind} {self.name!r} is closed")
+        return self._registry.get(self.name)
+
+    def unavailable(self, runtime: PoolRuntime | None) -> _FailedCall:
+        if runtime is None:
+            reason = f"no {self.kind} of that name is running"
+        else:
+            reason = runtime.not_connected().reason
+        details = f"conngrpc {self.kind} {self.name!r}: {reason}"
+        return _FailedCall(grpc.aio.AioRpcError(_UNAVAILABLE, details=details))
+
+    async def ready_slot(self, deadline: float | None) -> Slot:
+        """Wait until the pool hands out a channel, until ``deadline`` (monotonic)."""
+        with anyio.fail_after(None if deadline is None else max(0.0, deadline - time.monotonic())):
+            while True:
+                runtime = self.runtime()
+                if runtime is None:
+                    await wait_registered(self.kind)
+                    continue
+                slot = runtime.pick()
+                if slot is not None:
+                    return slot
+                await runtime.wait_changed()
+
+    # --- grpc.aio.Channel ------------------------------------------------------------------
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        """READY while the pool hands out a channel; SHUTDOWN once closed.
+
+        Otherwise CONNECTING while its channels try for the first time, and
+        TRANSIENT_FAILURE once one has failed; IDLE while no pool of that name runs.
+        """
+        if self.closed:
+            return grpc.ChannelConnectivity.SHUTDOWN
+        runtime = self._registry.get(self.name)
+        if runtime is None:
+            return grpc.ChannelConnectivity.IDLE
+        if runtime.workers:
+            return _READY
+        if any(record.last_failure for record in runtime.records):
+            return grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        return grpc.ChannelConnectivity.CONNECTING
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        while self.get_state() is last_observed_state and not self.closed:
+            runtime = self._registry.get(self.name)
+            if runtime is None:
+                await wait_registered(self.kind)
+            else:
+                await runtime.wait_changed()
+
+    async def channel_ready(self) -> None:
+        """Wait until the pool hands out a channel (the pool may start later)."""
+        await self.ready_slot(None)
+
+    async def close(self, grace: float | None = None) -> None:
+        """Detach this facade; the pool and its channels (and calls in flight) go on."""
+        self.closed = True
+
+    async def __aenter__(self) -> PooledChannel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        return _Multicallable(
+            self, "unary_unary", method, request_serializer, response_deserializer
+        )
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        return _Multicallable(
+            self, "unary_stream", method, request_serializer, response_deserializer
+        )
+
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        return _Multicallable(
+            self, "stream_unary", method, request_serializer, response_deserializer
+        )
+
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        return _Multicallable(
+            self, "stream_stream", method, request_serializer, response_deserializer
+        )
+
+
+class _Multicallable:
+    """One method of the facade: each call goes to the slot the pool picks now."""
+
+    __slots__ = ("_deserializer", "_facade", "_kind", "_method", "_serializer")
+
+    def __init__(
+        self,
+        facade: PooledChannel,
+        kind: str,
+        method: str,
+        serializer: Callable[[Any], bytes] | None,
+        deserializer: Callable[[bytes], Any] | None,
+    ) -> None:
+        self._facade = facade
+        self._kind = kind
+        self._method = method
+        self._serializer = serializer
+        self._deserializer = deserializer
+
+    def __repr__(self) -> str:
+        return f"<pooled {self._kind} {self._method} via {self._facade!r}>"
+
+    def _real(self, slot: Slot) -> Any:
+        """The slot's channel's own multicallable for this method, made once per channel."""
+        real = slot.callables.get(self)
+        if real is None:
+            make = getattr(slot.channel, self._kind)
+            real = slot.callables[self] = make(
+                self._method,
+                request_serializer=self._serializer,
+                response_deserializer=self._deserializer,
+            )
+        return real
+
+    def __call__(self, *request: Any, **options: Any) -> Any:
+        """Start the call on the pool's least-loaded channel, with grpc's own arguments:
+        the request (a request iterator, or none, for a client stream), ``timeout``,
+        ``metadata``, ``credentials``, ``wait_for_ready``, ``compression``."""
+        facade = self._facade
+        runtime = facade.runtime()
+        slot = runtime.pick() if runtime is not None else None
+        if slot is None:
+            if options.get("wait_for_ready"):
+                return _DeferredCall(self._start_when_ready(request, options))
+            return facade.unavailable(runtime)
+        assert runtime is not None
+        return runtime.track(slot, self._real(slot)(*request, **options))
+
+    async def _start_when_ready(self, request: tuple[Any, ...], options: dict[str, Any]) -> Any:
+        """Wait (within the call's timeout) for a channel, then start the call on it."""
+        timeout = options.get("timeout")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            slot = await self._facade.ready_slot(deadline)
+        except TimeoutError:
+            details = f"conngrpc {self._facade.kind} {self._facade.name!r}: no channel joined"
+            raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, details=details) from None
+        if deadline is not None:
+            options = {**options, "timeout": max(0.0, deadline - time.monotonic())}
+        runtime = self._facade.runtime()
+        assert runtime is not None
+        return runtime.track(slot, self._real(slot)(*request, **options))
+
+
+class _DeferredCall:
+    """A call that starts once a channel has joined (``wait_for_ready=True``).
+
+    Await it for a unary response, or iterate it for a stream; the other methods of a
+    grpc call are answered by the real call once it has started.
+    """
+
+    def __init__(self, start: Any) -> None:
+        self._start = start
+        self._call: Any = None
+
+    async def _started(self) -> Any:
+        if self._call is None:
+            self._call = await self._start
+        return self._call
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._await().__await__()
+
+    async def _await(self) -> Any:
+        return await (await self._started())
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        async for response in await self._started():
+            yield response
+
+    async def read(self) -> Any:
+        return await (await self._started()).read()
+
+    async def write(self, request: Any) -> None:
+        await (await self._started()).write(request)
+
+    async def done_writing(self) -> None:
+        await (await self._started()).done_writing()
+
+    async def code(self) -> grpc.StatusCode:
+        return await (await self._started()).code()  # type: ignore[no-any-return]
+
+    async def details(self) -> str:
+        return await (await self._started()).details()  # type: ignore[no-any-return]
+
+    async def initial_metadata(self) -> Any:
+        return await (await self._started()).initial_metadata()
+
+    async def trailing_metadata(self) -> Any:
+        return await (await self._started()).trailing_metadata()
+
+    def cancel(self) -> bool:
+        if self._call is not None:
+            return bool(self._call.cancel())
+        self._start.close()  # it never began: nothing on the wire to cancel
+        return True
+
+    def done(self) -> bool:
+        return self._call is not None and bool(self._call.done())
+
+    def cancelled(self) -> bool:
+        return self._call is not None and bool(self._call.cancelled())
+
+
+class _FailedCall:
+    """A call that failed before it began: no channel to send it on."""
+
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        self._error = error
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._raise().__await__()
+
+    async def _raise(self) -> Any:
+        raise self._error
+
+    def __aiter__(self) -> _FailedCall:
+        return self
+
+    async def __anext__(self) -> Any:
+        raise self._error
+
+    async def read(self) -> Any:
+        raise self._error
+
+    async def write(self, request: Any) -> None:
+        raise self._error
+
+    async def done_writing(self) -> None:
+        raise self._error
+
+    async def code(self) -> grpc.StatusCode:
+        return self._error.code()
+
+    async def details(self) -> str | None:
+        return self._error.details()
+
+    async def initial_metadata(self) -> grpc.aio.Metadata:
+        return grpc.aio.Metadata()
+
+    async def trailing_metadata(self) -> grpc.aio.Metadata:
+        return grpc.aio.Metadata()
+
+    async def wait_for_connection(self) -> None:
+        raise self._error
+
+    def cancel(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        callback(self)

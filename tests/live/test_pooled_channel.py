@@ -1,0 +1,303 @@
+"""The PooledChannel: stubs built on it once, each call sent to the least-loaded connection.
+
+Real servers on 127.0.0.1 (tests/_fleet.py), generated stubs (grpc.health.v1's).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import grpc
+import grpc.aio
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conngrpc import ExponentialBackoff, Pool, PooledChannel, Supervisor
+from conngrpc._server import PEER_METHOD, SLEEP_METHOD
+from tests._fleet import (
+    COLLECT_METHOD,
+    COUNT_METHOD,
+    ECHO_METHOD,
+    NOT_SERVING,
+    SERVING,
+    Backend,
+    fleet,
+)
+from tests._net import closed_port, established_sockets
+from tests._probe import wait_until
+
+pytestmark = pytest.mark.anyio
+
+FAST = ExponentialBackoff(min=0.02, max=0.1)
+
+
+def _raw(facade: grpc.aio.Channel, kind: str, method: str) -> Any:
+    return getattr(facade, kind)(method, request_serializer=None, response_deserializer=None)
+
+
+@asynccontextmanager
+async def pool(name: str, address: str, size: int, **channel: Any) -> AsyncIterator[Supervisor]:
+    spec = Pool.child_spec(
+        name=name,
+        pool_size=size,
+        channel={"address": address, "backoff": FAST, "connect_timeout": 2.0, **channel},
+    )
+    async with Supervisor([spec]) as supervisor:
+        yield supervisor
+
+
+def in_flight(name: str) -> tuple[int, dict[int, int]]:
+    status = Pool.status(name)
+    return status.in_flight, dict(status.in_flight_by_channel)
+
+
+async def all_calls_ended(name: str) -> None:
+    await wait_until(lambda: in_flight(name)[0] == 0 and not any(in_flight(name)[1].values()))
+
+
+# --- a channel for stubs ----------------------------------------------------------------------
+
+
+async def test_a_stub_built_before_the_pool_runs_works_once_it_connects(pool_name: str) -> None:
+    facade = Pool.channel(pool_name)
+    assert isinstance(facade, grpc.aio.Channel)
+    assert facade.get_state() is grpc.ChannelConnectivity.IDLE
+    stub = health_pb2_grpc.HealthStub(facade)  # generated code, built once
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Check(health_pb2.HealthCheckRequest())
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert f"pool {pool_name!r}: no pool of that name is running" in refused.value.details()
+
+    async with fleet(1) as (backend,), pool(pool_name, backend.address, 2):
+        with anyio.fail_after(5):
+            await facade.channel_ready()
+        assert facade.get_state() is grpc.ChannelConnectivity.READY
+        answer = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        watch = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        first = await watch.read()
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+        await all_calls_ended(pool_name)
+    await facade.close()
+    assert facade.get_state() is grpc.ChannelConnectivity.SHUTDOWN
+
+
+async def test_all_four_kinds_of_call_go_through_and_end_counted(pool_name: str) -> None:
+    async with fleet(1) as (backend,), pool(pool_name, backend.address, 2):
+        await Pool.wait_connected(pool_name, timeout=5)
+        facade = Pool.channel(pool_name)
+
+        peer = await _raw(facade, "unary_unary", PEER_METHOD)(b"", timeout=5)
+        assert peer.startswith(str(backend.port).encode())
+
+        count = _raw(facade, "unary_stream", COUNT_METHOD)(b"3:1", timeout=5)
+        assert [m async for m in count] == [b"0", b"1", b"2"]
+
+        async def three() -> AsyncIterator[bytes]:
+            for item in (b"a", b"b", b"c"):
+                yield item
+
+        assert await _raw(facade, "stream_unary", COLLECT_METHOD)(three(), timeout=5) == b"3"
+
+        echo = _raw(facade, "stream_stream", ECHO_METHOD)(timeout=5)
+        await echo.write(b"ping")
+        assert await echo.read() == b"ping"
+        await echo.done_writing()
+        assert await echo.read() is grpc.aio.EOF
+        await all_calls_ended(pool_name)
+        assert backend.calls == 4
+
+
+# --- counting calls in flight -----------------------------------------------------------------
+
+ENDINGS = st.sampled_from(
+    ["complete", "cancel", "deadline", "drop_stream", "error", "stream_complete", "echo_cancel"]
+)
+
+
+@pytest.fixture(scope="module")
+async def counted() -> AsyncIterator[tuple[str, PooledChannel]]:
+    async with fleet(1) as (backend,), pool("counted-pool", backend.address, 3):
+        await Pool.wait_connected("counted-pool", timeout=5)
+        yield "counted-pool", Pool.channel("counted-pool")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(endings=st.lists(ENDINGS, min_size=1, max_size=12))
+async def test_in_flight_counts_return_to_zero_after_every_kind_of_ending(
+    counted: tuple[str, PooledChannel], endings: list[str]
+) -> None:
+    name, facade = counted
+    sleep = _raw(facade, "unary_unary", SLEEP_METHOD)
+    count = _raw(facade, "unary_stream", COUNT_METHOD)
+    echo = _raw(facade, "stream_stream", ECHO_METHOD)
+    missing = _raw(facade, "unary_unary", "/conngrpc.demo.v1.Demo/NoSuchMethod")
+    calls: list[Any] = []
+
+    async def one(ending: str) -> None:
+        if ending == "complete":
+            await sleep(b"1", timeout=5)
+        elif ending == "cancel":
+            call = sleep(b"5000", timeout=30)
+            calls.append(call)
+            await anyio.sleep(0.01)
+            call.cancel()
+        elif ending == "deadline":
+            with pytest.raises(grpc.aio.AioRpcError):
+                await sleep(b"5000", timeout=0.02)
+        elif ending == "drop_stream":
+            # Dropped unfinished: grpc.aio keeps such a stream open (its channel holds
+            # the call) until its deadline or the server ends it; it counts until then.
+            stream = count(b"100:10", timeout=0.2)
+            assert await stream.read() == b"0"
+            del stream
+            gc.collect()
+        elif ending == "error":
+            with pytest.raises(grpc.aio.AioRpcError):
+                await missing(b"", timeout=5)
+        elif ending == "stream_complete":
+            assert [m async for m in count(b"2:1", timeout=5)] == [b"0", b"1"]
+        else:
+            call = echo(timeout=30)
+            await call.write(b"x")
+            await call.read()
+            call.cancel()
+
+    async with anyio.create_task_group() as tasks:
+        for ending in endings:
+            tasks.start_soon(one, ending)
+    calls.clear()
+    gc.collect()
+    await all_calls_ended(name)
+
+
+# --- where calls go -------------------------------------------------------------------------------
+
+
+async def test_new_calls_avoid_the_channel_busy_with_a_slow_call(pool_name: str) -> None:
+    async with fleet(1) as (backend,), pool(pool_name, backend.address, 3):
+        await Pool.wait_connected(pool_name, timeout=5)
+        facade = Pool.channel(pool_name)
+        slow = _raw(facade, "unary_unary", SLEEP_METHOD)(b"3000", timeout=10)
+        await wait_until(lambda: in_flight(pool_name)[0] == 1)
+        (busy,) = [i for i, n in in_flight(pool_name)[1].items() if n == 1]
+        (worker,) = [w for w in Pool.get_all_workers(pool_name) if w.index == busy]
+        assert worker.channel is not None
+        busy_peer = await _raw(worker.channel, "unary_unary", PEER_METHOD)(b"", timeout=5)
+        peers = {await _raw(facade, "unary_unary", PEER_METHOD)(b"", timeout=5) for _ in range(20)}
+        assert busy_peer not in peers
+        assert len(peers) == 2  # the two idle channels took turns
+        slow.cancel()
+        await all_calls_ended(pool_name)
+
+
+async def test_a_not_serving_backend_gets_no_call_through_the_facade(pool_name: str) -> None:
+    async with fleet(3) as backends:
+        target = "ipv4:" + ",".join(b.address for b in backends)
+        async with pool(pool_name, target, 6, health_check=""):
+            await Pool.wait_connected(pool_name, timeout=5)
+            facade = Pool.channel(pool_name)
+            sick = backends[0]
+            await sick.set_health(NOT_SERVING)
+            await wait_until(lambda: Pool.status(pool_name).backends[sick.address] == 0)
+            before = sick.calls
+            sleep = _raw(facade, "unary_unary", SLEEP_METHOD)
+            for _ in range(60):
+                await sleep(b"0", timeout=5)
+            assert sick.calls == before
+            await sick.set_health(SERVING)
+
+
+# --- no channel ---------------------------------------------------------------------------------
+
+
+async def test_with_no_channel_connected_a_call_fails_at_once_as_unavailable_saying_why(
+    pool_name: str,
+) -> None:
+    async with pool(pool_name, f"127.0.0.1:{closed_port()}", 2):
+        facade = Pool.channel(pool_name)
+        await wait_until(lambda: facade.get_state() is grpc.ChannelConnectivity.TRANSIENT_FAILURE)
+        began = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await _raw(facade, "unary_unary", SLEEP_METHOD)(b"0", timeout=30)
+        assert time.monotonic() - began < 0.5  # at once, not at the deadline
+        assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert (
+            f"pool {pool_name!r}: none of its 2 channel(s) is connected" in failed.value.details()
+        )
+        assert "Connection refused" in failed.value.details()
+
+
+async def test_wait_for_ready_waits_for_a_channel_to_join(pool_name: str) -> None:
+    port = closed_port()
+    async with pool(pool_name, f"127.0.0.1:{port}", 2):
+        facade = Pool.channel(pool_name)
+        peer = _raw(facade, "unary_unary", PEER_METHOD)
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            await peer(b"", timeout=0.2, wait_for_ready=True)
+        assert late.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        answers: list[bytes] = []
+        async with anyio.create_task_group() as tasks:
+
+            async def call() -> None:
+                answers.append(await peer(b"", timeout=10, wait_for_ready=True))
+
+            tasks.start_soon(call)
+            backend = await Backend().start(port=port)
+        try:
+            assert answers[0].startswith(str(port).encode())
+        finally:
+            await backend.stop()
+
+
+# --- what a plain channel does, the facade does too -----------------------------------------------
+
+
+class _Stamp(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        metadata = [*(details.metadata or []), ("x-stamped-by", "interceptor")]
+        details = details._replace(metadata=grpc.aio.Metadata(*metadata))
+        return await continuation(details, request)
+
+
+async def test_interceptors_metadata_and_compression_reach_the_server(pool_name: str) -> None:
+    async with fleet(1) as (backend,):
+        async with pool(
+            pool_name,
+            backend.address,
+            2,
+            interceptors=[_Stamp()],
+            compression=grpc.Compression.Gzip,
+        ):
+            await Pool.wait_connected(pool_name, timeout=5)
+            facade = Pool.channel(pool_name)
+            await _raw(facade, "unary_unary", PEER_METHOD)(
+                b"", timeout=5, metadata=(("x-caller", "test"),)
+            )
+            await all_calls_ended(pool_name)
+        seen = dict(backend.metadata)
+        assert seen["x-caller"] == "test"
+        assert seen["x-stamped-by"] == "interceptor"
+
+
+async def test_after_the_pool_stops_calls_fail_clearly_and_nothing_is_left(pool_name: str) -> None:
+    async with fleet(1) as (backend,):
+        facade = Pool.channel(pool_name)
+        async with pool(pool_name, backend.address, 3):
+            await Pool.wait_connected(pool_name, timeout=5)
+            await _raw(facade, "unary_unary", PEER_METHOD)(b"", timeout=5)
+        assert established_sockets(backend.port) == 0
+        with pytest.raises(grpc.aio.AioRpcError, match="no pool of that name is running"):
+            await _raw(facade, "unary_unary", PEER_METHOD)(b"", timeout=5)
+        async with facade:
+            pass  # async with closes it
+        with pytest.raises(grpc.aio.UsageError, match="is closed"):
+            _raw(facade, "unary_unary", PEER_METHOD)(b"", timeout=5)
