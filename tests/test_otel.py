@@ -1,0 +1,193 @@
+"""The OpenTelemetry instrumentor's own contract, driven by the fake connector.
+
+What each figure says about a pool against real servers (connect, kill, restart) is
+checked in tests/live/test_otel.py; here: instrumenting once, uninstrumenting fully,
+never breaking a pool, and the attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from opentelemetry import metrics as otel_metrics
+from opentelemetry.metrics import Counter, NoOpCounter, NoOpMeter, NoOpMeterProvider
+from structlog.testing import capture_logs
+
+from conngrpc import Channel, ExponentialBackoff, Pool, Supervisor, telemetry
+from conngrpc.otel import HANDLER_ID, ConnGRPCInstrumentor, _server
+from conngrpc.testing import FakeConnector
+from tests._otel import Metrics, instrumented
+from tests._probe import wait_until
+
+pytestmark = pytest.mark.anyio
+
+FAST = ExponentialBackoff(min=0.005, max=0.01, jitter=0)
+CONNECTS = "conngrpc.channel.connects"
+CONNECTED = "conngrpc.pool.channels.connected"
+EXPECTED = "conngrpc.pool.channels.expected"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # grpc.aio, and so the Pool, is asyncio-only
+
+
+@pytest.fixture
+def otel() -> Iterator[Metrics]:
+    with instrumented() as metrics:
+        yield metrics
+
+
+@asynccontextmanager
+async def fake_pool(name: str, size: int, connector: FakeConnector) -> AsyncIterator[None]:
+    channel = {"address": "fake:1", "connector": connector, "backoff": FAST}
+    async with Supervisor([Pool.child_spec(name=name, pool_size=size, channel=channel)]):
+        await Pool.wait_connected(name, timeout=5)
+        yield
+
+
+def reconnected(connector: FakeConnector, pool_name: str) -> bool:
+    """One of the pool's two channels was dropped and its worker connected a third."""
+    return len(connector.channels) == 3 and Pool.status(pool_name).current_size == 2
+
+
+def test_the_instrumentor_is_one_per_process() -> None:
+    assert ConnGRPCInstrumentor() is ConnGRPCInstrumentor()
+    assert ConnGRPCInstrumentor().instrumentation_dependencies() == ("conngrpc == 0.1.0",)
+
+
+async def test_instrumenting_twice_counts_each_connect_once(pool_name: str, otel: Metrics) -> None:
+    with capture_logs() as logs:
+        ConnGRPCInstrumentor().instrument(meter_provider=otel.provider)
+    assert [log["event"] for log in logs] == [
+        "conngrpc is instrumented already; instrument() ignored"
+    ]
+    assert [h.id for h in telemetry.list_handlers()].count(HANDLER_ID) == 4  # four events
+    async with fake_pool(pool_name, 3, FakeConnector()):
+        assert otel.value(CONNECTS, pool_name=pool_name) == 3
+        assert otel.value(EXPECTED, pool_name=pool_name) == 3
+
+
+async def test_uninstrument_detaches_every_handler_and_silences_the_gauges(
+    pool_name: str, otel: Metrics
+) -> None:
+    connector = FakeConnector()
+    async with fake_pool(pool_name, 2, connector):
+        assert otel.value(CONNECTED, pool_name=pool_name) == 2
+        ConnGRPCInstrumentor().uninstrument()
+        assert not ConnGRPCInstrumentor().is_instrumented_by_opentelemetry
+        assert [h for h in telemetry.list_handlers() if h.id == HANDLER_ID] == []
+        assert otel.points(CONNECTED) == []
+        assert otel.points(EXPECTED) == []
+        connector.drop(0)  # a disconnect and a connect nobody counts any more
+        await wait_until(lambda: reconnected(connector, pool_name))
+    assert otel.value(CONNECTS, pool_name=pool_name) == 2
+    assert otel.points("conngrpc.channel.disconnects") == []
+
+
+async def test_instrumenting_again_on_the_same_provider_carries_on(
+    pool_name: str, otel: Metrics
+) -> None:
+    """The SDK keeps the first gauge of a name (and its callback): it must report again."""
+    ConnGRPCInstrumentor().uninstrument()
+    ConnGRPCInstrumentor().instrument(meter_provider=otel.provider)
+    async with fake_pool(pool_name, 2, FakeConnector()):
+        assert otel.value(CONNECTED, pool_name=pool_name) == 2
+        assert otel.value(EXPECTED, pool_name=pool_name) == 2
+        assert otel.value(CONNECTS, pool_name=pool_name) == 2
+
+
+async def test_a_provider_set_after_instrument_gets_the_metrics(pool_name: str) -> None:
+    """Without meter_provider the global one is used, even when it is set later.
+
+    The global provider can be set once per process: this is the one test that does it.
+    """
+    instrumentor = ConnGRPCInstrumentor()
+    instrumentor.instrument()
+    metrics = Metrics()
+    try:
+        otel_metrics.set_meter_provider(metrics.provider)
+        async with fake_pool(pool_name, 2, FakeConnector()):
+            assert metrics.value(CONNECTED, pool_name=pool_name) == 2
+            assert metrics.value(CONNECTS, pool_name=pool_name) == 2
+        instrumentor.uninstrument()
+        assert metrics.points(CONNECTED) == []
+    finally:
+        if instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.uninstrument()
+        metrics.provider.shutdown()
+
+
+class _RaisingCounter(NoOpCounter):
+    def add(self, amount: int | float, attributes: Any = None, context: Any = None) -> None:
+        raise RuntimeError("the exporter's counter is broken")
+
+
+class _RaisingMeter(NoOpMeter):
+    def create_counter(self, name: str, unit: str = "", description: str = "") -> Counter:
+        return _RaisingCounter(name)
+
+
+class _RaisingProvider(NoOpMeterProvider):
+    def get_meter(self, name: str, *args: Any, **kwargs: Any) -> NoOpMeter:
+        return _RaisingMeter(name)
+
+
+async def test_a_failing_instrument_never_reaches_the_pool_nor_gets_detached(
+    pool_name: str,
+) -> None:
+    instrumentor = ConnGRPCInstrumentor()
+    instrumentor.instrument(meter_provider=_RaisingProvider())
+    connector = FakeConnector()
+    try:
+        with capture_logs() as logs:
+            async with fake_pool(pool_name, 2, connector):
+                connector.drop(0)
+                await wait_until(lambda: reconnected(connector, pool_name))
+        assert len([h for h in telemetry.list_handlers() if h.id == HANDLER_ID]) == 4
+    finally:
+        instrumentor.uninstrument()
+    failures = [log for log in logs if log["event"] == "conngrpc.otel could not record a metric"]
+    assert [log["log_level"] for log in failures][:2] == ["warning", "debug"]
+    assert not [log for log in logs if "detached" in log["event"]]
+
+
+async def test_a_standalone_channel_is_reported_as_a_pool_of_one(otel: Metrics) -> None:
+    channel = {"address": "fake:7", "connector": FakeConnector(), "backoff": FAST}
+    async with Supervisor([Channel.child_spec(name="otel-billing", channel=channel)]):
+        await Channel.wait_connected("otel-billing", timeout=5)
+        assert otel.value(EXPECTED, pool_name="otel-billing") == 1
+        assert otel.attribute_sets(CONNECTED) == [
+            {"pool.name": "otel-billing", "server.address": "fake", "server.port": 7}
+        ]
+
+
+async def test_a_mocked_pool_is_connected_on_no_backend(pool_name: str, otel: Metrics) -> None:
+    channel = {"address": "unused:1", "mock": lambda: "a stand-in"}
+    async with Supervisor([Pool.child_spec(name=pool_name, pool_size=2, channel=channel)]):
+        await Pool.wait_connected(pool_name, timeout=5)
+        assert otel.value(CONNECTED, pool_name=pool_name) == 2
+        assert otel.value(EXPECTED, pool_name=pool_name) == 2
+
+
+@pytest.mark.parametrize(
+    ("backend", "attributes"),
+    [
+        ("127.0.0.1:50051", {"server.address": "127.0.0.1", "server.port": 50051}),
+        ("[::1]:50051", {"server.address": "::1", "server.port": 50051}),
+        ("inventory.internal:443", {"server.address": "inventory.internal", "server.port": 443}),
+        ("dns:///inventory.internal", {"server.address": "inventory.internal", "server.port": 443}),
+        ("ipv4:10.0.0.1:9000", {"server.address": "10.0.0.1", "server.port": 9000}),
+        ("unix:/run/app.sock", {"server.address": "/run/app.sock"}),
+        ("unix:///run/app.sock", {"server.address": "/run/app.sock"}),
+        ("unix-abstract:app", {"server.address": "unix-abstract:app"}),
+        ("not a target:x", {"server.address": "not a target:x"}),
+    ],
+)
+def test_a_backend_becomes_server_address_and_port(
+    backend: str, attributes: dict[str, Any]
+) -> None:
+    assert dict(_server(backend)) == attributes
