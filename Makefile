@@ -18,8 +18,8 @@ demo: $(STAMP)
 test: lint typecheck unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check conngrpc tests bench
-	$(BIN)/ruff format --check conngrpc tests bench
+	$(BIN)/ruff check conngrpc tests bench examples
+	$(BIN)/ruff format --check conngrpc tests bench examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict conngrpc

@@ -1,0 +1,1 @@
+"""Examples of conngrpc in real programs (not part of the installed package)."""
