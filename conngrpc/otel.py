@@ -186,9 +186,12 @@ class _Session:
             unit="{channel}",
             description="Channels the pool should have (its pool_size).",
         )
-        # TODO(pooled channel): conngrpc.pool.calls.in_flight arrives with the pooled
-        # channel (Pool.channel(name)), which counts calls in flight per connection; it
-        # will be a gauge here read from PoolStatus, as the two above are.
+        meter.create_observable_gauge(
+            "conngrpc.pool.calls.in_flight",
+            callbacks=[self._guarded(_observe_in_flight)],
+            unit="{call}",
+            description="Calls in flight through the pool's PooledChannel.",
+        )
 
     def provider(self) -> MeterProvider:
         return self._provider if self._provider is not None else metrics.get_meter_provider()
@@ -252,6 +255,10 @@ class _Session:
 
 def _observe_expected(status: PoolStatus) -> Iterator[Observation]:
     yield Observation(status.expected_size, {"pool.name": status.name})
+
+
+def _observe_in_flight(status: PoolStatus) -> Iterator[Observation]:
+    yield Observation(status.in_flight, {"pool.name": status.name})
 
 
 def _observe_connected(status: PoolStatus) -> Iterator[Observation]:

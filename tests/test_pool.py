@@ -596,7 +596,7 @@ async def test_the_pool_reports_its_status_periodically(
         await wait_until(lambda: len(channel_events.of("status")) >= 2)
     ((_, measurements, metadata), *_) = [e for e in channel_events.events if e[0][-1] == "status"]
     assert metadata == {"pool_name": pool_name, "backends": {"fake:1": 2}}
-    assert measurements == {"expected_size": 2, "current_size": 2}
+    assert measurements == {"expected_size": 2, "current_size": 2, "in_flight": 0}
 
 
 async def test_debug_logs_name_the_pool_the_channel_index_and_the_event(

@@ -461,6 +461,10 @@ async def _report_status(
         status = runtime.status()
         telemetry.execute(
             STATUS,
-            {"expected_size": status.expected_size, "current_size": status.current_size},
+            {
+                "expected_size": status.expected_size,
+                "current_size": status.current_size,
+                "in_flight": status.in_flight,
+            },
             {"pool_name": runtime.name, "backends": status.backends},
         )

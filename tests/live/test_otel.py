@@ -17,7 +17,7 @@ from prometheus_client import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from conngrpc import ExponentialBackoff, Pool
-from conngrpc._server import ServerProcess
+from conngrpc._server import SLEEP_METHOD, ServerProcess
 from conngrpc.otel import ConnGRPCInstrumentor
 from tests._otel import instrumented
 from tests._probe import wait_until
@@ -33,6 +33,7 @@ DURATION = "conngrpc.channel.connect.duration"
 RESTARTS = "conngrpc.supervisor.restarts"
 CONNECTED = "conngrpc.pool.channels.connected"
 EXPECTED = "conngrpc.pool.channels.expected"
+IN_FLIGHT = "conngrpc.pool.calls.in_flight"
 
 
 async def test_a_connected_pool_counts_its_connects_and_reports_its_gauges(
@@ -162,3 +163,22 @@ def scraped(text: str, name: str, labels: dict[str, str]) -> float:
         if sample.name == name and labels.items() <= sample.labels.items()
     ]
     return float(value)
+
+
+async def test_calls_in_flight_through_the_pooled_channel_are_a_gauge(
+    pool_name: str, grpc_server: tuple[grpc.aio.Server, str]
+) -> None:
+    _, address = grpc_server
+    with instrumented() as otel:
+        async with pool(pool_name, address, 2):
+            await Pool.wait_connected(pool_name, timeout=5)
+            assert otel.value(IN_FLIGHT) == 0
+            sleep = Pool.channel(pool_name).unary_unary(SLEEP_METHOD)
+            calls = [sleep(b"5000", timeout=10) for _ in range(3)]
+            await wait_until(lambda: Pool.status(pool_name).in_flight == 3)
+            assert otel.attribute_sets(IN_FLIGHT) == [{"pool.name": pool_name}]
+            assert otel.value(IN_FLIGHT) == 3
+            for call in calls:
+                call.cancel()
+            await wait_until(lambda: Pool.status(pool_name).in_flight == 0)
+            assert otel.value(IN_FLIGHT) == 0
