@@ -1,7 +1,8 @@
 """A fleet member for the benchmarks: says who answered, and can be told to stop serving.
 
 ``python -m bench._fleet_server --port 0`` prints ``PORT <n>`` once it listens. It
-answers ``Sleep`` (waits the milliseconds given, returns its own port, so the client
+answers ``Sleep`` (waits the milliseconds given, plus ``--delay-ms``, and returns its
+own port, so the client
 can tally each backend's share), grpcio-health-checking's ``Health`` service (SERVING;
 SIGUSR1 turns it NOT_SERVING, SIGUSR2 SERVING again, as an operator draining a
 replica would) and ``Stats`` (JSON: calls received, and calls received while it was
@@ -23,7 +24,7 @@ SERVICE = "conngrpc.demo.v1.Demo"
 STATS_METHOD = f"/{SERVICE}/Stats"
 
 
-async def serve(port: int) -> None:
+async def serve(port: int, delay_ms: float) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
@@ -36,7 +37,7 @@ async def serve(port: int) -> None:
         counts["calls"] += 1
         if not serving[0]:
             counts["not_serving_calls"] += 1
-        await asyncio.sleep(float(request or b"0") / 1000)
+        await asyncio.sleep((float(request or b"0") + delay_ms) / 1000)
         return answer
 
     async def stats(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
@@ -78,7 +79,9 @@ async def serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench._fleet_server")
     parser.add_argument("--port", type=int, default=0)
-    asyncio.run(serve(parser.parse_args().port))
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="added to every Sleep")
+    args = parser.parse_args()
+    asyncio.run(serve(args.port, args.delay_ms))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,385 @@
+"""Where each call lands: the PooledChannel's least-loaded pick against round-robin and A105.
+
+Every client is used as a stub would use it: a multicallable made once and called again
+and again, except ``get_channel``, whose users make a stub (so a multicallable) per call.
+
+1. Slow replica: three replicas answering in 20, 20 and 200 ms, 30 callers.
+2. Stream cap: one server capped at 10 streams per connection, 20 ms calls, 200 callers.
+3. Mixed call lengths: the same capped server, 10% of the calls 500 ms and 90% 5 ms,
+   100 callers; what counts is the short calls' p99.
+4. Overhead: a pool of 1 and one plain channel against a server answering at once; and
+   the pick and its counting alone, in nanoseconds, for pools of 1 to 1,000 channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+import time
+import timeit
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import grpc
+import grpc.aio
+
+from conngrpc import Pool, Supervisor
+from conngrpc._server import SLEEP_METHOD, ServerProcess
+from conngrpc.pool.runtime import pools
+from conngrpc.testing import FakeConnector
+
+from ._common import Section, a105_options, ms, percentile
+from ._fleet_server import SERVICE
+
+#: A client under test: ``call(request, timeout)`` makes one call and returns its answer.
+Call = Callable[[bytes, float], Awaitable[bytes]]
+
+FLEET_SLEEP = f"/{SERVICE}/Sleep"
+_names = itertools.count(1)
+
+
+def _multicallable(channel: grpc.aio.Channel, method: str) -> Callable[..., Awaitable[bytes]]:
+    return channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+
+
+@asynccontextmanager
+async def _pooled(target: str, size: int, method: str, **pool: object) -> AsyncIterator[Call]:
+    """The PooledChannel over a pool of ``size``: one multicallable, built once."""
+    name = f"bench-pooled-{next(_names)}"
+    spec = Pool.child_spec(name=name, pool_size=size, channel={"address": target}, **pool)  # type: ignore[arg-type]
+    async with Supervisor([spec]):
+        await Pool.wait_connected(name, timeout=30)
+        call = _multicallable(Pool.channel(name), method)
+        yield lambda request, timeout: call(request, timeout=timeout)
+
+
+@asynccontextmanager
+async def _round_robin_pool(target: str, size: int, method: str) -> AsyncIterator[Call]:
+    """get_channel round-robin over a pool of ``size``: a multicallable per call."""
+    name = f"bench-rr-{next(_names)}"
+    spec = Pool.child_spec(name=name, pool_size=size, channel={"address": target})
+    async with Supervisor([spec]):
+        await Pool.wait_connected(name, timeout=30)
+        yield lambda request, timeout: _multicallable(Pool.get_channel(name), method)(
+            request, timeout=timeout
+        )
+
+
+@asynccontextmanager
+async def _grpc(target: str, method: str, options: list[tuple[str, str]]) -> AsyncIterator[Call]:
+    """One grpc channel with these options: one multicallable, built once."""
+    channel = grpc.aio.insecure_channel(target, options)
+    await channel.channel_ready()
+    call = _multicallable(channel, method)
+    try:
+        yield lambda request, timeout: call(request, timeout=timeout)
+    finally:
+        await channel.close()
+
+
+def _round_robin_config() -> list[tuple[str, str]]:
+    return [("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}))]
+
+
+@dataclass
+class Run:
+    """What a closed-loop load achieved with one client."""
+
+    latencies: list[float] = field(default_factory=list)
+    short: list[float] = field(default_factory=list)  # the short calls' latencies (mixed)
+    by_answer: Counter[bytes] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+
+async def _load(
+    call: Call, callers: int, seconds: float, request: Callable[[], bytes], run: Run
+) -> None:
+    """``callers`` tasks calling back to back for ``seconds``; add what they saw to ``run``."""
+    stop = time.monotonic() + seconds
+
+    async def caller() -> None:
+        while time.monotonic() < stop:
+            body = request()
+            began = time.perf_counter()
+            try:
+                answer = await call(body, 10.0)
+            except grpc.aio.AioRpcError as error:
+                run.errors[error.code().name] += 1
+                continue
+            took = time.perf_counter() - began
+            run.latencies.append(took)
+            run.by_answer[answer] += 1
+            if body == SHORT:
+                run.short.append(took)
+
+    began = time.monotonic()
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    run.seconds += time.monotonic() - began
+
+
+async def _rounds(
+    clients: list[tuple[str, Callable[[], object]]],
+    rounds: int,
+    callers: int,
+    seconds: float,
+    request: Callable[[], bytes],
+) -> dict[str, Run]:
+    """Each client in turn, ``rounds`` times (every other round reversed), after a warm-up."""
+    runs = {label: Run() for label, _ in clients}
+    for round_ in range(rounds):
+        for label, make in clients if round_ % 2 == 0 else clients[::-1]:
+            async with make() as call:  # type: ignore[attr-defined]
+                await _load(call, callers, min(0.3, seconds), request, Run())  # warm-up
+                await _load(call, callers, seconds, request, runs[label])
+    return runs
+
+
+# --- 1. a slow replica ----------------------------------------------------------------------
+
+
+async def slow_replica(quick: bool) -> Section:
+    seconds, rounds, callers = (0.3, 1, 30) if quick else (4.0, 2, 30)
+    servers = [
+        ServerProcess(module="bench._fleet_server", args=["--delay-ms", str(delay)])
+        for delay in (20, 20, 200)
+    ]
+    for server in servers:
+        await asyncio.to_thread(server.start)
+    target = "ipv4:" + ",".join(s.address for s in servers)
+    clients: list[tuple[str, Callable[[], object]]] = [
+        ("PooledChannel, pool of 6", lambda: _pooled(target, 6, FLEET_SLEEP)),
+        ("grpc round_robin", lambda: _grpc(target, FLEET_SLEEP, _round_robin_config())),
+        ("get_channel round-robin, pool of 6", lambda: _round_robin_pool(target, 6, FLEET_SLEEP)),
+    ]
+    try:
+        runs = await _rounds(clients, rounds, callers, seconds, lambda: b"0")
+    finally:
+        for server in servers:
+            server.kill()
+    slow = str(servers[2].port).encode()
+    section = Section(
+        f"Slow replica: three replicas at 20, 20 and 200 ms, {callers} callers",
+        ["client", "calls/s", "p50 ms", "p99 ms", "slow replica's share", "errors"],
+    )
+    for label, run in runs.items():
+        share = run.by_answer[slow] / max(1, len(run.latencies))
+        section.add(
+            label,
+            run.rate,
+            ms(percentile(run.latencies, 50)),
+            ms(percentile(run.latencies, 99)),
+            f"{share:.1%}",
+            sum(run.errors.values()),
+        )
+    pooled, rr = runs["PooledChannel, pool of 6"], runs["grpc round_robin"]
+    ratio = pooled.rate / rr.rate
+    section.check("PooledChannel / grpc round_robin, calls/s", ratio, ">= 2.40", ratio >= 2.4)
+    share = pooled.by_answer[slow] / max(1, len(pooled.latencies))
+    section.check(
+        "slow replica's share through the PooledChannel",
+        share,
+        "< 0.10 and > 0",
+        0 < share < 0.10,
+    )
+    section.notes.append(
+        f"{rounds} rounds of {seconds:g} s per client, the clients taking turns (every other "
+        "round reversed), each after a warm-up. The replicas (bench._fleet_server, each in "
+        "its own process) add their delay to every call and say who answered."
+    )
+    return section
+
+
+# --- 2. and 3. one stream-capped server ------------------------------------------------------
+
+CAP = 10
+SHORT = b"5"
+LONG = b"500"
+
+
+async def stream_cap(quick: bool) -> list[Section]:
+    seconds, rounds = (0.3, 1) if quick else (3.0, 2)
+    with ServerProcess(args=["--max-streams", str(CAP)]) as server:
+        address = server.address
+        capped: list[tuple[str, Callable[[], object]]] = [
+            ("PooledChannel, pool of 4", lambda: _pooled(address, 4, SLEEP_METHOD)),
+            ("A105 N=4", lambda: _grpc(address, SLEEP_METHOD, a105_options(4))),
+            (
+                "get_channel round-robin, pool of 4",
+                lambda: _round_robin_pool(address, 4, SLEEP_METHOD),
+            ),
+        ]
+        steady = await _rounds(capped, rounds, 200, seconds, lambda: b"20")
+        mixer = random.Random(20261125)
+        mixed = await _rounds(
+            capped, rounds, 100, seconds, lambda: LONG if mixer.random() < 0.1 else SHORT
+        )
+    cap = Section(
+        f"Stream cap: one server capped at {CAP} streams per connection, 20 ms calls, 200 callers",
+        ["client", "calls/s", "p50 ms", "p99 ms", "errors"],
+    )
+    for label, run in steady.items():
+        cap.add(
+            label,
+            run.rate,
+            ms(percentile(run.latencies, 50)),
+            ms(percentile(run.latencies, 99)),
+            sum(run.errors.values()),
+        )
+    pooled, a105 = steady["PooledChannel, pool of 4"], steady["A105 N=4"]
+    cap.check(
+        "PooledChannel / A105 N=4, calls/s",
+        pooled.rate / a105.rate,
+        ">= 1.00",
+        pooled.rate >= a105.rate,
+    )
+    p99s = (percentile(pooled.latencies, 99), percentile(a105.latencies, 99))
+    cap.check("PooledChannel p99 / A105 p99", p99s[0] / p99s[1], "<= 1.00", p99s[0] <= p99s[1])
+    mix = Section(
+        "Mixed call lengths: one capped server, 10% of calls 500 ms, 90% 5 ms, 100 callers",
+        ["client", "calls/s", "short calls' p50 ms", "short calls' p99 ms", "errors"],
+    )
+    for label, run in mixed.items():
+        mix.add(
+            label,
+            run.rate,
+            ms(percentile(run.short, 50)),
+            ms(percentile(run.short, 99)),
+            sum(run.errors.values()),
+        )
+    ours = percentile(mixed["PooledChannel, pool of 4"].short, 99)
+    others = {
+        label: percentile(run.short, 99)
+        for label, run in mixed.items()
+        if label != "PooledChannel, pool of 4"
+    }
+    for label, theirs in others.items():
+        mix.check(f"short p99: PooledChannel / {label}", ours / theirs, "< 1.00", ours < theirs)
+    for section in (cap, mix):
+        section.notes.append(
+            f"{rounds} rounds of {seconds:g} s per client, the clients taking turns, each "
+            "after a warm-up; the server runs in its own process."
+        )
+    return [cap, mix]
+
+
+# --- 4. overhead --------------------------------------------------------------------------------
+
+
+async def overhead(quick: bool) -> list[Section]:
+    seconds, rounds = (0.3, 1) if quick else (2.0, 4)
+    with ServerProcess(args=["--option", "grpc.http.overload_protection=0"]) as server:
+        address = server.address
+        clients: list[tuple[str, Callable[[], object]]] = [
+            ("PooledChannel, pool of 1", lambda: _pooled(address, 1, SLEEP_METHOD)),
+            ("one plain channel", lambda: _grpc(address, SLEEP_METHOD, [])),
+        ]
+        sequential = await _rounds(clients, rounds * 2, 1, seconds / 2, lambda: b"0")
+        loaded = await _rounds(clients, rounds, 50, seconds, lambda: b"0")
+    section = Section(
+        "Overhead of the PooledChannel: pool of 1 vs one plain channel, nothing capped",
+        ["client", "p50 us (one caller)", "p99 us (one caller)", "calls/s (50 callers)"],
+    )
+    for label in sequential:
+        section.add(
+            label,
+            percentile(sequential[label].latencies, 50) * 1e6,
+            percentile(sequential[label].latencies, 99) * 1e6,
+            loaded[label].rate,
+        )
+    ours, plain = "PooledChannel, pool of 1", "one plain channel"
+    p50 = percentile(sequential[ours].latencies, 50) / percentile(sequential[plain].latencies, 50)
+    rate = loaded[plain].rate / loaded[ours].rate
+    section.check("PooledChannel p50 / plain p50", p50, "<= 1.05", p50 <= 1.05)
+    section.check("plain calls/s / PooledChannel calls/s", rate, "<= 1.05", rate <= 1.05)
+    return [section, await pick_cost(quick)]
+
+
+class _DoneCall:
+    """Stands in for a grpc call in the micro-benchmark: it ends as soon as it is tracked."""
+
+    __slots__ = ()
+
+    def add_done_callback(self, callback: Callable[[], object]) -> None:
+        callback()
+
+
+async def pick_cost(quick: bool) -> Section:
+    """The pick and its counting alone (fake channels, so no grpc call is made)."""
+    sizes = (1, 8, 9, 100) if quick else (1, 8, 9, 100, 1000)
+    number, repeat = (20_000, 3) if quick else (200_000, 9)
+    connector = FakeConnector()
+    specs = [
+        Pool.child_spec(
+            name=f"bench-pick-{size}",
+            pool_size=size,
+            channel={"address": "f:1", "connector": connector},
+        )
+        for size in sizes
+    ]
+    section = Section(
+        "The pick and its counting, per call",
+        ["pool size", "pick (ns)", "pick + count + done (ns)"],
+    )
+    async with Supervisor(specs):
+        timers = {}
+        for size in sizes:
+            await Pool.wait_connected(f"bench-pick-{size}", timeout=30)
+            runtime = pools.get(f"bench-pick-{size}")
+            assert runtime is not None
+            call = _DoneCall()
+            namespace = {"runtime": runtime, "call": call}
+            timers[size] = (
+                timeit.Timer("runtime.pick()", globals=namespace),
+                timeit.Timer("runtime.track(runtime.pick(), call)", globals=namespace),
+            )
+        best = {size: [float("inf"), float("inf")] for size in sizes}
+        for _ in range(repeat):
+            for size, (pick, full) in timers.items():
+                best[size][0] = min(best[size][0], pick.timeit(number) / number * 1e9)
+                best[size][1] = min(best[size][1], full.timeit(number) / number * 1e9)
+    for size in sizes:
+        section.add(size, *best[size])
+    largest = max(sizes)
+    section.check(
+        "pick + count, largest pool (ns)", best[largest][1], "< 2,000", best[largest][1] < 2000
+    )
+    flat = best[largest][1] / max(best[s][1] for s in sizes if s <= 8)
+    section.check(
+        f"pick + count, pool of {largest} / the dearest pool of 8 or fewer",
+        flat,
+        "<= 1.2 (flat)",
+        flat <= 1.2,
+    )
+    section.notes.append(
+        "Fake channels (conngrpc.testing), so that the figures are the pick's own: a real "
+        "channel adds grpc's READY check (see 'get_channel cost, real channels') and grpc's "
+        "own done-callback registration. Up to 8 channels the pick scans them all; above, "
+        "it compares two drawn at random."
+    )
+    return section
+
+
+async def _main() -> None:
+    import logging
+    import sys
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    quick = "--quick" in sys.argv
+    sections = [await slow_replica(quick), *await stream_cap(quick), *await overhead(quick)]
+    for section in sections:
+        print(section.text())
+
+
+if __name__ == "__main__":
+    asyncio.run(_main())
