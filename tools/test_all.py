@@ -4,7 +4,8 @@ The supported versions are the ``Programming Language :: Python :: 3.X`` classif
 in pyproject.toml. For each, the interpreter is ``$PYTHON3X`` when set (``PYTHON310``
 for 3.10), else ``python3.X`` on PATH, else the newest pyenv install of 3.X. Each
 gets its own virtual environment, ``.venv-3.X``, with conngrpc's test extra (built
-again when pyproject.toml changes), and runs pytest there; arguments go to pytest.
+again when pyproject.toml changes), and runs pytest there (on the testpaths unless
+arguments, which go to pytest, say otherwise).
 
 One line per version at the end says passed, failed or skipped (not found). The exit
 status is 1 when a Python that was found failed, or an override names no 3.X.
@@ -103,7 +104,7 @@ def run(version: str, python: str, pytest_args: list[str]) -> str:
         return f"failed: could not build .venv-{version} ({error})"
     built = time.monotonic()
     print(f"test-all: pytest on Python {version} ({python})", flush=True)
-    command = [str(venv / "bin" / "python"), "-m", "pytest", "tests", *pytest_args]
+    command = [str(venv / "bin" / "python"), "-m", "pytest", *pytest_args]
     code = subprocess.run(command, cwd=ROOT, check=False).returncode
     took = f"pytest {time.monotonic() - built:.0f} s, venv {built - started:.0f} s"
     return f"passed ({took})" if code == 0 else f"failed: pytest exited {code} ({took})"
