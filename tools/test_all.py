@@ -42,7 +42,7 @@ def version_of(python: str) -> str | None:
             timeout=30,
             check=False,
         )
-    except OSError:
+    except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout.strip() if result.returncode == 0 else None
 
