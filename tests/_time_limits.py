@@ -4,11 +4,11 @@ Every test has a time limit: pytest-timeout's ``timeout`` in pyproject.toml, rai
 for a test with ``@pytest.mark.timeout(seconds)``. pytest-timeout cannot stop a test
 that waits in the event loop cleanly: its signal would leave the session's shared loop
 (tests/live) stuck for every later test, and its thread's stack dump shows only the
-loop's select(). So an async test is cancelled first, at 80% of its limit: it fails
-with a traceback through the await that hung, its cleanup runs, and the run goes on.
-A hang that cancellation cannot end (a blocking call, a cleanup that hangs) meets
-pytest-timeout's thread at the full limit, which dumps every thread's stack and ends
-the run.
+loop's select(). So an async test is cancelled first, CLEANUP_RESERVE seconds before
+its limit: it fails with a traceback through the await that hung, its cleanup runs,
+and the run goes on. A hang that cancellation cannot end (a blocking call, a cleanup
+that hangs) meets pytest-timeout's thread at the full limit, which dumps every
+thread's stack and ends the run.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from typing import Any
 import anyio
 import pytest
 
-#: The share of its time limit after which an async test is cancelled; the rest is left
-#: for its cleanup and fixtures, before pytest-timeout's thread ends the whole run.
-ASYNC_SHARE_OF_TIME_LIMIT = 0.8
+#: The seconds of an async test's time limit kept for after its cancellation: for its
+#: cleanup (a pool lets its calls drain for up to shutdown_grace, 5 s by default) and its
+#: failure report. A limit shorter than twice this keeps half.
+CLEANUP_RESERVE = 10.0
 _time_limit = pytest.StashKey[float]()
 
 
@@ -35,7 +36,7 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, object]:
-    """Run an async test under a deadline of ASYNC_SHARE_OF_TIME_LIMIT of its limit."""
+    """Run an async test under a deadline CLEANUP_RESERVE seconds before its limit."""
     __tracebackhide__ = True
     test = pyfuncitem.obj
     limit = pyfuncitem.stash.get(_time_limit, None)
@@ -51,7 +52,7 @@ def _cancelled_after(
     limit: float, test: Callable[..., Coroutine[Any, Any, object]]
 ) -> Callable[..., Coroutine[Any, Any, object]]:
     """``test``, failing with TimeoutError from where it waited once cancelled."""
-    seconds = limit * ASYNC_SHARE_OF_TIME_LIMIT
+    seconds = limit - min(CLEANUP_RESERVE, limit / 2)
 
     @functools.wraps(test)
     async def bounded(**kwargs: Any) -> object:
@@ -63,8 +64,8 @@ def _cancelled_after(
                 hung = cancelled
                 raise
         raise TimeoutError(
-            f"the test was cancelled after {seconds:g} s, {ASYNC_SHARE_OF_TIME_LIMIT:.0%} "
-            f"of its {limit:g} s time limit; one that needs longer says so with "
+            f"the test was cancelled after {seconds:g} s of its {limit:g} s time limit (the "
+            "rest is for its cleanup); one that needs longer says so with "
             "@pytest.mark.timeout(seconds)"
         ) from hung
 
