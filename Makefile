@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench bench-quick clean
+.PHONY: demo test test-all lint typecheck unit bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "conngrpc needs Python 3.10 or newer; $(PYTHON) is " + sys.version.split()[0])'
@@ -17,9 +17,14 @@ demo: $(STAMP)
 
 test: lint typecheck unit
 
+# pytest on every supported Python found (PYTHON310=... style overrides, python3.X on
+# PATH, or pyenv), each in its own .venv-3.X; lint and typecheck run once, in .venv.
+test-all: lint typecheck
+	$(PYTHON) tools/test_all.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check conngrpc tests bench examples
-	$(BIN)/ruff format --check conngrpc tests bench examples
+	$(BIN)/ruff check conngrpc tests bench examples tools
+	$(BIN)/ruff format --check conngrpc tests bench examples tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict conngrpc
@@ -35,4 +40,4 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m bench.run --quick
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VENV)-3.* build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis

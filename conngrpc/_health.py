@@ -1,11 +1,20 @@
-"""grpc.health.v1 on the wire, without the generated code (private).
+"""grpc.health.v1's messages, built by protobuf from their description (private).
 
+The probe asks ``Health/Check``, the test server answers it, and the health watch
+follows ``Health/Watch``: all they need of ``grpc/health/v1/health.proto`` is
 ``HealthCheckRequest {string service = 1}`` and ``HealthCheckResponse {ServingStatus
-status = 1}`` are small enough to encode by hand, which keeps grpcio-health-checking
-out of the runtime dependencies. The tests check these against the real package.
+status = 1}``. Rather than depend on grpcio-health-checking for its generated code,
+this module describes the two messages in a ``FileDescriptorProto`` and lets protobuf
+build their classes at import. They live in a descriptor pool of their own, so they
+never clash with the generated ``health.proto`` that grpcio-health-checking adds to
+protobuf's default pool; both write the same bytes (the tests check it).
 """
 
 from __future__ import annotations
+
+from typing import Protocol, cast
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
 
 __all__ = [
     "CHECK_METHOD",
@@ -18,94 +27,81 @@ __all__ = [
 
 CHECK_METHOD = "/grpc.health.v1.Health/Check"
 WATCH_METHOD = "/grpc.health.v1.Health/Watch"
-_UINT64 = (1 << 64) - 1
-STATUS_NAMES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+_PACKAGE = "grpc.health.v1"
+_Field = descriptor_pb2.FieldDescriptorProto
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+def _health_proto() -> descriptor_pb2.FileDescriptorProto:
+    """The messages of grpc.health.v1's ``health.proto``, as protoc would describe them."""
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="grpc/health/v1/health.proto", package=_PACKAGE, syntax="proto3"
+    )
+    request = proto.message_type.add(name="HealthCheckRequest")
+    request.field.add(
+        name="service", number=1, type=_Field.TYPE_STRING, label=_Field.LABEL_OPTIONAL
+    )
+    response = proto.message_type.add(name="HealthCheckResponse")
+    serving_status = response.enum_type.add(name="ServingStatus")
+    for number, name in enumerate(["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"]):
+        serving_status.value.add(name=name, number=number)
+    response.field.add(
+        name="status",
+        number=1,
+        type=_Field.TYPE_ENUM,
+        type_name=f".{_PACKAGE}.HealthCheckResponse.ServingStatus",
+        label=_Field.LABEL_OPTIONAL,
+    )
+    return proto
+
+
+class _WithStatus(Protocol):
+    """The field a HealthCheckResponse has, which protobuf's type stubs cannot know."""
+
+    status: int
+
+
+_pool = descriptor_pool.DescriptorPool()
+_pool.Add(_health_proto())
+_HealthCheckRequest = message_factory.GetMessageClass(
+    _pool.FindMessageTypeByName(f"{_PACKAGE}.HealthCheckRequest")
+)
+_HealthCheckResponse = message_factory.GetMessageClass(
+    _pool.FindMessageTypeByName(f"{_PACKAGE}.HealthCheckResponse")
+)
+
+#: The ServingStatus numbers and names (a proto3 enum is open: others may arrive).
+STATUS_NAMES = {
+    value.number: value.name
+    for value in _pool.FindEnumTypeByName(f"{_PACKAGE}.HealthCheckResponse.ServingStatus").values
+}
 
 
 def encode_request(service: str = "") -> bytes:
     """A HealthCheckRequest for ``service`` ("" asks about the whole server)."""
-    data = service.encode()
-    return b"\x0a" + _varint(len(data)) + data if data else b""
+    return _HealthCheckRequest(service=service).SerializeToString()
 
 
 def encode_response(status: int) -> bytes:
-    """A HealthCheckResponse carrying ``status`` (an int32, as protobuf encodes it)."""
-    return b"\x08" + _varint(status & _UINT64) if status else b""
+    """A HealthCheckResponse carrying ``status`` (any int32: the enum is open).
+
+    :raises ValueError: ``status`` is not an int32.
+    """
+    return _HealthCheckResponse(status=status).SerializeToString()
 
 
 def decode_response(data: bytes) -> int:
     """The status of a HealthCheckResponse (0, UNKNOWN, when absent).
 
-    Unknown fields are skipped, as protobuf does; the status is read as an int32.
+    As protobuf reads it: unknown fields are skipped, the last status wins, and a
+    number that is no known ServingStatus is returned as it is.
 
     :raises ValueError: the bytes are not a HealthCheckResponse.
     """
-    status = 0
-    position = 0
-    while position < len(data):
-        field, value, position = _read_field(data, position)
-        if field == 1 and value is not None:
-            status = _int32(value)
-    return status
-
-
-def _int32(value: int) -> int:
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value & 0x80000000 else value
-
-
-def _read_field(data: bytes, position: int) -> tuple[int, int | None, int]:
-    """One field at ``position``: its number, its value if a varint, and where it ends."""
-    key, position = _read_varint(data, position)
-    field, wire_type = key >> 3, key & 7
-    if field == 0:
-        raise ValueError("expected a HealthCheckResponse, got field number 0")
-    value: int | None = None
-    if wire_type == 0:
-        value, position = _read_varint(data, position)
-    elif wire_type == 1:
-        position += 8
-    elif wire_type == 2:
-        length, position = _read_varint(data, position)
-        position += length
-    elif wire_type == 3:  # a (deprecated) group: skip to its end
-        while True:
-            if position >= len(data):
-                raise ValueError("expected a HealthCheckResponse, got an unterminated group")
-            inner_key, _ = _read_varint(data, position)
-            if inner_key == (field << 3) | 4:
-                _, position = _read_varint(data, position)
-                break
-            _, _, position = _read_field(data, position)
-    elif wire_type == 5:
-        position += 4
-    else:
-        raise ValueError(f"expected a HealthCheckResponse, got wire type {wire_type}")
-    if position > len(data):
-        raise ValueError("expected a HealthCheckResponse, got a truncated message")
-    return field, value, position
-
-
-def _read_varint(data: bytes, position: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if position >= len(data):
-            raise ValueError("expected a HealthCheckResponse, got a truncated varint")
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, position
-        shift += 7
+    try:
+        response = _HealthCheckResponse.FromString(data)
+    except message.DecodeError as error:
+        raise ValueError(
+            f"expected a HealthCheckResponse, got {len(data)} bytes protobuf cannot parse: {error}"
+        ) from None
+    return cast(_WithStatus, response).status

@@ -16,6 +16,8 @@ import pytest
 from conngrpc._server import ServerProcess, start_server
 from tests._probe import EventLog, recording
 
+pytest_plugins = ["tests._time_limits"]
+
 _names = itertools.count(1)
 
 

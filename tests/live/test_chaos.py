@@ -30,6 +30,7 @@ RETRY_PAUSE = 0.01  # a caller that got NotConnectedError tries again after this
 BACKOFF = ExponentialBackoff(min=0.1, max=0.5)
 
 
+@pytest.mark.timeout(120)  # MIN_SECONDS of chaos, and kills that may cost more
 async def test_the_pool_survives_repeated_server_kills_under_load(
     pool_name: str, channel_events: EventLog
 ) -> None:
