@@ -14,8 +14,10 @@ from .spec import ChildSpec, ChildType, RestartType
 __all__ = ["ChildCounts", "ChildInfo", "ChildState"]
 
 #: Where a child is in its life: ``terminated`` (not running: not started yet, ended or
-#: stopped) -> ``starting`` (its start function runs; ``started`` not called yet) ->
-#: ``running`` -> ``stopping`` (cancelled by the supervisor, waited for) -> ``terminated``.
+#: stopped) -> ``starting`` (its start function runs; the supervisor waits for ``started``)
+#: -> ``running`` -> ``stopping`` (cancelled by the supervisor, waited for) ->
+#: ``terminated``. A start that fails or is called off goes from ``starting`` straight to
+#: ``terminated``.
 ChildState = Literal["starting", "running", "stopping", "terminated"]
 
 

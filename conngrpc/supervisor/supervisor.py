@@ -285,11 +285,15 @@ class Supervisor:
             self._exits.send_nowait((child, run))
 
     async def _stop(self, child: Child) -> None:
-        """Cancel the child's run and wait for its end, warning after ``shutdown`` seconds."""
+        """Cancel the child's run and wait for its end, warning after ``shutdown`` seconds.
+
+        A running child is ``stopping`` meanwhile; a start called off stays ``starting``.
+        """
         run = child.run
         assert run is not None
         ended_by_itself = run.done.is_set()
-        child.state = "stopping"
+        if child.state == "running":
+            child.state = "stopping"
         run.scope.cancel()
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(child.spec.shutdown) as waited:
@@ -309,15 +313,16 @@ class Supervisor:
     def _terminated(self, child: Child, *, shutdown: bool) -> None:
         """Record the end of the child's run: the one place that reports a child's end.
 
-        A run that never called ``started`` is no child that ran: its caller hears of
-        it as a :class:`ChildStartError`, so ``child_started`` and ``child_terminated``
-        always pair up.
+        A child that never got to ``running`` was never reported started (its caller
+        hears of a :class:`ChildStartError` or of its own cancellation), so its end is
+        not reported either: ``child_started`` and ``child_terminated`` pair up.
         """
         run = child.run
         assert run is not None
         assert run.done.is_set()
+        was_starting = child.state == "starting"
         child.state, child.run = "terminated", None
-        if not run.started_:
+        if was_starting:
             return
         metadata: dict[str, object] = {"supervisor": self.name, "child_id": child.spec.id}
         if shutdown:

@@ -156,7 +156,7 @@ class SupervisorMachine(RuleBasedStateMachine):
 
     def values(self, sup: Supervisor | None = None) -> dict[Hashable, Any]:
         infos = self.call((sup or self.sup).which_children)  # type: ignore[union-attr]
-        return {info.id: info.value for info in infos if info.running}
+        return {info.id: info.value for info in infos if info.state == "running"}
 
     def states(self) -> dict[Hashable, str]:
         assert self.sup is not None
