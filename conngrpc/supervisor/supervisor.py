@@ -443,6 +443,15 @@ class Supervisor:
             raise UnknownChildError(self.name, child_id, [c.spec.id for c in self._children])
         return child
 
+    def _find_terminated(self, child_id: Hashable, call: str) -> Child:
+        """The child with that id, which ``call`` needs terminated."""
+        child = self._find(child_id)
+        if child.state == "running":
+            raise ChildStateError(
+                self.name, child_id, f"is running; terminate_child() it before {call}()"
+            )
+        return child
+
     async def start_child(self, child: ChildSpec | ChildSource) -> object:
         """Add a child at the right end and start it; return the value it passed to ``started``.
 
@@ -497,12 +506,7 @@ class Supervisor:
         :raises SupervisorNotRunningError: the supervisor is not running.
         """
         async with self._turn():
-            child = self._find(child_id)
-            if child.state == "running":
-                raise ChildStateError(
-                    self.name, child_id, "is running; terminate_child() it before restart_child()"
-                )
-            return await self._start(child)
+            return await self._start(self._find_terminated(child_id, "restart_child"))
 
     async def delete_child(self, child_id: Hashable) -> None:
         """Forget the spec of a terminated child.
@@ -512,12 +516,7 @@ class Supervisor:
         :raises SupervisorNotRunningError: the supervisor is not running.
         """
         async with self._turn():
-            child = self._find(child_id)
-            if child.state == "running":
-                raise ChildStateError(
-                    self.name, child_id, "is running; terminate_child() it before delete_child()"
-                )
-            self._children.remove(child)
+            self._children.remove(self._find_terminated(child_id, "delete_child"))
 
     def which_children(self) -> list[ChildInfo]:
         """Every child held, in start order, with its state and value."""
