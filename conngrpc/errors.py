@@ -7,7 +7,7 @@ ConnGRPCErrors), raised where the configuration is written.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, Literal
 
 
 class ConnGRPCError(Exception):
@@ -82,16 +82,33 @@ class StrayCancellationError(SupervisorError):
 
 
 class DuplicateChildError(SupervisorError, ValueError):
-    """A child id that the supervisor already holds was given again."""
+    """A child id was given twice: it is held already, or it repeats in the children given.
 
-    def __init__(self, supervisor: str, child_id: Hashable, running: bool) -> None:
+    ``state`` says which: ``"running"`` or ``"terminated"`` (a child with that id is
+    held), or ``"repeated"`` (the id appears ``times`` times in a supervisor's list).
+    """
+
+    def __init__(
+        self,
+        supervisor: str,
+        child_id: Hashable,
+        state: Literal["running", "terminated", "repeated"],
+        times: int = 2,
+    ) -> None:
         self.supervisor = supervisor
         self.child_id = child_id
-        state = "running" if running else "present (terminated; delete_child it first)"
-        super().__init__(
-            f"supervisor {supervisor!r}: expected a new child id, got {child_id!r}, "
-            f"which is already {state}"
-        )
+        self.state = state
+        if state == "repeated":
+            count = "twice" if times == 2 else f"{times} times"
+            problem = f"expected unique child ids, got {child_id!r} {count} in the children given"
+        elif state == "running":
+            problem = f"expected a new child id, got {child_id!r}, which is already running"
+        else:
+            problem = (
+                f"expected a new child id, got {child_id!r}, which is already present "
+                "(terminated; delete_child() it first)"
+            )
+        super().__init__(f"supervisor {supervisor!r}: {problem}")
 
 
 class UnknownChildError(SupervisorError, LookupError):

@@ -49,6 +49,8 @@ class Probe:
         self.live: dict[Hashable, int] = {}
         self.most_live_at_once = 0
         self.fail_next_starts: dict[Hashable, int] = {}
+        #: A child's next start waits here, before it fails or reports started.
+        self.gates: dict[Hashable, anyio.Event] = {}
 
     def spec(self, child_id: Hashable, **options: Any) -> ChildSpec:
         return ChildSpec(child_id, self.start_function(child_id), **options)
@@ -56,6 +58,9 @@ class Probe:
     def start_function(self, child_id: Hashable) -> Any:
         async def start(*, task_status: TaskStatus[Handle]) -> None:
             self.log.append(("start", child_id))
+            gate = self.gates.pop(child_id, None)
+            if gate is not None:
+                await gate.wait()
             if self.fail_next_starts.get(child_id, 0) > 0:
                 self.fail_next_starts[child_id] -= 1
                 raise ValueError(f"{child_id!r} refuses to start")
@@ -80,12 +85,32 @@ class Probe:
 #: How often wait_until looks again: often enough to see a change within a millisecond.
 POLL_INTERVAL = 0.001
 
+#: How long a test waits for something the code under test should do: ample on a
+#: loaded 2-core machine, short enough that a hang fails in seconds, with a traceback.
+WAIT_LIMIT = 5.0
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_LIMIT) -> None:
     """Poll ``predicate`` every millisecond until it holds, failing after ``timeout``."""
     with anyio.fail_after(timeout):
         while not predicate():
             await anyio.sleep(POLL_INTERVAL)
+
+
+async def wait_for(event: anyio.Event, timeout: float = WAIT_LIMIT) -> None:
+    """Wait until ``event`` is set, failing with TimeoutError after ``timeout``."""
+    with anyio.fail_after(timeout):
+        await event.wait()
+
+
+async def until_cancelled(timeout: float = WAIT_LIMIT) -> None:
+    """Wait for the enclosing scope to be cancelled, failing after ``timeout``.
+
+    For a block whose end the code under test brings, as a supervisor that gives up
+    cancels its ``async with`` body: if it never does, the test fails instead of hanging.
+    """
+    with anyio.fail_after(timeout):
+        await anyio.sleep_forever()
 
 
 class FakeClock:
@@ -118,14 +143,19 @@ class EventLog:
 
 @contextmanager
 def recording(events: Sequence[tuple[str, ...]]) -> Iterator[EventLog]:
-    """Attach an :class:`EventLog` to ``events`` for the block."""
+    """Attach an :class:`EventLog` to ``events`` for the block.
+
+    The bus detaches a handler that raises and only logs it, so a recorder that failed
+    would leave a test asserting on half a record: leaving the block says so instead.
+    """
     log = EventLog()
     handler_id = ("test-recorder", next(_serials))
     telemetry.attach_many(handler_id, events, log.handle)
     try:
         yield log
     finally:
-        telemetry.detach(handler_id)
+        still_attached = telemetry.detach(handler_id)
+    assert still_attached, "the event recorder raised and the bus detached it"
 
 
 SUPERVISOR_EVENTS = [

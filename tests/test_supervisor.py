@@ -24,13 +24,24 @@ from conngrpc import (
     SupervisorNotRunningError,
     UnknownChildError,
 )
-from tests._probe import SUPERVISOR_EVENTS, FakeClock, Handle, Probe, recording, wait_until
+from tests._probe import (
+    SUPERVISOR_EVENTS,
+    FakeClock,
+    Handle,
+    Probe,
+    recording,
+    until_cancelled,
+    wait_for,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
 
 def handles(sup: Supervisor) -> dict[Any, Handle]:
-    return {info.id: info.value for info in sup.which_children() if info.running}  # type: ignore[misc]
+    """The handles of the children the supervisor has seen start (in state running)."""
+    infos = sup.which_children()
+    return {info.id: info.value for info in infos if info.state == "running"}  # type: ignore[misc]
 
 
 async def crash_and_wait_for_restart(sup: Supervisor, child_id: Any) -> Handle:
@@ -127,16 +138,30 @@ async def test_permanent_child_is_restarted_after_a_crash() -> None:
 
 async def test_permanent_child_is_restarted_after_a_normal_exit() -> None:
     probe = Probe()
-    async with Supervisor([probe.spec("p")]) as sup:
-        old = handles(sup)["p"]
-        old.exit()
-        await wait_until(lambda: handles(sup).get("p") not in (None, old))
+    with recording(SUPERVISOR_EVENTS) as events:
+        async with Supervisor([probe.spec("p")], name="perm") as sup:
+            old = handles(sup)["p"]
+            old.exit()
+            await wait_until(lambda: handles(sup).get("p") not in (None, old))
+    assert probe.log[:3] == [("start", "p"), ("stop", "p"), ("start", "p")]
+    assert events.of("child_terminated")[0] == {
+        "supervisor": "perm",
+        "child_id": "p",
+        "reason": "normal",
+        "error": None,
+    }
+    assert events.of("child_restarted") == [{"supervisor": "perm", "child_id": "p", "error": None}]
 
 
 async def test_transient_child_is_restarted_after_a_crash() -> None:
     probe = Probe()
-    async with Supervisor([probe.spec("t", restart="transient")]) as sup:
-        await crash_and_wait_for_restart(sup, "t")
+    with recording(SUPERVISOR_EVENTS) as events:
+        async with Supervisor([probe.spec("t", restart="transient")]) as sup:
+            crashed = handles(sup)["t"]
+            await crash_and_wait_for_restart(sup, "t")
+    assert probe.events("start") == ["t", "t"]
+    (restarted,) = events.of("child_restarted")
+    assert restarted["error"] is crashed.error
 
 
 async def test_transient_child_is_not_restarted_after_a_normal_exit() -> None:
@@ -236,7 +261,7 @@ async def test_exceeding_the_intensity_gives_up_and_stops_children_right_to_left
             await crash_and_wait_for_restart(sup, "b")
             last = RuntimeError("third strike")
             handles(sup)["b"].crash(last)
-            await anyio.sleep_forever()  # the supervisor cancels the body when it gives up
+            await until_cancelled()  # the supervisor cancels the body when it gives up
     error = caught.value
     assert error.supervisor == "fragile"
     assert error.child_id == "b"
@@ -262,7 +287,7 @@ async def test_zero_max_restarts_gives_up_on_the_first_crash() -> None:
     with pytest.raises(SupervisorGaveUpError):
         async with Supervisor([probe.spec("a")], max_restarts=0) as sup:
             handles(sup)["a"].crash()
-            await anyio.sleep_forever()
+            await until_cancelled()
     assert probe.events("start") == ["a"]
 
 
@@ -273,17 +298,79 @@ async def test_a_child_that_fails_to_restart_counts_against_the_intensity() -> N
         async with Supervisor([probe.spec("a")], max_restarts=3, clock=clock) as sup:
             probe.fail_next_starts["a"] = 100
             handles(sup)["a"].crash()
-            await anyio.sleep_forever()
+            await until_cancelled()
     assert probe.events("start") == ["a"] * 4
     assert isinstance(caught.value.__cause__, ChildStartError)
 
 
 async def test_a_restart_that_fails_once_is_retried() -> None:
     probe = Probe()
-    async with Supervisor([probe.spec("a")], max_restarts=3) as sup:
-        probe.fail_next_starts["a"] = 1
-        await crash_and_wait_for_restart(sup, "a")
+    with recording(SUPERVISOR_EVENTS) as events:
+        async with Supervisor([probe.spec("a")], max_restarts=3) as sup:
+            probe.fail_next_starts["a"] = 1
+            await crash_and_wait_for_restart(sup, "a")
     assert probe.events("start") == ["a", "a", "a"]
+    (restarted,) = events.of("child_restarted")
+    assert isinstance(restarted["error"], ChildStartError)  # the last failure before it worked
+    assert [e[-1] for e in events.names()].count("child_started") == 2  # no start for the failure
+
+
+# --- one turn at a time ---------------------------------------------------------------------
+
+
+def states(sup: Supervisor) -> dict[Any, str]:
+    return {info.id: info.state for info in sup.which_children()}
+
+
+async def test_a_crash_during_a_restart_is_handled_once_the_restart_is_done() -> None:
+    probe = Probe()
+    with recording(SUPERVISOR_EVENTS) as events:
+        async with Supervisor([probe.spec("a"), probe.spec("b")], name="busy") as sup:
+            first_b = handles(sup)["b"]
+            gate = probe.gates["a"] = anyio.Event()
+            handles(sup)["a"].crash()
+            await wait_until(lambda: states(sup) == {"a": "starting", "b": "running"})
+            first_b.crash()
+            await wait_until(lambda: probe.live["b"] == 0)  # b's run has ended, mid-restart
+            assert states(sup) == {"a": "starting", "b": "running"}  # its exit waits its turn
+            gate.set()
+            await wait_until(lambda: handles(sup).get("b") not in (None, first_b))
+    assert [(event[-1], meta["child_id"]) for event, _, meta in events.events] == [
+        ("child_started", "a"),
+        ("child_started", "b"),
+        ("child_terminated", "a"),
+        ("child_started", "a"),
+        ("child_restarted", "a"),
+        ("child_terminated", "b"),
+        ("child_started", "b"),
+        ("child_restarted", "b"),
+        ("child_terminated", "b"),
+        ("child_terminated", "a"),
+    ]
+
+
+async def test_a_child_that_crashed_before_it_was_stopped_is_reported_once_as_a_crash() -> None:
+    probe = Probe()
+    specs = [probe.spec("b"), probe.spec("a")]
+    with recording(SUPERVISOR_EVENTS) as events:
+        async with Supervisor(specs, strategy="one_for_all", name="retry") as sup:
+            gate = probe.gates["a"] = anyio.Event()
+            handles(sup)["a"].crash()
+            await wait_until(lambda: states(sup) == {"b": "running", "a": "starting"})
+            restarted_b = handles(sup)["b"]
+            restarted_b.crash()  # b's run ends while the restart holds the turn
+            await wait_until(lambda: probe.live["b"] == 0)
+            probe.fail_next_starts["a"] = 1  # a's start fails: the retry stops b first
+            gate.set()
+            await wait_until(lambda: states(sup) == {"b": "running", "a": "running"})
+            assert probe.events("start").count("a") == 3
+    ends = events.of("child_terminated")
+    b_ends = [(m["reason"], m.get("error")) for m in ends if m["child_id"] == "b"]
+    # Stopped by a's restart, then its own crash found by the retry (not a "shutdown"),
+    # then the final shutdown: its queued exit is not reported a second time.
+    assert b_ends == [("shutdown", None), ("crash", restarted_b.error), ("shutdown", None)]
+    assert probe.events("start") == ["b", "a", "b", "a", "b", "a"]
+    assert len(events.of("child_restarted")) == 3  # b (then a failed), then b and a
 
 
 # --- escalation through nested supervisors ------------------------------------------------
@@ -296,11 +383,14 @@ async def test_a_nested_supervisor_that_gives_up_is_restarted_by_its_parent() ->
         async with Supervisor([inner], name="outer") as outer:
             first_inner = outer.which_children()[0].value
             assert isinstance(first_inner, Supervisor)
-            handles(first_inner)["leaf"].crash()
+            first_leaf = handles(first_inner)["leaf"]
+            first_leaf.crash()
             await wait_until(lambda: outer.which_children()[0].value not in (None, first_inner))
             second_inner = outer.which_children()[0].value
             assert isinstance(second_inner, Supervisor)
-            assert handles(second_inner)["leaf"].serial != 0
+            assert [(i.id, i.state) for i in second_inner.which_children()] == [("leaf", "running")]
+            assert handles(second_inner)["leaf"] is not first_leaf
+            assert probe.live["leaf"] == 1
     restarted = events.of("child_restarted")
     assert [(m["supervisor"], m["child_id"]) for m in restarted] == [("outer", "inner")]
     assert isinstance(restarted[0]["error"], SupervisorGaveUpError)
@@ -315,7 +405,7 @@ async def test_a_crash_escalates_to_the_top_when_every_level_gives_up() -> None:
             inner_sup = outer.which_children()[0].value
             assert isinstance(inner_sup, Supervisor)
             handles(inner_sup)["leaf"].crash()
-            await anyio.sleep_forever()
+            await until_cancelled()
     assert caught.value.supervisor == "outer"
     assert caught.value.child_id == "inner"
     cause = caught.value.__cause__
@@ -339,11 +429,17 @@ async def test_start_child_returns_the_value_passed_to_started() -> None:
 async def test_start_child_with_a_duplicate_id_is_an_error() -> None:
     probe = Probe()
     async with Supervisor([probe.spec("a")], name="dup") as sup:
-        with pytest.raises(DuplicateChildError, match="'a', which is already running"):
+        with pytest.raises(DuplicateChildError, match="'a', which is already running") as running:
             await sup.start_child(probe.spec("a"))
         await sup.terminate_child("a")
-        with pytest.raises(DuplicateChildError, match="already present"):
+        with pytest.raises(DuplicateChildError) as terminated:
             await sup.start_child(probe.spec("a"))
+    assert running.value.state == "running"
+    assert terminated.value.state == "terminated"
+    assert str(terminated.value) == (
+        "supervisor 'dup': expected a new child id, got 'a', which is already present "
+        "(terminated; delete_child() it first)"
+    )
     assert probe.events("start") == ["a"]
 
 
@@ -413,9 +509,9 @@ async def test_delete_child_forgets_a_terminated_child() -> None:
     probe = Probe()
     async with Supervisor([probe.spec("a"), probe.spec("b")]) as sup:
         with pytest.raises(ChildStateError, match="terminate_child"):
-            sup.delete_child("a")
+            await sup.delete_child("a")
         await sup.terminate_child("a")
-        sup.delete_child("a")
+        await sup.delete_child("a")
         assert [info.id for info in sup.which_children()] == ["b"]
         await sup.start_child(probe.spec("a"))
 
@@ -425,9 +521,7 @@ async def test_unknown_child_ids_are_errors(call: str) -> None:
     probe = Probe()
     async with Supervisor([probe.spec("a")], name="known") as sup:
         with pytest.raises(UnknownChildError, match=r"'known' has no child 'nope'.*\['a'\]"):
-            result = getattr(sup, call)("nope")
-            if call != "delete_child":
-                await result
+            await getattr(sup, call)("nope")
 
 
 async def test_which_children_and_count_children_describe_the_children() -> None:
@@ -454,7 +548,7 @@ async def test_runtime_calls_after_exit_say_the_supervisor_is_not_running() -> N
     with pytest.raises(SupervisorNotRunningError, match="'gone' is not running"):
         await sup.start_child(probe.spec("b"))
     with pytest.raises(SupervisorNotRunningError):
-        sup.delete_child("a")
+        await sup.delete_child("a")
 
 
 async def test_a_supervisor_can_be_entered_only_once() -> None:
@@ -480,7 +574,7 @@ async def test_a_child_that_overruns_its_shutdown_time_is_reported_and_waited_fo
         finally:
             order.append("stubborn cancelled")
             with anyio.CancelScope(shield=True):
-                await release.wait()
+                await wait_for(release)
             order.append("stubborn finished")
 
     async def polite(*, task_status: TaskStatus[None]) -> None:
@@ -522,7 +616,8 @@ async def test_a_child_cannot_terminate_itself() -> None:
     async with Supervisor() as sup:
         await sup.start_child(ChildSpec("self", suicidal))
         await wait_until(lambda: outcome != [])
-        assert sup.which_children()[0].running
+        assert sup.which_children()[0].state == "running"
+    assert [type(error) for error in outcome] == [ChildStateError]
     assert "cannot terminate itself" in str(outcome[0])
 
 
@@ -538,11 +633,13 @@ async def test_leaving_cancels_a_child_that_is_still_starting() -> None:
         except ChildStartError as error:
             outcome.append(error)
 
-    with anyio.fail_after(5):
+    with recording(SUPERVISOR_EVENTS) as events:
         async with anyio.create_task_group() as tasks, Supervisor() as sup:
             tasks.start_soon(starter, sup)
-            await wait_until(lambda: sup.count_children().specs == 1)
+            await wait_until(lambda: [i.state for i in sup.which_children()] == ["starting"])
+    assert [type(error) for error in outcome] == [ChildStartError]
     assert "stopped while the child was starting" in str(outcome[0])
+    assert events.events == []  # it never started, so it neither started nor terminated
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # only asyncio has stray cancellations
@@ -694,9 +791,19 @@ def test_supervisor_rejects_bad_options(kwargs: dict[str, Any], message: str) ->
         Supervisor(**kwargs)
 
 
-def test_supervisor_rejects_duplicate_ids_in_its_children() -> None:
-    with pytest.raises(DuplicateChildError, match="'twice'"):
-        Supervisor([ChildSpec("twice", _noop), ChildSpec("twice", _noop)])
+def test_supervisor_rejects_duplicate_ids_in_its_children_and_says_they_repeat() -> None:
+    specs = [ChildSpec("twice", _noop), ChildSpec("once", _noop), ChildSpec("twice", _noop)]
+    with pytest.raises(DuplicateChildError) as caught:
+        Supervisor(specs, name="listed")
+    assert str(caught.value) == (
+        "supervisor 'listed': expected unique child ids, got 'twice' twice in the children given"
+    )
+    assert (caught.value.child_id, caught.value.state) == ("twice", "repeated")
+
+
+def test_an_id_given_three_times_is_counted() -> None:
+    with pytest.raises(DuplicateChildError, match="got 'x' 3 times in the children given"):
+        Supervisor([ChildSpec("x", _noop)] * 3)
 
 
 def test_supervisor_rejects_a_child_without_child_spec() -> None:
@@ -724,32 +831,43 @@ def _slow_to_stop(child_id: str, release: anyio.Event, stopping: anyio.Event) ->
         finally:
             stopping.set()
             with anyio.CancelScope(shield=True):
-                await release.wait()
+                await wait_for(release)
 
     return ChildSpec(child_id, start)
 
 
-async def test_deleting_a_stopped_sibling_during_a_one_for_all_restart_is_safe() -> None:
+async def test_a_delete_child_during_a_restart_waits_for_the_restart_to_finish() -> None:
     probe = Probe()
-    release, stopping = anyio.Event(), anyio.Event()
+    release, stopping, asked = anyio.Event(), anyio.Event(), anyio.Event()
+    outcome: list[BaseException] = []
+
+    async def delete_c(sup: Supervisor) -> None:
+        asked.set()
+        try:
+            await sup.delete_child("c")
+        except ChildStateError as error:
+            outcome.append(error)
+
     specs = [probe.spec("a"), _slow_to_stop("b", release, stopping), probe.spec("c")]
     async with Supervisor(specs, strategy="one_for_all") as sup:
-        crashed = handles(sup)["a"]
-        crashed.crash()
-        await stopping.wait()  # c was stopped first (right to left); b is stopping now
-        assert not {i.id: i.running for i in sup.which_children()}["c"]
-        sup.delete_child("c")
-        release.set()
-        await wait_until(lambda: handles(sup).get("a") not in (None, crashed))
-        await wait_until(
-            lambda: (
-                [(i.id, i.running) for i in sup.which_children()]
-                == [
-                    ("a", True),
-                    ("b", True),
-                ]
-            )
-        )
+        before = handles(sup)
+        before["a"].crash()
+        await wait_for(stopping)  # c was stopped first (right to left); b is stopping now
+        states = {i.id: i.state for i in sup.which_children()}
+        assert states == {"a": "terminated", "b": "stopping", "c": "terminated"}
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(delete_c, sup)
+            await wait_for(asked)  # it waits for its turn, which comes after the restart
+            release.set()
+        after = handles(sup)
+        assert [(i.id, i.state) for i in sup.which_children()] == [
+            ("a", "running"),
+            ("b", "running"),
+            ("c", "running"),
+        ]
+        assert all(after[x] is not before.get(x) for x in "ac")
+    assert [type(error) for error in outcome] == [ChildStateError]
+    assert "is running" in str(outcome[0])
 
 
 async def test_a_start_child_queued_behind_a_give_up_is_refused() -> None:
@@ -775,8 +893,8 @@ async def test_a_start_child_queued_behind_a_give_up_is_refused() -> None:
         with pytest.raises(SupervisorGaveUpError):
             async with Supervisor(specs, max_restarts=0) as sup:
                 handles(sup)["a"].crash()
-                await stopping.wait()  # giving up: the manager holds the lock, stopping all
+                await wait_for(stopping)  # giving up: the manager has the turn, stopping all
                 outside.start_soon(start_late, sup)
-                await anyio.sleep_forever()
+                await until_cancelled()
     assert [type(error) for error in outcome] == [SupervisorNotRunningError]
     assert "late" not in probe.events("start")

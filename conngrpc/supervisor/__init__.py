@@ -1,13 +1,14 @@
 """A generic, gRPC-free OTP-style supervision tree on anyio (asyncio and trio)."""
 
+from .child import ChildCounts as ChildCounts
+from .child import ChildInfo as ChildInfo
+from .child import ChildState as ChildState
 from .intensity import RestartIntensity as RestartIntensity
 from .registry import Registry as Registry
 from .spec import ChildSource as ChildSource
 from .spec import ChildSpec as ChildSpec
 from .spec import StartFunction as StartFunction
 from .spec import to_child_spec as to_child_spec
-from .supervisor import ChildCounts as ChildCounts
-from .supervisor import ChildInfo as ChildInfo
 from .supervisor import Supervisor as Supervisor
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "ChildInfo",
     "ChildSource",
     "ChildSpec",
+    "ChildState",
     "Registry",
     "RestartIntensity",
     "StartFunction",

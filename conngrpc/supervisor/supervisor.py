@@ -7,9 +7,9 @@ import itertools
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Hashable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, get_args
 
@@ -23,18 +23,18 @@ from ..errors import (
     ChildStartError,
     ChildStateError,
     DuplicateChildError,
-    StrayCancellationError,
     SupervisorGaveUpError,
     SupervisorNotRunningError,
     UnknownChildError,
 )
+from .child import Child, ChildCounts, ChildInfo, Run
 from .intensity import Clock, RestartIntensity
-from .spec import ChildSource, ChildSpec, ChildType, RestartType, to_child_spec
+from .spec import ChildSource, ChildSpec, RestartType, to_child_spec
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["ChildCounts", "ChildInfo", "Strategy", "Supervisor"]
+__all__ = ["Strategy", "Supervisor"]
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
@@ -48,70 +48,7 @@ _log = get_logger("conngrpc.supervisor")
 _names = itertools.count(1)
 
 
-@dataclass(frozen=True, slots=True)
-class ChildInfo:
-    """One child as :meth:`Supervisor.which_children` reports it.
-
-    ``value`` is what the running child passed to ``task_status.started`` (None when
-    it is not running).
-    """
-
-    id: Hashable
-    type: ChildType
-    restart: RestartType
-    running: bool
-    value: object
-
-
-@dataclass(frozen=True, slots=True)
-class ChildCounts:
-    """OTP's ``count_children``: specs held, children running, and specs by type."""
-
-    specs: int
-    active: int
-    supervisors: int
-    workers: int
-
-
-class _Run:
-    """One incarnation of a child: its task's cancel scope, readiness and end.
-
-    It is also the ``task_status`` the child's start function receives.
-    """
-
-    __slots__ = ("done", "error", "scope", "settled", "started_", "stopping", "task", "value")
-
-    def __init__(self) -> None:
-        # Shielded, so that only the supervisor stops a child: an outer cancellation
-        # reaches the supervisor, which then stops its children right to left.
-        self.scope = anyio.CancelScope(shield=True)
-        self.settled = anyio.Event()  # set on started() or on exit, whichever comes first
-        self.done = anyio.Event()  # set when the child's task has ended
-        self.started_ = False
-        self.stopping = False  # the supervisor cancelled it: its end is no crash
-        self.value: object = None
-        self.error: Exception | None = None
-        self.task: int | None = None  # the id of the anyio task that runs it
-
-    def started(self, value: object = None) -> None:
-        if self.started_:
-            raise RuntimeError("task_status.started() was called twice")
-        self.started_ = True
-        self.value = value
-        self.settled.set()
-
-
-class _Child:
-    """A spec the supervisor holds, and its current run (None when not running)."""
-
-    __slots__ = ("run", "spec")
-
-    def __init__(self, spec: ChildSpec) -> None:
-        self.spec = spec
-        self.run: _Run | None = None
-
-
-_Exit = tuple[_Child, _Run, "Exception | None"]
+_Exit = tuple[Child, Run]  # a run whose task has ended, and its child
 
 
 class Supervisor:
@@ -129,6 +66,9 @@ class Supervisor:
     raise :class:`SupervisorGaveUpError` out of the ``async with`` block, cancelling the
     block's body; run as another supervisor's child, that is a crash the parent handles.
 
+    The runtime calls and the handling of each child's exit take turns, one at a time
+    and in the order they came, as messages in an OTP supervisor's mailbox do.
+
     Example::
 
         async with Supervisor([ChildSpec("ticker", run_ticker)], name="app") as sup:
@@ -138,7 +78,8 @@ class Supervisor:
     ``children`` may hold :class:`ChildSpec` objects or anything with a ``child_spec()``
     method. ``clock`` (seconds, monotonic) is injectable for deterministic tests.
 
-    :raises ValueError: a bad strategy, intensity or name, or duplicate child ids.
+    :raises ValueError: a bad strategy, intensity or name.
+    :raises DuplicateChildError: a child id repeats in ``children``.
     """
 
     def __init__(
@@ -161,21 +102,20 @@ class Supervisor:
         self.strategy: Strategy = strategy
         self._intensity = RestartIntensity(max_restarts, max_seconds, clock)
         specs = [to_child_spec(child) for child in children]
-        seen: set[Hashable] = set()
-        for spec in specs:
-            if spec.id in seen:
-                raise DuplicateChildError(self.name, spec.id, running=False)
-            seen.add(spec.id)
+        for child_id, times in Counter(spec.id for spec in specs).items():
+            if times > 1:
+                raise DuplicateChildError(self.name, child_id, "repeated", times)
         self._initial = specs
-        self._children: list[_Child] = []
+        self._children: list[Child] = []
         self._state: Literal["new", "running", "stopping", "stopped"] = "new"
         self._failure: SupervisorGaveUpError | None = None
         self._tg: TaskGroup | None = None
+        # Every change to the children happens while this is held: by a runtime call,
+        # by the manager for one exit, by entering and by leaving. anyio's locks are
+        # fair, so turns are taken in the order they were asked for.
         self._lock: anyio.Lock | None = None
         self._exits: MemoryObjectSendStream[_Exit] | None = None
         self._manager_scope: anyio.CancelScope | None = None
-        self._manager_done: anyio.Event | None = None
-        self._starting: set[_Run] = set()  # runs not yet started: stopping cancels them
 
     @classmethod
     def child_spec(
@@ -236,7 +176,7 @@ class Supervisor:
             await tg.start(self._manage, receive)
             async with self._lock:
                 for spec in self._initial:
-                    child = _Child(spec)
+                    child = Child(spec)
                     self._children.append(child)
                     await self._start(child)
         except BaseException as exc:
@@ -265,15 +205,15 @@ class Supervisor:
         assert self._tg is not None
         assert self._lock is not None
         assert self._exits is not None
-        self._state = "stopping"
+        self._state = "stopping"  # turns asked for from now on are refused
         try:
             with anyio.CancelScope(shield=True):
                 if self._manager_scope is not None:
-                    self._manager_scope.cancel()
-                    assert self._manager_done is not None
-                    await self._manager_done.wait()
-                for starting in list(self._starting):  # a start_child still waiting holds
-                    starting.scope.cancel()  # the lock: its child will not be started now
+                    self._manager_scope.cancel()  # it lets go of the lock as it unwinds
+                # A runtime call's turn may be waiting for a child to start: call it off.
+                for child in self._children:
+                    if child.state == "starting" and child.run is not None:
+                        child.run.scope.cancel()
                 async with self._lock:
                     await self._stop_all()
         finally:
@@ -292,47 +232,43 @@ class Supervisor:
     async def _manage(
         self, exits: MemoryObjectReceiveStream[_Exit], *, task_status: TaskStatus[None]
     ) -> None:
-        """The supervisor's own task: handles child exits one at a time."""
+        """The supervisor's own task: handles each child's exit in a turn of its own."""
         assert self._lock is not None
-        self._manager_done = anyio.Event()
-        try:
-            with anyio.CancelScope() as self._manager_scope, exits:
-                task_status.started()
-                async for child, run, error in exits:
-                    async with self._lock:
-                        await self._handle_exit(child, run, error)
-        finally:
-            self._manager_done.set()
+        with anyio.CancelScope() as self._manager_scope, exits:
+            task_status.started()
+            async for child, run in exits:
+                async with self._lock:
+                    await self._handle_exit(child, run)
 
-    # --- running one child -------------------------------------------------------
+    # --- one child's life: terminated -> starting -> running -> stopping -> terminated
 
-    async def _start(self, child: _Child) -> object:
+    async def _start(self, child: Child) -> object:
         """Start ``child`` and wait until it calls ``started``; return its value.
 
-        :raises ChildStartError: it raised or returned before calling ``started``.
+        :raises ChildStartError: it raised or returned before calling ``started``; the
+            child is terminated again.
         """
         assert self._tg is not None
-        run = _Run()
-        child.run = run
+        assert child.state == "terminated"
+        run = Run()
+        child.state, child.run = "starting", run
         begin = time.monotonic_ns()
         self._tg.start_soon(self._run_child, child, run, name=f"{self.name}/{child.spec.id!r}")
-        self._starting.add(run)
         try:
-            await run.settled.wait()
-        except BaseException:
-            await self._stop(child, run, reason="shutdown")
+            await run.ready.wait()
+        except BaseException:  # the turn's owner was cancelled: the start is called off
+            await self._stop(child)
             raise
-        finally:
-            self._starting.discard(run)
         if not run.started_:
-            child.run = None
+            self._terminated(child, shutdown=False)
             if run.error is not None:
                 reason = f"{type(run.error).__name__}: {run.error}"
-            elif run.scope.cancel_called:
+            elif self._state != "running":
                 reason = "the supervisor stopped while the child was starting"
             else:
                 reason = "it returned without calling task_status.started()"
             raise ChildStartError(self.name, child.spec.id, reason) from run.error
+        child.state = "running"
         telemetry.execute(
             CHILD_STARTED,
             {"duration": time.monotonic_ns() - begin},
@@ -340,45 +276,24 @@ class Supervisor:
         )
         return run.value
 
-    async def _run_child(self, child: _Child, run: _Run) -> None:
-        """The child's task: runs its start function and reports how it ended."""
-        error: Exception | None = None
-        run.task = anyio.get_current_task().id
-        try:
-            with run.scope:
-                try:
-                    await child.spec.start(task_status=run)
-                except Exception as exc:
-                    error = exc
-                except anyio.get_cancelled_exc_class() as exc:
-                    if run.scope.cancel_called:
-                        raise
-                    # The run's scope is shielded, so no cancel scope asked for this one:
-                    # grpc.aio raises a bare CancelledError from a call whose channel was
-                    # closed. Left alone it would cancel the whole supervisor; it is a crash.
-                    error = StrayCancellationError(self.name, child.spec.id)
-                    error.__cause__ = exc
-        finally:
-            run.error = error
-            run.done.set()
-            run.settled.set()
-        if run.stopping or not run.started_:
-            return  # stopped by us, or a failed start that _start reports
-        if error is not None:
-            _log.error(
-                "child crashed",
-                supervisor=self.name,
-                child_id=child.spec.id,
-                exc_info=error,
-            )
+    async def _run_child(self, child: Child, run: Run) -> None:
+        """The child's task: one run, then its end posted to the manager."""
+        await run.execute(child.spec, self.name)
         assert self._exits is not None
         # When the supervisor is stopping, nobody restarts anything any more.
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-            self._exits.send_nowait((child, run, error))
+            self._exits.send_nowait((child, run))
 
-    async def _stop(self, child: _Child, run: _Run, *, reason: str) -> None:
-        """Cancel one run and wait at most its ``shutdown`` seconds for it to end."""
-        run.stopping = True
+    async def _stop(self, child: Child) -> None:
+        """Cancel the child's run and wait for its end, warning after ``shutdown`` seconds.
+
+        A running child is ``stopping`` meanwhile; a start called off stays ``starting``.
+        """
+        run = child.run
+        assert run is not None
+        ended_by_itself = run.done.is_set()
+        if child.state == "running":
+            child.state = "stopping"
         run.scope.cancel()
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(child.spec.shutdown) as waited:
@@ -393,81 +308,79 @@ class Supervisor:
                     shutdown=child.spec.shutdown,
                 )
                 await run.done.wait()
-        if child.run is run:
-            child.run = None
-        telemetry.execute(
-            CHILD_TERMINATED,
-            {},
-            {"supervisor": self.name, "child_id": child.spec.id, "reason": reason},
-        )
+        self._terminated(child, shutdown=not ended_by_itself)
+
+    def _terminated(self, child: Child, *, shutdown: bool) -> None:
+        """Record the end of the child's run: the one place that reports a child's end.
+
+        A child that never got to ``running`` was never reported started (its caller
+        hears of a :class:`ChildStartError` or of its own cancellation), so its end is
+        not reported either: ``child_started`` and ``child_terminated`` pair up.
+        """
+        run = child.run
+        assert run is not None
+        assert run.done.is_set()
+        was_starting = child.state == "starting"
+        child.state, child.run = "terminated", None
+        if was_starting:
+            return
+        metadata: dict[str, object] = {"supervisor": self.name, "child_id": child.spec.id}
+        if shutdown:
+            metadata["reason"] = "shutdown"
+        elif run.error is None:
+            metadata.update(reason="normal", error=None)
+        else:
+            metadata.update(reason="crash", error=run.error)
+            _log.error(
+                "child crashed", supervisor=self.name, child_id=child.spec.id, exc_info=run.error
+            )
+        telemetry.execute(CHILD_TERMINATED, {}, metadata)
 
     async def _stop_all(self) -> None:
         """Stop every running child, right to left."""
         for child in reversed(self._children):
-            if child.run is not None:
-                await self._stop(child, child.run, reason="shutdown")
+            if child.state == "running":
+                await self._stop(child)
 
     # --- restart policy ----------------------------------------------------------
 
-    async def _handle_exit(self, child: _Child, run: _Run, error: Exception | None) -> None:
+    async def _handle_exit(self, child: Child, run: Run) -> None:
+        """React to a run that ended by itself, by the child's restart type and the strategy."""
         if child.run is not run:
-            return  # that run was stopped or replaced while its exit was queued
-        child.run = None
-        spec = child.spec
-        telemetry.execute(
-            CHILD_TERMINATED,
-            {},
-            {
-                "supervisor": self.name,
-                "child_id": spec.id,
-                "reason": "normal" if error is None else "crash",
-                "error": error,
-            },
-        )
+            return  # a stop or a failed start has accounted for this end already
+        self._terminated(child, shutdown=False)
         # As in OTP, a supervisor that gave up exits with reason shutdown: no abnormal
         # exit, so a transient one is not restarted.
-        abnormal = error is not None and not isinstance(error, SupervisorGaveUpError)
-        if spec.restart == "temporary" or (spec.restart == "transient" and not abnormal):
-            if spec.restart == "temporary":
-                self._children.remove(child)
-            return
-        await self._restart(child, error)
+        abnormal = run.error is not None and not isinstance(run.error, SupervisorGaveUpError)
+        if child.spec.restart == "temporary":
+            self._children.remove(child)
+        elif child.spec.restart == "permanent" or abnormal:
+            await self._restart(child, run.error)
 
-    async def _restart(self, crashed: _Child, error: Exception | None) -> None:
+    async def _restart(self, crashed: Child, error: Exception | None) -> None:
         """Restart ``crashed`` (and its siblings, by strategy) within the intensity."""
-        index = self._children.index(crashed)
         if self.strategy == "one_for_one":
-            siblings: list[_Child] = []
+            siblings: list[Child] = []
         elif self.strategy == "one_for_all":
-            siblings = [c for c in self._children if c is not crashed and c.run is not None]
+            siblings = [c for c in self._children if c.state == "running"]
         else:
-            siblings = [c for c in self._children[index + 1 :] if c.run is not None]
+            after = self._children[self._children.index(crashed) + 1 :]
+            siblings = [c for c in after if c.state == "running"]
         for sibling in reversed(siblings):
-            assert sibling.run is not None
-            await self._stop(sibling, sibling.run, reason="shutdown")
+            await self._stop(sibling)
             if sibling.spec.restart == "temporary":
                 self._children.remove(sibling)
-        group = [crashed, *(s for s in siblings if s.spec.restart != "temporary")]
-        # delete_child may have removed a stopped sibling while this task awaited.
-        group = [c for c in self._children if c in group]
-        last_error: Exception | None = error
-        while True:
-            if not self._intensity.add_restart():
-                await self._give_up(crashed, last_error)
-                return
+        group = [c for c in self._children if c is crashed or c in siblings]  # start order
+        last_error = error
+        while self._intensity.add_restart():
             try:
                 for child in group:
-                    if child.run is None and child in self._children:
-                        await self._start(child)
-                        telemetry.execute(
-                            CHILD_RESTARTED,
-                            {},
-                            {
-                                "supervisor": self.name,
-                                "child_id": child.spec.id,
-                                "error": last_error,
-                            },
-                        )
+                    await self._start(child)
+                    telemetry.execute(
+                        CHILD_RESTARTED,
+                        {},
+                        {"supervisor": self.name, "child_id": child.spec.id, "error": last_error},
+                    )
                 return
             except ChildStartError as exc:
                 _log.error(
@@ -478,11 +391,14 @@ class Supervisor:
                 )
                 last_error = exc
                 for child in reversed(group):
-                    if child.run is not None:
-                        await self._stop(child, child.run, reason="shutdown")
+                    if child.state == "running":
+                        await self._stop(child)
+        await self._give_up(crashed, last_error)
 
-    async def _give_up(self, child: _Child, error: Exception | None) -> None:
+    async def _give_up(self, child: Child, error: Exception | None) -> None:
+        """Stop every child and fail out of the ``async with`` block."""
         assert self._tg is not None
+        self._state = "stopping"  # turns asked for from now on are refused
         failure = SupervisorGaveUpError(
             self.name, child.spec.id, self._intensity.max_restarts, self._intensity.max_seconds
         )
@@ -501,28 +417,40 @@ class Supervisor:
             {"supervisor": self.name, "child_id": child.spec.id, "error": error},
         )
         self._failure = failure
-        self._state = "stopping"
         self._tg.cancel_scope.cancel()
 
     # --- runtime API ---------------------------------------------------------------
 
-    def _check_running(self) -> anyio.Lock:
+    @asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """Wait for this call's turn on a running supervisor; nothing else runs in it.
+
+        :raises SupervisorNotRunningError: it is not running, or it stopped while we waited.
+        """
         if self._state != "running" or self._lock is None:
             raise SupervisorNotRunningError(self.name)
-        return self._lock
-
-    @asynccontextmanager
-    async def _running_lock(self) -> AsyncIterator[None]:
-        """Hold the lock of a running supervisor (it may have stopped while we waited)."""
-        async with self._check_running():
-            self._check_running()
+        async with self._lock:
+            if self._state != "running":
+                raise SupervisorNotRunningError(self.name)
             yield
 
-    def _find(self, child_id: Hashable) -> _Child:
-        for child in self._children:
-            if child.spec.id == child_id:
-                return child
-        raise UnknownChildError(self.name, child_id, [c.spec.id for c in self._children])
+    def _held(self, child_id: Hashable) -> Child | None:
+        return next((child for child in self._children if child.spec.id == child_id), None)
+
+    def _find(self, child_id: Hashable) -> Child:
+        child = self._held(child_id)
+        if child is None:
+            raise UnknownChildError(self.name, child_id, [c.spec.id for c in self._children])
+        return child
+
+    def _find_terminated(self, child_id: Hashable, call: str) -> Child:
+        """The child with that id, which ``call`` needs terminated."""
+        child = self._find(child_id)
+        if child.state == "running":
+            raise ChildStateError(
+                self.name, child_id, f"is running; terminate_child() it before {call}()"
+            )
+        return child
 
     async def start_child(self, child: ChildSpec | ChildSource) -> object:
         """Add a child at the right end and start it; return the value it passed to ``started``.
@@ -533,11 +461,14 @@ class Supervisor:
         :raises SupervisorNotRunningError: the supervisor is not running.
         """
         spec = to_child_spec(child)
-        async with self._running_lock():
-            for held in self._children:
-                if held.spec.id == spec.id:
-                    raise DuplicateChildError(self.name, spec.id, running=held.run is not None)
-            new = _Child(spec)
+        async with self._turn():
+            held = self._held(spec.id)
+            if held is not None:
+                running = held.state == "running"
+                raise DuplicateChildError(
+                    self.name, spec.id, "running" if running else "terminated"
+                )
+            new = Child(spec)
             self._children.append(new)
             try:
                 return await self._start(new)
@@ -552,15 +483,17 @@ class Supervisor:
 
         :raises UnknownChildError: no child has that id.
         :raises ChildStateError: a child asked to terminate itself.
+        :raises SupervisorNotRunningError: the supervisor is not running.
         """
-        async with self._running_lock():
+        async with self._turn():
             child = self._find(child_id)
-            if child.run is not None:
+            if child.state == "running":
+                assert child.run is not None
                 if child.run.task == anyio.get_current_task().id:
                     raise ChildStateError(
                         self.name, child_id, "cannot terminate itself; let it return instead"
                     )
-                await self._stop(child, child.run, reason="shutdown")
+                await self._stop(child)
             if child.spec.restart == "temporary":
                 self._children.remove(child)
 
@@ -570,48 +503,31 @@ class Supervisor:
         :raises UnknownChildError: no child has that id.
         :raises ChildStateError: the child is running (terminate it first).
         :raises ChildStartError: it failed before ``started``; its spec stays, terminated.
+        :raises SupervisorNotRunningError: the supervisor is not running.
         """
-        async with self._running_lock():
-            child = self._find(child_id)
-            if child.run is not None:
-                raise ChildStateError(
-                    self.name, child_id, "is running; terminate_child() it before restart_child()"
-                )
-            return await self._start(child)
+        async with self._turn():
+            return await self._start(self._find_terminated(child_id, "restart_child"))
 
-    def delete_child(self, child_id: Hashable) -> None:
+    async def delete_child(self, child_id: Hashable) -> None:
         """Forget the spec of a terminated child.
 
         :raises UnknownChildError: no child has that id.
         :raises ChildStateError: the child is running (terminate it first).
+        :raises SupervisorNotRunningError: the supervisor is not running.
         """
-        self._check_running()
-        child = self._find(child_id)
-        if child.run is not None:
-            raise ChildStateError(
-                self.name, child_id, "is running; terminate_child() it before delete_child()"
-            )
-        self._children.remove(child)
+        async with self._turn():
+            self._children.remove(self._find_terminated(child_id, "delete_child"))
 
     def which_children(self) -> list[ChildInfo]:
-        """Every child held, in start order, with whether it runs and its value."""
-        return [
-            ChildInfo(
-                id=child.spec.id,
-                type=child.spec.type,
-                restart=child.spec.restart,
-                running=child.run is not None,
-                value=child.run.value if child.run is not None else None,
-            )
-            for child in self._children
-        ]
+        """Every child held, in start order, with its state and value."""
+        return [child.info() for child in self._children]
 
     def count_children(self) -> ChildCounts:
         """How many specs are held, how many run, and how many of each type."""
         supervisors = sum(1 for c in self._children if c.spec.type == "supervisor")
         return ChildCounts(
             specs=len(self._children),
-            active=sum(1 for c in self._children if c.run is not None),
+            active=sum(1 for c in self._children if c.state != "terminated"),
             supervisors=supervisors,
             workers=len(self._children) - supervisors,
         )
