@@ -31,6 +31,7 @@ from .pool import PoolStatus as PoolStatus
 from .supervisor import ChildCounts as ChildCounts
 from .supervisor import ChildInfo as ChildInfo
 from .supervisor import ChildSpec as ChildSpec
+from .supervisor import ChildState as ChildState
 from .supervisor import Registry as Registry
 from .supervisor import Supervisor as Supervisor
 
@@ -46,6 +47,7 @@ __all__ = [
     "ChildInfo",
     "ChildSpec",
     "ChildStartError",
+    "ChildState",
     "ChildStateError",
     "ConnGRPCError",
     "ConnectFailedError",

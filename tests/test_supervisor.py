@@ -748,15 +748,24 @@ async def _noop(*, task_status: TaskStatus[None]) -> None:
     [
         ("restart", "sometimes", "ChildSpec.restart: expected one of permanent, transient"),
         ("type", "manager", "ChildSpec.type: expected one of worker, supervisor"),
-        ("shutdown", -1, "ChildSpec.shutdown: expected a number of seconds >= 0"),
+        ("shutdown", -1, "ChildSpec.shutdown: expected seconds >= 0"),
         ("shutdown", math.nan, "ChildSpec.shutdown"),
-        ("shutdown", "5", "ChildSpec.shutdown"),
-        ("shutdown", True, "ChildSpec.shutdown"),
+        ("shutdown", 10**20, "ChildSpec.shutdown: expected seconds >= 0 and <= 2.14748e"),
     ],
 )
 def test_child_spec_rejects_bad_values(field: str, value: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ChildSpec("x", _noop, **{field: value})
+
+
+@pytest.mark.parametrize("value", ["5", True, None])
+def test_child_spec_rejects_a_shutdown_that_is_not_a_number(value: object) -> None:
+    with pytest.raises(TypeError, match=r"ChildSpec\.shutdown: expected seconds"):
+        ChildSpec("x", _noop, shutdown=value)  # type: ignore[arg-type]
+
+
+def test_child_spec_may_wait_for_ever_for_a_child_to_stop() -> None:
+    assert ChildSpec("x", _noop, shutdown=math.inf).shutdown == math.inf
 
 
 @pytest.mark.parametrize(
@@ -779,15 +788,27 @@ def test_child_spec_rejects_bad_id_and_start(
     ("kwargs", "message"),
     [
         ({"strategy": "one_for_some"}, "Supervisor.strategy: expected one of one_for_one"),
-        ({"max_restarts": -1}, "max_restarts: expected an int >= 0"),
-        ({"max_restarts": 1.5}, "max_restarts"),
-        ({"max_seconds": 0}, "max_seconds: expected a finite number > 0"),
-        ({"max_seconds": math.inf}, "max_seconds"),
+        ({"max_restarts": -1}, "Supervisor.max_restarts: expected an int >= 0"),
+        ({"max_seconds": 0}, "Supervisor.max_seconds: expected seconds > 0"),
+        ({"max_seconds": math.inf}, "Supervisor.max_seconds"),
+        ({"max_seconds": 10**20}, "Supervisor.max_seconds"),
         ({"name": ""}, "Supervisor.name: expected a non-empty str"),
     ],
 )
 def test_supervisor_rejects_bad_options(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
+        Supervisor(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_restarts": 1.5}, "Supervisor.max_restarts: expected an int"),
+        ({"max_seconds": "5"}, "Supervisor.max_seconds: expected seconds"),
+    ],
+)
+def test_supervisor_rejects_options_of_the_wrong_type(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(TypeError, match=message):
         Supervisor(**kwargs)
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Callable
+
+from .._checks import check_count, check_seconds
 
 __all__ = ["Clock", "RestartIntensity"]
 
@@ -18,7 +19,9 @@ class RestartIntensity:
     A restart at time ``t`` counts while ``now - t <= max_seconds``. More than
     ``max_restarts`` counted restarts means the supervisor must give up.
 
-    :raises ValueError: ``max_restarts`` is not an int >= 0 or ``max_seconds`` not > 0.
+    :raises TypeError: ``max_restarts`` is not an int or ``max_seconds`` not a number.
+    :raises ValueError: ``max_restarts`` is below 0, or ``max_seconds`` not > 0 (and at
+        most about 24.8 days).
     """
 
     __slots__ = ("_clock", "_restarts", "max_restarts", "max_seconds")
@@ -26,15 +29,8 @@ class RestartIntensity:
     def __init__(
         self, max_restarts: int, max_seconds: float, clock: Clock = time.monotonic
     ) -> None:
-        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
-            raise ValueError(f"max_restarts: expected an int >= 0, got {max_restarts!r}")
-        if (
-            isinstance(max_seconds, bool)
-            or not isinstance(max_seconds, (int, float))
-            or not max_seconds > 0
-            or math.isinf(max_seconds)
-        ):
-            raise ValueError(f"max_seconds: expected a finite number > 0, got {max_seconds!r}")
+        max_restarts = check_count("Supervisor.max_restarts", max_restarts)
+        max_seconds = check_seconds("Supervisor.max_seconds", max_seconds)
         if not callable(clock):
             raise TypeError(f"clock: expected a callable returning seconds, got {clock!r}")
         self.max_restarts = max_restarts

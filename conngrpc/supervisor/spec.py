@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Hashable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
 
 from anyio.abc import TaskStatus
+
+from .._checks import check_seconds
 
 __all__ = [
     "ChildSource",
@@ -55,7 +56,8 @@ class ChildSpec:
     - ``shutdown``: seconds the child is given to finish after it is cancelled.
     - ``type``: ``"worker"`` or ``"supervisor"``.
 
-    :raises ValueError: a field has a value outside the allowed ones.
+    :raises ValueError: a field has a value outside the allowed ones (``shutdown``: 0 to
+        about 24.8 days, or ``math.inf``).
     :raises TypeError: a field has the wrong type.
     """
 
@@ -86,17 +88,8 @@ class ChildSpec:
             raise ValueError(
                 f"ChildSpec.type: expected one of {', '.join(CHILD_TYPES)}, got {self.type!r}"
             )
-        shutdown = self.shutdown
-        if (
-            isinstance(shutdown, bool)
-            or not isinstance(shutdown, (int, float))
-            or math.isnan(shutdown)
-            or shutdown < 0
-        ):
-            raise ValueError(
-                "ChildSpec.shutdown: expected a number of seconds >= 0 (math.inf waits "
-                f"for ever), got {shutdown!r}"
-            )
+        # math.inf waits for ever for the child to end.
+        check_seconds("ChildSpec.shutdown", self.shutdown, zero=True, infinite=True)
 
 
 def to_child_spec(child: ChildSpec | ChildSource) -> ChildSpec:

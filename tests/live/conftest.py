@@ -29,5 +29,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     test an async fixture, so this one is not autouse)."""
     for item in items:
         function = getattr(item, "function", None)
+        # A hypothesis test is a sync wrapper around the async test it runs.
+        function = getattr(getattr(function, "hypothesis", None), "inner_test", function)
         if "/tests/live/" in str(item.path) and inspect.iscoroutinefunction(function):
             item.add_marker(pytest.mark.usefixtures("_one_event_loop_for_grpc"))

@@ -142,7 +142,11 @@ async def test_in_flight_counts_return_to_zero_after_every_kind_of_ending(
     missing = _raw(facade, "unary_unary", "/conngrpc.demo.v1.Demo/NoSuchMethod")
     calls: list[Any] = []
 
+    failed_as_expected: list[str] = []
+
     async def one(ending: str) -> None:
+        # No pytest.raises here: its miss is a BaseException, which would end the
+        # session's shared runner from inside the task group. Outcomes are checked after.
         if ending == "complete":
             await sleep(b"1", timeout=5)
         elif ending == "cancel":
@@ -151,18 +155,22 @@ async def test_in_flight_counts_return_to_zero_after_every_kind_of_ending(
             await anyio.sleep(0.01)
             call.cancel()
         elif ending == "deadline":
-            with pytest.raises(grpc.aio.AioRpcError):
+            try:
                 await sleep(b"5000", timeout=0.02)
+            except grpc.aio.AioRpcError as error:
+                failed_as_expected.append(error.code().name)
         elif ending == "drop_stream":
             # Dropped unfinished: grpc.aio keeps such a stream open (its channel holds
             # the call) until its deadline or the server ends it; it counts until then.
-            stream = count(b"100:10", timeout=0.2)
-            assert await stream.read() == b"0"
+            stream = count(b"100:10", timeout=2)
+            await stream.read()
             del stream
             gc.collect()
         elif ending == "error":
-            with pytest.raises(grpc.aio.AioRpcError):
+            try:
                 await missing(b"", timeout=5)
+            except grpc.aio.AioRpcError as error:
+                failed_as_expected.append(error.code().name)
         elif ending == "stream_complete":
             assert [m async for m in count(b"2:1", timeout=5)] == [b"0", b"1"]
         else:
@@ -177,6 +185,11 @@ async def test_in_flight_counts_return_to_zero_after_every_kind_of_ending(
     calls.clear()
     gc.collect()
     await all_calls_ended(name)
+    assert sorted(failed_as_expected) == sorted(
+        {"deadline": "DEADLINE_EXCEEDED", "error": "UNIMPLEMENTED"}[e]
+        for e in endings
+        if e in ("deadline", "error")
+    )
 
 
 # --- where calls go -------------------------------------------------------------------------------
