@@ -24,12 +24,12 @@ async def _one_event_loop_for_grpc() -> AsyncIterator[None]:
     yield  # noqa: PT022 - the yield keeps the loop alive for the whole session
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Async tests share the session's loop; sync ones need none (pytest refuses a sync
-    test an async fixture, so this one is not autouse)."""
-    for item in items:
-        function = getattr(item, "function", None)
-        # A hypothesis test is a sync wrapper around the async test it runs.
-        function = getattr(getattr(function, "hypothesis", None), "inner_test", function)
-        if "/tests/live/" in str(item.path) and inspect.iscoroutinefunction(function):
-            item.add_marker(pytest.mark.usefixtures("_one_event_loop_for_grpc"))
+@pytest.fixture(autouse=True)
+def _async_tests_share_the_loop(request: pytest.FixtureRequest) -> None:
+    """Async tests run on the session's loop; sync ones need none (pytest refuses a sync
+    test an async fixture, so that one cannot be autouse itself)."""
+    function = request.function
+    # A hypothesis test is a sync wrapper around the async test it runs.
+    function = getattr(getattr(function, "hypothesis", None), "inner_test", function)
+    if inspect.iscoroutinefunction(function):
+        request.getfixturevalue("_one_event_loop_for_grpc")
