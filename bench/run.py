@@ -29,6 +29,8 @@ from .connection_cap import connection_cap
 from .fleet import fleet
 from .hot_path import get_channel_cost, real_channel_cost, telemetry_cost
 from .lifecycle import failure_and_recovery, memory, startup
+from .pooled import overhead as pooled_overhead
+from .pooled import slow_replica, stream_cap
 from .throughput import (
     client_cpu_limit,
     cold_burst,
@@ -134,6 +136,11 @@ async def main(quick: bool, output: Path | None) -> int:
     done(await failure_and_recovery(quick))
     done(await memory(quick))
     for section in await fleet(quick):
+        done(section)
+    done(await slow_replica(quick))
+    for section in await stream_cap(quick):
+        done(section)
+    for section in await pooled_overhead(quick):
         done(section)
     seconds = time.monotonic() - began
     if output is not None:

@@ -41,6 +41,11 @@ def test_the_quick_benchmark_suite_runs_and_reports_every_benchmark(tmp_path: Pa
         "Fleet (b): one replica turns NOT_SERVING",
         "Fleet (c): rolling restarts",
         "Fleet (d): scale-out from 2 replicas to 3",
+        "Slow replica",
+        "Stream cap: one server capped",
+        "Mixed call lengths",
+        "Overhead of the PooledChannel",
+        "The pick and its counting",
         "When to use what",
     ]:
         assert f"## {title}" in text, title

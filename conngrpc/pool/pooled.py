@@ -218,7 +218,32 @@ class _Multicallable:
                 return _DeferredCall(self._start_when_ready(request, options))
             return facade.unavailable(runtime)
         assert runtime is not None
+        if not runtime.has_room(slot):  # every channel is at max_calls_per_channel
+            return _DeferredCall(self._start_when_room(runtime, request, options))
         return runtime.track(slot, self._real(slot)(*request, **options))
+
+    async def _start_when_room(
+        self, runtime: PoolRuntime, request: tuple[Any, ...], options: dict[str, Any]
+    ) -> Any:
+        """Wait (within the call's timeout) for a channel under the cap, then start on it."""
+        timeout = options.get("timeout")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            slot = await runtime.room(deadline)
+        except TimeoutError:
+            details = (
+                f"conngrpc {self._facade.kind} {self._facade.name!r}: every channel had "
+                f"max_calls_per_channel={runtime.call_cap} calls in flight until the deadline"
+            )
+            raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, details=details) from None
+        if deadline is not None:
+            options = {**options, "timeout": max(0.0, deadline - time.monotonic())}
+        try:
+            call = self._real(slot)(*request, **options)
+        except BaseException:
+            slot.done()
+            raise
+        return runtime.track(slot, call, counted=True)
 
     async def _start_when_ready(self, request: tuple[Any, ...], options: dict[str, Any]) -> Any:
         """Wait (within the call's timeout) for a channel, then start the call on it."""

@@ -7,10 +7,12 @@ to one loop); calls that can check that at no cost to the hand-out do.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import itertools
 import random
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -98,7 +100,20 @@ class Slot:
     def done(self, _: object = None) -> None:
         """A call on this slot ended (grpc's done callback)."""
         self.in_flight -= 1
-        self.runtime.in_flight -= 1
+        runtime = self.runtime
+        runtime.in_flight -= 1
+        if runtime.waiting:
+            runtime.dispatch()
+
+
+class _Waiter:
+    """A call waiting for room under ``max_calls_per_channel``; handed a slot when one frees."""
+
+    __slots__ = ("ready", "slot")
+
+    def __init__(self) -> None:
+        self.ready = anyio.Event()
+        self.slot: Slot | None = None
 
 
 class PoolRuntime:
@@ -112,6 +127,7 @@ class PoolRuntime:
 
     __slots__ = (
         "_changed",
+        "call_cap",
         "channels",
         "counter",
         "expected_size",
@@ -126,6 +142,7 @@ class PoolRuntime:
         "stopped",
         "thread",
         "unimplemented_health_seen",
+        "waiting",
         "workers",
     )
 
@@ -143,6 +160,9 @@ class PoolRuntime:
         self.channels: tuple[grpc.aio.Channel, ...] = ()
         self.slots: tuple[Slot, ...] = ()
         self.in_flight = 0
+        #: settings.max_calls_per_channel: calls beyond it wait here, first come first served
+        self.call_cap = settings.max_calls_per_channel
+        self.waiting: collections.deque[_Waiter] = collections.deque()
         self.counter = itertools.count()
         self.stopped: str | None = None  # why the pool stopped, once it has
         self.loop = asyncio.get_running_loop()
@@ -181,6 +201,8 @@ class PoolRuntime:
             self.slots = tuple(
                 kept.get(c) or Slot(w, c, self) for w, c in zip(workers, self.channels, strict=True)
             )
+            if self.waiting:
+                self.dispatch()  # a channel that joined has room
         self._wake()
 
     def stop(self, reason: str) -> None:
@@ -219,25 +241,74 @@ class PoolRuntime:
         while True:
             slots = self.slots
             size = len(slots)
-            if not size:
+            if size == 1:
+                best = slots[0]
+            elif size == 0:
                 return None
-            if size <= EXACT_PICK_UP_TO:
+            elif size <= EXACT_PICK_UP_TO:
                 start = next(self.counter) % size
                 best = slots[start]
                 for slot in slots[start + 1 :] + slots[:start]:
                     if slot.in_flight < best.in_flight:
                         best = slot
             else:
-                first, second = slots[_below(size)], slots[_below(size)]
+                first, second = slots[int(_random() * size)], slots[int(_random() * size)]
                 best = first if first.in_flight <= second.in_flight else second
             if best.channel.get_state() is _READY:
                 return best
             self.left(best.worker)
 
-    def track(self, slot: Slot, call: Any) -> Any:
-        """Count ``call`` against ``slot`` until grpc says it is done; return it."""
-        slot.in_flight += 1
-        self.in_flight += 1
+    def has_room(self, slot: Slot) -> bool:
+        """Whether a new call may start on ``slot`` now (the least loaded) without waiting.
+
+        Always, without ``max_calls_per_channel``; else while the slot is under it and
+        no earlier call waits.
+        """
+        cap = self.call_cap
+        return cap is None or (slot.in_flight < cap and not self.waiting)
+
+    async def room(self, deadline: float | None) -> Slot:
+        """Wait, first come first served, until a channel is under ``max_calls_per_channel``;
+        return it, with the call already counted against it.
+
+        :raises TimeoutError: ``deadline`` (monotonic) passed first.
+        """
+        waiter = _Waiter()
+        self.waiting.append(waiter)
+        self.dispatch()
+        try:
+            with anyio.fail_after(None if deadline is None else max(0.0, deadline - _now())):
+                await waiter.ready.wait()
+        except BaseException:
+            if waiter.slot is not None:  # handed a slot just as it gave up: pass it on
+                waiter.slot.done()
+            elif waiter in self.waiting:
+                self.waiting.remove(waiter)
+            raise
+        assert waiter.slot is not None
+        return waiter.slot
+
+    def dispatch(self) -> None:
+        """Hand the channels with room to the calls that wait, oldest first."""
+        cap = self.call_cap
+        while self.waiting:
+            slot = self.pick()
+            if slot is None or (cap is not None and slot.in_flight >= cap):
+                return
+            waiter = self.waiting.popleft()
+            slot.in_flight += 1  # counted now, so that the next pick sees it
+            self.in_flight += 1
+            waiter.slot = slot
+            waiter.ready.set()
+
+    def track(self, slot: Slot, call: Any, *, counted: bool = False) -> Any:
+        """Count ``call`` against ``slot`` until grpc says it is done; return it.
+
+        ``counted``: the slot was handed over by :meth:`room`, with the call counted.
+        """
+        if not counted:
+            slot.in_flight += 1
+            self.in_flight += 1
         try:
             call.add_done_callback(slot.done)
         except NotImplementedError:  # an interceptor answered without a call: it is done
@@ -314,7 +385,8 @@ def _ranges(indexes: list[int]) -> str:
     return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
-_below = random.Random().randrange
+_random = random.Random().random
+_now = time.monotonic
 
 
 #: The process-wide registries of running pools and single channels, by name.

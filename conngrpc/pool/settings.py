@@ -24,6 +24,7 @@ class PoolSettings(TypedDict, total=False):
     max_seconds: float
     resolver: Resolver
     resolve_interval: float
+    max_calls_per_channel: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +39,12 @@ class ResolvedSettings:
     max_seconds: float = 5.0
     resolver: Resolver | None = None
     resolve_interval: float = 30.0
+    max_calls_per_channel: int | None = None
 
     def __post_init__(self) -> None:
         for key in SETTINGS:
             value = getattr(self, key)
-            if not (key == "resolver" and value is None):
+            if not (key in ("resolver", "max_calls_per_channel") and value is None):
                 check_setting(key, value)
 
 
@@ -68,6 +70,8 @@ def check_setting(key: str, value: Any) -> None:
         check_name("Pool name", value)
     elif key in ("pool_size", "max_restarts"):
         check_count(f"Pool {key}", value)
+    elif key == "max_calls_per_channel":
+        check_count("Pool max_calls_per_channel", value, minimum=1)
     elif key in ("telemetry_interval", "max_seconds", "resolve_interval"):
         check_seconds(f"Pool {key}", value)
     elif key == "resolver":

@@ -316,3 +316,63 @@ async def test_after_the_pool_stops_calls_fail_clearly_and_nothing_is_left(pool_
             pass  # async with closes it
         with pytest.raises(grpc.aio.UsageError, match="is closed"):
             _raw(facade, "unary_unary", PEER_METHOD)(b"", timeout=5)
+
+
+# --- max_calls_per_channel: a queue across the pool, as A105 queues across connections ---------
+
+
+@asynccontextmanager
+async def capped_pool(name: str, address: str, size: int, cap: int) -> AsyncIterator[None]:
+    spec = Pool.child_spec(
+        name=name,
+        pool_size=size,
+        channel={"address": address, "backoff": FAST},
+        max_calls_per_channel=cap,
+    )
+    async with Supervisor([spec]):
+        await Pool.wait_connected(name, timeout=5)
+        yield
+
+
+async def test_calls_beyond_the_cap_wait_for_the_first_channel_with_room(pool_name: str) -> None:
+    async with fleet(1) as (backend,), capped_pool(pool_name, backend.address, 2, 1):
+        facade = Pool.channel(pool_name)
+        sleep = _raw(facade, "unary_unary", SLEEP_METHOD)
+        peer = _raw(facade, "unary_unary", PEER_METHOD)
+        long_calls = [sleep(b"5000", timeout=10) for _ in range(2)]  # one on each channel
+        assert in_flight(pool_name) == (2, {0: 1, 1: 1})
+        answers: list[bytes] = []
+        async with anyio.create_task_group() as tasks:
+
+            async def queued() -> None:
+                answers.append(await peer(b"", timeout=10))
+
+            tasks.start_soon(queued)
+            await wait_until(lambda: backend.in_flight == 2)
+            await anyio.wait_all_tasks_blocked()
+            assert answers == []  # it waits: both channels are at the cap
+            assert backend.calls == 2  # and it was not sent to either
+            long_calls[1].cancel()  # one channel has room again
+        assert len(answers) == 1
+        (freed,) = [w for w in Pool.get_all_workers(pool_name) if w.index == 1]
+        assert freed.channel is not None
+        assert answers[0] == await _raw(freed.channel, "unary_unary", PEER_METHOD)(b"", timeout=5)
+        long_calls[0].cancel()
+        await all_calls_ended(pool_name)
+
+
+async def test_a_call_waiting_for_room_fails_at_its_deadline_saying_why(pool_name: str) -> None:
+    async with fleet(1) as (backend,), capped_pool(pool_name, backend.address, 1, 2):
+        facade = Pool.channel(pool_name)
+        sleep = _raw(facade, "unary_unary", SLEEP_METHOD)
+        busy = [sleep(b"5000", timeout=10) for _ in range(2)]
+        began = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            await sleep(b"0", timeout=0.2)
+        assert time.monotonic() - began >= 0.2
+        assert late.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "max_calls_per_channel=2" in late.value.details()
+        for call in busy:
+            call.cancel()
+        await all_calls_ended(pool_name)
+        assert Pool.status(pool_name).in_flight == 0
