@@ -130,3 +130,26 @@ async def test_waiting_is_bounded_and_may_be_for_ever(pool_name: str) -> None:
         assert status.current_size == 1
         with pytest.raises(ValueError, match="wait_connected: timeout"):
             await Channel.wait_connected(pool_name, timeout=-1)
+
+
+class _StandIn:
+    """What a test hands ``mock=``: a channel-like object whose calls it answers."""
+
+    def unary_unary(self, method: str, **_: object) -> Any:
+        async def call(request: bytes, **__: object) -> bytes:
+            return b"mocked " + method.encode() + b" " + request
+
+        return call
+
+
+async def test_the_pooled_channel_of_a_mocked_pool_sends_its_calls_to_the_mock(
+    pool_name: str,
+) -> None:
+    stand_in = _StandIn()
+    spec = Pool.child_spec(
+        name=pool_name, pool_size=2, channel={"address": "x:1", "mock": lambda: stand_in}
+    )
+    async with Supervisor([spec]):
+        await Pool.wait_connected(pool_name, timeout=5)
+        call = Pool.channel(pool_name).unary_unary("/a.B/C")
+        assert await call(b"hi") == b"mocked /a.B/C hi"

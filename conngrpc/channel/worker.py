@@ -168,6 +168,9 @@ class Placer(Protocol):
     def holds(self, worker: ChannelWorker, backend: str) -> None:
         """``worker`` is connected to ``backend`` (a connect, or a replacement swapped in)."""
 
+    def lost(self, worker: ChannelWorker, backend: str) -> None:
+        """``worker``'s connection to ``backend`` was lost (not shut down)."""
+
     def released(self, worker: ChannelWorker) -> None:
         """``worker`` holds no connection now."""
 
@@ -379,6 +382,7 @@ class _Life:
                     await self.retire(old, connection.dial.reason, None)
                     continue
                 reason = "connection_lost"
+                self.placer.lost(worker, connection.dial.backend)
                 return time.monotonic_ns() - connection.connected_ns
         except anyio.get_cancelled_exc_class():
             reason = "shutdown"

@@ -35,6 +35,7 @@ class Fleet:
     """A pool's backends and its workers' places on them."""
 
     __slots__ = (
+        "_asked",
         "_changed",
         "_dials",
         "_moves",
@@ -53,6 +54,7 @@ class Fleet:
         self.resolve_failure: str | None = None
         self._dials: dict[str, Dial] = {}
         self._moves: dict[int, Dial] = {}
+        self._asked: dict[int, anyio.Event] = {}  # a worker waiting to be asked to move
         self._changed = anyio.Event()
 
     def __repr__(self) -> str:
@@ -74,7 +76,11 @@ class Fleet:
 
     async def move(self, worker: ChannelWorker) -> Dial:
         while worker.index not in self._moves:
-            await self._changed.wait()
+            asked = self._asked.get(worker.index)
+            if asked is None:
+                asked = self._asked[worker.index] = anyio.Event()
+            await asked.wait()  # its own event: a fleet change wakes only the worker asked
+        self._asked.pop(worker.index, None)
         return self._moves.pop(worker.index)
 
     def attempt_failed(self, worker: ChannelWorker, dial: Dial, reason: str) -> bool:
@@ -86,6 +92,12 @@ class Fleet:
     def holds(self, worker: ChannelWorker, backend: str) -> None:
         self._moves.pop(worker.index, None)  # a move not yet taken is stale now
         self.placement.holds(worker.index, backend)
+        self._wake()
+
+    def lost(self, worker: ChannelWorker, backend: str) -> None:
+        # A lost connection makes its backend suspect: reconnect to another while one is
+        # available (a backend that dies takes its connections first, its new ones after).
+        self.placement.suspect(backend, "a connection to it was lost")
         self._wake()
 
     def released(self, worker: ChannelWorker) -> None:
@@ -109,6 +121,9 @@ class Fleet:
             move = self.placement.next_move()
             if move is not None:
                 self._moves[move.index] = self._dial(move.to, move.reason)
+                asked = self._asked.pop(move.index, None)
+                if asked is not None:
+                    asked.set()
                 self._wake()
             now = time.monotonic()
             wake_at = resolve_at

@@ -144,11 +144,23 @@ class Placement:
             del self.pending[index]
         if index == self.moving:
             self.moving = None
-        backend = self._backends.get(address)
-        if backend is not None:
-            backend.failing_until = self._clock() + backend.backoff.next()
-            backend.last_failure = reason
+        self.suspect(address, reason)
         return any(a != address for a in self.available())
+
+    def suspect(self, address: str, reason: str) -> None:
+        """``address`` refused an attempt or lost a connection: leave it alone a while.
+
+        Its wait grows once per wait, not once per worker: several workers refused at the
+        same moment (a backend restarting) must not push it out of use for the longest
+        backoff while it is back already.
+        """
+        backend = self._backends.get(address)
+        if backend is None:
+            return
+        now = self._clock()
+        if backend.failing_until is None or backend.failing_until <= now:
+            backend.failing_until = now + backend.backoff.next()
+        backend.last_failure = reason
 
     def holds(self, index: int, address: str) -> None:
         """Worker ``index`` is connected to ``address`` (after a connect or a move)."""
