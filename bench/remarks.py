@@ -315,7 +315,42 @@ def advice(sections: list[Section], cores: int) -> str:
                 " ".join(plain),
                 " ".join(a105),
                 " ".join(pool),
+                *fleet_advice(sections),
             ]
         )
         + "\n"
     )
+
+
+def fleet_advice(sections: list[Section]) -> list[str]:
+    """The replicas and the PooledChannel, each figure read from its own table (when run)."""
+    titles = {s.title.split(":")[0]: s for s in sections}
+    needed = ("Fleet (b)", "Fleet (c)", "Fleet (d)", "Slow replica")
+    if not all(t in titles for t in needed):
+        return []
+    sick, rolling, scale = (titles[t] for t in needed[:3])
+    slow = titles["Slow replica"]
+    column = sick.columns[-1]
+    received = {c: cell(sick, c, column) for c in (FLEET_POOL, FLEET_RR)}
+    kills = int(rolling.title.split(" kills per client")[0].rsplit(" ", 1)[1])
+    lost = {c: sum(errors_of(rolling, c).values()) for c in (FLEET_POOL, FLEET_RR)}
+    not_connected = errors_of(rolling, FLEET_POOL).get("NotConnectedError", 0)
+    reached = {c: cell(scale, c, scale.columns[-1]) for c in (FLEET_POOL, FLEET_RR)}
+    pooled = "PooledChannel, pool of 6"
+    rate = {c: value(slow, c, "calls/s") for c in (pooled, "grpc round_robin")}
+    share = cell(slow, pooled, "slow replica's share")
+    return [
+        "- **Several replicas.** grpc's one service-config line (`round_robin` +"
+        " `healthCheckConfig`) spreads calls and skips a NOT_SERVING replica as the pool"
+        f" does: calls a replica received while NOT_SERVING, pool {received[FLEET_POOL]},"
+        f" round_robin {received[FLEET_RR]}. Over {kills} rolling kills the pool lost"
+        f" {lost[FLEET_POOL]:,} calls ({not_connected:,} of them `NotConnectedError`) and"
+        f" round_robin {lost[FLEET_RR]:,}. A replica added to the resolver took 30% of the"
+        f" pool's calls after {reached[FLEET_POOL]}; round_robin's: {reached[FLEET_RR]} (its"
+        " `ipv4:` target is static, and grpc moves no connection to a replica added later).",
+        "- **Where calls land.** With one replica slow (200 ms against 20 ms), the"
+        f" PooledChannel did {rate[pooled]:,.1f} calls/s against grpc round_robin's"
+        f" {rate['grpc round_robin']:,.1f} ({rate[pooled] / rate['grpc round_robin']:.2f}"
+        f" times), sending the slow replica {share} of its calls: use `Pool.channel()` for"
+        " calls, `get_channel` when you need a channel itself.",
+    ]
