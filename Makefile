@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint typecheck unit bench bench-quick clean
+.PHONY: demo test test-all dist dist-check lint typecheck unit bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "conngrpc needs Python 3.10 or newer; $(PYTHON) is " + sys.version.split()[0])'
@@ -19,8 +19,21 @@ test: lint typecheck unit
 
 # pytest on every supported Python found (PYTHON310=... style overrides, python3.X on
 # PATH, or pyenv), each in its own .venv-3.X; lint and typecheck run once, in .venv.
-test-all: lint typecheck
-	$(PYTHON) tools/test_all.py
+# Then the packaging: the distributions' contents, and on each of those Pythons the
+# wheel installed into a fresh venv runs the demo (tools/check_dist.py).
+test-all: lint typecheck dist
+	$(PYTHON) tools/test_all.py --dist dist
+
+# The sdist and the wheel, in dist/, which twine must pass. build and twine come with
+# the test extra, in .venv.
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --quiet --outdir dist .
+	$(BIN)/twine --no-color check --strict dist/*
+
+# test-all's packaging check alone, on $(PYTHON) only: about a minute.
+dist-check: dist
+	$(PYTHON) tools/check_dist.py dist --python $(PYTHON)
 
 lint: $(STAMP)
 	$(BIN)/ruff check conngrpc tests bench examples tools

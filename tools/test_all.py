@@ -7,13 +7,20 @@ gets its own virtual environment, ``.venv-3.X``, with conngrpc's test extra (bui
 again when pyproject.toml changes), and runs pytest there (on the testpaths unless
 arguments, which go to pytest, say otherwise).
 
+With ``--dist DIR`` (``make test-all`` gives the ``dist`` that ``make dist`` has just
+built), the packaging is proven too (``tools/check_dist.py``): the sdist's and the
+wheel's contents once, and on each version the wheel installed into a fresh virtual
+environment, whose ``python -m conngrpc demo`` must succeed outside the source tree.
+
 One line per version at the end says passed, failed or skipped (not found). The exit
-status is 1 when a Python that was found failed, or an override names no 3.X.
+status is 1 when a Python that was found failed (its tests or its wheel check), the
+distributions' contents are wrong, or an override names no 3.X.
 Runs on any python3, so that CI needs nothing but python3 to start it.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -21,6 +28,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import check_dist  # tools/ is on sys.path: this file runs as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = ROOT / "pyproject.toml"
@@ -110,19 +119,47 @@ def run(version: str, python: str, pytest_args: list[str]) -> str:
     return f"passed ({took})" if code == 0 else f"failed: pytest exited {code} ({took})"
 
 
-def main(pytest_args: list[str]) -> int:
+def check_wheel(python: str, wheel: Path) -> tuple[bool, str]:
+    """The wheel installed with ``python`` and its demo run: did it work, and how long."""
+    print(f"test-all: the wheel on Python {python}", flush=True)
+    problems, took = check_dist.check_installed(python, wheel)
+    for problem in problems:
+        print(f"test-all: {problem}", file=sys.stderr, flush=True)
+    return not problems, f"{took:.0f} s"
+
+
+def main(argv: list[str]) -> int:
     """Test on every supported Python found; print the summary; 1 if any failed."""
+    options = argparse.ArgumentParser(prog="tools/test_all.py", allow_abbrev=False)
+    options.add_argument("--dist", type=Path, help="also prove the sdist and wheel in DIST")
+    args, pytest_args = options.parse_known_args(argv)
     outcomes: dict[str, str] = {}
+    wheel = None
+    if args.dist is not None:
+        sdist, wheel = check_dist.distributions(args.dist)
+        problems = check_dist.check_wheel(wheel, sdist)
+        problems += check_dist.check_sdist(sdist, check_dist.version_of(wheel))
+        for problem in problems:
+            print(f"test-all: {problem}", file=sys.stderr)
+        verdict = "failed: " + "; ".join(problems) if problems else "passed"
+        outcomes["sdist and wheel contents"] = f"{verdict} ({wheel.name}, {sdist.name})"
     for version in supported_versions():
         python, missing = find_python(version)
         if python is None:
             verdict = "skipped" if missing == "not found" else "failed"
-            outcomes[version] = f"{verdict}: {missing}"
-        else:
-            outcomes[version] = run(version, python, pytest_args)
+            outcomes[f"Python {version}"] = f"{verdict}: {missing}"
+            continue
+        outcome = run(version, python, pytest_args)
+        if wheel is not None:
+            ran, took = check_wheel(python, wheel)
+            if ran:
+                outcome += f"; the wheel's demo ran ({took})"
+            else:
+                outcome = f"failed: the wheel's demo did not run ({took}); tests {outcome}"
+        outcomes[f"Python {version}"] = outcome
     print("\ntest-all summary:")
-    for version, outcome in outcomes.items():
-        print(f"  Python {version}: {outcome}")
+    for what, outcome in outcomes.items():
+        print(f"  {what}: {outcome}")
     return 1 if any(outcome.startswith("failed") for outcome in outcomes.values()) else 0
 
 

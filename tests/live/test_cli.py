@@ -1,7 +1,8 @@
-"""The command line: ``python -m conngrpc demo`` and ``python -m conngrpc probe``."""
+"""The command line: help, version, ``demo`` and ``probe`` (TLS and watch: their own files)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -9,37 +10,82 @@ import time
 from collections.abc import AsyncIterator
 
 import anyio
-import grpc.aio
+import grpc
 import pytest
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+from grpc_health.v1 import health, health_pb2  # type: ignore[import-untyped]
 
+import conngrpc
+from conngrpc._cli import parser
+from tests._cli import health_server as serving_health
+from tests._cli import run_cli
 from tests._net import closed_port
 
 pytestmark = pytest.mark.anyio
 
-
-def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "conngrpc", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+#: A probe table row: channel, backend, local address, latency, status.
+ROW = re.compile(r"^\s*(\d+)  (\S+)\s+(\S+)\s+([\d.]+ ms)  (.+)$", re.MULTILINE)
 
 
 @pytest.fixture
 async def health_server() -> AsyncIterator[tuple[health.aio.HealthServicer, str]]:
     """A server running grpcio-health-checking's own Health service (not ours)."""
-    server = grpc.aio.server()
-    servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield servicer, f"127.0.0.1:{port}"
-    finally:
-        await server.stop(None)
+    async with serving_health() as served:
+        yield served
+
+
+def options_of(command: str) -> list[str]:
+    """Every option of ``command`` as its parser knows it (not as its help says)."""
+    _, commands = parser()
+    return [
+        option
+        for action in commands[command]._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    ]
+
+
+@pytest.mark.parametrize("command", ["probe", "watch"])
+def test_help_describes_every_option_with_its_default_and_the_exit_codes(command: str) -> None:
+    result = run_cli(command, "--help")
+    assert result.returncode == 0
+    text = result.stdout
+    options = options_of(command)
+    assert {"--pool-size", "--timeout", "--service", "--json", "--tls", "--ca-file"} <= set(options)
+    assert {"--cert-file", "--key-file", "--server-name"} <= set(options)
+    # Each option's entry: from its name at the start of a line to the next option's.
+    entries = [" ".join(e.split("\n\n")[0].split()) for e in re.split(r"\n  (?=-)", text)]
+    for option in options:
+        entry = next((e for e in entries if e.startswith(f"{option} ")), None)
+        assert entry is not None, f"{option} is not described in {command} --help"
+        assert "(default: " in entry, f"{option}'s help gives no default: {entry!r}"
+    codes = text[text.index("exit codes:") :]
+    assert re.search(r"^  0  ", codes, re.MULTILINE)
+    assert re.search(r"^  1  ", codes, re.MULTILINE)
+    assert re.search(r"^  2  usage error", codes, re.MULTILINE)
+
+
+def test_watch_help_names_its_stop_signals_and_the_probe_help_its_verdict() -> None:
+    watch, probe = run_cli("watch", "--help").stdout, run_cli("probe", "--help").stdout
+    assert "0  stopped by Ctrl-C (SIGINT) or SIGTERM" in watch
+    assert "0  every channel connected and its server answered SERVING" in probe
+    assert "overrides the name the certificate is checked against" in probe
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["probe"], ["watch"]])
+def test_help_is_plain_text_without_rest_markup(command: list[str]) -> None:
+    result = run_cli(*command, "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: python -m conngrpc")
+    for markup in ("``", ":class:", ":func:", ":meth:", ":raises"):
+        assert markup not in result.stdout
+
+
+def test_version_names_conngrpc_grpcio_and_python() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    python = ".".join(str(part) for part in sys.version_info[:3])
+    expected = f"conngrpc {conngrpc.__version__} (grpcio {grpc.__version__}, Python {python})"
+    assert result.stdout.strip() == expected
 
 
 async def test_the_demo_tells_the_whole_story_and_ends_by_itself() -> None:
@@ -65,13 +111,13 @@ async def test_probe_reports_every_channel_serving_on_its_own_connection(
     _, address = health_server
     result = await anyio.to_thread.run_sync(lambda: run_cli("probe", address, "--pool-size", "3"))
     assert result.returncode == 0, result.stdout + result.stderr
-    rows = re.findall(r"^\s+(\d)\s+(\S+)\s+([\d.]+ ms)\s+(\S+)$", result.stdout, re.MULTILINE)
-    assert [(index, status) for index, _, _, status in rows] == [
-        ("0", "SERVING"),
-        ("1", "SERVING"),
-        ("2", "SERVING"),
+    rows = ROW.findall(result.stdout)
+    assert [(index, backend, status) for index, backend, _, _, status in rows] == [
+        ("0", address, "SERVING"),
+        ("1", address, "SERVING"),
+        ("2", address, "SERVING"),
     ]
-    local_addresses = {local for _, local, _, _ in rows}
+    local_addresses = {local for _, _, local, _, _ in rows}
     assert len(local_addresses) == 3
     assert all(local.startswith("127.0.0.1:") for local in local_addresses)
     assert "3 of 3 SERVING" in result.stdout
@@ -84,14 +130,75 @@ async def test_probe_exits_non_zero_when_the_server_is_not_serving(
     await servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     result = await anyio.to_thread.run_sync(lambda: run_cli("probe", address, "--pool-size", "2"))
     assert result.returncode == 1
-    assert result.stdout.count("NOT_SERVING") == 2
+    assert [status for *_, status in ROW.findall(result.stdout)] == ["NOT_SERVING"] * 2
     assert "0 of 2 SERVING" in result.stdout
+
+
+async def test_probe_json_is_one_document_that_says_what_the_table_says(
+    health_server: tuple[health.aio.HealthServicer, str],
+) -> None:
+    _, address = health_server
+    result = await anyio.to_thread.run_sync(
+        lambda: run_cli("probe", address, "--pool-size", "3", "--json")
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)  # stdout holds the document and nothing else
+    assert {key: document[key] for key in ("address", "service", "tls", "pool_size")} == {
+        "address": address,
+        "service": "",
+        "tls": None,
+        "pool_size": 3,
+    }
+    channels = document["channels"]
+    assert [channel["index"] for channel in channels] == [0, 1, 2]
+    assert {channel["backend"] for channel in channels} == {address}
+    assert {channel["status"] for channel in channels} == {"SERVING"}
+    assert {channel["reason"] for channel in channels} == {None}
+    assert len({channel["local_address"] for channel in channels}) == 3
+    assert all(0 < channel["latency_ms"] < 5000 for channel in channels)
+    assert (document["serving"], document["all_serving"]) == (3, True)
+
+
+def test_probe_json_of_an_address_where_nothing_listens_says_why_per_channel() -> None:
+    address = f"127.0.0.1:{closed_port()}"
+    result = run_cli("probe", address, "--pool-size", "2", "--timeout", "1", "--json")
+    assert result.returncode == 1
+    document = json.loads(result.stdout)
+    assert [channel["status"] for channel in document["channels"]] == ["NOT_CONNECTED"] * 2
+    assert all("Connection refused" in channel["reason"] for channel in document["channels"])
+    assert all(channel["latency_ms"] is None for channel in document["channels"])
+    assert (document["serving"], document["all_serving"]) == (0, False)
+    assert "Connection refused" in result.stderr  # the progress report, where it was
+
+
+async def test_probe_service_asks_about_that_service(
+    health_server: tuple[health.aio.HealthServicer, str],
+) -> None:
+    servicer, address = health_server
+    await servicer.set("shop.Orders", health_pb2.HealthCheckResponse.NOT_SERVING)
+    await servicer.set("shop.Stock", health_pb2.HealthCheckResponse.SERVING)
+
+    def probe(service: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("probe", address, "--pool-size", "1", "--service", service, "--json")
+
+    orders, stock, unknown = [
+        await anyio.to_thread.run_sync(probe, name)
+        for name in ("shop.Orders", "shop.Stock", "shop.Nothing")
+    ]
+    assert orders.returncode == 1
+    assert json.loads(orders.stdout)["service"] == "shop.Orders"
+    assert json.loads(orders.stdout)["channels"][0]["status"] == "NOT_SERVING"
+    assert stock.returncode == 0
+    assert json.loads(stock.stdout)["channels"][0]["status"] == "SERVING"
+    # grpcio-health-checking answers a service it does not know with NOT_FOUND.
+    assert unknown.returncode == 1
+    assert json.loads(unknown.stdout)["channels"][0]["status"] == "NOT_FOUND"
 
 
 def test_probe_of_an_address_where_nothing_listens_says_why() -> None:
     result = run_cli("probe", f"127.0.0.1:{closed_port()}", "--pool-size", "2", "--timeout", "1")
     assert result.returncode == 1
-    assert result.stdout.count("NOT CONNECTED") == 2
+    assert result.stdout.count("NOT CONNECTED: ") == 2
     assert "Connection refused" in result.stdout
 
 
@@ -119,20 +226,27 @@ def test_probe_reports_each_failure_as_it_comes_not_only_at_the_end() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--pool-size", "0"], "--pool-size: expected at least 1, got 0"),
-        (["--timeout", "0"], "--timeout: expected seconds > 0"),
-        (["--timeout", "inf"], "--timeout: expected seconds > 0 and <= 2.14748e+06, got inf"),
-        (["--timeout", "nan"], "--timeout: expected seconds > 0"),
-        (["--timeout", "soon"], "--timeout: expected seconds"),
+        (["probe", "--pool-size", "0"], "--pool-size: expected at least 1, got 0"),
+        (["probe", "--timeout", "0"], "--timeout: expected seconds > 0"),
+        (["probe", "--timeout", "inf"], "--timeout: expected seconds > 0 and <= 2.14748e+06"),
+        (["probe", "--timeout", "nan"], "--timeout: expected seconds > 0"),
+        (["probe", "--timeout", "soon"], "--timeout: expected seconds"),
+        (["watch", "--pool-size", "0"], "--pool-size: expected at least 1, got 0"),
+        (["watch", "--interval", "0"], "--interval: expected seconds > 0"),
+        (["watch", "--interval", "often"], "--interval: expected seconds"),
     ],
 )
-def test_probe_rejects_bad_arguments(args: list[str], message: str) -> None:
-    result = run_cli("probe", "127.0.0.1:1", *args)
+def test_bad_arguments_are_usage_errors(args: list[str], message: str) -> None:
+    command, *options = args
+    result = run_cli(command, "127.0.0.1:1", *options)
     assert result.returncode == 2
     assert message in result.stderr
+    assert f"usage: python -m conngrpc {command}" in result.stderr
     assert "Traceback" not in result.stderr
+    assert result.stdout == ""
 
 
+@pytest.mark.parametrize("command", ["probe", "watch"])
 @pytest.mark.parametrize(
     ("address", "message"),
     [
@@ -140,8 +254,10 @@ def test_probe_rejects_bad_arguments(args: list[str], message: str) -> None:
         ("127.0.0.1:99999", "expected a port from 1 to 65535"),
     ],
 )
-def test_probe_rejects_an_address_grpc_could_never_reach(address: str, message: str) -> None:
-    result = run_cli("probe", address)
+def test_an_address_grpc_could_never_reach_is_a_usage_error(
+    command: str, address: str, message: str
+) -> None:
+    result = run_cli(command, address)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
