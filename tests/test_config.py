@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import numbers
 import re
 import typing
+from collections.abc import Callable
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import grpc
@@ -87,6 +92,26 @@ def test_channel_config_accepts_the_option_values_grpc_takes(key: str, value: ob
     assert _config(options=[(key, value)]).options == ((key, value),)
 
 
+@numbers.Integral.register
+class _WholeNumber:
+    """A whole number that is not an int, as numpy.int64 is: grpc would read it as a pointer."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+    def __int__(self) -> int:  # what grpc would take for a memory address
+        return id(self)
+
+
+def test_a_whole_number_that_is_not_an_int_reaches_grpc_as_an_int() -> None:
+    (option,) = _config(options=[("grpc.keepalive_time_ms", _WholeNumber(10_000))]).options
+    assert option == ("grpc.keepalive_time_ms", 10_000)
+    assert type(option[1]) is int
+
+
 def test_every_duration_accepts_the_longest_wait_grpc_can_take() -> None:
     config = _config(connect_timeout=MAX_SECONDS, shutdown_grace=MAX_SECONDS)
     assert config.connect_timeout == MAX_SECONDS
@@ -152,6 +177,13 @@ BAD_TYPES = [
     pytest.param("options", [("grpc.x", [1])], id="options-list-value"),
     # grpc would read a float as a C pointer (it has __int__).
     pytest.param("options", [("grpc.keepalive_time_ms", 1.5)], id="options-float-value"),
+    # So would any other number that is not an int: refused by its type's name.
+    pytest.param(
+        "options", [("grpc.keepalive_time_ms", Decimal(10_000))], id="options-Decimal-value"
+    ),
+    pytest.param(
+        "options", [("grpc.keepalive_time_ms", Fraction(10_000))], id="options-Fraction-value"
+    ),
 ]
 
 
@@ -479,6 +511,36 @@ def test_type_hints_of_every_public_dataclass_resolve_at_run_time(cls: type) -> 
     """pydantic, cattrs and sphinx call typing.get_type_hints; it must not raise NameError."""
     hints = typing.get_type_hints(cls)
     assert set(hints) >= {f.name for f in dataclasses.fields(cls)}
+
+
+def _public_functions() -> list[tuple[str, Callable[..., Any]]]:
+    """Every public function, and every method a public class defines itself."""
+    import conngrpc
+
+    found: list[tuple[str, Callable[..., Any]]] = []
+    for name in conngrpc.__all__:
+        obj = getattr(conngrpc, name)
+        if inspect.isfunction(obj):
+            found.append((name, obj))
+        elif isinstance(obj, type):
+            for attribute, value in vars(obj).items():
+                function = getattr(value, "__func__", value)  # classmethods, staticmethods
+                if inspect.isfunction(function):
+                    found.append((f"{name}.{attribute}", function))
+    return found
+
+
+@pytest.mark.parametrize(("name", "function"), _public_functions(), ids=lambda x: x)
+def test_type_hints_of_every_public_function_resolve_at_run_time(
+    name: str, function: Callable[..., Any]
+) -> None:
+    """sphinx's autodoc calls typing.get_type_hints on signatures too."""
+    typing.get_type_hints(function)
+
+
+def test_the_public_functions_include_the_pool_s() -> None:
+    names = {name for name, _ in _public_functions()}
+    assert {"Pool.child_spec", "Pool.__init_subclass__", "Pool.get_channel"} <= names
 
 
 def test_the_public_dataclasses_include_the_configs() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import operator
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
@@ -196,32 +198,37 @@ def _check_options(options: object) -> tuple[tuple[str, Any], ...]:
         key, value = option
         if not key:
             raise ValueError(f"ChannelConfig.options: expected a non-empty key, got {option!r}")
-        _check_option_value(key, value)
-        checked.append(option)
+        checked.append((key, _check_option_value(key, value)))
     return tuple(checked)
 
 
-def _check_option_value(key: str, value: object) -> None:
+def _check_option_value(key: str, value: object) -> object:
     """What grpc accepts: an int that fits a C int, a str, bytes, or a pointer object.
 
-    grpc reads any other object with ``__int__`` as a C pointer: a float there would be
-    taken for a memory address, so floats are refused by name.
+    Return the value as grpc must see it. grpc reads any other object with ``__int__``
+    as a C pointer: a number that is not an ``int`` would be taken for a memory address,
+    so a whole number of another type (``numpy.int64``) becomes an ``int`` and any other
+    number (float, Decimal, Fraction) is refused by name.
     """
+    if isinstance(value, numbers.Integral) and not isinstance(value, int):
+        value = operator.index(value)
     if isinstance(value, int):
         if value not in _C_INT:
             raise ValueError(
                 f"ChannelConfig.options: expected an int from -2**31 to 2**31 - 1 for "
                 f"{key!r} (grpc passes it as a C int), got {value!r}"
             )
-    elif isinstance(value, float):
+    elif isinstance(value, numbers.Number):
         raise TypeError(
             f"ChannelConfig.options: expected an int, a str or bytes for {key!r}, got the "
-            f"float {value!r} (grpc channel arguments take whole numbers, such as milliseconds)"
+            f"{type(value).__name__} {value!r} (grpc channel arguments take whole numbers, "
+            "such as milliseconds, and would read this one as a memory address)"
         )
     elif not isinstance(value, (str, bytes)) and not hasattr(value, "__int__"):
         raise TypeError(
             f"ChannelConfig.options: expected an int, a str or bytes for {key!r}, got {value!r}"
         )
+    return value
 
 
 def _check_interceptors(interceptors: object) -> tuple[grpc.aio.ClientInterceptor, ...]:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import grpc
 import grpc.aio
@@ -29,7 +30,10 @@ from .pooled import PooledChannel
 from .runtime import PoolRuntime, PoolStatus, not_started, pools, run_pool, wait_connected
 from .settings import PoolSettings, ResolvedSettings, merge
 
-if TYPE_CHECKING:
+# Imported at run time, so that typing.get_type_hints (sphinx, pydantic) resolves it.
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:
     from typing_extensions import Unpack
 
 __all__ = ["GET_CHANNEL", "Pool"]
