@@ -28,7 +28,7 @@ from conngrpc import (
     SupervisorGaveUpError,
 )
 from conngrpc.testing import FakeChannel, FakeConnector
-from tests._probe import SUPERVISOR_EVENTS, EventLog, recording, wait_until
+from tests._probe import SUPERVISOR_EVENTS, EventLog, recording, until_cancelled, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -138,11 +138,15 @@ async def test_get_channel_of_a_pool_that_does_not_run_raises_pool_not_started(
     assert caught.value.pool_name == pool_name
 
 
-async def test_get_channel_with_a_name_that_is_not_a_string_is_a_type_error() -> None:
+async def test_get_channel_with_a_name_that_is_not_a_string_is_a_type_error(
+    channel_events: EventLog,
+) -> None:
     with pytest.raises(TypeError, match="expected a pool name as a str, got 42"):
         Pool.get_channel(42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"expected a pool name as a str, got \[.a.\]"):
         Pool.get_channel(["a"])  # type: ignore[arg-type]
+    # A misuse, not a hand-out: no get_channel event (docs/telemetry.md lists its results).
+    assert channel_events.of("get_channel") == []
 
 
 async def test_a_pool_of_size_zero_runs_and_is_never_connected(pool_name: str) -> None:
@@ -336,7 +340,7 @@ async def test_a_crash_loop_past_the_intensity_makes_the_pool_give_up_to_its_par
     )
     with pytest.raises(SupervisorGaveUpError) as caught:
         async with Supervisor([spec], name="app", max_restarts=0):
-            await anyio.sleep_forever()
+            await until_cancelled()  # the supervisor cancels the body when it gives up
     assert caught.value.child_id == pool_name
     cause = caught.value.__cause__
     assert isinstance(cause, SupervisorGaveUpError)
