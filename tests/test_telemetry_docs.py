@@ -1,4 +1,5 @@
-"""docs/telemetry.md and the code agree: every event listed is emitted, and vice versa."""
+"""docs/telemetry.md and the code agree: every event listed is emitted, and vice versa,
+with the measurements and metadata it lists."""
 
 from __future__ import annotations
 
@@ -27,6 +28,24 @@ def documented_events() -> set[Event]:
     text = (ROOT / "docs" / "telemetry.md").read_text()
     headings = re.findall(r"^### `(\(.*\))`$", text, re.MULTILINE)
     return {ast.literal_eval(heading) for heading in headings}
+
+
+#: Lower-case names in backticks in a measurements or metadata bullet that are not keys.
+NOT_KEYS = {"connected", "max_connection_age", "started", "terminate_child"}
+
+
+def documented_fields() -> dict[Event, dict[str, set[str]]]:
+    """Per event, the lower-case names in backticks of its ``measurements`` and ``metadata``
+    bullets (keys are; class names such as ``TimeoutError`` are not)."""
+    text = (ROOT / "docs" / "telemetry.md").read_text()
+    fields: dict[Event, dict[str, set[str]]] = {}
+    sections = re.split(r"^### `(\(.*\))`$", text, flags=re.MULTILINE)
+    for heading, body in zip(sections[1::2], sections[2::2], strict=True):
+        found = fields[ast.literal_eval(heading)] = {"measurements": set(), "metadata": set()}
+        # A bullet runs on over its indented lines (and sub-bullets).
+        for kind, bullet in re.findall(r"^- (measurements|metadata):(.*(?:\n  .*)*)", body, re.M):
+            found[kind] = set(re.findall(r"`([a-z_][a-z0-9_]*)`", bullet))
+    return fields
 
 
 def events_in_the_code() -> set[Event]:
@@ -104,3 +123,14 @@ async def test_every_documented_event_is_emitted() -> None:
     finally:
         telemetry.detach("docs-broken-handler")
     assert set(log.names()) == documented_events()
+    emitted: dict[Event, dict[str, set[str]]] = {}
+    for event, measurements, metadata in log.events:
+        keys = emitted.setdefault(event, {"measurements": set(), "metadata": set()})
+        keys["measurements"] |= set(measurements)
+        keys["metadata"] |= set(metadata)
+    documented = documented_fields()
+    for event, keys in emitted.items():
+        for kind in ("measurements", "metadata"):
+            listed = documented[event][kind]
+            assert keys[kind] <= listed, f"{event} {kind}: not in docs/telemetry.md"
+            assert listed - keys[kind] <= NOT_KEYS, f"{event} {kind}: documented, never emitted"
