@@ -4,10 +4,12 @@ Run it (the backend address and the rest come from the environment, see ``Settin
 
     BACKEND_ADDRESS=127.0.0.1:50051 uvicorn examples.fastapi_service.app:app
 
-The lifespan runs a Supervisor with the pool; the endpoints take a connected channel
-from the pool for every call and map "no backend" and failed calls to 503, 502 and 504;
-``/readyz`` answers 503 until the pool has connected and whenever it holds no connected
-channel, so a load balancer sends no traffic to a replica that could not serve it.
+The lifespan runs a Supervisor with the pool; the stub is built once, on the pool's
+``PooledChannel``, so each call goes to the pool's least-loaded connection; the error
+handlers map "no backend" (grpc UNAVAILABLE) to 503, a deadline to 504 and other failed
+calls to 502; ``/readyz`` answers 503 until the pool has connected and whenever it holds
+no connected channel, so a load balancer sends no traffic to a replica that could not
+serve it.
 """
 
 from __future__ import annotations
@@ -25,14 +27,7 @@ import grpc.aio
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 
-from conngrpc import (
-    ChannelUnavailableError,
-    ExponentialBackoff,
-    NotConnectedError,
-    Pool,
-    PoolNotStartedError,
-    Supervisor,
-)
+from conngrpc import ExponentialBackoff, NotConnectedError, Pool, PoolNotStartedError, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +81,7 @@ class BackendPool(
         "backoff": ExponentialBackoff(min=0.5, max=5.0),
     },
 ):
-    """The channels to the backend; ``BackendPool.get_channel()`` hands one out.
+    """The channels to the backend; calls go through ``BackendPool.channel()``.
 
     Its size and address come from the settings when the service starts (``lifespan``).
     """
@@ -104,8 +99,8 @@ class DemoStub:
 
     It is what grpcio-tools generates, minus the protobuf messages: this demo backend
     (``python -m conngrpc._server``) takes and returns plain bytes. Against your own
-    backend, use your generated stub instead, on the channel the pool hands out:
-    ``InventoryStub(BackendPool.get_channel()).GetItem(request, timeout=...)``.
+    backend, use your generated stub instead, built once on the pool's channel:
+    ``InventoryStub(BackendPool.channel())``.
     """
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
@@ -115,6 +110,11 @@ class DemoStub:
         self.Sleep = channel.unary_unary(
             "/conngrpc.demo.v1.Demo/Sleep", request_serializer=_as_is, response_deserializer=_as_is
         )
+
+
+#: Built once, before the pool runs: every call goes to the pool's least-loaded connection,
+#: and fails at once as UNAVAILABLE while no connection is up (it never waits for one).
+stub = DemoStub(BackendPool.channel())
 
 
 # --- the application: the pool runs as long as the service does -------------------
@@ -158,17 +158,7 @@ async def _warm_up(app: FastAPI) -> None:
 app = FastAPI(title="conngrpc FastAPI example", lifespan=lifespan)
 
 
-# --- errors: no backend is 503, a failed call 502, a call past its deadline 504 ------
-
-
-@app.exception_handler(ChannelUnavailableError)
-async def backend_unavailable(request: Request, error: ChannelUnavailableError) -> JSONResponse:
-    """No connected channel (``get_channel`` never waits): 503 at once, with the reason."""
-    return JSONResponse(
-        {"error": "backend unavailable", "reason": error.reason},
-        status_code=503,
-        headers={"Retry-After": "1"},
-    )
+# --- errors: no backend is 503, a call past its deadline 504, another failure 502 ----
 
 
 #: HTTP statuses for the gRPC status codes of failed calls; every other code is 502.
@@ -178,7 +168,18 @@ HTTP_STATUS = {grpc.StatusCode.DEADLINE_EXCEEDED: 504}
 
 @app.exception_handler(grpc.aio.AioRpcError)
 async def backend_call_failed(request: Request, error: grpc.aio.AioRpcError) -> JSONResponse:
-    """A call that failed (the backend died under it: UNAVAILABLE) or ran out of time."""
+    """A call that failed, ran out of time, or found no backend.
+
+    UNAVAILABLE is 503 with ``Retry-After``: the pool had no connected channel (the
+    details name the pool and why: refused, backing off, ...), or the backend died under
+    the call. Either way another try soon may succeed.
+    """
+    if error.code() is grpc.StatusCode.UNAVAILABLE:
+        return JSONResponse(
+            {"error": "backend unavailable", "reason": error.details()},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
     return JSONResponse(
         {"error": f"backend call failed: {error.code().name}", "details": error.details()},
         status_code=HTTP_STATUS.get(error.code(), 502),
@@ -200,7 +201,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 @app.get("/peer")
 async def peer(settings: SettingsDep) -> dict[str, str]:
     """Ask the backend whom it sees calling: which connection of the pool served the call."""
-    stub = DemoStub(BackendPool.get_channel())  # NotConnectedError (-> 503) if none is
     answer: bytes = await stub.Peer(b"", timeout=settings.call_timeout)
     return {"backend_saw": answer.decode()}
 
@@ -210,7 +210,6 @@ async def sleep(
     settings: SettingsDep, ms: Annotated[int, Query(ge=0, le=60_000)] = 0
 ) -> dict[str, int]:
     """Ask the backend to take ``ms`` milliseconds; past the call's deadline, 504."""
-    stub = DemoStub(BackendPool.get_channel())
     await stub.Sleep(str(ms).encode(), timeout=settings.call_timeout)
     return {"slept_ms": ms}
 
@@ -240,6 +239,7 @@ async def readyz(request: Request) -> JSONResponse:
     body: dict[str, object] = {
         "connected": status.current_size,
         "expected": status.expected_size,
+        "in_flight": status.in_flight,  # backend calls running now, through the pool
     }
     if not request.app.state.warmed_up:
         reason = "warming up: waiting for every channel of the pool to connect"

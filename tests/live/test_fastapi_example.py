@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,14 @@ class Service:
         return time.monotonic() - begin
 
 
+def wait_until_true(predicate: Callable[[], bool], within: float) -> None:
+    """Poll ``predicate`` until it holds, failing after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, f"not true within {within:g} s"
+        time.sleep(0.01)
+
+
 @pytest.fixture
 def backend() -> Iterator[ServerProcess]:
     """The gRPC backend's port, chosen now; the test starts the server when it wants it."""
@@ -155,11 +163,16 @@ def test_the_service_is_ready_only_while_its_backend_is_and_never_hangs(
     backend.start()
     ready, seconds = service.wait_for("/readyz", 200, within=15)
     figures["ready after the backend listened"] = f"{seconds:.2f} s"
-    assert ready.body == {"ready": True, "connected": POOL_SIZE, "expected": POOL_SIZE}
+    assert ready.body == {
+        "ready": True,
+        "connected": POOL_SIZE,
+        "expected": POOL_SIZE,
+        "in_flight": 0,
+    }
     answers = [service.get("/peer") for _ in range(2 * POOL_SIZE)]
     assert {a.status for a in answers} == {200}
     peers = {a.body["backend_saw"] for a in answers}
-    assert len(peers) == POOL_SIZE  # round-robin over its own connections
+    assert len(peers) == POOL_SIZE  # idle connections take turns, each its own
     figures["distinct connections serving /peer"] = str(len(peers))
 
     # 3. A call past its deadline is 504, at the deadline.
@@ -169,12 +182,15 @@ def test_the_service_is_ready_only_while_its_backend_is_and_never_hangs(
     assert CALL_TIMEOUT - 0.05 < late.seconds < CALL_TIMEOUT + FAST
     figures["504 for a call past its deadline after"] = f"{late.seconds:.2f} s"
 
-    # 4. The backend is killed with a call in flight: that call fails at once (502, not
-    #    a wait for its deadline); readiness says 503 within a second; calls are 503.
+    # 4. The backend is killed with a call in flight: that call fails at once (503:
+    #    UNAVAILABLE, not a wait for its deadline); readiness says 503 within a second;
+    #    calls are 503 at once (no channel: the PooledChannel never waits).
     in_flight: list[Answer] = []
     caller = threading.Thread(target=lambda: in_flight.append(service.get("/sleep?ms=5000")))
     caller.start()
-    time.sleep(0.3)  # for the call to reach the backend (had it not, it would be 503)
+    # Until the call is on its way to the backend (had it not started, it would be a 503
+    # for want of a channel, not for the kill).
+    wait_until_true(lambda: service.get("/readyz").body["in_flight"] == 1, within=5)
     killed = time.monotonic()
     backend.kill()
     unready, _ = service.wait_for("/readyz", 503, within=5)
@@ -184,7 +200,7 @@ def test_the_service_is_ready_only_while_its_backend_is_and_never_hangs(
     assert unready.body["reason"] == "no channel to the backend is connected"
     caller.join(CLIENT_TIMEOUT)
     [cut] = in_flight
-    assert cut.status in (502, 503), cut
+    assert cut.status == 503, cut
     figures["the call in flight at the kill"] = f"{cut.status} after {cut.seconds:.2f} s"
     outage = [service.get("/peer") for _ in range(20)]
     assert {a.status for a in outage} == {503}
