@@ -146,6 +146,7 @@ async def test_the_prometheus_exporter_serves_the_pool_over_http(
     backend = {**ours, "server_address": "127.0.0.1", "server_port": str(port_of(address))}
     assert scraped(text, "conngrpc_pool_channels_connected", backend) == 2
     assert scraped(text, "conngrpc_pool_channels_expected", ours) == 2
+    assert scraped(text, "conngrpc_pool_calls_in_flight", ours) == 0
     assert scraped(text, "conngrpc_channel_connects_total", backend) == 2
     assert scraped(text, "conngrpc_channel_connect_duration_seconds_count", backend) == 2
     assert 0 < scraped(text, "conngrpc_channel_connect_duration_seconds_sum", backend) < 10
