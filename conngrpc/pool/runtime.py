@@ -73,15 +73,19 @@ class PoolStatus:
     backends: Mapping[str, int] = field(default_factory=dict)
     #: Calls in flight through the pool's :class:`~conngrpc.PooledChannel`, in all.
     in_flight: int = 0
-    #: Calls in flight on each handed-out channel, by worker index.
+    #: Calls in flight by worker index: on its channel handed out now (0 when idle), and
+    #: on any of its channels that left the hand-out while calls run on it (a health
+    #: flap, a replacement draining). They add up to ``in_flight``.
     in_flight_by_channel: Mapping[int, int] = field(default_factory=dict)
 
 
 class Slot:
     """A handed-out channel and the calls in flight on it (through the PooledChannel).
 
-    A slot lives as long as its channel is handed out and its calls run: a call counts
-    against the slot it started on until grpc says it is done.
+    A call counts against the slot it started on until grpc says it is done. A slot
+    lives while its channel is handed out and, once it has left, while calls started
+    on it still run: a channel that rejoins (NOT_SERVING, then SERVING again) finds its
+    count where it was, and the pick sees its calls.
     """
 
     __slots__ = ("callables", "channel", "in_flight", "runtime", "worker")
@@ -119,10 +123,11 @@ class _Waiter:
 class PoolRuntime:
     """A running pool's state: every worker's record, and the connected ones in order.
 
-    ``workers`` and ``channels`` (the connected ones) are tuples replaced, never changed
-    in place, whenever a worker joins or leaves, so the hand-out reads a consistent
-    snapshot without a lock. ``records`` holds every worker, connected or not, for
-    status and for error messages that say why a pool is not connected.
+    ``workers``, ``channels`` (the connected ones) and their ``slots`` are tuples
+    replaced, never changed in place, whenever a worker joins or leaves, so the hand-out
+    reads a consistent snapshot without a lock (``resting`` too is replaced whole).
+    ``records`` holds every worker, connected or not, for status and for error messages
+    that say why a pool is not connected.
     """
 
     __slots__ = (
@@ -138,6 +143,7 @@ class PoolRuntime:
         "mock",
         "name",
         "records",
+        "resting",
         "slots",
         "stopped",
         "thread",
@@ -159,6 +165,9 @@ class PoolRuntime:
         self.workers: tuple[ChannelWorker, ...] = ()
         self.channels: tuple[grpc.aio.Channel, ...] = ()
         self.slots: tuple[Slot, ...] = ()
+        #: slots whose channel left the hand-out with calls still running on it, kept
+        #: until those end (dropped at a later change) or the channel rejoins
+        self.resting: dict[grpc.aio.Channel, Slot] = {}
         self.in_flight = 0
         #: settings.max_calls_per_channel: calls beyond it wait here, first come first served
         self.call_cap = settings.max_calls_per_channel
@@ -185,6 +194,8 @@ class PoolRuntime:
             self._publish([w for w in self.workers if w is not worker])
 
     def changed(self, worker: ChannelWorker) -> None:
+        if self.resting:
+            self.resting = {c: slot for c, slot in self.resting.items() if slot.in_flight}
         self._wake()
 
     def first_unimplemented_health(self) -> bool:
@@ -197,10 +208,14 @@ class PoolRuntime:
         # A mocked pool hands out mock() the long way: its fast path finds no channel.
         if self.mock is None:
             self.channels = tuple(w.channel for w in workers)  # type: ignore[misc]
-            kept = {slot.channel: slot for slot in self.slots}
+            # One slot per channel for as long as calls run on it, out of the hand-out
+            # or in: a channel that rejoins takes its slot, and its count, back.
+            known = {**self.resting, **{slot.channel: slot for slot in self.slots}}
             self.slots = tuple(
-                kept.get(c) or Slot(w, c, self) for w, c in zip(workers, self.channels, strict=True)
+                known.pop(c) if c in known else Slot(w, c, self)
+                for w, c in zip(workers, self.channels, strict=True)
             )
+            self.resting = {c: slot for c, slot in known.items() if slot.in_flight}
             if self.waiting:
                 self.dispatch()  # a channel that joined has room
         self._wake()
@@ -325,6 +340,10 @@ class PoolRuntime:
         workers = self.workers
         backends = self.fleet.backends(list(workers))
         by_channel = {slot.worker.index: slot.in_flight for slot in self.slots}
+        for slot in self.resting.values():
+            if slot.in_flight:
+                index = slot.worker.index
+                by_channel[index] = by_channel.get(index, 0) + slot.in_flight
         return PoolStatus(
             self.name, self.expected_size, len(workers), backends, self.in_flight, by_channel
         )

@@ -231,6 +231,44 @@ async def test_a_not_serving_backend_gets_no_call_through_the_facade(pool_name: 
             await sick.set_health(SERVING)
 
 
+async def test_a_channel_that_rejoins_after_a_health_flap_keeps_its_calls_counted(
+    pool_name: str,
+) -> None:
+    async with fleet(2) as (first, second):
+        target = f"ipv4:{first.address},{second.address}"
+        async with pool(pool_name, target, 2, health_check=""):
+            await Pool.wait_connected(pool_name, timeout=5)
+            assert dict(Pool.status(pool_name).backends) == {first.address: 1, second.address: 1}
+            index_of = {w.backend: w.index for w in Pool.get_all_workers(pool_name)}
+            busy, idle = index_of[first.address], index_of[second.address]
+            facade = Pool.channel(pool_name)
+            sleep = _raw(facade, "unary_unary", SLEEP_METHOD)
+            peer = _raw(facade, "unary_unary", PEER_METHOD)
+            await second.set_health(NOT_SERVING)  # so that the long calls all go to first
+            await wait_until(lambda: Pool.status(pool_name).backends[second.address] == 0)
+            long_calls = [sleep(b"5000", timeout=30) for _ in range(3)]
+            await wait_until(lambda: first.in_flight == 3)
+            await second.set_health(SERVING)
+            await wait_until(lambda: Pool.status(pool_name).backends[second.address] == 1)
+            assert in_flight(pool_name) == (3, {busy: 3, idle: 0})
+
+            await first.set_health(NOT_SERVING)  # out of the hand-out, its calls running
+            await wait_until(lambda: Pool.status(pool_name).backends[first.address] == 0)
+            assert in_flight(pool_name) == (3, {busy: 3, idle: 0})
+            await first.set_health(SERVING)  # back in: the same channel, its calls counted
+            await wait_until(lambda: Pool.status(pool_name).backends[first.address] == 1)
+            assert in_flight(pool_name) == (3, {busy: first.in_flight, idle: second.in_flight})
+
+            before = first.calls
+            for _ in range(10):
+                await peer(b"", timeout=5)
+            assert first.calls == before  # every new call went to the idle channel
+            for call in long_calls:
+                call.cancel()
+            await all_calls_ended(pool_name)
+            assert in_flight(pool_name) == (0, {busy: 0, idle: 0})
+
+
 # --- no channel ---------------------------------------------------------------------------------
 
 
