@@ -17,25 +17,35 @@ dropped unfinished (grpc cancels a call object that is collected). The counts ar
 
 With no channel connected, a call fails at once with ``grpc.aio.AioRpcError``
 (UNAVAILABLE, the details naming the pool and why), as an unavailable server would;
-with ``wait_for_ready=True`` it waits, within its timeout, for a channel to join.
+with ``wait_for_ready=True`` it waits, within its timeout, for a channel to join (and
+with ``max_calls_per_channel``, a call waits for room). A waiting call answers every
+method of a grpc.aio call: ``cancel()`` ends the wait, and awaiting it then raises
+``asyncio.CancelledError``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 import anyio
 import grpc
 import grpc.aio
 
+from .._tasks import reraise_if_cancelled
 from .runtime import Kind, PoolRuntime, Slot, channels, pools, wait_registered
 
 __all__ = ["PooledChannel"]
 
 _READY = grpc.ChannelConnectivity.READY
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+_CANCELLED = grpc.StatusCode.CANCELLED
+_UNKNOWN = grpc.StatusCode.UNKNOWN
+#: grpc.aio's own details for a call its application cancelled
+_LOCALLY_CANCELLED = "Locally cancelled by application!"
 
 
 class PooledChannel(grpc.aio.Channel):
@@ -222,19 +232,23 @@ class _Multicallable:
         slot = runtime.pick() if runtime is not None else None
         if slot is None:
             if options.get("wait_for_ready"):
-                return _DeferredCall(self._start_when_ready(request, options))
+                return _DeferredCall(self._start_when_ready, request, options)
             return facade.unavailable(runtime)
         assert runtime is not None
         if not runtime.has_room(slot):  # every channel is at max_calls_per_channel
-            return _DeferredCall(self._start_when_room(runtime, request, options))
+            return _DeferredCall(
+                functools.partial(self._start_when_room, runtime), request, options
+            )
         return runtime.track(slot, self._real(slot)(*request, **options))
 
     async def _start_when_room(
-        self, runtime: PoolRuntime, request: tuple[Any, ...], options: dict[str, Any]
+        self,
+        runtime: PoolRuntime,
+        request: tuple[Any, ...],
+        options: dict[str, Any],
+        deadline: float | None,
     ) -> Any:
-        """Wait (within the call's timeout) for a channel under the cap, then start on it."""
-        timeout = options.get("timeout")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """Wait (until ``deadline``) for a channel under the cap, then start on it."""
         try:
             slot = await runtime.room(deadline)
         except TimeoutError:
@@ -243,61 +257,127 @@ class _Multicallable:
                 f"max_calls_per_channel={runtime.call_cap} calls in flight until the deadline"
             )
             raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, details=details) from None
-        if deadline is not None:
-            options = {**options, "timeout": max(0.0, deadline - time.monotonic())}
         try:
-            call = self._real(slot)(*request, **options)
+            call = self._real(slot)(*request, **_within(options, deadline))
         except BaseException:
             slot.done()
             raise
         return runtime.track(slot, call, counted=True)
 
-    async def _start_when_ready(self, request: tuple[Any, ...], options: dict[str, Any]) -> Any:
-        """Wait (within the call's timeout) for a channel, then start the call on it."""
-        timeout = options.get("timeout")
-        deadline = None if timeout is None else time.monotonic() + timeout
+    async def _start_when_ready(
+        self, request: tuple[Any, ...], options: dict[str, Any], deadline: float | None
+    ) -> Any:
+        """Wait (until ``deadline``) for a channel to join, then start the call on it."""
         try:
             slot = await self._facade.ready_slot(deadline)
         except TimeoutError:
             details = f"conngrpc {self._facade.kind} {self._facade.name!r}: no channel joined"
             raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, details=details) from None
-        if deadline is not None:
-            options = {**options, "timeout": max(0.0, deadline - time.monotonic())}
-        runtime = self._facade.runtime()
-        assert runtime is not None
+        runtime = slot.runtime
         if not runtime.has_room(slot):  # a channel joined, but every one is at the cap
-            return await self._start_when_room(runtime, request, options)
-        return runtime.track(slot, self._real(slot)(*request, **options))
+            return await self._start_when_room(runtime, request, options, deadline)
+        return runtime.track(slot, self._real(slot)(*request, **_within(options, deadline)))
+
+
+def _within(options: dict[str, Any], deadline: float | None) -> dict[str, Any]:
+    """``options`` with the ``timeout`` left until ``deadline`` (monotonic)."""
+    if deadline is None:
+        return options
+    return {**options, "timeout": max(0.0, deadline - time.monotonic())}
+
+
+_Start = Callable[[tuple[Any, ...], dict[str, Any], "float | None"], Awaitable[Any]]
 
 
 class _DeferredCall:
-    """A call that starts once a channel has joined (``wait_for_ready=True``).
+    """A call that waits for a channel (``wait_for_ready=True``) or for room under
+    ``max_calls_per_channel`` before it starts: a grpc.aio call in every method.
 
-    Await it for a unary response, or iterate it for a stream; the other methods of a
-    grpc call are answered by the real call once it has started.
+    The wait begins when the call is first used (awaited, iterated, read, written, or
+    asked for its status or metadata), in a task of its own, started once; every
+    method then answers from the real call, or from the wait's outcome: an
+    ``AioRpcError`` (DEADLINE_EXCEEDED) if the deadline, counted from the call's
+    creation, passed first. :meth:`cancel` ends the wait at once (nothing was sent:
+    awaiting or iterating raises ``asyncio.CancelledError``, as a cancelled grpc.aio
+    call does), or cancels the real call once started. Cancelling a task that waits
+    on it, in any method, cancels the call, as for a grpc.aio call being awaited.
     """
 
-    def __init__(self, start: Any) -> None:
-        self._start = start
+    __slots__ = ("_begin", "_call", "_callbacks", "_deadline", "_task")
+
+    def __init__(self, start: _Start, request: tuple[Any, ...], options: dict[str, Any]) -> None:
+        timeout = options.get("timeout")
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._begin = functools.partial(start, request, options, self._deadline)
+        #: the real call once started, or a stand-in for how the wait ended
         self._call: Any = None
+        self._task: asyncio.Task[Any] | None = None
+        self._callbacks: list[Callable[[Any], None]] = []
+
+    def __repr__(self) -> str:
+        if self._call is not None:
+            return f"<pooled call {self._call!r}>"
+        return f"<pooled call {'not begun' if self._task is None else 'waiting'}>"
 
     async def _started(self) -> Any:
-        if self._call is None:
-            self._call = await self._start
-        return self._call
+        """The real call (or how the wait ended), once the wait is over."""
+        if self._call is not None:
+            return self._call
+        task = self._task
+        if task is None:
+            # A task, as grpc.aio makes one per call: the wait must be cancellable from
+            # any task (cancel()) and shared by all that use the call (a reader and a
+            # writer). It lives only while awaited: a cancelled awaiter cancels it.
+            task = self._task = asyncio.get_running_loop().create_task(self._wait())
+            task.add_done_callback(self._ended)  # runs before any awaiter resumes
+        try:
+            return await task
+        except asyncio.CancelledError:
+            self.cancel()  # the awaiter was cancelled, so is the call (as grpc.aio's)
+            await reraise_if_cancelled()  # a cancel scope's, raised anew for it to catch
+            raise
+
+    async def _wait(self) -> Any:
+        try:
+            call = await self._begin()
+        except grpc.aio.AioRpcError as error:
+            call = _FailedCall(error)
+        self._settle(call)
+        return call
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        """The wait's task is over: record a cancellation or a crash (retrieving it)."""
+        if self._call is not None:
+            return
+        if task.cancelled():
+            self._settle(_CancelledCall())
+        else:
+            error = task.exception()  # a success settled already, in _wait
+            assert error is not None
+            self._settle(_FailedCall(error))
+
+    def _settle(self, call: Any) -> None:
+        self._call = call
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            self._forward(call, callback)
+
+    def _forward(self, call: Any, callback: Callable[[Any], None]) -> None:
+        call.add_done_callback(lambda _: callback(self))
+
+    # --- grpc.aio.Call ------------------------------------------------------------------
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return self._await().__await__()
+        return self._response().__await__()
 
-    async def _await(self) -> Any:
+    async def _response(self) -> Any:
         return await (await self._started())
 
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._iterate()
+    def __aiter__(self) -> _DeferredCall:
+        return self
 
-    async def _iterate(self) -> AsyncIterator[Any]:
-        async for response in await self._started():
-            yield response
+    async def __anext__(self) -> Any:
+        return await (await self._started()).__aiter__().__anext__()
 
     async def read(self) -> Any:
         return await (await self._started()).read()
@@ -307,6 +387,9 @@ class _DeferredCall:
 
     async def done_writing(self) -> None:
         await (await self._started()).done_writing()
+
+    async def wait_for_connection(self) -> None:
+        await (await self._started()).wait_for_connection()
 
     async def code(self) -> grpc.StatusCode:
         return await (await self._started()).code()  # type: ignore[no-any-return]
@@ -321,22 +404,43 @@ class _DeferredCall:
         return await (await self._started()).trailing_metadata()
 
     def cancel(self) -> bool:
+        """Cancel the call: its wait, or the real call once started; False once done."""
+        task = self._task
+        if self._call is None and task is not None and task.done():
+            self._ended(task)  # over, but its done callback has not run yet
         if self._call is not None:
             return bool(self._call.cancel())
-        self._start.close()  # it never began: nothing on the wire to cancel
+        self._settle(_CancelledCall())
+        if task is not None:
+            task.cancel()
         return True
-
-    def done(self) -> bool:
-        return self._call is not None and bool(self._call.done())
 
     def cancelled(self) -> bool:
         return self._call is not None and bool(self._call.cancelled())
 
+    def done(self) -> bool:
+        return self._call is not None and bool(self._call.done())
+
+    def time_remaining(self) -> float | None:
+        call = self._call
+        if call is not None and not isinstance(call, _FailedCall):
+            return call.time_remaining()  # type: ignore[no-any-return]
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(call)`` once the call is done (at once, if it is)."""
+        if self._call is None:
+            self._callbacks.append(callback)
+        else:
+            self._forward(self._call, callback)
+
 
 class _FailedCall:
-    """A call that failed before it began: no channel to send it on."""
+    """A call that failed before it began: no channel to send it on, or none in time."""
 
-    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+    __slots__ = ("_error",)
+
+    def __init__(self, error: BaseException) -> None:
         self._error = error
 
     def __await__(self) -> Generator[Any, None, Any]:
@@ -361,10 +465,14 @@ class _FailedCall:
         raise self._error
 
     async def code(self) -> grpc.StatusCode:
-        return self._error.code()
+        error = self._error
+        return error.code() if isinstance(error, grpc.aio.AioRpcError) else _UNKNOWN
 
     async def details(self) -> str | None:
-        return self._error.details()
+        error = self._error
+        if isinstance(error, grpc.aio.AioRpcError):
+            return error.details()
+        return f"{type(error).__name__}: {error}"
 
     async def initial_metadata(self) -> grpc.aio.Metadata:
         return grpc.aio.Metadata()
@@ -389,3 +497,33 @@ class _FailedCall:
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         callback(self)
+
+
+class _CancelledCall(_FailedCall):
+    """A call cancelled before it started: it answers as a cancelled grpc.aio call does."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(grpc.aio.AioRpcError(_CANCELLED, details=_LOCALLY_CANCELLED))
+
+    async def _raise(self) -> Any:
+        raise asyncio.CancelledError
+
+    async def __anext__(self) -> Any:
+        raise asyncio.CancelledError
+
+    async def read(self) -> Any:
+        raise asyncio.CancelledError
+
+    async def wait_for_connection(self) -> None:
+        raise asyncio.CancelledError
+
+    async def write(self, request: Any) -> None:
+        raise asyncio.InvalidStateError("RPC already finished.")
+
+    async def done_writing(self) -> None:
+        pass  # as grpc.aio's, for a call that is done
+
+    def cancelled(self) -> bool:
+        return True

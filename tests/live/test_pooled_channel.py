@@ -5,6 +5,7 @@ Real servers on 127.0.0.1 (tests/_fleet.py), generated stubs (grpc.health.v1's).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import time
@@ -61,6 +62,22 @@ def in_flight(name: str) -> tuple[int, dict[int, int]]:
 
 async def all_calls_ended(name: str) -> None:
     await wait_until(lambda: in_flight(name)[0] == 0 and not any(in_flight(name)[1].values()))
+
+
+async def outcome(call: Any, outcomes: list[str]) -> None:
+    """Await ``call``, recording how it ended: ``cancelled``, ``ok`` or the error's code.
+
+    A grpc.aio call that was cancelled raises ``asyncio.CancelledError`` to whoever
+    awaits it: grpc's own, not a cancel scope's, so catching it here is safe.
+    """
+    try:
+        await call
+    except asyncio.CancelledError:
+        outcomes.append("cancelled")
+    except grpc.aio.AioRpcError as error:
+        outcomes.append(error.code().name)
+    else:
+        outcomes.append("ok")
 
 
 # --- a channel for stubs ----------------------------------------------------------------------
@@ -311,6 +328,160 @@ async def test_wait_for_ready_waits_for_a_channel_to_join(pool_name: str) -> Non
             await backend.stop()
 
 
+#: Every method a grpc.aio call has, of every kind.
+CALL_METHODS = sorted(
+    set().union(
+        *(
+            kind.__abstractmethods__
+            for kind in (
+                grpc.aio.UnaryUnaryCall,
+                grpc.aio.UnaryStreamCall,
+                grpc.aio.StreamUnaryCall,
+                grpc.aio.StreamStreamCall,
+            )
+        )
+    )
+)
+
+
+async def test_a_call_that_waits_for_a_channel_answers_every_method_of_a_grpc_call(
+    pool_name: str,
+) -> None:
+    async with pool(pool_name, f"127.0.0.1:{closed_port()}", 2):
+        facade = Pool.channel(pool_name)
+        call = _raw(facade, "unary_unary", PEER_METHOD)(b"", timeout=30, wait_for_ready=True)
+        assert [m for m in CALL_METHODS if not callable(getattr(call, m, None))] == []
+        remaining = call.time_remaining()
+        assert remaining is not None
+        assert 29 < remaining <= 30
+        ended: list[Any] = []
+        call.add_done_callback(ended.append)
+        assert not call.done()
+        assert not call.cancelled()
+        assert ended == []
+        assert call.cancel()
+        assert ended == [call]
+        assert call.done()
+        assert call.cancelled()
+        assert not call.cancel()  # done already
+        assert await call.code() is grpc.StatusCode.CANCELLED
+        assert await call.details() == "Locally cancelled by application!"
+        with pytest.raises(asyncio.CancelledError):
+            await call.wait_for_connection()
+        late: list[Any] = []
+        call.add_done_callback(late.append)
+        assert late == [call]  # done: at once
+
+
+async def test_cancelling_a_call_that_waits_for_a_channel_ends_the_wait_at_once(
+    pool_name: str,
+) -> None:
+    async with pool(pool_name, f"127.0.0.1:{closed_port()}", 2):
+        facade = Pool.channel(pool_name)
+        call = _raw(facade, "unary_unary", PEER_METHOD)(b"", timeout=30, wait_for_ready=True)
+        outcomes: list[str] = []
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(outcome, call, outcomes)
+            await anyio.wait_all_tasks_blocked()
+            assert not call.done()
+            began = time.monotonic()
+            assert call.cancel()
+            assert call.cancelled()
+        assert time.monotonic() - began < 1  # at once, not at the deadline
+        assert outcomes == ["cancelled"]
+        assert await call.code() is grpc.StatusCode.CANCELLED
+
+
+async def test_a_call_cancelled_before_it_is_awaited_raises_cancelled_error(
+    pool_name: str,
+) -> None:
+    async with pool(pool_name, f"127.0.0.1:{closed_port()}", 2):
+        facade = Pool.channel(pool_name)
+        unary = _raw(facade, "unary_unary", PEER_METHOD)(b"", timeout=30, wait_for_ready=True)
+        stream = _raw(facade, "unary_stream", COUNT_METHOD)(b"3:1", timeout=30, wait_for_ready=True)
+        echo = _raw(facade, "stream_stream", ECHO_METHOD)(timeout=30, wait_for_ready=True)
+        for call in (unary, stream, echo):
+            assert call.cancel()
+        with anyio.fail_after(1):
+            with pytest.raises(asyncio.CancelledError):
+                await unary
+            with pytest.raises(asyncio.CancelledError):
+                [m async for m in stream]
+            with pytest.raises(asyncio.CancelledError):
+                await echo.read()
+            await echo.done_writing()  # as on a cancelled grpc.aio call: nothing to do
+
+
+async def test_a_call_that_waited_for_a_channel_is_cancelled_on_it_once_started(
+    pool_name: str,
+) -> None:
+    port = closed_port()
+    async with pool(pool_name, f"127.0.0.1:{port}", 2):
+        facade = Pool.channel(pool_name)
+        call = _raw(facade, "unary_unary", SLEEP_METHOD)(b"5000", timeout=30, wait_for_ready=True)
+        outcomes: list[str] = []
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(outcome, call, outcomes)
+            await anyio.wait_all_tasks_blocked()  # it waits for a channel
+            backend = await Backend().start(port=port)
+            try:
+                await wait_until(lambda: backend.in_flight == 1)
+                assert in_flight(pool_name)[0] == 1
+                remaining = call.time_remaining()
+                assert remaining is not None
+                assert remaining < 30
+                assert call.cancel()
+                await wait_until(lambda: backend.in_flight == 0)  # the server saw it go
+            finally:
+                await backend.stop()
+        assert outcomes == ["cancelled"]
+        assert call.cancelled()
+        assert await call.code() is grpc.StatusCode.CANCELLED
+        await all_calls_ended(pool_name)
+
+
+async def test_a_stream_that_waited_for_a_channel_counts_while_open(pool_name: str) -> None:
+    port = closed_port()
+    async with pool(pool_name, f"127.0.0.1:{port}", 2):
+        facade = Pool.channel(pool_name)
+        stream = _raw(facade, "unary_stream", COUNT_METHOD)(
+            b"1000:10", timeout=30, wait_for_ready=True
+        )
+        backend = await Backend().start(port=port)
+        try:
+            with anyio.fail_after(5):
+                await stream.wait_for_connection()
+            assert await stream.read() == b"0"
+            assert in_flight(pool_name)[0] == 1
+            assert stream.cancel()
+            await all_calls_ended(pool_name)
+            assert stream.cancelled()
+        finally:
+            await backend.stop()
+
+
+async def test_a_task_cancelled_while_it_awaits_a_waiting_call_cancels_the_call(
+    pool_name: str,
+) -> None:
+    async with pool(pool_name, f"127.0.0.1:{closed_port()}", 2):
+        facade = Pool.channel(pool_name)
+        call = _raw(facade, "unary_unary", PEER_METHOD)(b"", timeout=30, wait_for_ready=True)
+        async with anyio.create_task_group() as tasks:
+            scope = anyio.CancelScope()
+
+            async def awaits() -> None:
+                with scope:
+                    await call
+
+            tasks.start_soon(awaits)
+            await anyio.wait_all_tasks_blocked()
+            scope.cancel()
+        assert scope.cancelled_caught
+        assert call.cancelled()
+        with anyio.fail_after(1), pytest.raises(asyncio.CancelledError):
+            await call
+
+
 # --- what a plain channel does, the facade does too -----------------------------------------------
 
 
@@ -414,3 +585,42 @@ async def test_a_call_waiting_for_room_fails_at_its_deadline_saying_why(pool_nam
             call.cancel()
         await all_calls_ended(pool_name)
         assert Pool.status(pool_name).in_flight == 0
+
+
+async def test_a_call_cancelled_as_it_is_handed_room_passes_the_room_on(pool_name: str) -> None:
+    async with fleet(1) as (backend,), capped_pool(pool_name, backend.address, 1, 1):
+        facade = Pool.channel(pool_name)
+        sleep = _raw(facade, "unary_unary", SLEEP_METHOD)
+        hold = sleep(b"5000", timeout=30)
+        first, second = sleep(b"0", timeout=30), sleep(b"0", timeout=30)
+        outcomes: dict[str, list[str]] = {"first": [], "second": []}
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(outcome, first, outcomes["first"])
+            await anyio.wait_all_tasks_blocked()
+            tasks.start_soon(outcome, second, outcomes["second"])
+            await anyio.wait_all_tasks_blocked()
+            assert in_flight(pool_name) == (1, {0: 1})  # the two wait for room
+            # hold's end hands its room to the first, which is cancelled right then
+            hold.add_done_callback(lambda _: first.cancel())
+            hold.cancel()
+        assert outcomes == {"first": ["cancelled"], "second": ["ok"]}
+        assert first.cancelled()
+        await all_calls_ended(pool_name)
+
+
+async def test_a_call_cancelled_while_it_waits_for_room_leaves_no_count(pool_name: str) -> None:
+    async with fleet(1) as (backend,), capped_pool(pool_name, backend.address, 1, 1):
+        facade = Pool.channel(pool_name)
+        sleep = _raw(facade, "unary_unary", SLEEP_METHOD)
+        hold = sleep(b"5000", timeout=30)
+        waiting = sleep(b"0", timeout=30)
+        outcomes: list[str] = []
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(outcome, waiting, outcomes)
+            await anyio.wait_all_tasks_blocked()
+            assert waiting.cancel()
+        assert outcomes == ["cancelled"]
+        assert in_flight(pool_name) == (1, {0: 1})
+        hold.cancel()
+        await all_calls_ended(pool_name)
+        assert await _raw(facade, "unary_unary", PEER_METHOD)(b"", timeout=5)  # room again
