@@ -11,9 +11,14 @@ Every multicallable it returns picks a connection per call: among the channels t
 pool hands out now (READY and, when health-checked, SERVING), the one with the fewest
 calls in flight (exactly, by a scan, in a small pool; by the power of two choices in a
 large one), ties taking turns. A call counts from the moment it starts until grpc says
-it is done, whatever the ending: success, error, deadline, cancellation, a stream
-dropped unfinished (grpc cancels a call object that is collected). The counts are in
-``Pool.status(name).in_flight``.
+it is done, whatever the ending: success, error, deadline, cancellation (``cancel()``,
+or a cancelled task that awaits it). The counts are in ``Pool.status(name).in_flight``.
+
+A stream dropped unfinished does not end: grpc.aio keeps the call object alive (so it
+is not collected, and not cancelled) and its stream open, and counted here, until its
+deadline or until its channel closes; even a stream the server has finished stays open
+while responses are left unread. Give streams a deadline (``timeout=``), or
+cancel the ones you stop reading (``call.cancel()``), as on any grpc.aio channel.
 
 With no channel connected, a call fails at once with ``grpc.aio.AioRpcError``
 (UNAVAILABLE, the details naming the pool and why), as an unavailable server would;

@@ -136,51 +136,98 @@ async def test_all_four_kinds_of_call_go_through_and_end_counted(pool_name: str)
 
 # --- counting calls in flight -----------------------------------------------------------------
 
+#: Endings whose call stays open until the test ends it: each is open, and counted, at
+#: the barrier, before any other call begins.
+HELD = ["cancel", "echo_cancel", "stream_cancel", "task_cancelled"]
 ENDINGS = st.sampled_from(
-    ["complete", "cancel", "deadline", "drop_stream", "error", "stream_complete", "echo_cancel"]
+    [
+        *HELD,
+        "complete",
+        "deadline",
+        "drop_stream",
+        "error",
+        "stream_complete",
+        "queued_cancel",
+    ]
 )
 
 
 @pytest.fixture(scope="module")
-async def counted() -> AsyncIterator[tuple[str, PooledChannel]]:
+async def counted() -> AsyncIterator[tuple[str, PooledChannel, str, PooledChannel]]:
+    """A pool of 3, and a pool of 1 whose channel takes one call at a time."""
     async with fleet(1) as (backend,), pool("counted-pool", backend.address, 3):
-        await Pool.wait_connected("counted-pool", timeout=5)
-        yield "counted-pool", Pool.channel("counted-pool")
+        spec = Pool.child_spec(
+            name="counted-capped",
+            pool_size=1,
+            channel={"address": backend.address, "backoff": FAST},
+            max_calls_per_channel=1,
+        )
+        async with Supervisor([spec]):
+            await Pool.wait_connected("counted-pool", timeout=5)
+            await Pool.wait_connected("counted-capped", timeout=5)
+            yield (
+                "counted-pool",
+                Pool.channel("counted-pool"),
+                "counted-capped",
+                Pool.channel("counted-capped"),
+            )
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(endings=st.lists(ENDINGS, min_size=1, max_size=12))
 async def test_in_flight_counts_return_to_zero_after_every_kind_of_ending(
-    counted: tuple[str, PooledChannel], endings: list[str]
+    counted: tuple[str, PooledChannel, str, PooledChannel], endings: list[str]
 ) -> None:
-    name, facade = counted
+    name, facade, capped_name, capped = counted
     sleep = _raw(facade, "unary_unary", SLEEP_METHOD)
     count = _raw(facade, "unary_stream", COUNT_METHOD)
     echo = _raw(facade, "stream_stream", ECHO_METHOD)
     missing = _raw(facade, "unary_unary", "/conngrpc.demo.v1.Demo/NoSuchMethod")
+    capped_sleep = _raw(capped, "unary_unary", SLEEP_METHOD)
     calls: list[Any] = []
+    held = sum(ending in HELD for ending in endings)
+    opened: list[str] = []
+    all_open, release = anyio.Event(), anyio.Event()
+    scopes: list[anyio.CancelScope] = []
+    outcomes: list[str] = []
 
-    failed_as_expected: list[str] = []
+    def open_now(ending: str) -> None:
+        opened.append(ending)
+        if len(opened) == held:
+            all_open.set()
 
     async def one(ending: str) -> None:
         # No pytest.raises here: its miss is a BaseException, which would end the
         # session's shared runner from inside the task group. Outcomes are checked after.
+        if ending not in HELD:
+            await release.wait()
         if ending == "complete":
             await sleep(b"1", timeout=5)
         elif ending == "cancel":
             call = sleep(b"5000", timeout=30)
             calls.append(call)
-            await anyio.sleep(0.01)
+            open_now(ending)
+            await release.wait()
             call.cancel()
+        elif ending == "task_cancelled":  # the task's scope is cancelled mid-call
+            call = sleep(b"5000", timeout=30)
+            try:
+                with anyio.CancelScope() as scope:
+                    scopes.append(scope)
+                    open_now(ending)
+                    await call
+            except asyncio.CancelledError:
+                pass  # grpc.aio's own (bare) one, which anyio's scope lets through
+            outcomes.append("call cancelled" if call.cancelled() else "call not cancelled")
         elif ending == "deadline":
             try:
                 await sleep(b"5000", timeout=0.02)
             except grpc.aio.AioRpcError as error:
-                failed_as_expected.append(error.code().name)
+                outcomes.append(error.code().name)
         elif ending == "drop_stream":
-            # Dropped unfinished: grpc.aio keeps such a stream open (its channel holds
-            # the call) until its deadline or the server ends it; it counts until then.
-            stream = count(b"100:10", timeout=0.5)
+            # Dropped unfinished: grpc.aio keeps such a stream open (it holds the call)
+            # until its deadline, even once the server is done; it counts until then.
+            stream = count(b"100:10", timeout=0.1)
             with contextlib.suppress(grpc.aio.AioRpcError):  # a deadline before the first
                 await stream.read()  # message (a loaded machine) ends it all the same
             del stream
@@ -189,26 +236,93 @@ async def test_in_flight_counts_return_to_zero_after_every_kind_of_ending(
             try:
                 await missing(b"", timeout=5)
             except grpc.aio.AioRpcError as error:
-                failed_as_expected.append(error.code().name)
+                outcomes.append(error.code().name)
         elif ending == "stream_complete":
             assert [m async for m in count(b"2:1", timeout=5)] == [b"0", b"1"]
-        else:
+        elif ending == "stream_cancel":
+            stream = count(b"1000:10", timeout=30)
+            assert await stream.read() == b"0"
+            open_now(ending)
+            await release.wait()
+            stream.cancel()
+        elif ending == "echo_cancel":
             call = echo(timeout=30)
             await call.write(b"x")
-            await call.read()
+            assert await call.read() == b"x"
+            open_now(ending)
+            await release.wait()
             call.cancel()
+        else:  # queued_cancel: a call waiting for room, cancelled as it is handed some
+            # (or while it waits, or once it runs, when other ones queue too)
+            hold = capped_sleep(b"5000", timeout=30)
+            queued = capped_sleep(b"5000", timeout=30, wait_for_ready=True)
+            hold.add_done_callback(lambda _: queued.cancel())
+            async with anyio.create_task_group() as waiting:
+                waiting.start_soon(outcome, queued, outcomes)
+                waiting.start_soon(outcome, hold, outcomes)
+                await anyio.wait_all_tasks_blocked()
+                hold.cancel()
 
     async with anyio.create_task_group() as tasks:
         for ending in endings:
             tasks.start_soon(one, ending)
+        if held:
+            with anyio.fail_after(5):
+                await all_open.wait()
+            # Nothing else has begun and nothing held has ended: the count is known.
+            total, by_channel = in_flight(name)
+            assert total == held
+            assert sum(by_channel.values()) == held
+            assert max(by_channel.values()) - min(by_channel.values()) <= 1  # spread evenly
+        release.set()
+        for scope in scopes:
+            scope.cancel()
     calls.clear()
     gc.collect()
     await all_calls_ended(name)
-    assert sorted(failed_as_expected) == sorted(
-        {"deadline": "DEADLINE_EXCEEDED", "error": "UNIMPLEMENTED"}[e]
-        for e in endings
-        if e in ("deadline", "error")
-    )
+    await all_calls_ended(capped_name)
+    expected = {
+        "deadline": ["DEADLINE_EXCEEDED"],
+        "error": ["UNIMPLEMENTED"],
+        "task_cancelled": ["call cancelled"],
+        "queued_cancel": ["cancelled", "cancelled"],
+    }
+    assert sorted(outcomes) == sorted(o for e in endings for o in expected.get(e, []))
+
+
+async def test_an_open_stream_counts_on_its_channel_until_it_ends(pool_name: str) -> None:
+    async with fleet(1) as (backend,), pool(pool_name, backend.address, 2):
+        await Pool.wait_connected(pool_name, timeout=5)
+        facade = Pool.channel(pool_name)
+        count = _raw(facade, "unary_stream", COUNT_METHOD)(b"1000:10", timeout=30)
+        assert await count.read() == b"0"
+        total, by_channel = in_flight(pool_name)
+        assert total == 1
+        assert sorted(by_channel.values()) == [0, 1]
+        echo = _raw(facade, "stream_stream", ECHO_METHOD)(timeout=30)
+        await echo.write(b"ping")
+        assert await echo.read() == b"ping"
+        assert in_flight(pool_name) == (2, {0: 1, 1: 1})  # the idle channel took it
+        count.cancel()
+        await wait_until(lambda: in_flight(pool_name)[0] == 1)
+        assert sorted(in_flight(pool_name)[1].values()) == [0, 1]  # the echo, still open
+        await echo.done_writing()
+        assert await echo.read() is grpc.aio.EOF
+        await all_calls_ended(pool_name)
+
+
+async def test_a_stream_dropped_unread_stays_counted_until_its_deadline(pool_name: str) -> None:
+    async with fleet(1) as (backend,), pool(pool_name, backend.address, 1):
+        await Pool.wait_connected(pool_name, timeout=5)
+        count = _raw(Pool.channel(pool_name), "unary_stream", COUNT_METHOD)
+        began = time.monotonic()
+        stream = count(b"2:1", timeout=0.5)  # the server is done with it in milliseconds
+        assert await stream.read() == b"0"
+        del stream  # one response left unread
+        gc.collect()
+        assert in_flight(pool_name)[0] == 1
+        await all_calls_ended(pool_name)
+        assert time.monotonic() - began >= 0.4  # grpc.aio ended it at its deadline only
 
 
 # --- where calls go -------------------------------------------------------------------------------
