@@ -262,6 +262,12 @@ class _Multicallable:
                 f"max_calls_per_channel={runtime.call_cap} calls in flight until the deadline"
             )
             raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, details=details) from None
+        if slot is None:
+            details = (
+                f"conngrpc {self._facade.kind} {self._facade.name!r}: it stopped while the call "
+                f"waited for room ({runtime.stopped})"
+            )
+            raise grpc.aio.AioRpcError(_UNAVAILABLE, details=details)
         try:
             call = self._real(slot)(*request, **_within(options, deadline))
         except BaseException:

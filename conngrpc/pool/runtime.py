@@ -224,6 +224,8 @@ class PoolRuntime:
         """The pool is gone (the first reason given stays): wake everyone who waits."""
         if self.stopped is None:
             self.stopped = reason
+        while self.waiting:  # calls waiting for room: there will be none (room() says so)
+            self.waiting.popleft().ready.set()
         self._wake()
 
     def next_ready(self) -> grpc.aio.Channel | None:
@@ -282,12 +284,14 @@ class PoolRuntime:
         cap = self.call_cap
         return cap is None or (slot.in_flight < cap and not self.waiting)
 
-    async def room(self, deadline: float | None) -> Slot:
+    async def room(self, deadline: float | None) -> Slot | None:
         """Wait, first come first served, until a channel is under ``max_calls_per_channel``;
-        return it, with the call already counted against it.
+        return it, with the call already counted against it, or None if the pool stopped.
 
         :raises TimeoutError: ``deadline`` (monotonic) passed first.
         """
+        if self.stopped is not None:
+            return None
         waiter = _Waiter()
         self.waiting.append(waiter)
         self.dispatch()
@@ -300,7 +304,6 @@ class PoolRuntime:
             elif waiter in self.waiting:
                 self.waiting.remove(waiter)
             raise
-        assert waiter.slot is not None
         return waiter.slot
 
     def dispatch(self) -> None:

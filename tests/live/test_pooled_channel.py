@@ -701,6 +701,36 @@ async def test_a_call_waiting_for_room_fails_at_its_deadline_saying_why(pool_nam
         assert Pool.status(pool_name).in_flight == 0
 
 
+async def test_a_call_waiting_for_room_when_the_pool_stops_fails_at_once_as_unavailable(
+    pool_name: str,
+) -> None:
+    outcome: list[grpc.aio.AioRpcError] = []
+    async with fleet(1) as (backend,), anyio.create_task_group() as tasks:
+        async with capped_pool(pool_name, backend.address, 1, 1):
+            facade = Pool.channel(pool_name)
+            sleep = _raw(facade, "unary_unary", SLEEP_METHOD)
+            busy = sleep(b"5000", timeout=30)
+            waiting = sleep(b"0")  # no deadline: only the pool's end can end its wait
+
+            async def wait_for_room() -> None:
+                try:
+                    await waiting
+                except grpc.aio.AioRpcError as error:
+                    outcome.append(error)
+
+            tasks.start_soon(wait_for_room)
+            await anyio.wait_all_tasks_blocked()
+            assert in_flight(pool_name) == (1, {0: 1})
+            assert outcome == []
+        stopped = time.monotonic()
+        await wait_until(lambda: bool(outcome))  # it fails when the pool stops
+        assert time.monotonic() - stopped < 1
+    assert busy.done()
+    (error,) = outcome
+    assert error.code() is grpc.StatusCode.UNAVAILABLE
+    assert f"{pool_name!r}: it stopped while the call waited for room" in error.details()
+
+
 async def test_a_call_cancelled_as_it_is_handed_room_passes_the_room_on(pool_name: str) -> None:
     async with fleet(1) as (backend,), capped_pool(pool_name, backend.address, 1, 1):
         facade = Pool.channel(pool_name)
