@@ -171,12 +171,39 @@ def spread(ports: list[int]) -> list[int]:
     return sorted(Counter(ports).values(), reverse=True)
 
 
+def backend_finder(name: str) -> Callable[[grpc.aio.Channel], str | None]:
+    """For :func:`load`: the backend a channel of pool ``name`` is on, read as it is
+    handed out (a channel that is no longer handed out has none)."""
+
+    def backend_of(channel: grpc.aio.Channel) -> str | None:
+        for worker in Pool.get_all_workers(name):
+            if worker.channel is channel:
+                return worker.backend
+        return None
+
+    return backend_of
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One failed call: its kind, the backend its channel was on when handed out (None
+    when the load was not told how to find it out), and when it began and ended."""
+
+    kind: str
+    backend: str | None
+    began: float
+    ended: float
+
+
 @dataclass
 class Load:
-    """What callers saw: successes, errors by kind, and each backend's share."""
+    """What callers saw: successes (in all, and by backend when told how to find it
+    out), errors by kind, every failed call, the slowest call."""
 
     ok: int = 0
+    ok_by_backend: Counter[str | None] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    failures: list[Failure] = field(default_factory=list)
     worst: float = 0.0
 
     @property
@@ -193,8 +220,13 @@ async def load(
     request: bytes = b"5",
     deadline: float = 1.0,
     get_channel: Callable[[str], grpc.aio.Channel] = Pool.get_channel,
+    backend_of: Callable[[grpc.aio.Channel], str | None] | None = None,
 ) -> AsyncIterator[Load]:
-    """``callers`` tasks calling through the pool until the block ends."""
+    """``callers`` tasks calling through the pool until the block ends.
+
+    ``backend_of`` (see :func:`backend_finder`) names the backend of each channel as it
+    is handed out, so that each call, failed or not, says where it went.
+    """
     seen = Load()
     stop = anyio.Event()
 
@@ -206,13 +238,17 @@ async def load(
                 seen.errors["NotConnectedError"] += 1
                 await anyio.sleep(0.01)
                 continue
+            backend = backend_of(channel) if backend_of is not None else None
             began = time.monotonic()
             try:
                 await raw_unary(channel, method)(request, timeout=deadline)
             except grpc.aio.AioRpcError as error:
-                seen.errors[error.code().name] += 1
+                kind = error.code().name
+                seen.errors[kind] += 1
+                seen.failures.append(Failure(kind, backend, began, time.monotonic()))
             else:
                 seen.ok += 1
+                seen.ok_by_backend[backend] += 1
             seen.worst = max(seen.worst, time.monotonic() - began)
 
     async with anyio.create_task_group() as tasks:
