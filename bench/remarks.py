@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._common import Ratio, Section
 from .connection_cap import CAP_ARGUMENT, DEFAULT_CAP
+from .fleet import LAST_ANSWER, RECEIVED, RECEIVED_TARGET
 
 #: Two figures within this share of each other are called level.
 LEVEL = 0.05
@@ -146,6 +147,7 @@ def _startup_note(section: Section) -> str:
     return text
 
 
+SICK = "Fleet (b)"
 ROLLING = "Fleet (c)"
 FLEET_POOL = "conngrpc pool of 6"
 FLEET_RR = "grpc round_robin + health"
@@ -181,6 +183,58 @@ def _rolling_note(section: Section) -> str:
     )
 
 
+def _flips(section: Section) -> tuple[float, int]:
+    """How long the replica was NOT_SERVING each time, and how many times, from the title
+    ("... turns NOT_SERVING for 3 s, 2 time(s) per client")."""
+    after = section.title.split("NOT_SERVING for ", 1)[1]
+    seconds, rest = after.split(" s, ", 1)
+    return number(seconds), int(rest.split(" ", 1)[0])
+
+
+def _milliseconds(text: str) -> float | None:
+    """``"12 ms"`` as 12.0; ``"none"`` as None."""
+    return None if text == "none" else number(text.removesuffix(" ms"))
+
+
+def _not_serving_note(section: Section) -> str:
+    seconds, times = _flips(section)
+    ours, theirs = value(section, FLEET_POOL, RECEIVED), value(section, FLEET_RR, RECEIVED)
+    ours_last = _milliseconds(cell(section, FLEET_POOL, LAST_ANSWER))
+    theirs_last = cell(section, FLEET_RR, LAST_ANSWER)
+    parts = [
+        f"- **{section.title}: calls the NOT_SERVING replica received.** It was NOT_SERVING"
+        f" {times} time(s), {seconds:g} s each; meanwhile it received {ours:,.0f} call(s) from"
+        f" the pool (counted by the server; target 0) and {theirs:,.0f} from round_robin +"
+        " health."
+    ]
+    if theirs == 0:
+        parts.append("round_robin kept every call off it, so the pool trails it here.")
+    elif ours <= theirs:
+        parts.append("The pool sent it no more than round_robin did.")
+    else:
+        parts.append(f"The pool sent it {ours / theirs:.1f} times what round_robin did.")
+    if ours_last is None:
+        parts.append("No answer from it reached the pool after a flip.")
+    else:
+        parts.append(
+            f"The pool's last answer from it came {ours_last:,.0f} ms after a flip"
+            f" (round_robin's: {theirs_last})."
+        )
+        if ours_last <= seconds * 1000 / 10:
+            parts.append(
+                f"So every answer from it came in the first {ours_last:,.0f} ms of the"
+                f" {seconds:g} s: the replica counts a call as received while NOT_SERVING"
+                " from the moment it flips, and calls sent before its health watch told the"
+                " pool still arrive."
+            )
+        else:
+            parts.append(
+                f"That is more than a tenth of the {seconds:g} s it was NOT_SERVING: the"
+                " pool went on sending it calls well after the flip."
+            )
+    return " ".join(parts)
+
+
 def why_missed(sections: list[Section], cpu_limit: float, ceiling: float, cores: int) -> str:
     """A paragraph per missed target, each worked out from its own table only."""
     notes = []
@@ -195,6 +249,10 @@ def why_missed(sections: list[Section], cpu_limit: float, ceiling: float, cores:
             others = [s for s in capped if s is not section]
             notes.append(_pool4_vs_a105_note(section, others))
             explained.add((section.title, POOL4_VS_A105))
+    for section in sections:
+        if section.title.startswith(SICK) and not ratio(section, RECEIVED_TARGET).passed:
+            notes.append(_not_serving_note(section))
+            explained.add((section.title, RECEIVED_TARGET))
     for section in sections:
         rolling_ratio = "failed calls, pool / round_robin"
         if section.title.startswith(ROLLING) and not ratio(section, rolling_ratio).passed:
@@ -330,8 +388,7 @@ def fleet_advice(sections: list[Section]) -> list[str]:
         return []
     sick, rolling, scale = (titles[t] for t in needed[:3])
     slow = titles["Slow replica"]
-    column = sick.columns[-1]
-    received = {c: cell(sick, c, column) for c in (FLEET_POOL, FLEET_RR)}
+    received = {c: cell(sick, c, RECEIVED) for c in (FLEET_POOL, FLEET_RR)}
     kills = int(rolling.title.split(" kills per client")[0].rsplit(" ", 1)[1])
     lost = {c: sum(errors_of(rolling, c).values()) for c in (FLEET_POOL, FLEET_RR)}
     not_connected = errors_of(rolling, FLEET_POOL).get("NotConnectedError", 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bench._common import Section
+from bench.fleet import LAST_ANSWER, RECEIVED, RECEIVED_TARGET
 from bench.remarks import (
     A105_4,
     A105_16,
@@ -126,3 +127,51 @@ def test_a_rolling_restart_miss_with_other_errors_names_them_instead() -> None:
 
 def test_a_rolling_restart_that_passes_is_not_explained() -> None:
     assert why_missed([rolling("UNAVAILABLE 100", "UNAVAILABLE 240")], 5000.0, 5000.0, 2) == ""
+
+
+def not_serving(pool: int, rr: int, pool_last: str, rr_last: str = "6 ms") -> Section:
+    """A NOT_SERVING table as bench.fleet makes it: 3 s, twice per client."""
+    columns = ["client", "calls/s", "p50 ms", "p99 ms", "share per replica", "errors"]
+    columns += [RECEIVED, LAST_ANSWER]
+    section = Section(
+        "Fleet (b): one replica turns NOT_SERVING for 3 s, 2 time(s) per client", columns
+    )
+    shares = "20% / 40% / 40%"
+    section.add("conngrpc pool of 6", 1600.0, 6.0, 9.0, shares, "0", pool, pool_last)
+    section.add("grpc round_robin + health", 2000.0, 5.5, 8.0, shares, "0", rr, rr_last)
+    section.add("grpc pick_first", 2100.0, 5.4, 7.0, "100% / 0% / 0%", "0", 0, "none")
+    section.check(RECEIVED_TARGET, pool, "0", pool == 0, f"round_robin's: {rr:,}")
+    return section
+
+
+def test_calls_to_a_not_serving_replica_just_after_the_flip_are_explained() -> None:
+    text = why_missed([not_serving(14, 5, "7 ms")], 5000.0, 5000.0, 2)
+    assert "It was NOT_SERVING 2 time(s), 3 s each" in text
+    assert "it received 14 call(s) from the pool (counted by the server; target 0)" in text
+    assert "and 5 from round_robin + health" in text
+    assert "The pool sent it 2.8 times what round_robin did." in text
+    assert "last answer from it came 7 ms after a flip (round_robin's: 6 ms)" in text
+    assert "every answer from it came in the first 7 ms of the 3 s" in text
+    assert "well after the flip" not in text
+
+
+def test_calls_to_a_not_serving_replica_long_after_the_flip_are_called_what_they_are() -> None:
+    text = why_missed([not_serving(900, 5, "2,950 ms")], 5000.0, 5000.0, 2)
+    assert "last answer from it came 2,950 ms after a flip" in text
+    assert "the pool went on sending it calls well after the flip" in text
+    assert "every answer from it came in the first" not in text
+
+
+def test_a_not_serving_miss_where_round_robin_sent_nothing_says_the_pool_trails() -> None:
+    text = why_missed([not_serving(3, 0, "5 ms", rr_last="none")], 5000.0, 5000.0, 2)
+    assert "and 0 from round_robin + health" in text
+    assert "round_robin kept every call off it, so the pool trails it here." in text
+    assert "(round_robin's: none)" in text
+    level = why_missed([not_serving(3, 3, "5 ms")], 5000.0, 5000.0, 2)
+    assert "The pool sent it no more than round_robin did." in level
+    unanswered = why_missed([not_serving(2, 5, "none")], 5000.0, 5000.0, 2)
+    assert "No answer from it reached the pool after a flip." in unanswered
+
+
+def test_a_not_serving_replica_that_received_nothing_from_the_pool_is_not_explained() -> None:
+    assert why_missed([not_serving(0, 5, "4 ms")], 5000.0, 5000.0, 2) == ""
