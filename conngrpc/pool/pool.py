@@ -75,11 +75,9 @@ def _hand_out(own_name: str | None) -> GetChannel:
         if pool is not None and not _observed.on:
             channels = pool.channels
             if channels:
-                index = next(pool.counter) % len(channels)
-                channel = channels[index]
+                channel = channels[next(pool.counter) % len(channels)]
                 if channel.get_state() is _READY:
                     return channel
-                pool.evict(index)
         return _get_channel(name, pool)
 
     return get_channel

@@ -110,6 +110,15 @@ class Slot:
             runtime.dispatch()
 
 
+def _least_loaded(slots: tuple[Slot, ...], start: int) -> Slot:
+    """The slot with the fewest calls in flight, scanning from ``start`` (ties take turns)."""
+    best = slots[start]
+    for slot in slots[start + 1 :] + slots[:start]:
+        if slot.in_flight < best.in_flight:
+            best = slot
+    return best
+
+
 class _Waiter:
     """A call waiting for room under ``max_calls_per_channel``; handed a slot when one frees."""
 
@@ -231,49 +240,43 @@ class PoolRuntime:
     def next_ready(self) -> grpc.aio.Channel | None:
         """The next handed-out channel that is READY, round-robin; None when none is.
 
-        A channel found not READY leaves the hand-out here and now: its connection broke
-        and grpc knows it, but the worker's notice of it waits its turn on the event loop
-        (tens of milliseconds under load), and calls on it would fail meanwhile.
+        A channel found not READY is skipped, not taken out: its connection broke and
+        grpc knows it, but the worker's notice of it waits its turn on the event loop
+        (tens of milliseconds under load), and calls on it would fail meanwhile. The
+        worker alone takes a channel out of the hand-out: after a GOAWAY grpc may reopen
+        the same channel before the worker looks, and the channel, READY again, must be
+        handed out again.
         """
-        while True:
-            channels = self.channels
-            if not channels:
-                return None
-            index = next(self.counter) % len(channels)
-            channel = channels[index]
+        channels = self.channels
+        size = len(channels)
+        for _ in range(size):
+            channel = channels[next(self.counter) % size]
             if channel.get_state() is _READY:
                 return channel
-            self.evict(index)
-
-    def evict(self, index: int) -> None:
-        """Take the channel at ``index`` of the hand-out out (it was found not READY)."""
-        self.left(self.workers[index])
+        return None
 
     def pick(self) -> Slot | None:
         """The handed-out channel with the fewest calls in flight that is READY, or None.
 
         Up to EXACT_PICK_UP_TO channels, a scan from a turning start (ties take turns);
-        above, the less loaded of two picked at random.
+        above, the less loaded of two picked at random. Should the choice not be READY,
+        the least loaded of those that are (skipped, as in :meth:`next_ready`).
         """
-        while True:
-            slots = self.slots
-            size = len(slots)
-            if size == 1:
-                best = slots[0]
-            elif size == 0:
-                return None
-            elif size <= EXACT_PICK_UP_TO:
-                start = next(self.counter) % size
-                best = slots[start]
-                for slot in slots[start + 1 :] + slots[:start]:
-                    if slot.in_flight < best.in_flight:
-                        best = slot
-            else:
-                first, second = slots[int(_random() * size)], slots[int(_random() * size)]
-                best = first if first.in_flight <= second.in_flight else second
-            if best.channel.get_state() is _READY:
-                return best
-            self.left(best.worker)
+        slots = self.slots
+        size = len(slots)
+        if size == 1:
+            best = slots[0]
+        elif size == 0:
+            return None
+        elif size <= EXACT_PICK_UP_TO:
+            best = _least_loaded(slots, next(self.counter) % size)
+        else:
+            first, second = slots[int(_random() * size)], slots[int(_random() * size)]
+            best = first if first.in_flight <= second.in_flight else second
+        if best.channel.get_state() is _READY:
+            return best
+        ready = tuple(slot for slot in slots if slot.channel.get_state() is _READY)
+        return _least_loaded(ready, next(self.counter) % len(ready)) if ready else None
 
     def has_room(self, slot: Slot) -> bool:
         """Whether a new call may start on ``slot`` now (the least loaded) without waiting.

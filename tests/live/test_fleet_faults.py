@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from conngrpc import ExponentialBackoff, Pool, Supervisor
-from conngrpc._server import ServerProcess
+from conngrpc._server import ServerProcess, peer_of
 from tests._fleet import backend_finder, fleet, load, ports_of_every_channel, spread
 from tests._probe import EventLog, wait_until
 from tests._proxy import FaultProxy
@@ -56,6 +56,11 @@ def processes(count: int, *args: str) -> Iterator[list[ServerProcess]]:
             server.kill()
 
 
+async def peers_of_every_channel(name: str) -> list[str]:
+    """Each connected channel's connection as its server sees it (the client's address)."""
+    return [await peer_of(w.channel) for w in Pool.get_all_workers(name) if w.channel is not None]
+
+
 def held(name: str) -> dict[str, int]:
     return dict(Pool.status(name).backends)
 
@@ -63,14 +68,6 @@ def held(name: str) -> dict[str, int]:
 # --- GOAWAY ---------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="conngrpc bug: the hand-out evicts a channel it finds not READY without telling"
-    " its worker; after a GOAWAY grpc reopens that channel at once, the worker sees READY"
-    " and goes on watching, and the channel stays out of the hand-out until its next"
-    " change: the pool shrinks, and empties, while every backend is up",
-    raises=AssertionError,
-    strict=False,  # it empties in about one run of three
-)
 async def test_servers_that_rotate_every_connection_never_empty_the_pool(
     pool_name: str, channel_events: EventLog
 ) -> None:
@@ -82,17 +79,23 @@ async def test_servers_that_rotate_every_connection_never_empty_the_pool(
         addresses = [s.address for s in servers]
         async with pool(pool_name, addresses, 6):
             await Pool.wait_connected(pool_name, timeout=5)
+            before = await peers_of_every_channel(pool_name)
             where = backend_finder(pool_name)
             async with load(pool_name, 100, backend_of=where) as calls:
                 await anyio.sleep(3)  # the load runs for 3 s: the thing under test
+            after = await peers_of_every_channel(pool_name)
+    # The servers see new connections only (those connected at the end: some channels
+    # are being reopened): every first one was rotated. grpc reopened some on the same
+    # channel before its worker looked (no disconnected event for those).
+    assert len(before) == 6
+    assert after
+    assert not set(before) & set(after)
     rotated = [m for m in channel_events.of("disconnected") if m["reason"] == "connection_lost"]
     shares = {a: calls.ok_by_backend[a] / calls.ok for a in addresses}
     print(
-        f"3 s, 100 callers: {len(rotated)} connections rotated, {calls.ok} calls,"
+        f"3 s, 100 callers: {len(rotated)} rotations seen by workers, {calls.ok} calls,"
         f" shares {[f'{share:.0%}' for share in shares.values()]}, errors {dict(calls.errors)}"
     )
-    assert len(rotated) >= 6  # every connection, once at least
-    assert {m["backend"] for m in rotated} == set(addresses)
     assert calls.errors == {}  # NotConnectedError included
     assert min(shares.values()) >= 1 / 6  # spread still: each at least half its share
 
