@@ -20,8 +20,9 @@ test: lint typecheck unit
 # pytest on every supported Python found (PYTHON310=... style overrides, python3.X on
 # PATH, or pyenv), each in its own .venv-3.X; lint and typecheck run once, in .venv.
 # Then the packaging: the distributions' contents, and on each of those Pythons the
-# wheel installed into a fresh venv runs the demo (tools/check_dist.py).
-test-all: lint typecheck dist
+# wheel installed into a fresh venv runs the demo (tools/check_dist.py). Before them,
+# the benchmarks' smoke run, once.
+test-all: lint typecheck dist bench-quick
 	$(PYTHON) tools/test_all.py --dist dist
 
 # The sdist and the wheel, in dist/, which twine must pass. build and twine come with
@@ -45,12 +46,13 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests
 
-# Benchmarks never run inside `make test` (a smoke test runs bench-quick's code only).
+# Benchmarks never run inside `make test`; `make test-all` (so CI) runs bench-quick, a
+# smoke run that checks every benchmark still reports (bench/smoke.py), not its numbers.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
 bench-quick: $(STAMP)
-	$(BIN)/python -m bench.run --quick
+	$(BIN)/python -m bench.smoke
 
 clean:
 	rm -rf $(VENV) $(VENV)-3.* build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis
