@@ -645,11 +645,13 @@ async def test_after_the_pool_stops_calls_fail_clearly_and_nothing_is_left(pool_
 
 
 @asynccontextmanager
-async def capped_pool(name: str, address: str, size: int, cap: int) -> AsyncIterator[None]:
+async def capped_pool(
+    name: str, address: str, size: int, cap: int, **channel: object
+) -> AsyncIterator[None]:
     spec = Pool.child_spec(
         name=name,
         pool_size=size,
-        channel={"address": address, "backoff": FAST},
+        channel={"address": address, "backoff": FAST, **channel},
         max_calls_per_channel=cap,
     )
     async with Supervisor([spec]):
@@ -706,7 +708,8 @@ async def test_a_call_waiting_for_room_when_the_pool_stops_fails_at_once_as_unav
 ) -> None:
     outcome: list[grpc.aio.AioRpcError] = []
     async with fleet(1) as (backend,), anyio.create_task_group() as tasks:
-        async with capped_pool(pool_name, backend.address, 1, 1):
+        # The busy call is cut when the pool stops, after a short shutdown_grace.
+        async with capped_pool(pool_name, backend.address, 1, 1, shutdown_grace=0.1):
             facade = Pool.channel(pool_name)
             sleep = _raw(facade, "unary_unary", SLEEP_METHOD)
             busy = sleep(b"5000", timeout=30)
