@@ -7,6 +7,8 @@ and again, except ``get_channel``, whose users make a stub (so a multicallable) 
 2. Stream cap: one server capped at 10 streams per connection, 20 ms calls, 200 callers.
 3. Mixed call lengths: the same capped server, 10% of the calls 500 ms and 90% 5 ms,
    100 callers; what counts is the short calls' p99.
+   Both with grpc's overload protection on (the server refuses streams past the cap)
+   and off (they wait), since refused calls end early and leave the percentiles.
 4. Overhead: a pool of 1 and one plain channel against a server answering at once; and
    the pick and its counting alone, in nanoseconds, for pools of 1 to 1,000 channels.
 """
@@ -211,9 +213,25 @@ SHORT = b"5"
 LONG = b"500"
 
 
+#: The two server conditions: grpc's overload protection refuses streams past the cap
+#: (UNAVAILABLE) once a connection is over it; with it off, calls past the cap wait.
+PROTECTION = {
+    "overload protection on (grpc default)": [],
+    "overload protection off": ["--option", "grpc.http.overload_protection=0"],
+}
+
+
 async def stream_cap(quick: bool) -> list[Section]:
-    seconds, rounds = (0.3, 1) if quick else (3.0, 4)
-    with ServerProcess(args=["--max-streams", str(CAP)]) as server:
+    """The stream-capped and mixed-length tables, under each server condition."""
+    sections: list[Section] = []
+    for condition, server_args in PROTECTION.items():
+        sections += await _stream_cap(quick, condition, server_args)
+    return sections
+
+
+async def _stream_cap(quick: bool, condition: str, server_args: list[str]) -> list[Section]:
+    seconds, rounds = (0.3, 1) if quick else (3.0, 3)
+    with ServerProcess(args=["--max-streams", str(CAP), *server_args]) as server:
         address = server.address
         capped: list[tuple[str, Callable[[], object]]] = [
             (
@@ -233,7 +251,8 @@ async def stream_cap(quick: bool) -> list[Section]:
             capped, rounds, 100, seconds, lambda: LONG if mixer.random() < 0.1 else SHORT
         )
     cap = Section(
-        f"Stream cap: one server capped at {CAP} streams per connection, 20 ms calls, 200 callers",
+        f"Stream cap: one server capped at {CAP} streams per connection, 20 ms calls, 200 callers,"
+        f" {condition}",
         ["client", "calls/s", "p50 ms", "p99 ms", "errors"],
     )
     for label, run in steady.items():
@@ -256,7 +275,8 @@ async def stream_cap(quick: bool) -> list[Section]:
         "PooledChannel (capped) p99 / A105 p99", p99s[0] / p99s[1], "<= 1.00", p99s[0] <= p99s[1]
     )
     mix = Section(
-        "Mixed call lengths: one capped server, 10% of calls 500 ms, 90% 5 ms, 100 callers",
+        f"Mixed call lengths: one capped server, 10% of calls 500 ms, 90% 5 ms, 100 callers,"
+        f" {condition}",
         ["client", "calls/s", "short calls' p50 ms", "short calls' p99 ms", "errors"],
     )
     for label, run in mixed.items():
@@ -275,15 +295,21 @@ async def stream_cap(quick: bool) -> list[Section]:
     }
     for label, theirs in others.items():
         mix.check(f"short p99: PooledChannel / {label}", ours / theirs, "< 1.00", ours < theirs)
+    server = (
+        "has grpc's overload protection on, as by default: it refuses (UNAVAILABLE) streams"
+        " that a client opens past the cap"
+        if not server_args
+        else "has grpc's overload protection off: streams past the cap wait, none is refused"
+    )
     for section in (cap, mix):
         section.notes.append(
             f"{rounds} rounds of {seconds:g} s per client, the clients taking turns, each "
-            "after a warm-up; the server (its own process) has grpc's overload protection on, "
-            "as by default. Latencies are those of the calls that succeeded: a client whose "
-            "calls the server refused (UNAVAILABLE) had those calls end early, outside its "
-            f"percentiles. With max_calls_per_channel={CAP}, the PooledChannel keeps calls "
-            "beyond the server's stream cap in one queue of its own, first come first served, "
-            "and sends each to the first connection with a free stream, as A105 does."
+            f"after a warm-up; the server (its own process) {server}. Latencies are those of "
+            "the calls that succeeded: a client whose calls the server refused had those "
+            "calls end early, outside its percentiles. With "
+            f"max_calls_per_channel={CAP}, the PooledChannel keeps calls beyond the server's "
+            "stream cap in one queue of its own, first come first served, and sends each to "
+            "the first connection with a free stream, as A105 does."
         )
     return [cap, mix]
 
