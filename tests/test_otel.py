@@ -180,7 +180,7 @@ async def test_a_mocked_pool_is_connected_on_no_backend(pool_name: str, otel: Me
         ("[::1]:50051", {"server.address": "::1", "server.port": 50051}),
         ("inventory.internal:443", {"server.address": "inventory.internal", "server.port": 443}),
         ("dns:///inventory.internal", {"server.address": "inventory.internal", "server.port": 443}),
-        ("ipv4:10.0.0.1:9000", {"server.address": "10.0.0.1", "server.port": 9000}),
+        ("ipv4:127.0.1.1:9000", {"server.address": "127.0.1.1", "server.port": 9000}),
         ("unix:/run/app.sock", {"server.address": "/run/app.sock"}),
         ("unix:///run/app.sock", {"server.address": "/run/app.sock"}),
         ("unix-abstract:app", {"server.address": "unix-abstract:app"}),

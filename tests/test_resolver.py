@@ -48,7 +48,7 @@ class FakeDNS:
 def dns(monkeypatch: pytest.MonkeyPatch) -> FakeDNS:
     fake = FakeDNS(
         {
-            "billing.internal": ["10.0.0.1", "10.0.0.2", "fd00::3", "10.0.0.1"],
+            "billing.internal": ["127.0.1.1", "127.0.1.2", "::1", "127.0.1.1"],
             "localhost": ["127.0.0.1", "::1"],
         }
     )
@@ -67,7 +67,7 @@ async def resolve(address: str, **fields: Any) -> list[str]:
 async def test_host_port_resolves_to_every_a_and_aaaa_address_once(
     dns: FakeDNS, address: str
 ) -> None:
-    assert await resolve(address) == ["10.0.0.1:50051", "10.0.0.2:50051", "[fd00::3]:50051"]
+    assert await resolve(address) == ["127.0.1.1:50051", "127.0.1.2:50051", "[::1]:50051"]
     assert dns.asked == [("billing.internal", 50051, {"type": socket.SOCK_STREAM})]
 
 
@@ -77,9 +77,9 @@ async def test_localhost_resolves_to_both_loopbacks(dns: FakeDNS) -> None:
 
 async def test_a_host_without_a_port_is_resolved_for_443(dns: FakeDNS) -> None:
     assert await resolve("billing.internal") == [
-        "10.0.0.1:443",
-        "10.0.0.2:443",
-        "[fd00::3]:443",
+        "127.0.1.1:443",
+        "127.0.1.2:443",
+        "[::1]:443",
     ]
     assert dns.asked[0][:2] == ("billing.internal", 443)
 
@@ -89,7 +89,7 @@ async def test_a_host_without_a_port_is_resolved_for_443(dns: FakeDNS) -> None:
     [
         ("127.0.0.1:50051", ["127.0.0.1:50051"]),
         ("[::1]:50051", ["[::1]:50051"]),
-        ("dns:///10.1.2.3:8080", ["10.1.2.3:8080"]),
+        ("dns:///127.1.2.3:8080", ["127.1.2.3:8080"]),
         ("ipv4:127.0.0.1:1,127.0.0.2:2", ["127.0.0.1:1", "127.0.0.2:2"]),
         ("ipv6:[::1]:1,[fd00::2]:2", ["[::1]:1", "[fd00::2]:2"]),
     ],
@@ -133,11 +133,11 @@ async def test_a_name_that_does_not_resolve_raises_for_the_fleet_to_report(dns: 
 
 async def test_a_sync_and_an_async_resolver_answer_alike() -> None:
     def sync() -> list[str]:
-        return ["10.0.0.1:1", "10.0.0.2:2"]
+        return ["127.0.1.1:1", "127.0.1.2:2"]
 
     async def asynchronous() -> tuple[str, ...]:
         await anyio.lowlevel.checkpoint()
-        return ("10.0.0.1:1", "10.0.0.2:2")
+        return ("127.0.1.1:1", "127.0.1.2:2")
 
     assert await run_resolver(sync) == await run_resolver(asynchronous) == sync()
 
@@ -145,10 +145,10 @@ async def test_a_sync_and_an_async_resolver_answer_alike() -> None:
 @pytest.mark.parametrize(
     ("answer", "message"),
     [
-        ("10.0.0.1:1", "expected a list of addresses, got '10.0.0.1:1'"),
+        ("127.0.1.1:1", "expected a list of addresses, got '127.0.1.1:1'"),
         (None, "expected a list of addresses, got None"),
-        ([b"10.0.0.1:1"], "expected addresses as str, got b'10.0.0.1:1'"),
-        (["10.0.0.1:99999"], "expected a port from 1 to 65535"),
+        ([b"127.0.1.1:1"], "expected addresses as str, got b'127.0.1.1:1'"),
+        (["127.0.1.1:99999"], "expected a port from 1 to 65535"),
         ([""], "expected a host"),
     ],
     ids=["str", "None", "bytes", "bad port", "empty"],
@@ -166,7 +166,7 @@ async def test_an_async_resolver_that_answers_nonsense_is_refused_naming_it(
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # a pool runs on asyncio only
 async def test_a_pool_spreads_over_what_an_async_resolver_returns(pool_name: str) -> None:
     connector = FakeConnector()
-    backends = ["10.0.0.1:1", "10.0.0.2:2", "10.0.0.3:3"]
+    backends = ["127.0.1.1:1", "127.0.1.2:2", "127.0.1.3:3"]
 
     async def resolver() -> list[str]:
         await anyio.lowlevel.checkpoint()
@@ -192,7 +192,7 @@ TLS = grpc.ssl_channel_credentials()
 
 @pytest.mark.parametrize(
     ("address", "dialled"),
-    [("10.0.0.1:50051", "ipv4:10.0.0.1:50051"), ("[fd00::3]:50051", "ipv6:[fd00::3]:50051")],
+    [("127.0.1.1:50051", "ipv4:127.0.1.1:50051"), ("[::1]:50051", "ipv6:[::1]:50051")],
 )
 def test_an_address_under_a_host_name_keeps_the_names_tls_host_and_authority(
     address: str, dialled: str
@@ -205,13 +205,13 @@ def test_an_address_under_a_host_name_keeps_the_names_tls_host_and_authority(
 
 
 def test_the_written_port_is_the_authoritys_even_when_defaulted() -> None:
-    config = dial_config(ChannelConfig(address="dns:///billing.internal"), "10.0.0.1:443")
-    assert config.address == "ipv4:10.0.0.1:443"
+    config = dial_config(ChannelConfig(address="dns:///billing.internal"), "127.0.1.1:443")
+    assert config.address == "ipv4:127.0.1.1:443"
     assert options(config) == {AUTHORITY: "billing.internal:443"}
 
 
 def test_without_tls_only_the_authority_is_set() -> None:
-    config = dial_config(ChannelConfig(address="billing.internal:50051"), "10.0.0.2:50051")
+    config = dial_config(ChannelConfig(address="billing.internal:50051"), "127.0.1.2:50051")
     assert options(config) == {AUTHORITY: "billing.internal:50051"}
 
 
@@ -221,7 +221,7 @@ def test_names_the_user_set_in_options_are_kept() -> None:
         credentials=TLS,
         options=[(AUTHORITY, "edge:443"), (TLS_NAME, "edge"), ("grpc.primary_user_agent", "x")],
     )
-    config = dial_config(written, "10.0.0.1:50051")
+    config = dial_config(written, "127.0.1.1:50051")
     assert config.options == written.options
 
 
@@ -230,16 +230,16 @@ def test_the_target_as_written_is_dialled_as_it_is() -> None:
     assert dial_config(written, "billing.internal:50051") is written
 
 
-@pytest.mark.parametrize("written", ["ipv4:10.0.0.1:1,10.0.0.2:2", "unix:/run/billing.sock"])
+@pytest.mark.parametrize("written", ["ipv4:127.0.1.1:1,127.0.1.2:2", "unix:/run/billing.sock"])
 def test_a_target_with_no_host_name_adds_no_names(written: str) -> None:
-    config = dial_config(ChannelConfig(address=written, credentials=TLS), "10.0.0.2:2")
-    assert config.address == "ipv4:10.0.0.2:2"
+    config = dial_config(ChannelConfig(address=written, credentials=TLS), "127.0.1.2:2")
+    assert config.address == "ipv4:127.0.1.2:2"
     assert options(config) == {}
 
 
 def test_a_target_written_as_one_ip_names_that_ip() -> None:
-    config = dial_config(ChannelConfig(address="10.0.0.9:50051", credentials=TLS), "10.0.0.2:2")
-    assert options(config) == {AUTHORITY: "10.0.0.9:50051", TLS_NAME: "10.0.0.9"}
+    config = dial_config(ChannelConfig(address="127.0.1.9:50051", credentials=TLS), "127.0.1.2:2")
+    assert options(config) == {AUTHORITY: "127.0.1.9:50051", TLS_NAME: "127.0.1.9"}
 
 
 def test_a_backend_named_by_host_is_dialled_by_that_name() -> None:
@@ -250,11 +250,11 @@ def test_a_backend_named_by_host_is_dialled_by_that_name() -> None:
 
 def test_a_custom_connector_is_only_told_the_address() -> None:
     written = ChannelConfig(address="billing.internal:50051", connector=FakeConnector())
-    config = dial_config(written, "10.0.0.1:50051")
-    assert config.address == "10.0.0.1:50051"
+    config = dial_config(written, "127.0.1.1:50051")
+    assert config.address == "127.0.1.1:50051"
     assert config.options == ()
 
 
 def test_a_mocked_config_is_left_alone() -> None:
     written = ChannelConfig(address="billing.internal:50051", mock=lambda: None)
-    assert dial_config(written, "10.0.0.1:50051") is written
+    assert dial_config(written, "127.0.1.1:50051") is written
