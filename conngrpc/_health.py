@@ -55,6 +55,12 @@ def _health_proto() -> descriptor_pb2.FileDescriptorProto:
     return proto
 
 
+class _WithService(Protocol):
+    """The field a HealthCheckRequest has, which protobuf's type stubs cannot know."""
+
+    service: str
+
+
 class _WithStatus(Protocol):
     """The field a HealthCheckResponse has, which protobuf's type stubs cannot know."""
 
@@ -79,7 +85,11 @@ STATUS_NAMES = {
 
 def encode_request(service: str = "") -> bytes:
     """A HealthCheckRequest for ``service`` ("" asks about the whole server)."""
-    return _HealthCheckRequest(service=service).SerializeToString()
+    # Fields are set one by one, not passed to the constructor: the type stubs of
+    # protobuf's generic Message have not always accepted keyword arguments.
+    request = _HealthCheckRequest()
+    cast(_WithService, request).service = service
+    return request.SerializeToString()
 
 
 def encode_response(status: int) -> bytes:
@@ -87,7 +97,9 @@ def encode_response(status: int) -> bytes:
 
     :raises ValueError: ``status`` is not an int32.
     """
-    return _HealthCheckResponse(status=status).SerializeToString()
+    response = _HealthCheckResponse()
+    cast(_WithStatus, response).status = status
+    return response.SerializeToString()
 
 
 def decode_response(data: bytes) -> int:
