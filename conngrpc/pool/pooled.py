@@ -246,6 +246,12 @@ class _Multicallable:
             )
         return runtime.track(slot, self._real(slot)(*request, **options))
 
+    def _start_on(
+        self, request: tuple[Any, ...], options: dict[str, Any], deadline: float | None, slot: Slot
+    ) -> Any:
+        """Start the call on ``slot``, counted against it, with what is left of ``deadline``."""
+        return slot.runtime.track(slot, self._real(slot)(*request, **_within(options, deadline)))
+
     async def _start_when_room(
         self,
         runtime: PoolRuntime,
@@ -253,27 +259,24 @@ class _Multicallable:
         options: dict[str, Any],
         deadline: float | None,
     ) -> Any:
-        """Wait (until ``deadline``) for a channel under the cap, then start on it."""
+        """Wait (until ``deadline``) for a channel under the cap; the pool starts the call
+        on it the moment it has room."""
+        start = functools.partial(self._start_on, request, options, deadline)
         try:
-            slot = await runtime.room(deadline)
+            call = await runtime.room(start, deadline)
         except TimeoutError:
             details = (
                 f"conngrpc {self._facade.kind} {self._facade.name!r}: every channel had "
                 f"max_calls_per_channel={runtime.call_cap} calls in flight until the deadline"
             )
             raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, details=details) from None
-        if slot is None:
+        if call is None:
             details = (
                 f"conngrpc {self._facade.kind} {self._facade.name!r}: it stopped while the call "
                 f"waited for room ({runtime.stopped})"
             )
             raise grpc.aio.AioRpcError(_UNAVAILABLE, details=details)
-        try:
-            call = self._real(slot)(*request, **_within(options, deadline))
-        except BaseException:
-            slot.done()
-            raise
-        return runtime.track(slot, call, counted=True)
+        return call
 
     async def _start_when_ready(
         self, request: tuple[Any, ...], options: dict[str, Any], deadline: float | None
@@ -287,7 +290,7 @@ class _Multicallable:
         runtime = slot.runtime
         if not runtime.has_room(slot):  # a channel joined, but every one is at the cap
             return await self._start_when_room(runtime, request, options, deadline)
-        return runtime.track(slot, self._real(slot)(*request, **_within(options, deadline)))
+        return self._start_on(request, options, deadline, slot)
 
 
 def _within(options: dict[str, Any], deadline: float | None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import itertools
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -120,13 +120,18 @@ def _least_loaded(slots: tuple[Slot, ...], start: int) -> Slot:
 
 
 class _Waiter:
-    """A call waiting for room under ``max_calls_per_channel``; handed a slot when one frees."""
+    """A call waiting for room under ``max_calls_per_channel``.
 
-    __slots__ = ("ready", "slot")
+    :meth:`PoolRuntime.dispatch` starts it, with ``start(slot)``, on the first slot that
+    frees and resolves ``future`` with the call (or with what ``start`` raised); the
+    pool's stop resolves it with None.
+    """
 
-    def __init__(self) -> None:
-        self.ready = anyio.Event()
-        self.slot: Slot | None = None
+    __slots__ = ("future", "start")
+
+    def __init__(self, future: asyncio.Future[Any], start: Callable[[Slot], Any]) -> None:
+        self.future = future
+        self.start = start
 
 
 class PoolRuntime:
@@ -144,6 +149,7 @@ class PoolRuntime:
         "call_cap",
         "channels",
         "counter",
+        "dispatching",
         "expected_size",
         "fleet",
         "in_flight",
@@ -181,6 +187,7 @@ class PoolRuntime:
         #: settings.max_calls_per_channel: calls beyond it wait here, first come first served
         self.call_cap = settings.max_calls_per_channel
         self.waiting: collections.deque[_Waiter] = collections.deque()
+        self.dispatching = False  # dispatch() runs: a call that ends meanwhile leaves it be
         self.counter = itertools.count()
         self.stopped: str | None = None  # why the pool stopped, once it has
         self.loop = asyncio.get_running_loop()
@@ -234,7 +241,9 @@ class PoolRuntime:
         if self.stopped is None:
             self.stopped = reason
         while self.waiting:  # calls waiting for room: there will be none (room() says so)
-            self.waiting.popleft().ready.set()
+            future = self.waiting.popleft().future
+            if not future.done():
+                future.set_result(None)
         self._wake()
 
     def next_ready(self) -> grpc.aio.Channel | None:
@@ -287,49 +296,79 @@ class PoolRuntime:
         cap = self.call_cap
         return cap is None or (slot.in_flight < cap and not self.waiting)
 
-    async def room(self, deadline: float | None) -> Slot | None:
+    async def room(self, start: Callable[[Slot], Any], deadline: float | None) -> Any:
         """Wait, first come first served, until a channel is under ``max_calls_per_channel``;
-        return it, with the call already counted against it, or None if the pool stopped.
+        then ``start(slot)`` the call on it, at once, and return the call; None if the
+        pool stopped.
+
+        ``start`` runs inside :meth:`dispatch`, as the slot frees: the call goes out
+        without waiting for this task's turn on the event loop, and it must count the
+        call against the slot (:meth:`track`). What it raises, this raises.
 
         :raises TimeoutError: ``deadline`` (monotonic) passed first.
         """
         if self.stopped is not None:
             return None
-        waiter = _Waiter()
+        future: asyncio.Future[Any] = self.loop.create_future()
+        waiter = _Waiter(future, start)
         self.waiting.append(waiter)
         self.dispatch()
+        if future.done():
+            return future.result()
+        timer = None
+        if deadline is not None:
+            timer = self.loop.call_later(max(0.0, deadline - _now()), self._expire, waiter)
         try:
-            with anyio.fail_after(None if deadline is None else max(0.0, deadline - _now())):
-                await waiter.ready.wait()
+            return await future
         except BaseException:
-            if waiter.slot is not None:  # handed a slot just as it gave up: pass it on
-                waiter.slot.done()
-            elif waiter in self.waiting:
+            if waiter in self.waiting:
                 self.waiting.remove(waiter)
+            elif future.done() and not future.cancelled() and future.exception() is None:
+                call = future.result()  # started just as the wait was cancelled: cancel it
+                if call is not None:
+                    call.cancel()
             raise
-        return waiter.slot
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self, waiter: _Waiter) -> None:
+        """A waiter's deadline passed before any slot had room."""
+        if not waiter.future.done():
+            self.waiting.remove(waiter)
+            waiter.future.set_exception(TimeoutError())
 
     def dispatch(self) -> None:
-        """Hand the channels with room to the calls that wait, oldest first."""
-        cap = self.call_cap
-        while self.waiting:
-            slot = self.pick()
-            if slot is None or (cap is not None and slot.in_flight >= cap):
-                return
-            waiter = self.waiting.popleft()
-            slot.in_flight += 1  # counted now, so that the next pick sees it
-            self.in_flight += 1
-            waiter.slot = slot
-            waiter.ready.set()
+        """Start the calls that wait on the channels with room, oldest first.
 
-    def track(self, slot: Slot, call: Any, *, counted: bool = False) -> Any:
-        """Count ``call`` against ``slot`` until grpc says it is done; return it.
-
-        ``counted``: the slot was handed over by :meth:`room`, with the call counted.
+        A call that ends while it runs (a start may end at once) leaves the loop to
+        see the room it made: dispatch never runs inside itself.
         """
-        if not counted:
-            slot.in_flight += 1
-            self.in_flight += 1
+        if self.dispatching:
+            return
+        self.dispatching = True
+        try:
+            cap = self.call_cap
+            while self.waiting:
+                slot = self.pick()
+                if slot is None or (cap is not None and slot.in_flight >= cap):
+                    return
+                waiter = self.waiting.popleft()
+                if waiter.future.done():  # cancelled, its task not yet told: nothing to start
+                    continue
+                try:
+                    call = waiter.start(slot)
+                except Exception as error:  # the call could not start: its caller hears it
+                    waiter.future.set_exception(error)
+                else:
+                    waiter.future.set_result(call)
+        finally:
+            self.dispatching = False
+
+    def track(self, slot: Slot, call: Any) -> Any:
+        """Count ``call`` against ``slot`` until grpc says it is done; return it."""
+        slot.in_flight += 1
+        self.in_flight += 1
         try:
             call.add_done_callback(slot.done)
         except NotImplementedError:  # an interceptor answered without a call: it is done

@@ -771,3 +771,42 @@ async def test_a_call_cancelled_while_it_waits_for_room_leaves_no_count(pool_nam
         hold.cancel()
         await all_calls_ended(pool_name)
         assert await _raw(facade, "unary_unary", PEER_METHOD)(b"", timeout=5)  # room again
+
+
+async def test_a_waiting_call_that_cannot_start_raises_and_the_next_one_starts(
+    pool_name: str,
+) -> None:
+    # The pool starts a waiting call the moment room frees, inside the done callback of
+    # the call that ended: what grpc raises there reaches that call's caller, and the
+    # calls queued behind it still start.
+    async with fleet(1) as (backend,), capped_pool(pool_name, backend.address, 1, 1):
+        facade = Pool.channel(pool_name)
+        sleep = _raw(facade, "unary_unary", SLEEP_METHOD)
+        peer = _raw(facade, "unary_unary", PEER_METHOD)
+        hold = sleep(b"5000", timeout=30)
+        broken = peer(b"", timeout=30, metadata="not pairs")  # grpc refuses it at the start
+        after = peer(b"", timeout=30)
+        errors: list[BaseException] = []
+        answers: list[bytes] = []
+
+        async def await_broken() -> None:
+            try:
+                await broken
+            except ValueError as error:
+                errors.append(error)
+
+        async def await_after() -> None:
+            answers.append(await after)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(await_broken)
+            await anyio.wait_all_tasks_blocked()
+            tasks.start_soon(await_after)
+            await anyio.wait_all_tasks_blocked()
+            assert in_flight(pool_name) == (1, {0: 1})  # both wait for room
+            hold.cancel()
+        (error,) = errors
+        assert "unpack" in str(error)
+        (answer,) = answers
+        assert answer  # the peer address the server saw
+        await all_calls_ended(pool_name)
