@@ -34,13 +34,22 @@ from conngrpc._server import SLEEP_METHOD, ServerProcess
 from conngrpc.pool.runtime import pools
 from conngrpc.testing import FakeConnector
 
-from ._common import Section, a105_options, ms, percentile
+from ._common import Section, a105_options, cpu_seconds, ms, percentile
 from ._fleet_server import SERVICE
 
 #: A client under test: ``call(request, timeout)`` makes one call and returns its answer.
 Call = Callable[[bytes, float], Awaitable[bytes]]
 
 FLEET_SLEEP = f"/{SERVICE}/Sleep"
+
+#: How each table's title begins, and the names of the ratios the report explains.
+SLOW = "Slow replica"
+STREAM_CAP = "Stream cap"
+MIXED = "Mixed call lengths"
+POOLED_CAP_VS_A105 = "PooledChannel (capped) / A105 N=4, calls/s"
+POOLED_P99_VS_A105 = "PooledChannel (capped) p99 / A105 p99"
+SLOW_POOLED = "PooledChannel, pool of 6"
+SLOW_RR = "grpc round_robin"
 _names = itertools.count(1)
 
 
@@ -101,14 +110,26 @@ class Run:
     by_answer: Counter[bytes] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    client_cpu: float = 0.0  # CPU seconds, this process
+    server_cpu: float = 0.0  # CPU seconds, the server's process (when one is given)
 
     @property
     def rate(self) -> float:
         return len(self.latencies) / self.seconds if self.seconds else 0.0
 
+    def cpu(self) -> tuple[float, float]:
+        """Client and server CPU, in % of one core, over the run."""
+        seconds = self.seconds or float("nan")
+        return 100 * self.client_cpu / seconds, 100 * self.server_cpu / seconds
+
 
 async def _load(
-    call: Call, callers: int, seconds: float, request: Callable[[], bytes], run: Run
+    call: Call,
+    callers: int,
+    seconds: float,
+    request: Callable[[], bytes],
+    run: Run,
+    server_pid: int | None = None,
 ) -> None:
     """``callers`` tasks calling back to back for ``seconds``; add what they saw to ``run``."""
     stop = time.monotonic() + seconds
@@ -128,9 +149,12 @@ async def _load(
             if body == SHORT:
                 run.short.append(took)
 
-    began = time.monotonic()
+    began, cpu = time.monotonic(), cpu_seconds()
+    server = cpu_seconds(server_pid) if server_pid else 0.0
     await asyncio.gather(*(caller() for _ in range(callers)))
     run.seconds += time.monotonic() - began
+    run.client_cpu += cpu_seconds() - cpu
+    run.server_cpu += (cpu_seconds(server_pid) - server) if server_pid else 0.0
 
 
 async def _rounds(
@@ -139,6 +163,7 @@ async def _rounds(
     callers: int,
     seconds: float,
     request: Callable[[], bytes],
+    server_pid: int | None = None,
 ) -> dict[str, Run]:
     """Each client in turn, ``rounds`` times (every other round reversed), after a warm-up."""
     runs = {label: Run() for label, _ in clients}
@@ -146,7 +171,7 @@ async def _rounds(
         for label, make in clients if round_ % 2 == 0 else clients[::-1]:
             async with make() as call:  # type: ignore[attr-defined]
                 await _load(call, callers, min(0.3, seconds), request, Run())  # warm-up
-                await _load(call, callers, seconds, request, runs[label])
+                await _load(call, callers, seconds, request, runs[label], server_pid)
     return runs
 
 
@@ -163,8 +188,8 @@ async def slow_replica(quick: bool) -> Section:
         await asyncio.to_thread(server.start)
     target = "ipv4:" + ",".join(s.address for s in servers)
     clients: list[tuple[str, Callable[[], object]]] = [
-        ("PooledChannel, pool of 6", lambda: _pooled(target, 6, FLEET_SLEEP)),
-        ("grpc round_robin", lambda: _grpc(target, FLEET_SLEEP, _round_robin_config())),
+        (SLOW_POOLED, lambda: _pooled(target, 6, FLEET_SLEEP)),
+        (SLOW_RR, lambda: _grpc(target, FLEET_SLEEP, _round_robin_config())),
         ("get_channel round-robin, pool of 6", lambda: _round_robin_pool(target, 6, FLEET_SLEEP)),
     ]
     try:
@@ -172,9 +197,15 @@ async def slow_replica(quick: bool) -> Section:
     finally:
         for server in servers:
             server.kill()
-    slow = str(servers[2].port).encode()
+    return slow_table(runs, str(servers[2].port).encode(), callers, rounds, seconds)
+
+
+def slow_table(
+    runs: dict[str, Run], slow: bytes, callers: int, rounds: int, seconds: float
+) -> Section:
+    """The slow-replica table from each client's run (``slow``: the slow replica's answer)."""
     section = Section(
-        f"Slow replica: three replicas at 20, 20 and 200 ms, {callers} callers",
+        f"{SLOW}: three replicas at 20, 20 and 200 ms, {callers} callers",
         ["client", "calls/s", "p50 ms", "p99 ms", "slow replica's share", "errors"],
     )
     for label, run in runs.items():
@@ -187,7 +218,7 @@ async def slow_replica(quick: bool) -> Section:
             f"{share:.1%}",
             _errors(run),
         )
-    pooled, rr = runs["PooledChannel, pool of 6"], runs["grpc round_robin"]
+    pooled, rr = runs[SLOW_POOLED], runs[SLOW_RR]
     ratio = pooled.rate / rr.rate
     section.check("PooledChannel / grpc round_robin, calls/s", ratio, ">= 2.40", ratio >= 2.4)
     share = pooled.by_answer[slow] / max(1, len(pooled.latencies))
@@ -208,7 +239,10 @@ async def slow_replica(quick: bool) -> Section:
 # --- 2. and 3. one stream-capped server ------------------------------------------------------
 
 CAP = 10
-CAPPED_POOL = f"PooledChannel, pool of 4, max_calls_per_channel={CAP}"
+PLAIN_POOL = "PooledChannel, pool of 4"
+CAPPED_POOL = f"{PLAIN_POOL}, max_calls_per_channel={CAP}"
+A105 = "A105 N=4"
+CPU_COLUMNS = ("client CPU %", "server CPU %")
 SHORT = b"5"
 LONG = b"500"
 
@@ -238,22 +272,55 @@ async def _stream_cap(quick: bool, condition: str, server_args: list[str]) -> li
                 CAPPED_POOL,
                 lambda: _pooled(address, 4, SLEEP_METHOD, max_calls_per_channel=CAP),
             ),
-            ("PooledChannel, pool of 4", lambda: _pooled(address, 4, SLEEP_METHOD)),
-            ("A105 N=4", lambda: _grpc(address, SLEEP_METHOD, a105_options(4))),
+            (PLAIN_POOL, lambda: _pooled(address, 4, SLEEP_METHOD)),
+            (A105, lambda: _grpc(address, SLEEP_METHOD, a105_options(4))),
             (
                 "get_channel round-robin, pool of 4",
                 lambda: _round_robin_pool(address, 4, SLEEP_METHOD),
             ),
         ]
-        steady = await _rounds(capped, rounds, 200, seconds, lambda: b"20")
+        steady = await _rounds(capped, rounds, 200, seconds, lambda: b"20", server.pid)
         mixer = random.Random(20261125)
         mixed = await _rounds(
-            capped, rounds, 100, seconds, lambda: LONG if mixer.random() < 0.1 else SHORT
+            capped,
+            rounds,
+            100,
+            seconds,
+            lambda: LONG if mixer.random() < 0.1 else SHORT,
+            server.pid,
         )
+    return [
+        cap_table(condition, server_args, steady, rounds, seconds),
+        mixed_table(condition, server_args, mixed, rounds, seconds),
+    ]
+
+
+def _cap_notes(server_args: list[str], rounds: int, seconds: float) -> str:
+    server = (
+        "has grpc's overload protection on, as by default: it refuses (UNAVAILABLE) streams"
+        " that a client opens past the cap"
+        if not server_args
+        else "has grpc's overload protection off: streams past the cap wait, none is refused"
+    )
+    return (
+        f"{rounds} rounds of {seconds:g} s per client, the clients taking turns, each "
+        f"after a warm-up; the server (its own process) {server}. Latencies are those of "
+        "the calls that succeeded: a client whose calls the server refused had those "
+        "calls end early, outside its percentiles. With "
+        f"max_calls_per_channel={CAP}, the PooledChannel keeps calls beyond the server's "
+        "stream cap in one queue of its own, first come first served, and sends each to "
+        "the first connection with a free stream, as A105 does."
+    )
+
+
+def cap_table(
+    condition: str, server_args: list[str], steady: dict[str, Run], rounds: int, seconds: float
+) -> Section:
+    """The stream-capped table from each client's run of 20 ms calls."""
     cap = Section(
-        f"Stream cap: one server capped at {CAP} streams per connection, 20 ms calls, 200 callers,"
-        f" {condition}",
-        ["client", "calls/s", "p50 ms", "p99 ms", "errors"],
+        f"{STREAM_CAP}: one server capped at {CAP} streams per connection, 20 ms calls,"
+        f" 200 callers, {condition}",
+        ["client", "calls/s", "p50 ms", "p99 ms", "errors", *CPU_COLUMNS],
     )
     for label, run in steady.items():
         cap.add(
@@ -262,22 +329,23 @@ async def _stream_cap(quick: bool, condition: str, server_args: list[str]) -> li
             ms(percentile(run.latencies, 50)),
             ms(percentile(run.latencies, 99)),
             _errors(run),
+            *run.cpu(),
         )
-    pooled, a105 = steady[CAPPED_POOL], steady["A105 N=4"]
-    cap.check(
-        "PooledChannel (capped) / A105 N=4, calls/s",
-        pooled.rate / a105.rate,
-        ">= 1.00",
-        pooled.rate >= a105.rate,
-    )
+    pooled, a105 = steady[CAPPED_POOL], steady[A105]
+    cap.check(POOLED_CAP_VS_A105, pooled.rate / a105.rate, ">= 1.00", pooled.rate >= a105.rate)
     p99s = (percentile(pooled.latencies, 99), percentile(a105.latencies, 99))
-    cap.check(
-        "PooledChannel (capped) p99 / A105 p99", p99s[0] / p99s[1], "<= 1.00", p99s[0] <= p99s[1]
-    )
+    cap.check(POOLED_P99_VS_A105, p99s[0] / p99s[1], "<= 1.00", p99s[0] <= p99s[1])
+    cap.notes.append(_cap_notes(server_args, rounds, seconds))
+    return cap
+
+
+def mixed_table(
+    condition: str, server_args: list[str], mixed: dict[str, Run], rounds: int, seconds: float
+) -> Section:
+    """The mixed-length table from each client's run of short and long calls."""
     mix = Section(
-        f"Mixed call lengths: one capped server, 10% of calls 500 ms, 90% 5 ms, 100 callers,"
-        f" {condition}",
-        ["client", "calls/s", "short calls' p50 ms", "short calls' p99 ms", "errors"],
+        f"{MIXED}: one capped server, 10% of calls 500 ms, 90% 5 ms, 100 callers, {condition}",
+        ["client", "calls/s", "short calls' p50 ms", "short calls' p99 ms", "errors", *CPU_COLUMNS],
     )
     for label, run in mixed.items():
         mix.add(
@@ -286,6 +354,7 @@ async def _stream_cap(quick: bool, condition: str, server_args: list[str]) -> li
             ms(percentile(run.short, 50)),
             ms(percentile(run.short, 99)),
             _errors(run),
+            *run.cpu(),
         )
     ours = percentile(mixed[CAPPED_POOL].short, 99)
     others = {
@@ -295,23 +364,8 @@ async def _stream_cap(quick: bool, condition: str, server_args: list[str]) -> li
     }
     for label, theirs in others.items():
         mix.check(f"short p99: PooledChannel / {label}", ours / theirs, "< 1.00", ours < theirs)
-    server = (
-        "has grpc's overload protection on, as by default: it refuses (UNAVAILABLE) streams"
-        " that a client opens past the cap"
-        if not server_args
-        else "has grpc's overload protection off: streams past the cap wait, none is refused"
-    )
-    for section in (cap, mix):
-        section.notes.append(
-            f"{rounds} rounds of {seconds:g} s per client, the clients taking turns, each "
-            f"after a warm-up; the server (its own process) {server}. Latencies are those of "
-            "the calls that succeeded: a client whose calls the server refused had those "
-            "calls end early, outside its percentiles. With "
-            f"max_calls_per_channel={CAP}, the PooledChannel keeps calls beyond the server's "
-            "stream cap in one queue of its own, first come first served, and sends each to "
-            "the first connection with a free stream, as A105 does."
-        )
-    return [cap, mix]
+    mix.notes.append(_cap_notes(server_args, rounds, seconds))
+    return mix
 
 
 # --- 4. overhead --------------------------------------------------------------------------------

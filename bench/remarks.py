@@ -10,6 +10,16 @@ from __future__ import annotations
 from ._common import Ratio, Section
 from .connection_cap import CAP_ARGUMENT, DEFAULT_CAP
 from .fleet import LAST_ANSWER, RECEIVED, RECEIVED_TARGET
+from .pooled import (
+    CAPPED_POOL,
+    CPU_COLUMNS,
+    MIXED,
+    PLAIN_POOL,
+    POOLED_CAP_VS_A105,
+    POOLED_P99_VS_A105,
+    SLOW,
+    STREAM_CAP,
+)
 
 #: Two figures within this share of each other are called level.
 LEVEL = 0.05
@@ -259,6 +269,19 @@ def why_missed(sections: list[Section], cpu_limit: float, ceiling: float, cores:
             notes.append(_rolling_note(section))
             explained.add((section.title, rolling_ratio))
     for section in sections:
+        title = section.title
+        if title.startswith(SLOW) and not all(r.passed for r in section.ratios):
+            notes.append(_slow_replica_note(section))
+            explained.update((title, r.name) for r in section.ratios)
+        stream_cap = [POOLED_CAP_VS_A105, POOLED_P99_VS_A105]
+        if title.startswith(STREAM_CAP) and not all(ratio(section, n).passed for n in stream_cap):
+            others = [s for s in sections if s.title.startswith(STREAM_CAP) and s is not section]
+            notes.append(_pooled_cap_note(section, others, cores))
+            explained.update((title, name) for name in stream_cap)
+        if title.startswith(MIXED) and not all(r.passed for r in section.ratios):
+            notes.append(_mixed_note(section))
+            explained.update((title, r.name) for r in section.ratios)
+    for section in sections:
         if section.title.startswith("Start-up") and not all(r.passed for r in section.ratios):
             notes.append(_startup_note(section))
             explained.update((section.title, r.name) for r in section.ratios)
@@ -411,3 +434,135 @@ def fleet_advice(sections: list[Section]) -> list[str]:
         f" times), sending the slow replica {share} of its calls: use `Pool.channel()` for"
         " calls, `get_channel` when you need a channel itself.",
     ]
+
+
+def _errors_text(section: Section, row: str) -> str:
+    errors = errors_of(section, row)
+    return ", ".join(f"{n:,} {kind}" for kind, n in errors.items()) or "none"
+
+
+def _after(text: str, start: str) -> float:
+    """The number that follows ``start`` in ``text`` ("capped at 10 streams": 10.0)."""
+    return number(text.split(start, 1)[1].split(" ", 1)[0])
+
+
+def _slow_replica_note(section: Section) -> str:
+    pooled, rr, rr_pool = section.rows[0][0], section.rows[1][0], section.rows[2][0]
+    share = "slow replica's share"
+    ratios = ", ".join(
+        f"{r.name} {r.value:.2f} ({'met' if r.passed else 'missed'}; target {r.target})"
+        for r in section.ratios
+    )
+    fast = _after(section.title, "three replicas at ")
+    p50 = value(section, pooled, "p50 ms")
+    rates = ", ".join(
+        f"{row} {value(section, row, 'calls/s'):,.1f}" for row in (pooled, rr, rr_pool)
+    )
+    shares = ", ".join(cell(section, row, share) for row in (pooled, rr, rr_pool))
+    return (
+        f"- **{section.title}.** {ratios}. Calls/s: {rates}; the slow replica's share, in"
+        f" the same order: {shares}. Through the {pooled}, p50 was {p50:,.1f} ms, against the"
+        f" {fast:g} ms its fast replicas add to a call: the {p50 - fast:,.1f} ms more are the"
+        " client's and the replicas' own time at this load, which caps what keeping calls"
+        " off the slow replica can win. Errors: "
+        f"{_errors_text(section, pooled)} ({pooled}), {_errors_text(section, rr)} ({rr})."
+    )
+
+
+def _pooled_cap_note(section: Section, others: list[Section], cores: int) -> str:
+    """The capped PooledChannel against A105 N=4 on one stream-capped server."""
+    streams = _after(section.title, "capped at ")
+    call_ms = number(section.title.split(" ms calls", 1)[0].rsplit(" ", 1)[1])
+    size = int(_after(CAPPED_POOL, "pool of "))
+    ceiling = size * streams / (call_ms / 1000)
+    a105 = next(row[0] for row in section.rows if row[0].startswith("A105"))
+    rate = {row[0]: value(section, row[0], "calls/s") for row in section.rows}
+    p99 = {row[0]: value(section, row[0], "p99 ms") for row in section.rows}
+    ours, theirs = ratio(section, POOLED_CAP_VS_A105), ratio(section, POOLED_P99_VS_A105)
+    parts = [
+        f"- **{section.title}: the capped PooledChannel against {a105}.** Calls/s"
+        f" {ours.value:.2f} of A105's ({rate[CAPPED_POOL]:,.1f} against {rate[a105]:,.1f};"
+        f" target {ours.target}), p99 {theirs.value:.2f} of A105's ({p99[CAPPED_POOL]:,.1f} ms"
+        f" against {p99[a105]:,.1f} ms; target {theirs.target}).",
+        f"{size} connections of {streams:g} streams each carry at most"
+        f" {size * streams:g} calls at once, so {call_ms:g} ms calls top out at"
+        f" {ceiling:,.0f} calls/s: A105 reached {rate[a105] / ceiling:.0%} of that and the"
+        f" capped PooledChannel {rate[CAPPED_POOL] / ceiling:.0%}.",
+    ]
+    if is_level(ours.value):
+        parts.append(
+            f"Their calls/s are level within {LEVEL:.0%}: both queue the calls beyond the cap"
+            " and start each on the first connection with a free stream, A105 in grpc's C"
+            " core, the PooledChannel in Python (the call that ends starts the next one"
+            " waiting, in its done callback)."
+        )
+    parts.append(_cpu_sentence(section, a105, ceiling, cores))
+    ours_errors, theirs_errors = errors_of(section, CAPPED_POOL), errors_of(section, a105)
+    if ours_errors or theirs_errors:
+        parts.append(
+            f"Failed calls: {_errors_text(section, CAPPED_POOL)} (capped PooledChannel),"
+            f" {_errors_text(section, a105)} ({a105}). A refused call ends at once, outside the"
+            " percentiles, and its caller calls again at once: the more refusals, the fewer"
+            " of a client's waits its percentiles count."
+        )
+    else:
+        parts.append("No call failed in this table, so refusals do not explain the gap.")
+    parts.append(
+        f"The {PLAIN_POOL} (no cap of its own) did {rate[PLAIN_POOL]:,.1f} calls/s, p99"
+        f" {p99[PLAIN_POOL]:,.1f} ms, errors {_errors_text(section, PLAIN_POOL)}."
+    )
+    for other in others:
+        parts.append(
+            f"With {other.title.rsplit('callers, ', 1)[1]}, the same ratios were"
+            f" {ratio(other, POOLED_CAP_VS_A105).value:.2f} (calls/s) and"
+            f" {ratio(other, POOLED_P99_VS_A105).value:.2f} (p99)."
+        )
+    return " ".join(parts)
+
+
+#: A server process this busy (% of one core) in every row set the rates, not the cap.
+BUSY_SERVER = 80.0
+
+
+def _cpu_sentence(section: Section, a105: str, ceiling: float, cores: int) -> str:
+    client, server = CPU_COLUMNS
+    ours_client, theirs_client = value(section, CAPPED_POOL, client), value(section, a105, client)
+    text = (
+        f"CPU (100% is one core of {cores}): client {ours_client:.0f} (capped PooledChannel)"
+        f" and {theirs_client:.0f} (A105), server {value(section, CAPPED_POOL, server):.0f}"
+        f" and {value(section, a105, server):.0f}."
+    )
+    busiest = min(value(section, row[0], server) for row in section.rows)
+    if busiest >= BUSY_SERVER:
+        text += (
+            f" The server process (one Python event loop) was at {busiest:.0f}% or more in"
+            f" every row, and no client came near {ceiling:,.0f} calls/s: the server's CPU,"
+            " not the stream cap, set these rates."
+        )
+        if ours_client > theirs_client:
+            text += (
+                f" Client and server share the {cores} cores, so the"
+                f" {ours_client - theirs_client:.0f} points of client CPU the capped"
+                " PooledChannel spends beyond A105 (its queue runs in Python, A105's in"
+                " grpc's C core) are CPU the server did not get."
+            )
+    return text
+
+
+def _mixed_note(section: Section) -> str:
+    """The short calls' p99 through the capped PooledChannel against the others'."""
+    p50, p99 = "short calls' p50 ms", "short calls' p99 ms"
+    missed = [r for r in section.ratios if not r.passed]
+    figures = "; ".join(
+        f"{row}: p50 {value(section, row, p50):,.1f} ms, p99 {value(section, row, p99):,.1f} ms,"
+        f" errors {_errors_text(section, row)}"
+        for row in [r[0] for r in section.rows]
+    )
+    names = ", ".join(f"{r.name} {r.value:.2f} (target {r.target})" for r in missed)
+    return (
+        f"- **{section.title}.** Missed: {names}. The short calls, client by client:"
+        f" {figures}. With max_calls_per_channel the PooledChannel queues the calls beyond"
+        " the cap in one line, first come first served, as A105 does: a short call waits"
+        " behind whatever came before it, long calls included, so the least-loaded pick has"
+        " no free choice to make while the line is not empty."
+    )

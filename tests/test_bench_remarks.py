@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from bench._common import Section
 from bench.fleet import LAST_ANSWER, RECEIVED, RECEIVED_TARGET
+from bench.pooled import (
+    A105,
+    CAPPED_POOL,
+    PLAIN_POOL,
+    SLOW_POOLED,
+    SLOW_RR,
+    STREAM_CAP,
+    Run,
+    cap_table,
+    mixed_table,
+    slow_table,
+)
 from bench.remarks import (
     A105_4,
     A105_16,
@@ -175,3 +189,114 @@ def test_a_not_serving_miss_where_round_robin_sent_nothing_says_the_pool_trails(
 
 def test_a_not_serving_replica_that_received_nothing_from_the_pool_is_not_explained() -> None:
     assert why_missed([not_serving(0, 5, "4 ms")], 5000.0, 5000.0, 2) == ""
+
+
+# --- the PooledChannel's tables (bench.pooled builds them from each client's run) ---------
+
+
+def run_of(
+    rate: float, p50_ms: float, p99_ms: float, cpu: tuple[float, float] = (50, 50), **errors: int
+) -> Run:
+    """A run of 100 calls at ``rate`` calls/s with this p50 and p99, and this client and
+    server CPU (% of one core)."""
+    latencies = [p50_ms / 1000] * 98 + [p99_ms / 1000] * 2
+    seconds = 100 / rate
+    return Run(
+        latencies=latencies,
+        short=latencies,
+        errors=Counter(errors),
+        seconds=seconds,
+        client_cpu=cpu[0] / 100 * seconds,
+        server_cpu=cpu[1] / 100 * seconds,
+    )
+
+
+def stream_cap_tables(
+    condition: str, capped: Run, a105: Run, plain: Run | None = None
+) -> tuple[Section, Section]:
+    plain = plain or run_of(1800.0, 110.0, 150.0, (60, 88))
+    rr = run_of(1700.0, 115.0, 210.0, (58, 86))
+    runs = {CAPPED_POOL: capped, PLAIN_POOL: plain, A105: a105, "get_channel round-robin": rr}
+    args = [] if condition == ON else ["--option", "grpc.http.overload_protection=0"]
+    return cap_table(condition, args, runs, 3, 3.0), mixed_table(condition, args, runs, 3, 3.0)
+
+
+def stream_cap_remark(sections: list[Section], condition: str) -> str:
+    start = f"- **{STREAM_CAP}: one server capped at 10 streams per connection, 20 ms calls,"
+    text = why_missed(sections, cpu_limit=5000.0, ceiling=5000.0, cores=2)
+    (line,) = [line for line in text.splitlines() if line.startswith(start) and condition in line]
+    return line
+
+
+def test_a_stream_cap_miss_gives_the_ceiling_the_refusals_and_the_other_condition() -> None:
+    on, _ = stream_cap_tables(
+        ON,
+        run_of(1900.0, 105.0, 140.0, (69, 89), UNAVAILABLE=12),
+        run_of(1960.0, 100.0, 130.0, (57, 92), UNAVAILABLE=30),
+    )
+    off, _ = stream_cap_tables(OFF, run_of(1950.0, 100.0, 120.0), run_of(1950.0, 100.0, 125.0))
+    remark = stream_cap_remark([on, off], ON)
+    assert "Calls/s 0.97 of A105's (1,900.0 against 1,960.0; target >= 1.00)" in remark
+    assert "p99 1.08 of A105's (140.0 ms against 130.0 ms; target <= 1.00)" in remark
+    assert "4 connections of 10 streams each carry at most 40 calls at once" in remark
+    assert "top out at 2,000 calls/s: A105 reached 98% of that and the capped" in remark
+    assert "PooledChannel 95%" in remark
+    assert "level within 5%" in remark
+    assert "client 69 (capped PooledChannel) and 57 (A105), server 89 and 92." in remark
+    assert "was at 86% or more in every row, and no client came near 2,000 calls/s" in remark
+    assert "the 12 points of client CPU the capped PooledChannel spends beyond A105" in remark
+    assert (
+        "Failed calls: 12 UNAVAILABLE (capped PooledChannel), 30 UNAVAILABLE (A105 N=4)" in remark
+    )
+    assert f"The {PLAIN_POOL} (no cap of its own) did 1,800.0 calls/s, p99 150.0 ms" in remark
+    assert f"With {OFF}, the same ratios were 1.00 (calls/s) and 0.96 (p99)." in remark
+    text = why_missed([on, off], cpu_limit=5000.0, ceiling=5000.0, cores=2)
+    assert f"20 ms calls, 200 callers, {OFF}: the capped" not in text  # that one passed
+    assert "nothing in this run explains it" not in text
+
+
+def test_a_stream_cap_miss_without_failures_and_out_of_level_says_so() -> None:
+    off, _ = stream_cap_tables(OFF, run_of(1500.0, 130.0, 180.0), run_of(1900.0, 100.0, 125.0))
+    remark = stream_cap_remark([off], OFF)
+    assert "Calls/s 0.79 of A105's" in remark
+    assert "server 50 and 50." in remark
+    assert "set these rates" not in remark  # the server was not busy
+    assert "No call failed in this table, so refusals do not explain the gap." in remark
+    assert "level" not in remark
+    assert "With overload" not in remark
+
+
+def test_a_mixed_length_miss_lists_every_clients_short_calls() -> None:
+    _, mixed = stream_cap_tables(OFF, run_of(900.0, 6.0, 90.0), run_of(900.0, 6.0, 80.0))
+    text = why_missed([mixed], cpu_limit=5000.0, ceiling=5000.0, cores=2)
+    assert f"Missed: short p99: PooledChannel / {A105} 1.12 (target < 1.00)." in text
+    assert "get_channel round-robin:" in text  # listed, though that ratio passed (90 < 210)
+    assert "Missed: short p99: PooledChannel / get_channel" not in text
+    assert f"{CAPPED_POOL}: p50 6.0 ms, p99 90.0 ms, errors none" in text
+    passing, _ = stream_cap_tables(OFF, run_of(1950.0, 100.0, 120.0), run_of(1950.0, 100.0, 125.0))
+    _, fine = stream_cap_tables(OFF, run_of(900.0, 6.0, 70.0), run_of(900.0, 6.0, 80.0))
+    assert why_missed([passing, fine], cpu_limit=5000.0, ceiling=5000.0, cores=2) == ""
+
+
+def slow_section(pooled: Run, rr: Run) -> Section:
+    slow = b"50003"
+    runs = {SLOW_POOLED: pooled, SLOW_RR: rr, "get_channel round-robin, pool of 6": rr}
+    rr.by_answer = Counter({slow: 33, b"50001": 33, b"50002": 34})
+    return slow_table(runs, slow, 30, 2, 4.0)
+
+
+def test_a_slow_replica_miss_names_both_ratios_and_the_time_beyond_the_replicas_delay() -> None:
+    pooled = run_of(900.0, 24.5, 205.0)
+    pooled.by_answer = Counter({b"50003": 12, b"50001": 44, b"50002": 44})
+    text = why_missed([slow_section(pooled, run_of(375.0, 30.0, 205.0))], 5000.0, 5000.0, 2)
+    assert "PooledChannel / grpc round_robin, calls/s 2.40 (met; target >= 2.40)" in text
+    assert "slow replica's share through the PooledChannel 0.12 (missed; target" in text
+    assert "the slow replica's share, in the same order: 12.0%, 33.0%, 33.0%" in text
+    assert (
+        "Through the PooledChannel, pool of 6, p50 was 24.5 ms, against the 20 ms its fast"
+        " replicas add to a call" in text
+    )
+    assert "the 4.5 ms more are" in text
+    fine = run_of(900.0, 24.5, 205.0)
+    fine.by_answer = Counter({b"50003": 5, b"50001": 47, b"50002": 48})
+    assert why_missed([slow_section(fine, run_of(375.0, 30.0, 205.0))], 5e3, 5e3, 2) == ""
