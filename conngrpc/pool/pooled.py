@@ -311,10 +311,12 @@ class _DeferredCall:
     asked for its status or metadata), in a task of its own, started once; every
     method then answers from the real call, or from the wait's outcome: an
     ``AioRpcError`` (DEADLINE_EXCEEDED) if the deadline, counted from the call's
-    creation, passed first. :meth:`cancel` ends the wait at once (nothing was sent:
-    awaiting or iterating raises ``asyncio.CancelledError``, as a cancelled grpc.aio
-    call does), or cancels the real call once started. Cancelling a task that waits
-    on it, in any method, cancels the call, as for a grpc.aio call being awaited.
+    creation, passed first. :meth:`cancel` ends the wait at once (awaiting or
+    iterating raises ``asyncio.CancelledError``, as a cancelled grpc.aio call does),
+    or cancels the real call once started: the pool starts a call waiting for room
+    the moment room frees, so a cancel that comes just then cancels a call already
+    sent. Cancelling a task that waits on it, in any method, cancels the call, as for
+    a grpc.aio call being awaited.
     """
 
     __slots__ = ("_begin", "_call", "_callbacks", "_deadline", "_task")
