@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 
 
@@ -40,9 +41,31 @@ def open_file_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out for a bind to port 0."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            return int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def closed_port() -> int:
-    """A port on 127.0.0.1 that nobody listens on now (connecting to it is refused)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
+    """A port on 127.0.0.1 that nobody listens on now (connecting to it is refused).
+
+    Drawn below the kernel's ephemeral range: a server started afterwards on port 0
+    (every test server) can never be given it, which a port freed by a bind to 0 could.
+    """
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = _draw.randrange(max(1024, low - 12000), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port on 127.0.0.1 below {low} in 100 draws")
+
+
+_draw = random.Random()
