@@ -334,8 +334,9 @@ class PoolRuntime:
 
     def _expire(self, waiter: _Waiter) -> None:
         """A waiter's deadline passed before any slot had room."""
-        if not waiter.future.done():
+        if waiter in self.waiting:
             self.waiting.remove(waiter)
+        if not waiter.future.done():
             waiter.future.set_exception(TimeoutError())
 
     def dispatch(self) -> None:
