@@ -11,6 +11,7 @@ from ._common import Ratio, Section
 from .connection_cap import CAP_ARGUMENT, DEFAULT_CAP
 from .fleet import LAST_ANSWER, RECEIVED, RECEIVED_TARGET
 from .pooled import (
+    A105,
     CAPPED_POOL,
     CPU_COLUMNS,
     MIXED,
@@ -437,8 +438,9 @@ def fleet_advice(sections: list[Section]) -> list[str]:
 
 
 def _errors_text(section: Section, row: str) -> str:
-    errors = errors_of(section, row)
-    return ", ".join(f"{n:,} {kind}" for kind, n in errors.items()) or "none"
+    """The errors cell of ``row`` as it is, or "none"."""
+    text = cell(section, row, "errors")
+    return "none" if text == "0" else text
 
 
 def _after(text: str, start: str) -> float:
@@ -475,18 +477,17 @@ def _pooled_cap_note(section: Section, others: list[Section], cores: int) -> str
     call_ms = number(section.title.split(" ms calls", 1)[0].rsplit(" ", 1)[1])
     size = int(_after(CAPPED_POOL, "pool of "))
     ceiling = size * streams / (call_ms / 1000)
-    a105 = next(row[0] for row in section.rows if row[0].startswith("A105"))
     rate = {row[0]: value(section, row[0], "calls/s") for row in section.rows}
     p99 = {row[0]: value(section, row[0], "p99 ms") for row in section.rows}
     ours, theirs = ratio(section, POOLED_CAP_VS_A105), ratio(section, POOLED_P99_VS_A105)
     parts = [
-        f"- **{section.title}: the capped PooledChannel against {a105}.** Calls/s"
-        f" {ours.value:.2f} of A105's ({rate[CAPPED_POOL]:,.1f} against {rate[a105]:,.1f};"
+        f"- **{section.title}: the capped PooledChannel against {A105}.** Calls/s"
+        f" {ours.value:.2f} of A105's ({rate[CAPPED_POOL]:,.1f} against {rate[A105]:,.1f};"
         f" target {ours.target}), p99 {theirs.value:.2f} of A105's ({p99[CAPPED_POOL]:,.1f} ms"
-        f" against {p99[a105]:,.1f} ms; target {theirs.target}).",
+        f" against {p99[A105]:,.1f} ms; target {theirs.target}).",
         f"{size} connections of {streams:g} streams each carry at most"
         f" {size * streams:g} calls at once, so {call_ms:g} ms calls top out at"
-        f" {ceiling:,.0f} calls/s: A105 reached {rate[a105] / ceiling:.0%} of that and the"
+        f" {ceiling:,.0f} calls/s: A105 reached {rate[A105] / ceiling:.0%} of that and the"
         f" capped PooledChannel {rate[CAPPED_POOL] / ceiling:.0%}.",
     ]
     if is_level(ours.value):
@@ -496,12 +497,12 @@ def _pooled_cap_note(section: Section, others: list[Section], cores: int) -> str
             " core, the PooledChannel in Python (the call that ends starts the next one"
             " waiting, in its done callback)."
         )
-    parts.append(_cpu_sentence(section, a105, ceiling, cores))
-    ours_errors, theirs_errors = errors_of(section, CAPPED_POOL), errors_of(section, a105)
+    parts.append(_cpu_sentence(section, ceiling, cores))
+    ours_errors, theirs_errors = errors_of(section, CAPPED_POOL), errors_of(section, A105)
     if ours_errors or theirs_errors:
         parts.append(
             f"Failed calls: {_errors_text(section, CAPPED_POOL)} (capped PooledChannel),"
-            f" {_errors_text(section, a105)} ({a105}). A refused call ends at once, outside the"
+            f" {_errors_text(section, A105)} ({A105}). A refused call ends at once, outside the"
             " percentiles, and its caller calls again at once: the more refusals, the fewer"
             " of a client's waits its percentiles count."
         )
@@ -524,13 +525,13 @@ def _pooled_cap_note(section: Section, others: list[Section], cores: int) -> str
 BUSY_SERVER = 80.0
 
 
-def _cpu_sentence(section: Section, a105: str, ceiling: float, cores: int) -> str:
+def _cpu_sentence(section: Section, ceiling: float, cores: int) -> str:
     client, server = CPU_COLUMNS
-    ours_client, theirs_client = value(section, CAPPED_POOL, client), value(section, a105, client)
+    ours_client, theirs_client = value(section, CAPPED_POOL, client), value(section, A105, client)
     text = (
         f"CPU (100% is one core of {cores}): client {ours_client:.0f} (capped PooledChannel)"
         f" and {theirs_client:.0f} (A105), server {value(section, CAPPED_POOL, server):.0f}"
-        f" and {value(section, a105, server):.0f}."
+        f" and {value(section, A105, server):.0f}."
     )
     busiest = min(value(section, row[0], server) for row in section.rows)
     if busiest >= BUSY_SERVER:

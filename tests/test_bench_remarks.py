@@ -246,7 +246,7 @@ def test_a_stream_cap_miss_gives_the_ceiling_the_refusals_and_the_other_conditio
     assert "was at 86% or more in every row, and no client came near 2,000 calls/s" in remark
     assert "the 12 points of client CPU the capped PooledChannel spends beyond A105" in remark
     assert (
-        "Failed calls: 12 UNAVAILABLE (capped PooledChannel), 30 UNAVAILABLE (A105 N=4)" in remark
+        "Failed calls: UNAVAILABLE 12 (capped PooledChannel), UNAVAILABLE 30 (A105 N=4)" in remark
     )
     assert f"The {PLAIN_POOL} (no cap of its own) did 1,800.0 calls/s, p99 150.0 ms" in remark
     assert f"With {OFF}, the same ratios were 1.00 (calls/s) and 0.96 (p99)." in remark
