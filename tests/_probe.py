@@ -140,6 +140,21 @@ class EventLog:
     def of(self, name: str) -> list[dict[str, Any]]:
         return [meta for event, _, meta in self.events if event[-1] == name]
 
+    def reconnect_gaps(self) -> list[float]:
+        """Seconds from each lost connection (``disconnected``, ``connection_lost``) to its
+        channel's next ``connected``: the time a worker's channel was out of the pool."""
+        since: dict[Any, int] = {}
+        gaps = []
+        for (event, _, meta), at in zip(self.events, self.at, strict=True):
+            index = meta.get("channel_index")
+            if event[1] != "channel" or index is None:
+                continue
+            if event[-1] == "disconnected" and meta.get("reason") == "connection_lost":
+                since[index] = at
+            elif event[-1] == "connected" and index in since:
+                gaps.append((at - since.pop(index)) / 1e9)
+        return gaps
+
 
 @contextmanager
 def recording(events: Sequence[tuple[str, ...]]) -> Iterator[EventLog]:

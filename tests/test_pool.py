@@ -27,6 +27,7 @@ from conngrpc import (
     Supervisor,
     SupervisorGaveUpError,
 )
+from conngrpc.channel import worker as worker_module
 from conngrpc.testing import FakeChannel, FakeConnector
 from tests._probe import SUPERVISOR_EVENTS, EventLog, recording, until_cancelled, wait_until
 
@@ -236,8 +237,11 @@ class SpyBackoff:
 
 
 async def test_backoff_advances_on_every_failure_and_resets_on_success(
-    pool_name: str, connector: FakeConnector
+    pool_name: str, connector: FakeConnector, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The drop comes before the connection served RECONNECT_AT_ONCE_AFTER_NS (made long
+    here, so a slow machine cannot make it old): it died young, and the backoff applies."""
+    monkeypatch.setattr(worker_module, "RECONNECT_AT_ONCE_AFTER_NS", 60 * 10**9)
     log: list[str] = []
     connector.fail_next(3)
     async with running_pool(pool_name, 1, fake_channel(connector, backoff=SpyBackoff(log))):
@@ -245,6 +249,18 @@ async def test_backoff_advances_on_every_failure_and_resets_on_success(
         connector.drop(0)
         await wait_until(lambda: log.count("reset") == 2)
     assert log == ["next", "next", "next", "reset", "next", "reset"]
+
+
+async def test_a_connection_that_served_a_while_is_reopened_without_the_backoff(
+    pool_name: str, connector: FakeConnector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server's max_connection_age (GOAWAY) ends healthy connections: no backoff gap."""
+    monkeypatch.setattr(worker_module, "RECONNECT_AT_ONCE_AFTER_NS", 0)
+    log: list[str] = []
+    async with running_pool(pool_name, 1, fake_channel(connector, backoff=SpyBackoff(log))):
+        connector.drop(0)
+        await wait_until(lambda: log.count("reset") == 2)
+    assert log == ["reset", "reset"]
 
 
 async def test_each_channel_backs_off_on_its_own_copy_of_the_backoff(

@@ -80,7 +80,10 @@ _READY = grpc.ChannelConnectivity.READY
 _SERVING = frozenset({"SERVING", "UNIMPLEMENTED"})
 
 #: A lost connection that had been up at least this long is reopened without backoff.
-RECONNECT_AT_ONCE_AFTER_NS = 1_000_000_000
+#: It is short enough for a server that rotates connections every half second (GOAWAY,
+#: ``grpc.max_connection_age_ms``) to lose no time to the backoff, and long enough that a
+#: server dropping every connection as it comes reconnects at most 10 times a second.
+RECONNECT_AT_ONCE_AFTER_NS = 100_000_000
 #: How far ``max_connection_age`` is jittered either way, so a pool's channels do not
 #: all refresh at once.
 AGE_JITTER = 0.1

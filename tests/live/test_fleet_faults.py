@@ -92,11 +92,18 @@ async def test_servers_that_rotate_every_connection_never_empty_the_pool(
     assert not set(before) & set(after)
     rotated = [m for m in channel_events.of("disconnected") if m["reason"] == "connection_lost"]
     shares = {a: calls.ok_by_backend[a] / calls.ok for a in addresses}
+    gaps = channel_events.reconnect_gaps()
     print(
         f"3 s, 100 callers: {len(rotated)} rotations seen by workers, {calls.ok} calls,"
-        f" shares {[f'{share:.0%}' for share in shares.values()]}, errors {dict(calls.errors)}"
+        f" shares {[f'{share:.0%}' for share in shares.values()]}, errors {dict(calls.errors)},"
+        f" reconnected in {', '.join(f'{gap * 1000:.0f}' for gap in sorted(gaps))} ms"
     )
     assert calls.errors == {}  # NotConnectedError included
+    # A connection that served ROTATE_MS is reopened at once, not after the backoff (FAST:
+    # 50 ms or more, which emptied the pool now and then when rotations came together);
+    # test_pool.py checks that rule. The gaps printed are the connect and the event
+    # loop's lag, which on a loaded machine can exceed the backoff: no bound on them here.
+    assert gaps
     assert min(shares.values()) >= 1 / 6  # spread still: each at least half its share
 
 

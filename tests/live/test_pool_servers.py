@@ -6,7 +6,6 @@ Servers that a test kills, pauses or restarts run in child processes
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -213,16 +212,7 @@ async def test_a_connection_rotated_by_the_server_is_reopened_at_once(
             )
     finally:
         await server.stop(None)
-    gaps = []
-    for index in range(2):
-        mine = [
-            (event[-1], at)
-            for (event, _, meta), at in zip(channel_events.events, channel_events.at, strict=True)
-            if event[1] == "channel" and meta.get("channel_index") == index
-        ]
-        for (kind, at), (next_kind, next_at) in itertools.pairwise(mine):
-            if kind == "disconnected" and next_kind == "connected":
-                gaps.append((next_at - at) / 1e9)
+    gaps = channel_events.reconnect_gaps()
     print(f"rotation gaps: {[f'{gap * 1000:.1f} ms' for gap in gaps]}")
     assert gaps
     assert max(gaps) < 1.0
