@@ -27,7 +27,7 @@ CONNECT_TIMEOUT = 1.0
 SLACK = 1.0
 #: Each server sends its connections GOAWAY after this long (grpc jitters it by 10%).
 ROTATE_MS = 500
-#: How soon after its server is stopped a call on it must have failed, if it fails.
+#: How soon after its server has stopped a call on it must have failed, if it fails.
 FAILED_WITHIN = 0.5
 
 
@@ -124,19 +124,27 @@ async def test_a_server_drained_by_sigterm_under_load_never_empties_the_pool(
                 await wait_until(lambda: calls.ok >= 500)
                 signalled = time.monotonic()
                 await anyio.to_thread.run_sync(drained.terminate)  # GOAWAY, then exit
+                exited = time.monotonic()
                 expected = {addresses[0]: 0, addresses[1]: 3, addresses[2]: 3}
                 await wait_until(lambda: held(pool_name) == expected, timeout=2)
                 took = time.monotonic() - signalled
                 print(f"SIGTERM -> its share on the others: {took:.3f} s")
                 ok = calls.ok
                 await wait_until(lambda: calls.ok >= ok + 500)  # and the calls go on
-    print(f"drained one of three, {callers} callers: {calls.ok} calls, {dict(calls.errors)}")
+    print(
+        f"drained one of three, {callers} callers: {calls.ok} calls, {dict(calls.errors)};"
+        f" its process exited {exited - signalled:.3f} s after SIGTERM"
+    )
     assert calls.not_connected == 0
     assert len(calls.failures) <= callers
     for failure in calls.failures:
         assert failure.kind in {"CANCELLED", "UNAVAILABLE"}, failure
         assert failure.backend == drained.address, failure
-        assert signalled <= failure.ended <= signalled + FAILED_WITHIN, (signalled, failure)
+        # A call begun as the GOAWAY came can wait in its grpc channel for a reconnect to
+        # the same server, and fail only once that server's process stops listening: in
+        # one CI run on a loaded machine, 0.73 s after the SIGTERM. So the bound counts
+        # from the process's exit.
+        assert signalled <= failure.ended <= exited + FAILED_WITHIN, (exited, failure)
 
 
 # --- a backend that cannot be reached ---------------------------------------------------------
