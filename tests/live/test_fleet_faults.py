@@ -142,8 +142,8 @@ async def test_a_server_drained_by_sigterm_under_load_never_empties_the_pool(
         assert failure.backend == drained.address, failure
         # A call begun as the GOAWAY came can wait in its grpc channel for a reconnect to
         # the same server, and fail only once that server's process stops listening: in
-        # one CI run on a loaded machine, 0.73 s after the SIGTERM. So the bound counts
-        # from the process's exit.
+        # one clean-clone `.ci/run` on a loaded machine, 0.73 s after the SIGTERM. So the
+        # bound counts from the process's exit.
         assert signalled <= failure.ended <= exited + FAILED_WITHIN, (exited, failure)
 
 
