@@ -8,7 +8,7 @@ from conngrpc import ExponentialBackoff
 from conngrpc.pool.placement import Move, Placement
 from tests._probe import FakeClock
 
-A, B, C = "10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1"
+A, B, C = "127.0.0.1:1", "127.0.0.2:1", "127.0.0.3:1"
 
 
 def placement(*backends: str) -> tuple[Placement, FakeClock]:

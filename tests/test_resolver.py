@@ -107,7 +107,7 @@ async def test_addresses_written_as_ips_are_the_backends_without_a_lookup(
         "unix:/run/billing.sock",
         "unix:///run/billing.sock",
         "unix-abstract:billing",
-        "dns://8.8.8.8/billing.internal:50051",  # grpc asks that DNS server, not us
+        "dns://127.0.0.53/billing.internal:50051",  # grpc asks that DNS server, not us
         "xds:///billing",
     ],
 )

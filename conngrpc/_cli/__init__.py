@@ -62,7 +62,7 @@ exit codes:
 examples:
   python -m conngrpc probe localhost:50051
   python -m conngrpc probe api.example.com:443 --tls --json
-  python -m conngrpc probe 10.0.0.7:8443 --ca-file ca.pem --server-name api.internal \\
+  python -m conngrpc probe billing.internal:8443 --ca-file ca.pem --server-name api.internal \\
       --cert-file client.pem --key-file client.key
 """
 
