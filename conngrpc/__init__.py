@@ -6,7 +6,6 @@ Everything public is exported here; other modules are private and may change.
 from . import telemetry as telemetry
 from .channel import Backoff as Backoff
 from .channel import ChannelConfig as ChannelConfig
-from .channel import ChannelWorker as ChannelWorker
 from .channel import Connector as Connector
 from .channel import ExponentialBackoff as ExponentialBackoff
 from .errors import ChannelUnavailableError as ChannelUnavailableError
@@ -24,6 +23,7 @@ from .errors import SupervisorGaveUpError as SupervisorGaveUpError
 from .errors import SupervisorNotRunningError as SupervisorNotRunningError
 from .errors import UnknownChildError as UnknownChildError
 from .pool import Channel as Channel
+from .pool import ChannelWorker as ChannelWorker
 from .pool import Pool as Pool
 from .pool import PooledChannel as PooledChannel
 from .pool import PoolSettings as PoolSettings
@@ -32,7 +32,6 @@ from .supervisor import ChildCounts as ChildCounts
 from .supervisor import ChildInfo as ChildInfo
 from .supervisor import ChildSpec as ChildSpec
 from .supervisor import ChildState as ChildState
-from .supervisor import Registry as Registry
 from .supervisor import Supervisor as Supervisor
 
 __version__ = "0.1.0"
@@ -61,7 +60,6 @@ __all__ = [
     "PoolSettings",
     "PoolStatus",
     "PooledChannel",
-    "Registry",
     "StrayCancellationError",
     "Supervisor",
     "SupervisorError",

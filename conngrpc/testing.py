@@ -30,7 +30,7 @@ import grpc.aio
 
 from . import _health
 from .channel.config import ChannelConfig
-from .channel.worker import CURRENT_WORKER
+from .channel.worker import CURRENT_INDEX
 from .errors import ConnectFailedError
 
 __all__ = ["FakeChannel", "FakeConnector"]
@@ -265,8 +265,7 @@ class FakeConnector:
             raise ConnectFailedError(config.address, "refused on purpose (FakeConnector)")
         if outcome == "hang":
             await anyio.sleep_forever()
-        worker = CURRENT_WORKER.get()
-        index = worker.index if worker is not None else None
+        index = CURRENT_INDEX.get()
         health = self._health.get(config.address, "SERVING")
         channel = FakeChannel(config, len(self.channels), index, health)
         self.channels.append(channel)

@@ -316,7 +316,7 @@ def _pool_spec(**changes: Any) -> Any:
 @pytest.mark.parametrize(
     ("setting", "value"),
     [
-        ("pool_size", 0),
+        ("pool_size", 1),
         ("max_restarts", 0),
         ("telemetry_interval", 0.001),
         ("max_seconds", 1),
@@ -331,7 +331,7 @@ POOL_BAD_TYPES = [
     pytest.param("name", 3, "Pool name:", id="name-int"),
     pytest.param("name", None, "Pool name: expected a str, got None", id="name-None"),
     pytest.param(
-        "pool_size", None, "Pool pool_size: expected an int >= 0, got None", id="size-None"
+        "pool_size", None, "Pool pool_size: expected an int >= 1, got None", id="size-None"
     ),
     pytest.param("channel", None, "Pool channel: expected a ChannelConfig", id="channel-None"),
     pytest.param("pool_size", 1.5, "Pool pool_size:", id="pool_size-float"),
@@ -361,6 +361,7 @@ def test_pool_child_spec_rejects_a_wrong_type_naming_the_setting(
 POOL_BAD_VALUES = [
     pytest.param("name", "", "Pool name:", id="name-empty"),
     pytest.param("pool_size", -1, "Pool pool_size:", id="pool_size-negative"),
+    pytest.param("pool_size", 0, "Pool pool_size: expected an int >= 1, got 0", id="pool_size-0"),
     pytest.param("telemetry_interval", 0, "Pool telemetry_interval:", id="telemetry-zero"),
     pytest.param("telemetry_interval", -1, "Pool telemetry_interval:", id="telemetry-negative"),
     pytest.param("telemetry_interval", math.inf, "Pool telemetry_interval:", id="telemetry-inf"),
@@ -392,10 +393,13 @@ def test_pool_child_spec_rejects_a_bad_value_naming_the_setting(
 # --- the Pool class statement ----------------------------------------------------------
 
 
-def test_class_statement_rejects_a_bad_pool_size() -> None:
-    with pytest.raises(ValueError, match=re.escape("Pool pool_size:")):
+@pytest.mark.parametrize("size", [0, -1])
+def test_class_statement_rejects_a_pool_size_below_one(size: int) -> None:
+    with pytest.raises(
+        ValueError, match=re.escape(f"Pool pool_size: expected an int >= 1, got {size}")
+    ):
 
-        class Bad(Pool, pool_size=-1):
+        class Bad(Pool, pool_size=size):
             pass
 
 

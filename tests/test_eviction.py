@@ -55,12 +55,12 @@ async def test_the_least_loaded_pick_skips_a_channel_not_ready_and_takes_it_back
         await Pool.wait_connected(pool_name, timeout=5)
         runtime = pools.get(pool_name)
         assert runtime is not None
-        idle, busy, blinking = (slot for slot in runtime.slots)
+        idle, busy, blinking = runtime.handout.slots
         busy.in_flight = 5  # as if calls ran there: the pick would go to an idle one
         blinking.channel._set_state(grpc.ChannelConnectivity.IDLE)  # type: ignore[attr-defined]
-        picked = {runtime.pick() for _ in range(6)}
+        picked = {runtime.handout.pick() for _ in range(6)}
         assert picked == {idle}  # the least loaded of the READY ones, blinking skipped
         blinking.channel._set_state(grpc.ChannelConnectivity.READY)  # type: ignore[attr-defined]
-        picked = {runtime.pick() for _ in range(6)}
+        picked = {runtime.handout.pick() for _ in range(6)}
         assert picked == {idle, blinking}  # back, without its worker doing anything
         busy.in_flight = 0

@@ -7,6 +7,7 @@ Behaviour against real servers is in test_pool_servers.py.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,7 +18,6 @@ from structlog.testing import capture_logs
 
 from conngrpc import (
     ChannelConfig,
-    ChannelWorker,
     ChildStartError,
     ExponentialBackoff,
     NameTakenError,
@@ -148,13 +148,6 @@ async def test_get_channel_with_a_name_that_is_not_a_string_is_a_type_error(
         Pool.get_channel(["a"])  # type: ignore[arg-type]
     # A misuse, not a hand-out: no get_channel event (docs/telemetry.md lists its results).
     assert channel_events.of("get_channel") == []
-
-
-async def test_a_pool_of_size_zero_runs_and_is_never_connected(pool_name: str) -> None:
-    async with running_pool(pool_name, 0, {"address": "fake:1"}):
-        assert Pool.status(pool_name).expected_size == 0
-        with pytest.raises(NotConnectedError):
-            Pool.get_channel(pool_name)
 
 
 # --- callbacks ---------------------------------------------------------------------------
@@ -715,19 +708,37 @@ async def test_get_channel_not_connected_gives_the_latest_failure(
 async def test_a_worker_running_on_disconnect_says_it_is_disconnected(
     pool_name: str, connector: FakeConnector
 ) -> None:
-    workers: list[ChannelWorker] = []
-    states: list[str] = []
+    seen: list[tuple[list[int], str]] = []
 
     def on_disconnect() -> None:
-        states.append(workers[0].state)
+        with pytest.raises(NotConnectedError) as caught:
+            Pool.get_channel(pool_name)
+        seen.append(([w.index for w in Pool.get_all_workers(pool_name)], caught.value.reason))
 
     channel = fake_channel(connector, on_disconnect=on_disconnect)
     async with running_pool(pool_name, 1, channel):
-        workers.extend(Pool.get_all_workers(pool_name))
-        assert workers[0].state == "watching"
+        (worker,) = Pool.get_all_workers(pool_name)
+        assert worker.state == "watching"
         connector.drop(0)
-        await wait_until(lambda: states != [])
-    assert states == ["disconnected"]
+        await wait_until(lambda: seen != [])
+    assert seen == [([], "none of its 1 channel(s) is connected now; channel(s) 0 disconnected")]
+
+
+async def test_get_all_workers_returns_snapshots_that_do_not_change(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    async with running_pool(pool_name, 2, fake_channel(connector)):
+        before = Pool.get_all_workers(pool_name)
+        assert [(w.index, w.state, w.name) for w in before] == [
+            (0, "watching", f"{pool_name}[0]"),
+            (1, "watching", f"{pool_name}[1]"),
+        ]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            before[0].state = "stopped"  # type: ignore[misc]
+        connector.drop(0)
+        await wait_until(lambda: [w.index for w in Pool.get_all_workers(pool_name)] == [1])
+        assert before[0].state == "watching"  # taken then, kept as it was
+        assert before[0].channel is connector.channels[0]
 
 
 async def test_drop_takes_the_worker_index(pool_name: str, connector: FakeConnector) -> None:

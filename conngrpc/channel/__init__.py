@@ -4,12 +4,10 @@ from .backoff import Backoff as Backoff
 from .backoff import ExponentialBackoff as ExponentialBackoff
 from .config import ChannelConfig as ChannelConfig
 from .config import Connector as Connector
-from .worker import ChannelWorker as ChannelWorker
 
 __all__ = [
     "Backoff",
     "ChannelConfig",
-    "ChannelWorker",
     "Connector",
     "ExponentialBackoff",
 ]

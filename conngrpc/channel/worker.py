@@ -18,9 +18,10 @@ connecting -> connected -> watching -> disconnected -> backing_off -> connecting
   every way out: lost, shutdown, crash, refreshed) and is closed in the background, its
   calls given ``shutdown_grace``; then ``on_disconnect`` runs, for a lost connection.
 
-The worker asks its :class:`Placer` which backend to try and tells it what it holds,
-and tells its :class:`Membership` when its channel joins or leaves the hand-out, so the
-owner's hand-out never checks a channel's state.
+The worker keeps no fact about the pool: it reports every transition to its
+:class:`~conngrpc.channel.changes.Owner` (the pool's table), which answers where to
+connect, whether to try another backend at once and which channels to close, and it
+waits for the owner's orders (a backend once one is known, a move).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import inspect
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import anyio
 import grpc
@@ -44,21 +45,33 @@ from .._log import get_logger
 from .._tasks import reraise_if_cancelled, task_group
 from ..errors import ConnectFailedError
 from .backoff import Backoff, ExponentialBackoff
+from .changes import (
+    AttemptFailed,
+    Attempting,
+    BackingOff,
+    Change,
+    Connected,
+    Dial,
+    Disconnected,
+    DisconnectReason,
+    HealthChanged,
+    Mocked,
+    Owner,
+    Refreshing,
+    Reply,
+    Stopped,
+    Swapped,
+)
 from .config import Callback, ChannelConfig
 from .connector import connect_grpc, raw_unary, raw_unary_stream
 
 __all__ = [
     "CONNECTED",
     "CONNECTION_FAILED",
-    "CURRENT_WORKER",
+    "CURRENT_INDEX",
     "DISCONNECTED",
     "HEALTH_CHANGED",
     "RETRYABLE",
-    "ChannelWorker",
-    "Dial",
-    "Membership",
-    "Placer",
-    "WorkerState",
     "run_worker",
 ]
 
@@ -89,156 +102,50 @@ RECONNECT_AT_ONCE_AFTER_NS = 100_000_000
 AGE_JITTER = 0.1
 _log = get_logger("conngrpc.channel")
 
-WorkerState = Literal[
-    "starting",
-    "connecting",
-    "backing_off",
-    "connected",
-    "watching",
-    "not_serving",
-    "disconnected",
-    "mocked",
-    "stopped",
-    "crashed",
-]
-
-
-class ChannelWorker:
-    """One channel's worker, as its pool sees it: state, channel, backend, latest failure.
-
-    The pool keeps one per index for its whole life; a worker restarted by its
-    supervisor carries on with the same record. ``backend`` is the address its channel
-    is connected to; ``health`` the latest ``Health/Watch`` status (None when not
-    health-checked); ``last_failure`` the reason of the latest failed attempt or crash
-    (None once connected); ``failures`` counts the failed attempts since the last
-    connect.
-    """
-
-    __slots__ = (
-        "backend",
-        "channel",
-        "connected_at",
-        "failures",
-        "health",
-        "index",
-        "last_failure",
-        "name",
-        "pool_name",
-        "state",
-    )
-
-    def __init__(self, pool_name: str, index: int) -> None:
-        self.pool_name = pool_name
-        self.index = index
-        self.name = f"{pool_name}[{index}]"
-        self.state: WorkerState = "starting"
-        self.channel: grpc.aio.Channel | None = None
-        self.backend: str | None = None
-        self.health: str | None = None
-        self.connected_at: float | None = None  # time.monotonic() of the connect
-        self.last_failure: str | None = None
-        self.failures = 0
-
-    def __repr__(self) -> str:
-        where = f" {self.backend}" if self.backend else ""
-        return f"<ChannelWorker {self.name} {self.state}{where}>"
-
-
-@dataclass(frozen=True, slots=True)
-class Dial:
-    """Where to connect: the backend's address (as reported) and the config to dial with."""
-
-    backend: str
-    config: ChannelConfig
-    reason: str = "connect"  # for a move: "rebalance" or "backend_removed"
-
-
-class Placer(Protocol):
-    """Where the worker's channel goes: the owner's placement over its backends."""
-
-    async def dial(self, worker: ChannelWorker) -> Dial:
-        """Where to connect now; waits until the resolver knows a backend."""
-
-    def refresh_dial(self, worker: ChannelWorker) -> Dial | None:
-        """Where a connected worker's replacement should go now (None: no backend)."""
-
-    async def move(self, worker: ChannelWorker) -> Dial:
-        """Wait until the owner asks this connected worker to move; where to."""
-
-    def attempt_failed(self, worker: ChannelWorker, dial: Dial, reason: str) -> bool:
-        """An attempt failed; True if another backend is worth trying at once."""
-
-    def holds(self, worker: ChannelWorker, backend: str) -> None:
-        """``worker`` is connected to ``backend`` (a connect, or a replacement swapped in)."""
-
-    def lost(self, worker: ChannelWorker, backend: str) -> None:
-        """``worker``'s connection to ``backend`` was lost (not shut down)."""
-
-    def released(self, worker: ChannelWorker) -> None:
-        """``worker`` holds no connection now."""
-
-
-class Membership(Protocol):
-    """The worker's owner (a pool): hands its channel out while it is usable."""
-
-    def joined(self, worker: ChannelWorker) -> None:
-        """``worker.channel`` may be handed out (again, or anew after a swap)."""
-
-    def left(self, worker: ChannelWorker) -> None:
-        """``worker`` must not be handed out any more (called again harmlessly)."""
-
-    def changed(self, worker: ChannelWorker) -> None:
-        """``worker``'s state or latest failure changed (for waiters and status)."""
-
-    def first_unimplemented_health(self) -> bool:
-        """True the first time one of the owner's channels finds no health service."""
-
-
-#: The worker whose task this is: a connector may read it to know whom it connects for
-#: (``conngrpc.testing.FakeConnector`` does, so a test can drop worker 2's connection).
-CURRENT_WORKER: contextvars.ContextVar[ChannelWorker | None] = contextvars.ContextVar(
-    "conngrpc_current_worker", default=None
+#: The index of the pool worker whose task this is: a connector may read it to know whom
+#: it connects for (``conngrpc.testing.FakeConnector`` does, so a test can drop worker
+#: 2's connection).
+CURRENT_INDEX: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "conngrpc_current_index", default=None
 )
 
 
 async def run_worker(
     config: ChannelConfig,
     *,
-    worker: ChannelWorker,
-    membership: Membership,
-    placer: Placer,
+    pool_name: str,
+    index: int,
+    owner: Owner,
     closer: TaskGroup | None = None,
-    task_status: TaskStatus[ChannelWorker],
+    task_status: TaskStatus[None],
 ) -> None:
-    """Keep one channel connected for ever; a supervisor runs this as a child.
+    """Keep channel ``index`` of ``pool_name`` connected for ever; a supervisor runs this.
 
     It reports ``started`` at once and connects in the background, so a pool starts
     even while its server is down. A raising ``on_connect`` / ``on_disconnect``, or a
     connection attempt that can never succeed, is a crash for the supervisor to handle.
+    Every transition goes to ``owner`` (its pool), which keeps the facts.
 
     A channel that leaves is closed in the background, in ``closer`` when given (a
     task group that outlives the worker: a pool passes one, so that all its channels
     drain at once when it stops), letting its calls in flight finish first.
     """
-    worker.state = "starting"
-    CURRENT_WORKER.set(worker)  # the worker's task is its own: this stays within it
-    task_status.started(worker)
+    CURRENT_INDEX.set(index)  # the worker's task is its own: this stays within it
+    task_status.started()
     try:
         if config.mock is not None:
-            await _stand_in_for_a_connection(worker, membership)
+            await _stand_in_for_a_connection(owner, index)
             return
         async with task_group() as own_closer:
             retiring = closer if closer is not None else own_closer
-            await _Life(config, worker, membership, placer, retiring).run()
+            await _Life(config, pool_name, index, owner, retiring).run()
     except anyio.get_cancelled_exc_class():
-        _set_state(worker, membership, "stopped")
+        owner.report(index, Stopped())
         raise
     except BaseException as crash:
-        worker.last_failure = f"crash: {type(crash).__name__}: {crash}"
-        _set_state(worker, membership, "crashed")
+        owner.report(index, Stopped(f"crash: {type(crash).__name__}: {crash}"))
         raise
-    finally:
-        placer.released(worker)
+    owner.report(index, Stopped())
 
 
 @dataclass(slots=True)
@@ -270,34 +177,33 @@ class _Life:
         "closer",
         "config",
         "connect",
+        "health_heard",
+        "index",
         "log",
-        "membership",
         "metadata",
-        "placer",
-        "worker",
+        "owner",
     )
 
     def __init__(
-        self,
-        config: ChannelConfig,
-        worker: ChannelWorker,
-        membership: Membership,
-        placer: Placer,
-        closer: TaskGroup,
+        self, config: ChannelConfig, pool_name: str, index: int, owner: Owner, closer: TaskGroup
     ) -> None:
         self.config = config
-        self.worker = worker
-        self.membership = membership
-        self.placer = placer
+        self.index = index
+        self.owner = owner
         self.closer = closer
         self.backoff: Backoff = copy.copy(config.backoff)
         self.connect = config.connector if config.connector is not None else connect_grpc
+        #: the latest health status this worker heard and reported (None: none yet)
+        self.health_heard: str | None = None
         self.metadata: dict[str, Any] = {
-            "pool_name": worker.pool_name,
-            "channel_name": worker.name,
-            "channel_index": worker.index,
+            "pool_name": pool_name,
+            "channel_name": f"{pool_name}[{index}]",
+            "channel_index": index,
         }
         self.log = _log.bind(**self.metadata)
+
+    def report(self, change: Change) -> Reply:
+        return self.owner.report(self.index, change)
 
     async def run(self) -> None:
         while True:
@@ -315,8 +221,9 @@ class _Life:
     async def connected(self) -> _Connection:
         """Attempt until a channel is READY, trying other backends before backing off."""
         while True:
-            self.state("connecting")
-            dial = await self.placer.dial(self.worker)
+            dial = self.report(Attempting()).dial
+            if dial is None:  # no backend known yet: the resolver will say
+                dial = await self.owner.next_order(self.index)
             began = time.monotonic_ns()
             try:
                 connection = await self.attempt(dial, began)
@@ -324,7 +231,7 @@ class _Life:
                 if not self.failed(error, dial, began):
                     await self.back_off()
                 continue
-            self.placer.holds(self.worker, dial.backend)
+            self.report(Connected(connection.channel, dial.backend))
             return connection
 
     async def attempt(self, dial: Dial, began: int) -> _Connection:
@@ -340,23 +247,21 @@ class _Life:
         # Its traceback holds the attempt's closed channel: a handler that keeps events
         # must not keep channels alive.
         error.__traceback__ = None
-        worker = self.worker
-        worker.failures += 1
-        worker.last_failure = str(error)
+        reason = str(error)
+        reply = self.report(AttemptFailed(dial.backend, reason))
         telemetry.execute(
             CONNECTION_FAILED,
             {"duration": time.monotonic_ns() - began, "error": error},
-            {**self.metadata, "backend": dial.backend, "reason": worker.last_failure},
+            {**self.metadata, "backend": dial.backend, "reason": reason},
         )
-        if worker.failures == 1 or self.config.debug:
+        if reply.failures == 1 or self.config.debug:
             self.log.warning(
                 "channel connection failed",
                 backend=dial.backend,
-                reason=worker.last_failure,
-                attempt=worker.failures,
+                reason=reason,
+                attempt=reply.failures,
             )
-        self.membership.changed(worker)
-        return self.placer.attempt_failed(worker, dial, worker.last_failure)
+        return reply.retry_now
 
     # --- serving ---------------------------------------------------------------------
 
@@ -367,43 +272,33 @@ class _Life:
         ``disconnected`` with its reason and retires the channel, in :meth:`retire`.
         A replacement swapped in retires its predecessor there too.
         """
-        worker = self.worker
         self.connected_event(connection)
-        reason, lost_state = "crash", None
+        reason: DisconnectReason = "crash"
+        lost_state = None
         try:
-            self.state("connected")
             await _run_callback(self.config.on_connect)
             while True:
-                worker.channel = connection.channel
-                worker.backend = connection.dial.backend
-                worker.connected_at = time.monotonic()
                 try:
                     lost_state = await self.watch(connection)
                 except _Replaced as replaced:
                     old, connection = connection, replaced.replacement
-                    self.swap(old, connection)
-                    await self.retire(old, connection.dial.reason, None)
+                    await self.swap(old, connection)
                     continue
                 reason = "connection_lost"
-                self.placer.lost(worker, connection.dial.backend)
                 return time.monotonic_ns() - connection.connected_ns
         except anyio.get_cancelled_exc_class():
             reason = "shutdown"
             raise
         finally:
-            self.membership.left(worker)
-            self.placer.released(worker)
-            worker.channel = worker.backend = worker.connected_at = worker.health = None
+            self.health_heard = None
+            reply = self.report(Disconnected(reason))
             if lost_state is not None:
                 self.log.warning(
                     "channel disconnected", backend=connection.dial.backend, state=lost_state.name
                 )
-            self.state("disconnected")
-            await self.retire(connection, reason, lost_state)
+            await self.retire(connection, reason, lost_state, reply.close)
 
     def connected_event(self, connection: _Connection) -> None:
-        self.worker.failures = 0
-        self.worker.last_failure = None
         self.backoff.reset()
         duration = connection.connected_ns - connection.began_ns
         telemetry.execute(
@@ -436,18 +331,17 @@ class _Life:
                 tasks.start_soon(follow_connectivity)
                 tasks.start_soon(replace_when_due)
                 if self.config.health_check is None:
-                    self.state("watching")
-                    self.membership.joined(self.worker)
+                    self.report(HealthChanged(serving=True))
                 else:
                     tasks.start_soon(self.gate_by_health, connection)
         except BaseException:
             for replacement in replacements:  # ready, but never announced: it goes
-                await self.close(replacement)
+                await self.close(replacement.channel)
             raise
         if replacements and not lost:
             raise _Replaced(replacements[0])
         if replacements:  # lost at the same moment: the replacement, never announced, goes
-            await self.close(replacements[0])
+            await self.close(replacements[0].channel)
         return lost[0]
 
     async def gate_by_health(self, connection: _Connection) -> None:
@@ -480,35 +374,33 @@ class _Life:
             await anyio.sleep(retry.next())
 
     def health(self, connection: _Connection, status: str) -> None:
-        """Record a health status; join or leave the hand-out as it says."""
-        worker = self.worker
-        previous, worker.health = worker.health, status
+        """Report a health status: the pool hands the channel out or not, as it says."""
+        previous, self.health_heard = self.health_heard, status
         if status == previous:
             return
         serving = status.split(" ")[0] in _SERVING
-        if status == "UNIMPLEMENTED" and self.membership.first_unimplemented_health():
+        reason = None if serving else _health_refusal(self.config.health_check, status)
+        reply = self.report(HealthChanged(serving, status, reason))
+        backend = connection.dial.backend
+        if reply.first_unimplemented:
             self.log.warning(
                 "the server has no grpc.health.v1 service: its channels count as serving",
-                backend=connection.dial.backend,
+                backend=backend,
                 service=self.config.health_check,
             )
+        if status == "SERVICE_UNKNOWN":
+            self.log.warning("channel not serving", backend=backend, reason=reason)
         telemetry.execute(
             HEALTH_CHANGED,
             {},
             {
                 **self.metadata,
-                "backend": connection.dial.backend,
+                "backend": backend,
                 "status": status,
                 "previous": previous,
                 "serving": serving,
             },
         )
-        if serving:
-            self.state("watching")
-            self.membership.joined(worker)
-        else:
-            self.membership.left(worker)
-            self.state("not_serving")
 
     # --- replacing: make before break -------------------------------------------------
 
@@ -526,16 +418,15 @@ class _Life:
         while True:
             dial: Dial | None = None
             if due_ns is None:
-                dial = await self.placer.move(self.worker)
+                dial = await self.owner.next_order(self.index)
             else:
                 with anyio.move_on_after(max(0.0, (due_ns - time.monotonic_ns()) / 1e9)):
-                    dial = await self.placer.move(self.worker)
+                    dial = await self.owner.next_order(self.index)
                 if dial is None:
-                    dial = self.placer.refresh_dial(self.worker)
+                    dial = self.report(Refreshing()).dial
                     if dial is None:
                         due_ns = time.monotonic_ns() + int(self.backoff.next() * 1e9)
                         continue
-                    dial = Dial(dial.backend, dial.config, "max_age")
             began = time.monotonic_ns()
             try:
                 return await self.successor(dial, began)
@@ -554,7 +445,7 @@ class _Life:
             await self.verify_serving(connection)
             await _run_callback(self.config.on_connect)
         except BaseException:
-            await self.close(connection)  # never announced (connected), so never retired
+            await self.close(connection.channel)  # never announced, so never retired
             raise
         return connection
 
@@ -580,50 +471,52 @@ class _Life:
         except TimeoutError:
             status = f"no answer within connect_timeout={self.config.connect_timeout:g} s"
         if status not in _SERVING:
-            raise _NotServing(connection.dial.config.address, f"the health check said {status}")
+            raise _NotServing(connection.dial.config.address, _health_refusal(service, status))
 
-    def swap(self, old: _Connection, new: _Connection) -> None:
-        """Hand ``new`` out in place of ``old``, in one change; the caller retires ``old``."""
-        worker = self.worker
-        worker.channel, worker.backend = new.channel, new.dial.backend
+    async def swap(self, old: _Connection, new: _Connection) -> None:
+        """Hand ``new`` out in place of ``old``, in one change, and retire ``old``."""
         self.connected_event(new)
-        self.placer.holds(worker, new.dial.backend)
-        self.membership.joined(worker)  # the hand-out now holds new.channel
+        reply = self.report(Swapped(new.channel, new.dial.backend))
+        reason = new.dial.reason
+        assert reason != "connect", new.dial
+        await self.retire(old, reason, None, reply.close)
 
     async def retire(
         self,
         connection: _Connection,
-        reason: str,
+        reason: DisconnectReason,
         lost_state: grpc.ChannelConnectivity | None,
+        close: tuple[grpc.aio.Channel, ...],
     ) -> None:
-        """Emit ``disconnected`` for an announced connection, and :meth:`close` it."""
+        """Emit ``disconnected`` for an announced connection, and close what left the pool."""
         metadata = {**self.metadata, "backend": connection.dial.backend, "reason": reason}
         if lost_state is not None:
             metadata["state"] = lost_state.name
         up_ns = time.monotonic_ns() - connection.connected_ns
         telemetry.execute(DISCONNECTED, {"duration": up_ns}, metadata)
-        await self.close(connection)
+        for channel in close:
+            await self.close(channel)
 
-    async def close(self, connection: _Connection) -> None:
+    async def close(self, channel: grpc.aio.Channel) -> None:
         """Close the channel in the background, shielded from cancellation.
 
         Calls in flight get ``shutdown_grace`` to finish (grpc cancels them after),
         while the worker goes on.
         """
         with anyio.CancelScope(shield=True):
-            await self.closer.start(_retire, connection.channel, self.config.shutdown_grace)
+            await self.closer.start(_retire, channel, self.config.shutdown_grace)
 
     async def back_off(self) -> None:
-        self.state("backing_off")
+        self.report(BackingOff())
         await anyio.sleep(self.backoff.next())
 
-    def state(self, state: WorkerState) -> None:
-        _set_state(self.worker, self.membership, state)
 
-
-def _set_state(worker: ChannelWorker, membership: Membership, state: WorkerState) -> None:
-    worker.state = state
-    membership.changed(worker)
+def _health_refusal(service: str | None, status: str) -> str:
+    """Why a channel is kept out, in words: the health check's answer and what it means."""
+    said = f"the health check of service {service!r} said {status}"
+    if status in ("SERVICE_UNKNOWN", "NOT_FOUND"):
+        return said + " (the server knows no such service: check health_check's name)"
+    return said
 
 
 async def _retire(
@@ -635,14 +528,10 @@ async def _retire(
         await channel.close(grace)
 
 
-async def _stand_in_for_a_connection(worker: ChannelWorker, membership: Membership) -> None:
+async def _stand_in_for_a_connection(owner: Owner, index: int) -> None:
     """With ``mock``, no connection is opened: the worker counts as connected until stopped."""
-    _set_state(worker, membership, "mocked")
-    membership.joined(worker)
-    try:
-        await anyio.sleep_forever()
-    finally:
-        membership.left(worker)
+    owner.report(index, Mocked())
+    await anyio.sleep_forever()
 
 
 async def _wait_until_not_ready(channel: grpc.aio.Channel) -> grpc.ChannelConnectivity:

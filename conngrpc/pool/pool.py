@@ -1,13 +1,17 @@
-"""Pool: a supervised set of persistent channels, handed out round-robin.
+"""Pool: a supervised set of persistent channels, for calls and for hand-out.
 
-Example::
+Its channels reach callers two ways: ``Pool.channel()`` is a ``grpc.aio.Channel`` for
+stubs whose every call goes to the connection with the fewest calls in flight, and
+``Pool.get_channel()`` hands out a connected channel itself, round-robin. Example::
 
     class DemoPool(Pool, pool_size=5, channel={"address": "localhost:50051"}):
         pass
 
+    stub = DemoStub(DemoPool.channel())       # built once; each call picks its channel
     async with Supervisor([DemoPool]):
         await DemoPool.wait_connected()
-        channel = DemoPool.get_channel()
+        await stub.Get(request)
+        channel = DemoPool.get_channel()      # a connected channel, round-robin
 """
 
 from __future__ import annotations
@@ -17,18 +21,18 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import grpc
 import grpc.aio
 
 from .. import telemetry
 from ..channel.config import ChannelConfig
-from ..channel.worker import ChannelWorker
 from ..supervisor import ChildSpec
 from .pooled import PooledChannel
 from .runtime import PoolRuntime, PoolStatus, not_started, pools, run_pool, wait_connected
 from .settings import PoolSettings, ResolvedSettings, merge
+from .table import ChannelWorker
 
 # Imported at run time, so that typing.get_type_hints (sphinx, pydantic) resolves it.
 if sys.version_info >= (3, 11):
@@ -45,55 +49,21 @@ _READY = grpc.ChannelConnectivity.READY
 _lookup = pools.get
 
 
-class GetChannel(Protocol):
-    """The signature of ``Pool.get_channel``."""
-
-    def __call__(self, name: str | None = None) -> grpc.aio.Channel:
-        """A connected channel of the pool, round-robin; never waits."""
-
-
-def _hand_out(own_name: str | None) -> GetChannel:
-    """``get_channel`` for a pool class; a declared pool's name is its default argument.
-
-    A function made per class, not a classmethod: the hand-out is the hot path, and
-    this spares binding a method and looking the name up at every call.
-    """
-
-    def get_channel(name: str | None = own_name) -> grpc.aio.Channel:
-        """A connected channel of the pool, round-robin; never waits.
-
-        :raises NotConnectedError: the pool runs but no channel is connected now.
-        :raises PoolNotStartedError: no pool of that name runs.
-        """
-        try:
-            pool = _lookup(name)  # type: ignore[arg-type]
-        except TypeError:  # unhashable
-            raise not_started("pool", name) from None
-        # The hot path: a running pool, a READY channel and nobody listening to the
-        # telemetry event. Everything else (errors, mock, telemetry, a channel whose
-        # worker has not yet heard that it left READY) goes the long way.
-        if pool is not None and not _observed.on:
-            channels = pool.channels
-            if channels:
-                channel = channels[next(pool.counter) % len(channels)]
-                if channel.get_state() is _READY:
-                    return channel
-        return _get_channel(name, pool)
-
-    return get_channel
-
-
 class Pool:
-    """A pool of persistent, pre-connected gRPC channels, handed out round-robin.
+    """A pool of persistent, pre-connected gRPC channels, under a supervisor.
 
-    Use it either by name, ``Pool.child_spec(name="demo_pool", pool_size=5,
-    channel={...})`` and ``Pool.get_channel("demo_pool")``, or declaratively::
+    Calls go through :meth:`channel`, a ``grpc.aio.Channel`` that sends each call to the
+    connection with the fewest calls in flight; :meth:`get_channel` hands out a
+    connected channel itself, round-robin. Use the pool either by name,
+    ``Pool.child_spec(name="demo_pool", pool_size=5, channel={...})`` and
+    ``Pool.channel("demo_pool")``, or declaratively::
 
         class DemoPool(Pool, pool_size=5, channel=ChannelConfig("localhost:50051")):
             pass
 
         DemoPool.child_spec()      # the class statement's settings
-        DemoPool.get_channel()
+        DemoPool.channel()         # for stubs: least loaded, per call
+        DemoPool.get_channel()     # a connected channel, round-robin
 
     A declared pool is named after its class unless ``name=`` is given. A ``config=``
     callable on the class is called at ``child_spec()`` time and returns overrides, so
@@ -124,7 +94,6 @@ class Pool:
                 f"got {config!r}"
             )
         cls._declared = declared
-        cls.get_channel = staticmethod(_hand_out(declared["name"]))
         if config is not None:
             cls._config = staticmethod(config)
 
@@ -172,11 +141,33 @@ class Pool:
 
     # --- handing out -------------------------------------------------------------
 
-    #: ``Pool.get_channel(name)``, or ``DemoPool.get_channel()`` for a declared pool: a
-    #: connected channel of the pool, round-robin; never waits. Raises
-    #: ``NotConnectedError`` when the pool runs but no channel is connected now, and
-    #: ``PoolNotStartedError`` when no pool of that name runs.
-    get_channel: ClassVar[GetChannel] = staticmethod(_hand_out(None))
+    @classmethod
+    def get_channel(cls, name: str | None = None) -> grpc.aio.Channel:
+        """A connected channel of the pool, round-robin; never waits.
+
+        ``Pool.get_channel(name)``, or ``DemoPool.get_channel()`` for a declared pool.
+
+        :raises NotConnectedError: the pool runs but no channel is connected now.
+        :raises PoolNotStartedError: no pool of that name runs.
+        :raises TypeError: no name was given and the class declares none.
+        """
+        if name is None:
+            name = cls._name("get_channel")
+        try:
+            pool = _lookup(name)
+        except TypeError:  # unhashable
+            raise not_started("pool", name) from None
+        # The hot path: a running pool, a READY channel and nobody listening to the
+        # telemetry event. Everything else (errors, mock, telemetry, a channel whose
+        # worker has not yet heard that it left READY) goes the long way.
+        if pool is not None and not _observed.on:
+            handout = pool.handout
+            channels = handout.channels
+            if channels:
+                channel = channels[next(handout.counter) % len(channels)]
+                if channel.get_state() is _READY:
+                    return channel
+        return _get_channel(name, pool)
 
     @classmethod
     def channel(cls, name: str | None = None) -> PooledChannel:
@@ -188,12 +179,8 @@ class Pool:
         :raises TypeError: no name was given and the class declares none.
         """
         if name is None:
-            name = cls._declared.get("name")
-            if name is None:
-                raise TypeError(
-                    f"{cls.__name__}: expected a pool name (Pool.channel('name')), got none"
-                )
-        return PooledChannel(name)
+            name = cls._name("channel")
+        return PooledChannel._of("pool", name)
 
     @classmethod
     def status(cls, name: str | None = None) -> PoolStatus:
@@ -201,18 +188,19 @@ class Pool:
 
         :raises PoolNotStartedError: no pool of that name runs.
         """
-        return cls._runtime(name).status()
+        return cls._runtime(name, "status").status()
 
     @classmethod
     def get_all_workers(cls, name: str | None = None) -> list[ChannelWorker]:
-        """The pool's connected workers, in index order.
+        """Snapshots of the pool's connected workers, in index order (upstream's
+        ``get_all_pids``): plain frozen values, taken now.
 
         :raises PoolNotStartedError: no pool of that name runs.
         :raises RuntimeError: called from another thread or event loop than the pool's.
         """
-        runtime = cls._runtime(name)
+        runtime = cls._runtime(name, "get_all_workers")
         runtime.check_loop("get_all_workers")
-        return list(runtime.workers)
+        return runtime.workers()
 
     @classmethod
     async def wait_connected(
@@ -234,18 +222,22 @@ class Pool:
         :raises ValueError: ``count`` is outside ``0..pool_size``.
         :raises RuntimeError: awaited on another event loop than the pool's.
         """
-        return await wait_connected(cls._runtime(name), count, timeout)
+        return await wait_connected(cls._runtime(name, "wait_connected"), count, timeout)
 
     # --- helpers -----------------------------------------------------------------
 
     @classmethod
-    def _runtime(cls, name: str | None) -> PoolRuntime:
+    def _name(cls, call: str) -> str:
+        """The declared pool's name; a TypeError for the base class, which has none."""
+        name = cls._declared.get("name")
         if name is None:
-            name = cls._declared.get("name")
-            if name is None:
-                raise TypeError(
-                    f"{cls.__name__}: expected a pool name (Pool.get_channel('name')), got none"
-                )
+            raise TypeError(f"{cls.__name__}: expected a pool name (Pool.{call}('name')), got none")
+        return str(name)
+
+    @classmethod
+    def _runtime(cls, name: str | None, call: str) -> PoolRuntime:
+        if name is None:
+            name = cls._name(call)
         try:
             runtime = _lookup(name)
         except TypeError:  # unhashable
@@ -265,11 +257,11 @@ def _get_channel(name: str | None, pool: PoolRuntime | None) -> grpc.aio.Channel
         if pool is None:
             result = "PoolNotStartedError"
             raise not_started("pool", name)
-        if pool.mock is not None and pool.workers:
+        if pool.mock is not None and pool.table.connected_count():
             mocked = pool.mock()
             result = "ok"
             return mocked  # type: ignore[no-any-return]
-        channel = pool.next_ready()
+        channel = pool.handout.next_ready()
         if channel is None:
             result = "NotConnectedError"
             raise pool.not_connected()

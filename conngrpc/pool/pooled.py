@@ -14,26 +14,35 @@ large one), ties taking turns. A call counts from the moment it starts until grp
 it is done, whatever the ending: success, error, deadline, cancellation (``cancel()``,
 or a cancelled task that awaits it). The counts are in ``Pool.status(name).in_flight``.
 
-A stream dropped unfinished does not end: grpc.aio keeps the call object alive (so it
-is not collected, and not cancelled) and its stream open, and counted here, until its
-deadline or until its channel closes; even a stream the server has finished stays open
-while responses are left unread. Give streams a deadline (``timeout=``), or
-cancel the ones you stop reading (``call.cancel()``), as on any grpc.aio channel.
-
-With no channel connected, a call fails at once with ``grpc.aio.AioRpcError``
+Calls start when they are made, as grpc.aio's do, on the pool's event loop (a call
+made from another thread or event loop raises ``RuntimeError``). While the pool is
+starting (no channel has joined, none has failed yet), a call waits within its
+deadline for the first channel, as grpc queues calls while it connects. Once channels
+have failed and none is connected, a call fails at once with ``grpc.aio.AioRpcError``
 (UNAVAILABLE, the details naming the pool and why), as an unavailable server would;
 with ``wait_for_ready=True`` it waits, within its timeout, for a channel to join (and
 with ``max_calls_per_channel``, a call waits for room). A waiting call answers every
 method of a grpc.aio call: ``cancel()`` ends the wait, and awaiting it then raises
 ``asyncio.CancelledError``.
+
+One difference from grpc.aio, on purpose: a call with a response stream (unary-stream,
+stream-stream) is cancelled once nobody reads it any more. grpc.aio keeps a stream
+dropped unfinished open, and counted here, until its deadline or its channel's close;
+a pool's channel lives for hours, so streams left behind (an ``async for`` left by
+``break``, ``return`` or an exception) would hold their connection's streams, fill
+``max_calls_per_channel`` and skew the pick for ever. Here, an ``async for`` over the
+call that ends before the stream does cancels it, and so does dropping the call
+object before its end. To stop reading and go on later, keep the call and read it
+with ``read()``, which never cancels.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any
 
 import anyio
@@ -41,7 +50,9 @@ import grpc
 import grpc.aio
 
 from .._tasks import reraise_if_cancelled
-from .runtime import Kind, PoolRuntime, Slot, channels, pools, wait_registered
+from .admission import Admission
+from .handout import Slot
+from .runtime import Kind, PoolRuntime, channels, pools, wait_registered
 
 __all__ = ["PooledChannel"]
 
@@ -51,22 +62,45 @@ _CANCELLED = grpc.StatusCode.CANCELLED
 _UNKNOWN = grpc.StatusCode.UNKNOWN
 #: grpc.aio's own details for a call its application cancelled
 _LOCALLY_CANCELLED = "Locally cancelled by application!"
+#: grpc.aio's own words for writing to a call that is over
+_RPC_ALREADY_FINISHED = "RPC already finished."
+#: the kinds of call whose responses stream: wrapped, so that an abandoned one is cancelled
+_STREAMING = frozenset({"unary_stream", "stream_stream"})
+_running_loop = asyncio._get_running_loop
 
 
 class PooledChannel(grpc.aio.Channel):
     """A ``grpc.aio.Channel`` whose calls go through a pool, each to its least-loaded channel.
 
+    ``Pool.channel(name)`` (or ``DemoPool.channel()``) makes one; it is not made directly.
     It belongs to no connection: the pool owns its channels, and :meth:`close` only
     detaches this facade (later calls raise ``grpc.aio.UsageError``).
     """
 
-    def __init__(self, name: str, kind: Kind = "pool") -> None:
+    name: str
+    kind: Kind
+    closed: bool
+    _registry: Any
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise TypeError(
+            "PooledChannel: expected to be made by Pool.channel(name) (or DemoPool.channel() "
+            "for a declared pool), not called directly"
+        )
+
+    @classmethod
+    def _of(cls, kind: Kind, name: object) -> PooledChannel:
+        """The facade of the ``kind`` (pool or channel) named ``name``."""
         if not isinstance(name, str) or not name:
-            raise TypeError(f"PooledChannel: expected a pool name as a non-empty str, got {name!r}")
-        self.name = name
-        self.kind: Kind = kind
-        self._registry = pools if kind == "pool" else channels
-        self.closed = False
+            raise TypeError(
+                f"PooledChannel: expected a {kind} name as a non-empty str, got {name!r}"
+            )
+        facade = object.__new__(cls)
+        facade.name = name
+        facade.kind = kind
+        facade._registry = pools if kind == "pool" else channels
+        facade.closed = False
+        return facade
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else self.get_state().name
@@ -78,27 +112,36 @@ class PooledChannel(grpc.aio.Channel):
         """The running pool, or None; raises once the facade is closed."""
         if self.closed:
             raise grpc.aio.UsageError(f"the PooledChannel of {self.kind} {self.name!r} is closed")
-        return self._registry.get(self.name)
+        return self._registry.get(self.name)  # type: ignore[no-any-return]
 
-    def unavailable(self, runtime: PoolRuntime | None) -> _FailedCall:
+    def unavailable(self, runtime: PoolRuntime | None, deadline: float | None) -> _FailedCall:
+        """A call failed at once as UNAVAILABLE: no pool runs, or no channel serves."""
         if runtime is None:
             reason = f"no {self.kind} of that name is running"
         else:
             reason = runtime.not_connected().reason
         details = f"conngrpc {self.kind} {self.name!r}: {reason}"
-        return _FailedCall(grpc.aio.AioRpcError(_UNAVAILABLE, details=details))
+        return _FailedCall(grpc.aio.AioRpcError(_UNAVAILABLE, details=details), deadline)
 
-    async def ready_slot(self, deadline: float | None) -> Slot:
-        """Wait until the pool hands out a channel, until ``deadline`` (monotonic)."""
+    async def ready_slot(self, deadline: float | None, wait_for_ready: bool = True) -> Slot | None:
+        """Wait until the pool hands out a channel, until ``deadline`` (monotonic).
+
+        Without ``wait_for_ready``, the wait ends with None as soon as the pool's
+        channels have failed (it waits only while the pool is starting).
+
+        :raises TimeoutError: ``deadline`` passed first.
+        """
         with anyio.fail_after(None if deadline is None else max(0.0, deadline - time.monotonic())):
             while True:
                 runtime = self.runtime()
                 if runtime is None:
                     await wait_registered(self.kind)
                     continue
-                slot = runtime.pick()
+                slot = runtime.handout.pick()
                 if slot is not None:
                     return slot
+                if not wait_for_ready and runtime.table.settled:
+                    return None
                 await runtime.wait_changed()
 
     # --- grpc.aio.Channel ------------------------------------------------------------------
@@ -106,17 +149,19 @@ class PooledChannel(grpc.aio.Channel):
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         """READY while the pool hands out a channel; SHUTDOWN once closed.
 
-        Otherwise CONNECTING while its channels try for the first time, and
-        TRANSIENT_FAILURE once one has failed; IDLE while no pool of that name runs.
+        Otherwise CONNECTING while its channels try for the first time or reconnect,
+        and TRANSIENT_FAILURE while one's latest attempt failed; IDLE while no pool of
+        that name runs.
         """
         if self.closed:
             return grpc.ChannelConnectivity.SHUTDOWN
         runtime = self._registry.get(self.name)
         if runtime is None:
             return grpc.ChannelConnectivity.IDLE
-        if runtime.workers:
+        table = runtime.table
+        if table.connected_count():
             return _READY
-        if any(record.last_failure for record in runtime.records):
+        if any(record.last_failure for record in table.records):
             return grpc.ChannelConnectivity.TRANSIENT_FAILURE
         return grpc.ChannelConnectivity.CONNECTING
 
@@ -150,7 +195,12 @@ class PooledChannel(grpc.aio.Channel):
         _registered_method: bool | None = False,
     ) -> Any:
         return _Multicallable(
-            self, "unary_unary", method, request_serializer, response_deserializer
+            self,
+            "unary_unary",
+            method,
+            request_serializer,
+            response_deserializer,
+            _registered_method,
         )
 
     def unary_stream(
@@ -161,7 +211,12 @@ class PooledChannel(grpc.aio.Channel):
         _registered_method: bool | None = False,
     ) -> Any:
         return _Multicallable(
-            self, "unary_stream", method, request_serializer, response_deserializer
+            self,
+            "unary_stream",
+            method,
+            request_serializer,
+            response_deserializer,
+            _registered_method,
         )
 
     def stream_unary(
@@ -172,7 +227,12 @@ class PooledChannel(grpc.aio.Channel):
         _registered_method: bool | None = False,
     ) -> Any:
         return _Multicallable(
-            self, "stream_unary", method, request_serializer, response_deserializer
+            self,
+            "stream_unary",
+            method,
+            request_serializer,
+            response_deserializer,
+            _registered_method,
         )
 
     def stream_stream(
@@ -183,14 +243,19 @@ class PooledChannel(grpc.aio.Channel):
         _registered_method: bool | None = False,
     ) -> Any:
         return _Multicallable(
-            self, "stream_stream", method, request_serializer, response_deserializer
+            self,
+            "stream_stream",
+            method,
+            request_serializer,
+            response_deserializer,
+            _registered_method,
         )
 
 
 class _Multicallable:
     """One method of the facade: each call goes to the slot the pool picks now."""
 
-    __slots__ = ("_deserializer", "_facade", "_kind", "_method", "_serializer")
+    __slots__ = ("_facade", "_key", "_kind", "_make", "_method", "_streaming")
 
     def __init__(
         self,
@@ -199,81 +264,118 @@ class _Multicallable:
         method: str,
         serializer: Callable[[Any], bytes] | None,
         deserializer: Callable[[bytes], Any] | None,
+        registered: bool | None,
     ) -> None:
         self._facade = facade
         self._kind = kind
         self._method = method
-        self._serializer = serializer
-        self._deserializer = deserializer
+        self._streaming = kind in _STREAMING
+        self._make: dict[str, Any] = {
+            "request_serializer": serializer,
+            "response_deserializer": deserializer,
+            "_registered_method": registered,
+        }
+        # A channel's own multicallables are kept per what makes one, not per facade
+        # multicallable: a stub built per request must not add an entry per request.
+        key: tuple[object, ...] | None = (kind, method, serializer, deserializer, registered)
+        try:
+            hash(key)
+        except TypeError:  # a serializer that cannot be a key: made anew at each call
+            key = None
+        self._key = key
 
     def __repr__(self) -> str:
         return f"<pooled {self._kind} {self._method} via {self._facade!r}>"
 
     def _real(self, slot: Slot) -> Any:
         """The slot's channel's own multicallable for this method, made once per channel."""
-        real = slot.callables.get(self)
+        key = self._key
+        real = slot.callables.get(key) if key is not None else None
         if real is None:
-            make = getattr(slot.channel, self._kind)
-            real = slot.callables[self] = make(
-                self._method,
-                request_serializer=self._serializer,
-                response_deserializer=self._deserializer,
-            )
+            real = getattr(slot.channel, self._kind)(self._method, **self._make)
+            if key is not None:
+                slot.callables[key] = real
         return real
 
     def __call__(self, *request: Any, **options: Any) -> Any:
         """Start the call on the pool's least-loaded channel, with grpc's own arguments:
         the request (a request iterator, or none, for a client stream), ``timeout``,
-        ``metadata``, ``credentials``, ``wait_for_ready``, ``compression``."""
+        ``metadata``, ``credentials``, ``wait_for_ready``, ``compression``.
+
+        :raises RuntimeError: it was called outside the pool's event loop.
+        """
         facade = self._facade
         runtime = facade.runtime()
-        if runtime is not None and runtime.mock is not None and runtime.workers:
-            make = getattr(runtime.mock(), self._kind)  # the test's stand-in answers
-            return make(
-                self._method,
-                request_serializer=self._serializer,
-                response_deserializer=self._deserializer,
-            )(*request, **options)
-        slot = runtime.pick() if runtime is not None else None
-        if slot is None:
+        here = _running_loop()
+        if runtime is None:
+            if here is None:
+                raise RuntimeError(
+                    f"conngrpc {facade.kind} {facade.name!r}: a call of {self._method} must be "
+                    "made on the event loop that runs the pool, but it was made outside any "
+                    "event loop"
+                )
             if options.get("wait_for_ready"):
                 return _DeferredCall(self._start_when_ready, request, options)
-            return facade.unavailable(runtime)
-        assert runtime is not None
-        if not runtime.has_room(slot):  # every channel is at max_calls_per_channel
+            return facade.unavailable(None, _deadline(options))
+        if here is not runtime.loop:
+            raise runtime.wrong_loop(f"a call of {self._method}", here)
+        if runtime.mock is not None and runtime.table.connected_count():
+            make = getattr(runtime.mock(), self._kind)  # the test's stand-in answers
+            return make(self._method, **self._make)(*request, **options)
+        slot = runtime.handout.pick()
+        if slot is None:
+            if options.get("wait_for_ready") or not runtime.table.settled:
+                return _DeferredCall(self._start_when_ready, request, options)
+            return facade.unavailable(runtime, _deadline(options))
+        admission = runtime.admission
+        if not admission.has_room(slot):  # every channel is at max_calls_per_channel
             return _DeferredCall(
-                functools.partial(self._start_when_room, runtime), request, options
+                functools.partial(self._start_when_room, admission), request, options
             )
-        return runtime.track(slot, self._real(slot)(*request, **options))
+        return self._start(admission, slot, request, options)
+
+    def _start(
+        self, admission: Admission, slot: Slot, request: tuple[Any, ...], options: dict[str, Any]
+    ) -> Any:
+        """Start the call on ``slot``, counted against it; a stream is wrapped."""
+        call = admission.track(slot, self._real(slot)(*request, **options))
+        return _StreamCall(call) if self._streaming else call
 
     def _start_on(
-        self, request: tuple[Any, ...], options: dict[str, Any], deadline: float | None, slot: Slot
+        self,
+        admission: Admission,
+        request: tuple[Any, ...],
+        options: dict[str, Any],
+        deadline: float | None,
+        slot: Slot,
     ) -> Any:
-        """Start the call on ``slot``, counted against it, with what is left of ``deadline``."""
-        return slot.runtime.track(slot, self._real(slot)(*request, **_within(options, deadline)))
+        """Start the call on ``slot`` with what is left of ``deadline``."""
+        return self._start(admission, slot, request, _within(options, deadline))
 
     async def _start_when_room(
         self,
-        runtime: PoolRuntime,
+        admission: Admission,
         request: tuple[Any, ...],
         options: dict[str, Any],
         deadline: float | None,
     ) -> Any:
         """Wait (until ``deadline``) for a channel under the cap; the pool starts the call
         on it the moment it has room."""
-        start = functools.partial(self._start_on, request, options, deadline)
+        start = functools.partial(self._start_on, admission, request, options, deadline)
+        facade = self._facade
         try:
-            call = await runtime.room(start, deadline)
+            call = await admission.room(start, deadline)
         except TimeoutError:
             details = (
-                f"conngrpc {self._facade.kind} {self._facade.name!r}: every channel had "
-                f"max_calls_per_channel={runtime.call_cap} calls in flight until the deadline"
+                f"conngrpc {facade.kind} {facade.name!r}: every channel had "
+                f"max_calls_per_channel={admission.cap} calls in flight until the deadline"
             )
             raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, details=details) from None
         if call is None:
+            runtime = facade.runtime()
+            why = "it stopped" if runtime is None else f"it stopped: {runtime.stopped}"
             details = (
-                f"conngrpc {self._facade.kind} {self._facade.name!r}: it stopped while the call "
-                f"waited for room ({runtime.stopped})"
+                f"conngrpc {facade.kind} {facade.name!r}: {why} while the call waited for room"
             )
             raise grpc.aio.AioRpcError(_UNAVAILABLE, details=details)
         return call
@@ -281,16 +383,32 @@ class _Multicallable:
     async def _start_when_ready(
         self, request: tuple[Any, ...], options: dict[str, Any], deadline: float | None
     ) -> Any:
-        """Wait (until ``deadline``) for a channel to join, then start the call on it."""
+        """Wait (until ``deadline``) for a channel to join, then start the call on it.
+
+        Without ``wait_for_ready``, only while the pool starts: once its channels have
+        failed, the call fails as UNAVAILABLE.
+        """
+        facade = self._facade
+        wait_for_ready = bool(options.get("wait_for_ready"))
         try:
-            slot = await self._facade.ready_slot(deadline)
+            slot = await facade.ready_slot(deadline, wait_for_ready)
         except TimeoutError:
-            details = f"conngrpc {self._facade.kind} {self._facade.name!r}: no channel joined"
+            details = f"conngrpc {facade.kind} {facade.name!r}: no channel joined"
             raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, details=details) from None
-        runtime = slot.runtime
-        if not runtime.has_room(slot):  # a channel joined, but every one is at the cap
-            return await self._start_when_room(runtime, request, options, deadline)
-        return self._start_on(request, options, deadline, slot)
+        runtime = facade.runtime()
+        if slot is None:
+            raise facade.unavailable(runtime, deadline).error
+        assert runtime is not None
+        admission = runtime.admission
+        if not admission.has_room(slot):  # a channel joined, but every one is at the cap
+            return await self._start_when_room(admission, request, options, deadline)
+        return self._start_on(admission, request, options, deadline, slot)
+
+
+def _deadline(options: dict[str, Any]) -> float | None:
+    """When a call made now with ``options`` is due (monotonic), or None."""
+    timeout = options.get("timeout")
+    return None if timeout is None else time.monotonic() + timeout
 
 
 def _within(options: dict[str, Any], deadline: float | None) -> dict[str, Any]:
@@ -300,77 +418,157 @@ def _within(options: dict[str, Any], deadline: float | None) -> dict[str, Any]:
     return {**options, "timeout": max(0.0, deadline - time.monotonic())}
 
 
+class _StreamCall:
+    """A grpc.aio call with a response stream, cancelled once nobody reads it any more.
+
+    Each ``async for`` reads through a generator of its own; one left before the stream's
+    end (``break``, ``return``, an exception), and so closed, cancels the call. So does
+    this object, dropped while the call runs. Every other method is the call's own.
+    """
+
+    __slots__ = ("_call", "_loop")
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._loop = asyncio.get_running_loop()
+
+    def __repr__(self) -> str:
+        return f"<pooled stream {self._call!r}>"
+
+    def __del__(self) -> None:
+        call = self._call
+        if not call.done():
+            with contextlib.suppress(RuntimeError):  # its loop is closed: so is the call
+                self._loop.call_soon_threadsafe(call.cancel)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._responses()
+
+    async def _responses(self) -> AsyncIterator[Any]:
+        call = self._call
+        ended = False
+        try:
+            while True:
+                message = await call.read()
+                if message is grpc.aio.EOF:
+                    ended = True
+                    return
+                yield message
+        finally:
+            if not ended and not call.done():
+                call.cancel()  # left before the end: nobody reads it any more
+
+    async def read(self) -> Any:
+        return await self._call.read()
+
+    async def write(self, request: Any) -> None:
+        await self._call.write(request)
+
+    async def done_writing(self) -> None:
+        await self._call.done_writing()
+
+    async def wait_for_connection(self) -> None:
+        await self._call.wait_for_connection()
+
+    async def code(self) -> grpc.StatusCode:
+        return await self._call.code()  # type: ignore[no-any-return]
+
+    async def details(self) -> str:
+        return await self._call.details()  # type: ignore[no-any-return]
+
+    async def initial_metadata(self) -> Any:
+        return await self._call.initial_metadata()
+
+    async def trailing_metadata(self) -> Any:
+        return await self._call.trailing_metadata()
+
+    def cancel(self) -> bool:
+        return bool(self._call.cancel())
+
+    def cancelled(self) -> bool:
+        return bool(self._call.cancelled())
+
+    def done(self) -> bool:
+        return bool(self._call.done())
+
+    def time_remaining(self) -> float | None:
+        return self._call.time_remaining()  # type: ignore[no-any-return]
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(call)`` once the call is done; this call is kept until then."""
+        self._call.add_done_callback(lambda _: callback(self))
+
+
 _Start = Callable[[tuple[Any, ...], dict[str, Any], "float | None"], Awaitable[Any]]
 
 
 class _DeferredCall:
-    """A call that waits for a channel (``wait_for_ready=True``) or for room under
-    ``max_calls_per_channel`` before it starts: a grpc.aio call in every method.
+    """A call that waits for a channel (while the pool starts, or ``wait_for_ready=True``)
+    or for room under ``max_calls_per_channel`` before it starts: a grpc.aio call in
+    every method.
 
-    The wait begins when the call is first used (awaited, iterated, read, written, or
-    asked for its status or metadata), in a task of its own, started once; every
-    method then answers from the real call, or from the wait's outcome: an
-    ``AioRpcError`` (DEADLINE_EXCEEDED) if the deadline, counted from the call's
-    creation, passed first. :meth:`cancel` ends the wait at once (awaiting or
-    iterating raises ``asyncio.CancelledError``, as a cancelled grpc.aio call does),
-    or cancels the real call once started: the pool starts a call waiting for room
-    the moment room frees, so a cancel that comes just then cancels a call already
-    sent. Cancelling a task that waits on it, in any method, cancels the call, as for
-    a grpc.aio call being awaited.
+    It begins to wait when it is made, in a task of its own (as grpc.aio makes one per
+    call), so a call nobody awaits still starts, ends, runs its done callbacks and
+    meets its deadline. Every method answers from the real call once it started, or from
+    the wait's outcome: an ``AioRpcError`` (DEADLINE_EXCEEDED) if the deadline, counted
+    from the call's creation, passed first. :meth:`cancel` ends the wait at once
+    (awaiting or iterating raises ``asyncio.CancelledError``, as a cancelled grpc.aio
+    call does), or cancels the real call once started: the pool starts a call waiting
+    for room the moment room frees, so a cancel that comes just then cancels a call
+    already sent. Cancelling a task that waits on it, in any method, cancels the call,
+    as for a grpc.aio call being awaited.
     """
 
-    __slots__ = ("_begin", "_call", "_callbacks", "_deadline", "_task")
+    __slots__ = ("_call", "_callbacks", "_deadline", "_task")
 
     def __init__(self, start: _Start, request: tuple[Any, ...], options: dict[str, Any]) -> None:
-        timeout = options.get("timeout")
-        self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._begin = functools.partial(start, request, options, self._deadline)
+        self._deadline = _deadline(options)
         #: the real call once started, or a stand-in for how the wait ended
         self._call: Any = None
-        self._task: asyncio.Task[Any] | None = None
         self._callbacks: list[Callable[[Any], None]] = []
+        # A task the caller does not own, as grpc.aio makes one per call: the wait must
+        # go on without anyone awaiting it, be cancellable from any task (cancel()) and
+        # be shared by all that use the call (a reader and a writer).
+        wait = self._wait(start, request, options)
+        self._task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(wait)
+        self._task.add_done_callback(self._ended)  # runs before any awaiter resumes
 
     def __repr__(self) -> str:
         if self._call is not None:
             return f"<pooled call {self._call!r}>"
-        return f"<pooled call {'not begun' if self._task is None else 'waiting'}>"
+        return "<pooled call waiting>"
 
     async def _started(self) -> Any:
         """The real call (or how the wait ended), once the wait is over."""
         if self._call is not None:
             return self._call
-        task = self._task
-        if task is None:
-            # A task, as grpc.aio makes one per call: the wait must be cancellable from
-            # any task (cancel()) and shared by all that use the call (a reader and a
-            # writer). It lives only while awaited: a cancelled awaiter cancels it.
-            task = self._task = asyncio.get_running_loop().create_task(self._wait())
-            task.add_done_callback(self._ended)  # runs before any awaiter resumes
         try:
-            return await task
+            return await asyncio.shield(self._task)
         except asyncio.CancelledError:
             self.cancel()  # the awaiter was cancelled, so is the call (as grpc.aio's)
             await reraise_if_cancelled()  # a cancel scope's, raised anew for it to catch
             raise
 
-    async def _wait(self) -> Any:
+    async def _wait(self, start: _Start, request: tuple[Any, ...], options: dict[str, Any]) -> Any:
         try:
-            call = await self._begin()
+            call = await start(request, options, self._deadline)
         except grpc.aio.AioRpcError as error:
-            call = _FailedCall(error)
+            call = _FailedCall(error, self._deadline)
         self._settle(call)
         return call
 
     def _ended(self, task: asyncio.Task[Any]) -> None:
         """The wait's task is over: record a cancellation or a crash (retrieving it)."""
         if self._call is not None:
+            if not task.cancelled():
+                task.exception()  # retrieved: a crash after the settle is not news
             return
         if task.cancelled():
-            self._settle(_CancelledCall())
+            self._settle(_CancelledCall(self._deadline))
         else:
             error = task.exception()  # a success settled already, in _wait
             assert error is not None
-            self._settle(_FailedCall(error))
+            self._settle(_FailedCall(error, self._deadline))
 
     def _settle(self, call: Any) -> None:
         self._call = call
@@ -389,11 +587,13 @@ class _DeferredCall:
     async def _response(self) -> Any:
         return await (await self._started())
 
-    def __aiter__(self) -> _DeferredCall:
-        return self
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._responses()
 
-    async def __anext__(self) -> Any:
-        return await (await self._started()).__aiter__().__anext__()
+    async def _responses(self) -> AsyncIterator[Any]:
+        call = await self._started()
+        async for message in call:
+            yield message
 
     async def read(self) -> Any:
         return await (await self._started()).read()
@@ -422,13 +622,12 @@ class _DeferredCall:
     def cancel(self) -> bool:
         """Cancel the call: its wait, or the real call once started; False once done."""
         task = self._task
-        if self._call is None and task is not None and task.done():
+        if self._call is None and task.done():
             self._ended(task)  # over, but its done callback has not run yet
         if self._call is not None:
             return bool(self._call.cancel())
-        self._settle(_CancelledCall())
-        if task is not None:
-            task.cancel()
+        self._settle(_CancelledCall(self._deadline))
+        task.cancel()
         return True
 
     def cancelled(self) -> bool:
@@ -439,7 +638,7 @@ class _DeferredCall:
 
     def time_remaining(self) -> float | None:
         call = self._call
-        if call is not None and not isinstance(call, _FailedCall):
+        if call is not None:
             return call.time_remaining()  # type: ignore[no-any-return]
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
@@ -452,40 +651,49 @@ class _DeferredCall:
 
 
 class _FailedCall:
-    """A call that failed before it began: no channel to send it on, or none in time."""
+    """A call that failed before it began: no channel to send it on, or none in time.
 
-    __slots__ = ("_error",)
+    It answers as a grpc.aio call that is over does: awaiting, reading or waiting for
+    its connection raises the error; writing raises ``asyncio.InvalidStateError``;
+    ``done_writing()`` returns; ``time_remaining()`` is what is left of its deadline.
+    """
 
-    def __init__(self, error: BaseException) -> None:
-        self._error = error
+    __slots__ = ("_deadline", "error")
+
+    def __init__(self, error: BaseException, deadline: float | None) -> None:
+        self.error = error
+        self._deadline = deadline
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._raise().__await__()
 
     async def _raise(self) -> Any:
-        raise self._error
+        raise self.error
 
     def __aiter__(self) -> _FailedCall:
         return self
 
     async def __anext__(self) -> Any:
-        raise self._error
+        return await self._raise()
 
     async def read(self) -> Any:
-        raise self._error
+        return await self._raise()
+
+    async def wait_for_connection(self) -> None:
+        await self._raise()
 
     async def write(self, request: Any) -> None:
-        raise self._error
+        raise asyncio.InvalidStateError(_RPC_ALREADY_FINISHED)
 
     async def done_writing(self) -> None:
-        raise self._error
+        pass  # as grpc.aio's, for a call that is done
 
     async def code(self) -> grpc.StatusCode:
-        error = self._error
+        error = self.error
         return error.code() if isinstance(error, grpc.aio.AioRpcError) else _UNKNOWN
 
     async def details(self) -> str | None:
-        error = self._error
+        error = self.error
         if isinstance(error, grpc.aio.AioRpcError):
             return error.details()
         return f"{type(error).__name__}: {error}"
@@ -495,9 +703,6 @@ class _FailedCall:
 
     async def trailing_metadata(self) -> grpc.aio.Metadata:
         return grpc.aio.Metadata()
-
-    async def wait_for_connection(self) -> None:
-        raise self._error
 
     def cancel(self) -> bool:
         return False
@@ -509,7 +714,8 @@ class _FailedCall:
         return True
 
     def time_remaining(self) -> float | None:
-        return None
+        deadline = self._deadline
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         callback(self)
@@ -520,26 +726,11 @@ class _CancelledCall(_FailedCall):
 
     __slots__ = ()
 
-    def __init__(self) -> None:
-        super().__init__(grpc.aio.AioRpcError(_CANCELLED, details=_LOCALLY_CANCELLED))
+    def __init__(self, deadline: float | None) -> None:
+        super().__init__(grpc.aio.AioRpcError(_CANCELLED, details=_LOCALLY_CANCELLED), deadline)
 
     async def _raise(self) -> Any:
         raise asyncio.CancelledError
-
-    async def __anext__(self) -> Any:
-        raise asyncio.CancelledError
-
-    async def read(self) -> Any:
-        raise asyncio.CancelledError
-
-    async def wait_for_connection(self) -> None:
-        raise asyncio.CancelledError
-
-    async def write(self, request: Any) -> None:
-        raise asyncio.InvalidStateError("RPC already finished.")
-
-    async def done_writing(self) -> None:
-        pass  # as grpc.aio's, for a call that is done
 
     def cancelled(self) -> bool:
         return True

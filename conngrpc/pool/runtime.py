@@ -1,4 +1,4 @@
-"""A running pool: its workers, its hand-out state, and the supervisor that runs them.
+"""A running pool: its table, hand-out and admission, and the supervisor that runs it.
 
 A pool belongs to the asyncio event loop that started it (grpc.aio channels are bound
 to one loop); calls that can check that at no cost to the hand-out do.
@@ -7,37 +7,34 @@ to one loop); calls that can check that at no cost to the hand-out do.
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
-import itertools
-import random
 import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
-import grpc
-import grpc.aio
 from anyio.abc import TaskStatus
 
 from .. import telemetry
 from .._checks import check_count, check_seconds
 from .._tasks import task_group
-from ..channel.worker import ChannelWorker, run_worker
+from ..channel.changes import Change, Dial, Reply
+from ..channel.worker import run_worker
 from ..errors import NotConnectedError, PoolNotStartedError
 from ..supervisor import ChildSpec, Registry, Supervisor
-from .fleet import Fleet
+from .admission import Admission
+from .fleet import backend_backoff, follow_resolver
+from .handout import HandOut
 from .resolver import default_resolver
 from .settings import ResolvedSettings
+from .table import ChannelWorker, PoolTable, Resolved, Tick, backends_served
 
 __all__ = [
-    "EXACT_PICK_UP_TO",
     "STATUS",
+    "Kind",
     "PoolRuntime",
     "PoolStatus",
-    "Slot",
     "channels",
     "not_started",
     "pools",
@@ -47,12 +44,6 @@ __all__ = [
 ]
 
 STATUS = ("conngrpc", "pool", "status")
-
-_READY = grpc.ChannelConnectivity.READY
-
-#: Up to this many channels, the least-loaded pick scans them all; above, it compares
-#: two picked at random (the power of two choices), which costs the same at any size.
-EXACT_PICK_UP_TO = 8
 
 Kind = Literal["pool", "channel"]
 
@@ -79,338 +70,140 @@ class PoolStatus:
     in_flight_by_channel: Mapping[int, int] = field(default_factory=dict)
 
 
-class Slot:
-    """A handed-out channel and the calls in flight on it (through the PooledChannel).
-
-    A call counts against the slot it started on until grpc says it is done. A slot
-    lives while its channel is handed out and, once it has left, while calls started
-    on it still run: a channel that rejoins (NOT_SERVING, then SERVING again) finds its
-    count where it was, and the pick sees its calls.
-    """
-
-    __slots__ = ("callables", "channel", "in_flight", "runtime", "worker")
-
-    def __init__(self, worker: ChannelWorker, channel: grpc.aio.Channel, runtime: PoolRuntime):
-        self.worker = worker
-        self.channel = channel
-        self.runtime = runtime
-        self.in_flight = 0
-        #: the channel's own multicallables, one per method of the facade
-        self.callables: dict[object, Any] = {}
-
-    def __repr__(self) -> str:
-        return f"<Slot {self.worker.name} in_flight={self.in_flight}>"
-
-    def done(self, _: object = None) -> None:
-        """A call on this slot ended (grpc's done callback)."""
-        self.in_flight -= 1
-        runtime = self.runtime
-        runtime.in_flight -= 1
-        if runtime.waiting:
-            runtime.dispatch()
-
-
-def _least_loaded(slots: tuple[Slot, ...], start: int) -> Slot:
-    """The slot with the fewest calls in flight, scanning from ``start`` (ties take turns)."""
-    best = slots[start]
-    for slot in slots[start + 1 :] + slots[:start]:
-        if slot.in_flight < best.in_flight:
-            best = slot
-    return best
-
-
-class _Waiter:
-    """A call waiting for room under ``max_calls_per_channel``.
-
-    :meth:`PoolRuntime.dispatch` starts it, with ``start(slot)``, on the first slot that
-    frees and resolves ``future`` with the call (or with what ``start`` raised); the
-    pool's stop resolves it with None.
-    """
-
-    __slots__ = ("future", "start")
-
-    def __init__(self, future: asyncio.Future[Any], start: Callable[[Slot], Any]) -> None:
-        self.future = future
-        self.start = start
-
-
 class PoolRuntime:
-    """A running pool's state: every worker's record, and the connected ones in order.
+    """A running pool: its table, its hand-out and its admission, and who waits on them.
 
-    ``workers``, ``channels`` (the connected ones) and their ``slots`` are tuples
-    replaced, never changed in place, whenever a worker joins or leaves, so the hand-out
-    reads a consistent snapshot without a lock (``resting`` too is replaced whole).
-    ``records`` holds every worker, connected or not, for status and for error messages
-    that say why a pool is not connected.
+    The workers report to it (:meth:`report`, :meth:`next_order`: the
+    :class:`~conngrpc.channel.changes.Owner` protocol); it hands each change to the
+    table and runs what follows outside it: orders for workers, calls that may start,
+    waiters to wake.
     """
 
     __slots__ = (
         "_changed",
-        "call_cap",
-        "channels",
-        "counter",
-        "dispatching",
+        "_orders",
+        "admission",
         "expected_size",
-        "fleet",
-        "in_flight",
+        "handout",
         "kind",
         "loop",
         "mock",
         "name",
-        "records",
-        "resting",
-        "slots",
         "stopped",
+        "table",
         "thread",
-        "unimplemented_health_seen",
-        "waiting",
-        "workers",
     )
 
     def __init__(self, kind: Kind, settings: ResolvedSettings) -> None:
         name, config = settings.name, settings.channel
         self.kind = kind
         self.name = name
-        self.expected_size = expected_size = settings.pool_size
+        self.expected_size = settings.pool_size
         self.mock = config.mock
-        resolver = settings.resolver or default_resolver(config)
-        self.fleet = Fleet(name, config, resolver)
-        self.unimplemented_health_seen = False
-        self.records = tuple(ChannelWorker(name, index) for index in range(expected_size))
-        self.workers: tuple[ChannelWorker, ...] = ()
-        self.channels: tuple[grpc.aio.Channel, ...] = ()
-        self.slots: tuple[Slot, ...] = ()
-        #: slots whose channel left the hand-out with calls still running on it, kept
-        #: until those end (dropped at a later change) or the channel rejoins
-        self.resting: dict[grpc.aio.Channel, Slot] = {}
-        self.in_flight = 0
-        #: settings.max_calls_per_channel: calls beyond it wait here, first come first served
-        self.call_cap = settings.max_calls_per_channel
-        self.waiting: collections.deque[_Waiter] = collections.deque()
-        self.dispatching = False  # dispatch() runs: a call that ends meanwhile leaves it be
-        self.counter = itertools.count()
-        self.stopped: str | None = None  # why the pool stopped, once it has
         self.loop = asyncio.get_running_loop()
         self.thread = threading.current_thread()
+        self.handout = HandOut()
+        self.admission = Admission(self.handout, settings.max_calls_per_channel, self.loop)
+        self.table = PoolTable(
+            name,
+            settings.pool_size,
+            config,
+            self.handout,
+            self.admission.ended,
+            backend_backoff(config),
+        )
+        self.stopped: str | None = None  # why the pool stopped, once it has
         self._changed = anyio.Event()
+        self._orders: dict[int, anyio.Event] = {}  # a worker waiting for an order
 
     def __repr__(self) -> str:
-        kind = self.kind.capitalize()
-        return f"<{kind} {self.name!r} connected={len(self.workers)} expected={self.expected_size}>"
+        return (
+            f"<{self.kind.capitalize()} {self.name!r} connected={self.table.connected_count()} "
+            f"expected={self.expected_size} in_flight={self.admission.in_flight} "
+            f"waiting={len(self.admission.waiting)}"
+            + (f" stopped={self.stopped!r}>" if self.stopped is not None else ">")
+        )
 
-    # --- what the workers report (Membership) -------------------------------------
+    # --- what the workers (and the resolver loop) report: the Owner protocol --------------
 
-    def joined(self, worker: ChannelWorker) -> None:
-        # Published again even when it is in already: a swap changed its channel.
-        others = [w for w in self.workers if w is not worker]
-        self._publish(sorted((*others, worker), key=lambda w: w.index))
-
-    def left(self, worker: ChannelWorker) -> None:
-        if worker in self.workers:
-            self._publish([w for w in self.workers if w is not worker])
-
-    def changed(self, worker: ChannelWorker) -> None:
-        if self.resting:
-            self.resting = {c: slot for c, slot in self.resting.items() if slot.in_flight}
+    def report(self, index: int | None, change: Change | Resolved | Tick) -> Reply:
+        """Apply ``change`` to the table, then run its follow-ups; the reporter's reply."""
+        follow = self.table.apply(index, change)
+        for ordered in follow.orders:
+            event = self._orders.pop(ordered, None)
+            if event is not None:
+                event.set()
+        if follow.room and self.admission.waiting:
+            self.admission.dispatch()  # a channel joined: it has room
         self._wake()
+        return follow.reply
 
-    def first_unimplemented_health(self) -> bool:
-        first = not self.unimplemented_health_seen
-        self.unimplemented_health_seen = True
-        return first
-
-    def _publish(self, workers: list[ChannelWorker]) -> None:
-        self.workers = tuple(workers)
-        # A mocked pool hands out mock() the long way: its fast path finds no channel.
-        if self.mock is None:
-            self.channels = tuple(w.channel for w in workers)  # type: ignore[misc]
-            # One slot per channel for as long as calls run on it, out of the hand-out
-            # or in: a channel that rejoins takes its slot, and its count, back.
-            known = {**self.resting, **{slot.channel: slot for slot in self.slots}}
-            self.slots = tuple(
-                known.pop(c) if c in known else Slot(w, c, self)
-                for w, c in zip(workers, self.channels, strict=True)
-            )
-            self.resting = {c: slot for c, slot in known.items() if slot.in_flight}
-            if self.waiting:
-                self.dispatch()  # a channel that joined has room
-        self._wake()
+    async def next_order(self, index: int) -> Dial:
+        """Wait until the table has an order for worker ``index``; return it."""
+        while (order := self.table.order(index)) is None:
+            event = self._orders.get(index)
+            if event is None:
+                event = self._orders[index] = anyio.Event()
+            await event.wait()  # its own event: a change wakes only the worker it concerns
+        return order
 
     def stop(self, reason: str) -> None:
-        """The pool is gone (the first reason given stays): wake everyone who waits."""
+        """The pool is gone (the first reason given stays): wake everyone who waits, and
+        let go of every channel."""
         if self.stopped is None:
             self.stopped = reason
-        while self.waiting:  # calls waiting for room: there will be none (room() says so)
-            future = self.waiting.popleft().future
-            if not future.done():
-                future.set_result(None)
+        self.admission.stop()
+        self.table.stop()
         self._wake()
-
-    def next_ready(self) -> grpc.aio.Channel | None:
-        """The next handed-out channel that is READY, round-robin; None when none is.
-
-        A channel found not READY is skipped, not taken out: its connection broke and
-        grpc knows it, but the worker's notice of it waits its turn on the event loop
-        (tens of milliseconds under load), and calls on it would fail meanwhile. The
-        worker alone takes a channel out of the hand-out: after a GOAWAY grpc may reopen
-        the same channel before the worker looks, and the channel, READY again, must be
-        handed out again.
-        """
-        channels = self.channels
-        size = len(channels)
-        for _ in range(size):
-            channel = channels[next(self.counter) % size]
-            if channel.get_state() is _READY:
-                return channel
-        return None
-
-    def pick(self) -> Slot | None:
-        """The handed-out channel with the fewest calls in flight that is READY, or None.
-
-        Up to EXACT_PICK_UP_TO channels, a scan from a turning start (ties take turns);
-        above, the less loaded of two picked at random. Should the choice not be READY,
-        the least loaded of those that are (skipped, as in :meth:`next_ready`).
-        """
-        slots = self.slots
-        size = len(slots)
-        if size == 1:
-            best = slots[0]
-        elif size == 0:
-            return None
-        elif size <= EXACT_PICK_UP_TO:
-            best = _least_loaded(slots, next(self.counter) % size)
-        else:
-            first, second = slots[int(_random() * size)], slots[int(_random() * size)]
-            best = first if first.in_flight <= second.in_flight else second
-        if best.channel.get_state() is _READY:
-            return best
-        ready = tuple(slot for slot in slots if slot.channel.get_state() is _READY)
-        return _least_loaded(ready, next(self.counter) % len(ready)) if ready else None
-
-    def has_room(self, slot: Slot) -> bool:
-        """Whether a new call may start on ``slot`` now (the least loaded) without waiting.
-
-        Always, without ``max_calls_per_channel``; else while the slot is under it and
-        no earlier call waits.
-        """
-        cap = self.call_cap
-        return cap is None or (slot.in_flight < cap and not self.waiting)
-
-    async def room(self, start: Callable[[Slot], Any], deadline: float | None) -> Any:
-        """Wait, first come first served, until a channel is under ``max_calls_per_channel``;
-        then ``start(slot)`` the call on it, at once, and return the call; None if the
-        pool stopped.
-
-        ``start`` runs inside :meth:`dispatch`, as the slot frees: the call goes out
-        without waiting for this task's turn on the event loop, and it must count the
-        call against the slot (:meth:`track`). What it raises, this raises.
-
-        :raises TimeoutError: ``deadline`` (monotonic) passed first.
-        """
-        if self.stopped is not None:
-            return None
-        future: asyncio.Future[Any] = self.loop.create_future()
-        waiter = _Waiter(future, start)
-        self.waiting.append(waiter)
-        self.dispatch()
-        if future.done():
-            return future.result()
-        timer = None
-        if deadline is not None:
-            timer = self.loop.call_later(max(0.0, deadline - _now()), self._expire, waiter)
-        try:
-            return await future
-        except BaseException:
-            if waiter in self.waiting:
-                self.waiting.remove(waiter)
-            elif future.done() and not future.cancelled() and future.exception() is None:
-                call = future.result()  # started just as the wait was cancelled: cancel it
-                if call is not None:
-                    call.cancel()
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-
-    def _expire(self, waiter: _Waiter) -> None:
-        """A waiter's deadline passed before any slot had room."""
-        if waiter in self.waiting:
-            self.waiting.remove(waiter)
-        if not waiter.future.done():
-            waiter.future.set_exception(TimeoutError())
-
-    def dispatch(self) -> None:
-        """Start the calls that wait on the channels with room, oldest first.
-
-        A call that ends while it runs (a start may end at once) leaves the loop to
-        see the room it made: dispatch never runs inside itself.
-        """
-        if self.dispatching:
-            return
-        self.dispatching = True
-        try:
-            cap = self.call_cap
-            while self.waiting:
-                slot = self.pick()
-                if slot is None or (cap is not None and slot.in_flight >= cap):
-                    return
-                waiter = self.waiting.popleft()
-                if waiter.future.done():  # cancelled, its task not yet told: nothing to start
-                    continue
-                try:
-                    call = waiter.start(slot)
-                except Exception as error:  # the call could not start: its caller hears it
-                    waiter.future.set_exception(error)
-                else:
-                    waiter.future.set_result(call)
-        finally:
-            self.dispatching = False
-
-    def track(self, slot: Slot, call: Any) -> Any:
-        """Count ``call`` against ``slot`` until grpc says it is done; return it."""
-        slot.in_flight += 1
-        self.in_flight += 1
-        try:
-            call.add_done_callback(slot.done)
-        except NotImplementedError:  # an interceptor answered without a call: it is done
-            slot.done()
-        return call
 
     def _wake(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
 
+    async def wait_changed(self) -> None:
+        """Wait until the table changes next."""
+        await self._changed.wait()
+
     # --- what callers ask ---------------------------------------------------------
 
     def status(self) -> PoolStatus:
-        workers = self.workers
-        backends = self.fleet.backends(list(workers))
-        by_channel = {slot.worker.index: slot.in_flight for slot in self.slots}
-        for slot in self.resting.values():
-            if slot.in_flight:
-                index = slot.worker.index
-                by_channel[index] = by_channel.get(index, 0) + slot.in_flight
+        table = self.table
+        by_channel = {slot.index: slot.in_flight for slot in self.handout.slots}
+        for slot in table.slots():
+            if slot.in_flight and slot not in self.handout.slots:
+                by_channel[slot.index] = by_channel.get(slot.index, 0) + slot.in_flight
         return PoolStatus(
-            self.name, self.expected_size, len(workers), backends, self.in_flight, by_channel
+            self.name,
+            self.expected_size,
+            table.connected_count(),
+            backends_served(table),
+            self.admission.in_flight,
+            by_channel,
         )
+
+    def workers(self) -> list[ChannelWorker]:
+        """Snapshots of the connected workers, in index order."""
+        return [self.table.snapshot(index) for index in self.table.connected()]
 
     def check_loop(self, call: str) -> None:
         """Raise unless the caller runs on the pool's own event loop.
 
         :raises RuntimeError: it runs in another thread or on another event loop.
         """
-        try:
-            here = asyncio.get_running_loop()
-        except RuntimeError:
-            here = None
+        here = asyncio._get_running_loop()
         if here is not self.loop:
-            raise RuntimeError(
-                f"{self.kind} {self.name!r}: {call} must run on the event loop that runs the "
-                f"{self.kind} (thread {self.thread.name!r}), but it was called from thread "
-                f"{threading.current_thread().name!r}"
-                + (" on another event loop" if here is not None else " outside any event loop")
-                + "; grpc.aio channels belong to one event loop"
-            )
+            raise self.wrong_loop(call, here)
+
+    def wrong_loop(self, call: str, here: asyncio.AbstractEventLoop | None) -> RuntimeError:
+        """The error for ``call`` made outside the pool's event loop (``here`` instead)."""
+        return RuntimeError(
+            f"{self.kind} {self.name!r}: {call} must run on the event loop that runs the "
+            f"{self.kind} (in thread {self.thread.name!r}), but it was called from thread "
+            f"{threading.current_thread().name!r}"
+            + (" on another event loop" if here is not None else " outside any event loop")
+            + "; grpc.aio channels belong to one event loop: call from a coroutine on that "
+            "loop, or hand the work to it with asyncio.run_coroutine_threadsafe(coro, loop)"
+        )
 
     def not_connected(self) -> NotConnectedError:
         """The error of a hand-out that finds no channel connected, saying why."""
@@ -423,20 +216,19 @@ class PoolRuntime:
     def why_not_connected(self) -> str:
         """``; <what the workers that are not connected are doing, and why>``, or ''."""
         waiting: dict[tuple[str, str | None], list[int]] = {}
-        for record in self.records:
-            if record not in self.workers:
-                waiting.setdefault((record.state, record.last_failure), []).append(record.index)
+        connected = set(self.table.connected())
+        for index in range(self.expected_size):
+            if index not in connected:
+                worker = self.table.snapshot(index)
+                waiting.setdefault((worker.state, worker.last_failure), []).append(index)
         parts = []
         for (state, failure), indexes in waiting.items():
             who = "channel" if self.kind == "channel" else f"channel(s) {_ranges(indexes)}"
             part = f"{who} {state.replace('_', ' ')}"
             parts.append(part + (f" after: {failure}" if failure else ""))
-        if self.fleet.resolve_failure is not None:
-            parts.append(f"resolving failed: {self.fleet.resolve_failure}")
+        if self.table.resolve_failure is not None:
+            parts.append(f"resolving failed: {self.table.resolve_failure}")
         return "; " + "; ".join(parts) if parts else ""
-
-    async def wait_changed(self) -> None:
-        await self._changed.wait()
 
 
 def _ranges(indexes: list[int]) -> str:
@@ -448,10 +240,6 @@ def _ranges(indexes: list[int]) -> str:
         else:
             runs.append([index])
     return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
-
-
-_random = random.Random().random
-_now = time.monotonic
 
 
 #: The process-wide registries of running pools and single channels, by name.
@@ -501,7 +289,7 @@ async def wait_connected(
         )
     check_seconds("wait_connected: timeout", timeout, zero=True, infinite=True)
     with anyio.move_on_after(timeout):
-        while len(runtime.workers) < wanted:
+        while runtime.table.connected_count() < wanted:
             if runtime.stopped is not None:
                 raise PoolNotStartedError(
                     runtime.name, f"the {runtime.kind} stopped while waiting: {runtime.stopped}"
@@ -511,7 +299,7 @@ async def wait_connected(
     raise NotConnectedError(
         runtime.name,
         f"expected {wanted} connected channel(s) within {timeout:g} s, "
-        f"but {len(runtime.workers)} are{runtime.why_not_connected()}",
+        f"but {runtime.table.connected_count()} are{runtime.why_not_connected()}",
     )
 
 
@@ -539,21 +327,24 @@ async def run_pool(
         async with task_group() as closer:
             with registry.register(settings.name, runtime):
                 _announce(kind)
-                placer = functools.partial(runtime.fleet.run, settings.resolve_interval)
-                children = [ChildSpec("placer", placer)]
+                resolver = settings.resolver or default_resolver(settings.channel)
+                follow = functools.partial(
+                    follow_resolver, runtime, resolver, settings.resolve_interval
+                )
+                children = [ChildSpec("resolver", follow)]
                 children.extend(
                     ChildSpec(
-                        f"channel-{record.index}",
+                        f"channel-{index}",
                         functools.partial(
                             run_worker,
                             settings.channel,
-                            worker=record,
-                            membership=runtime,
-                            placer=runtime.fleet,
+                            pool_name=settings.name,
+                            index=index,
+                            owner=runtime,
                             closer=closer,
                         ),
                     )
-                    for record in runtime.records
+                    for index in range(settings.pool_size)
                 )
                 if kind == "pool":
                     reporter = functools.partial(

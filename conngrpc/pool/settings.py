@@ -68,8 +68,10 @@ def check_setting(key: str, value: Any) -> None:
     """Raise where a pool setting is wrong, naming it; ``channel`` is checked by its class."""
     if key == "name":
         check_name("Pool name", value)
-    elif key in ("pool_size", "max_restarts"):
-        check_count(f"Pool {key}", value)
+    elif key == "pool_size":
+        check_count("Pool pool_size", value, minimum=1)
+    elif key == "max_restarts":
+        check_count("Pool max_restarts", value)
     elif key == "max_calls_per_channel":
         check_count("Pool max_calls_per_channel", value, minimum=1)
     elif key in ("telemetry_interval", "max_seconds", "resolve_interval"):

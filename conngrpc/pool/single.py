@@ -85,10 +85,10 @@ class Channel:
             if runtime is None:
                 result = "PoolNotStartedError"
                 raise not_started("channel", name)
-            if runtime.mock is not None and runtime.workers:
+            if runtime.mock is not None and runtime.table.connected_count():
                 found = runtime.mock()
             else:
-                found = runtime.next_ready()
+                found = runtime.handout.next_ready()
                 if found is None:
                     result = "NotConnectedError"
                     raise runtime.not_connected()

@@ -61,19 +61,6 @@ class Registry(Generic[T]):
             if self._entries.get(name) is handle:
                 del self._entries[name]
 
-    def lookup(self, name: str) -> T:
-        """The handle registered under ``name``.
-
-        :raises KeyError: nothing is registered under ``name``.
-        """
-        try:
-            return self._entries[name]
-        except KeyError:
-            raise KeyError(
-                f"registry {self.name!r}: nothing is registered under {name!r}; "
-                f"registered: {sorted(self._entries)!r}"
-            ) from None
-
     def names(self) -> list[str]:
         """The registered names, in registration order."""
         return list(self._entries)

@@ -68,7 +68,9 @@ def test_watch_prints_a_backend_going_away_and_coming_back_then_stops_on_ctrl_c(
         assert "connection_lost" in lost
         assert watch_event(lost)[1] == address
         refused = lines.expect(is_event("connection_failed"), what="a refused attempt")
-        assert "Connection refused" in refused
+        # An attempt made while the killed process's sockets are still being torn down
+        # can meet a reset instead of a refusal (seen on a busy machine).
+        assert "Connection refused" in refused or "Connection reset" in refused, refused
         lines.expect(is_event("status", details=["0 of 2 up"]), what="an empty status")
 
         server_process.start()  # the same port again

@@ -118,6 +118,19 @@ class PlacementMachine(RuleBasedStateMachine):
     # --- what must hold ----------------------------------------------------------------------
 
     @invariant()
+    def the_table_agrees_with_itself(self) -> None:
+        """Whatever is in flight, after every step: the table's own invariants."""
+        if self._sup_cm is None:
+            return
+
+        def check() -> None:
+            runtime = pools.get(self.name)
+            assert runtime is not None
+            runtime.table.check()
+
+        self.call(check)
+
+    @invariant()
     def nothing_handed_out_is_down_or_not_serving(self) -> None:
         """A drop or a health flip reaches the worker as an event: it must take the channel
         out of the hand-out as soon as the loop runs (bounded here by REACT)."""
@@ -132,7 +145,7 @@ class PlacementMachine(RuleBasedStateMachine):
                 and not c.closed
                 and c.get_state().name == "READY"
                 and c.health == "SERVING"
-                for c in runtime.channels
+                for c in runtime.handout.channels
             )
 
         self.call(functools.partial(wait_until, all_usable, timeout=REACT))
@@ -148,9 +161,9 @@ class PlacementMachine(RuleBasedStateMachine):
         def even() -> bool:
             runtime = pools.get(self.name)
             assert runtime is not None
-            held = Counter(
-                r.backend for r in runtime.records if r.state in ("watching", "not_serving")
-            )
+            runtime.table.check()
+            workers = [runtime.table.snapshot(i) for i in range(self.pool_size)]
+            held = Counter(w.backend for w in workers if w.state in ("watching", "not_serving"))
             if set(held) & self.down:
                 return False  # a backend that died holds no connection
             if not accepting:

@@ -38,6 +38,8 @@ from conngrpc import (
     PoolStatus,
     Supervisor,
 )
+from conngrpc.pool.runtime import pools
+from conngrpc.pool.table import PoolTable
 from conngrpc.testing import FakeChannel, FakeConnector
 
 _READY = grpc.ChannelConnectivity.READY
@@ -104,7 +106,7 @@ class PoolMachine(RuleBasedStateMachine):
 
     # --- set-up and tear-down ------------------------------------------------------
 
-    @initialize(pool_size=st.integers(0, 5), failures=st.integers(0, 3))
+    @initialize(pool_size=st.integers(1, 5), failures=st.integers(0, 3))
     def start_pool(self, pool_size: int, failures: int) -> None:
         self.pool_size = pool_size
         self.fake.fail_next(failures)
@@ -126,7 +128,7 @@ class PoolMachine(RuleBasedStateMachine):
         assert isinstance(self.pool_sup, Supervisor)
         status = self.call(functools.partial(Pool.wait_connected, self.name, timeout=BOUND))
         assert status == expected_status(self.name, pool_size, range(pool_size))
-        self.consumed = failures if pool_size else 0
+        self.consumed = failures
 
     def teardown(self) -> None:
         try:
@@ -149,12 +151,17 @@ class PoolMachine(RuleBasedStateMachine):
         return [i for i in range(self.pool_size) if i not in self.down]
 
     def all_workers(self) -> list[ChannelWorker]:
+        """Every worker's snapshot, connected or not; all are running."""
         assert self.pool_sup is not None
         infos = self.pool_sup.which_children()
         assert all(i.running for i in infos)
-        workers = [i.value for i in infos if isinstance(i.value, ChannelWorker)]
-        assert [w.index for w in workers] == list(range(self.pool_size))
-        return workers
+        table = self.table()
+        return [table.snapshot(index) for index in range(self.pool_size)]
+
+    def table(self) -> PoolTable:
+        runtime = pools.get(self.name)
+        assert runtime is not None
+        return runtime.table
 
     def hand_out(self, count: int, never: Sequence[FakeChannel] = ()) -> None:
         """Call get_channel ``count`` times and check every answer against the pool now.
@@ -262,6 +269,7 @@ class PoolMachine(RuleBasedStateMachine):
             return
 
         def check() -> None:
+            self.table().check()
             members = Pool.get_all_workers(self.name)
             assert [w.index for w in members] == self.up()
             assert members == [w for w in self.all_workers() if w.state == "watching"]

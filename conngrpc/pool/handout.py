@@ -1,0 +1,129 @@
+"""The hand-out: the channels a pool serves now, round-robin or least loaded.
+
+The pool's table publishes the serving channels here, as tuples replaced whole at every
+change, so a hand-out reads a consistent snapshot without a lock. ``get_channel`` takes
+them round-robin (:meth:`HandOut.next_ready`); the PooledChannel takes the one with the
+fewest calls in flight (:meth:`HandOut.pick`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+
+__all__ = ["EXACT_PICK_UP_TO", "HandOut", "Slot"]
+
+_READY = grpc.ChannelConnectivity.READY
+
+#: Up to this many channels, the least-loaded pick scans them all; above, it compares
+#: two picked at random (the power of two choices), which costs the same at any size.
+EXACT_PICK_UP_TO = 8
+
+_random = random.Random().random
+
+
+class Slot:
+    """A connected channel of the pool and the calls in flight on it (through the
+    PooledChannel).
+
+    A call counts against the slot it started on until grpc says it is done. A slot
+    lives as long as its channel is held and, once the channel has left, while calls
+    started on it still run (the table keeps it among the draining ones): a channel that
+    rejoins (NOT_SERVING, then SERVING again) keeps its count, and the pick sees its calls.
+    """
+
+    __slots__ = ("backend", "callables", "channel", "ended", "in_flight", "index")
+
+    def __init__(
+        self, index: int, channel: grpc.aio.Channel, backend: str, ended: Callable[[], None]
+    ) -> None:
+        self.index = index
+        self.channel = channel
+        self.backend = backend
+        self.in_flight = 0
+        #: what runs when one of its calls ends: the pool's admission counts it
+        self.ended = ended
+        #: the channel's own multicallables, by what makes one (kind, method, serializers)
+        self.callables: dict[tuple[object, ...], Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<Slot {self.index} {self.backend} in_flight={self.in_flight}>"
+
+    def done(self, _: object = None) -> None:
+        """A call on this slot ended (grpc's done callback)."""
+        self.in_flight -= 1
+        self.ended()
+
+
+def _least_loaded(slots: tuple[Slot, ...], start: int) -> Slot:
+    """The slot with the fewest calls in flight, scanning from ``start`` (ties take turns)."""
+    best = slots[start]
+    for slot in slots[start + 1 :] + slots[:start]:
+        if slot.in_flight < best.in_flight:
+            best = slot
+    return best
+
+
+class HandOut:
+    """The serving channels in index order, and the two ways to take one."""
+
+    __slots__ = ("channels", "counter", "slots")
+
+    def __init__(self) -> None:
+        self.slots: tuple[Slot, ...] = ()
+        self.channels: tuple[grpc.aio.Channel, ...] = ()
+        self.counter = itertools.count()
+
+    def __repr__(self) -> str:
+        return f"<HandOut {list(self.slots)}>"
+
+    def publish(self, slots: tuple[Slot, ...]) -> None:
+        """Serve ``slots`` from now on (the table's serving ones, in index order)."""
+        self.slots = slots
+        self.channels = tuple(slot.channel for slot in slots)
+
+    def next_ready(self) -> grpc.aio.Channel | None:
+        """The next serving channel that is READY, round-robin; None when none is.
+
+        A channel found not READY is skipped, not taken out: its connection broke and
+        grpc knows it, but the worker's notice of it waits its turn on the event loop
+        (tens of milliseconds under load), and calls on it would fail meanwhile. The
+        worker alone takes a channel out: after a GOAWAY grpc may reopen the same
+        channel before the worker looks, and the channel, READY again, must be handed
+        out again.
+        """
+        channels = self.channels
+        size = len(channels)
+        for _ in range(size):
+            channel = channels[next(self.counter) % size]
+            if channel.get_state() is _READY:
+                return channel
+        return None
+
+    def pick(self) -> Slot | None:
+        """The serving channel with the fewest calls in flight that is READY, or None.
+
+        Up to EXACT_PICK_UP_TO channels, a scan from a turning start (ties take turns);
+        above, the less loaded of two picked at random. Should the choice not be READY,
+        the least loaded of those that are (skipped, as in :meth:`next_ready`).
+        """
+        slots = self.slots
+        size = len(slots)
+        if size == 1:
+            best = slots[0]
+        elif size == 0:
+            return None
+        elif size <= EXACT_PICK_UP_TO:
+            best = _least_loaded(slots, next(self.counter) % size)
+        else:
+            first, second = slots[int(_random() * size)], slots[int(_random() * size)]
+            best = first if first.in_flight <= second.in_flight else second
+        if best.channel.get_state() is _READY:
+            return best
+        ready = tuple(slot for slot in slots if slot.channel.get_state() is _READY)
+        return _least_loaded(ready, next(self.counter) % len(ready)) if ready else None

@@ -1,0 +1,580 @@
+"""The pool's table: every fact about a running pool, changed in one place.
+
+One record per channel index, its state a tagged value (:class:`Idle`,
+:class:`Connecting`, :class:`Joining`, :class:`Serving`, :class:`NotServing`,
+:class:`Mocking`); the backends the resolver found and when each may be tried again;
+which channels left with calls still running on them (draining). Workers report their
+transitions and the resolver loop its findings, each as a change given to
+:meth:`PoolTable.apply`, the one method that changes anything here. It decides at once
+(which backend, which channel moves, what is handed out) and returns the follow-ups
+(orders for workers, channels to close, room for waiting calls) for its caller to run
+outside, as httpcore's connection pool does.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..channel.backoff import Backoff
+from ..channel.changes import (
+    NOTHING,
+    AttemptFailed,
+    Attempting,
+    BackingOff,
+    Change,
+    Connected,
+    Dial,
+    Disconnected,
+    HealthChanged,
+    Mocked,
+    Refreshing,
+    Reply,
+    Stopped,
+    Swapped,
+)
+from ..channel.config import ChannelConfig
+from . import placement
+from .handout import HandOut, Slot
+from .placement import Backend
+from .resolver import dial_config
+
+__all__ = [
+    "ChannelWorker",
+    "Connecting",
+    "FollowUps",
+    "Idle",
+    "Joining",
+    "Mocking",
+    "NotServing",
+    "PoolTable",
+    "Resolved",
+    "Serving",
+    "State",
+    "Tick",
+    "WorkerState",
+]
+
+#: A channel worker's state as :class:`ChannelWorker` shows it.
+WorkerState = Literal[
+    "starting",
+    "connecting",
+    "backing_off",
+    "connected",
+    "watching",
+    "not_serving",
+    "disconnected",
+    "mocked",
+    "stopped",
+    "crashed",
+]
+
+#: ``connecting`` is the moment between a failed attempt and the next (or the backoff).
+IdlePhase = Literal["starting", "connecting", "backing_off", "disconnected", "stopped", "crashed"]
+
+
+# --- a record's state ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """Holds no channel and tries none: starting, backing off, stopped or crashed."""
+
+    phase: IdlePhase
+
+
+@dataclass(frozen=True, slots=True)
+class Connecting:
+    """Attempting a connection to ``backend`` (None: waiting for the resolver to find one)."""
+
+    backend: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Joining:
+    """Connected (READY); not handed out yet (``on_connect`` runs, health not yet heard)."""
+
+    slot: Slot
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """Connected and handed out."""
+
+    slot: Slot
+
+
+@dataclass(frozen=True, slots=True)
+class NotServing:
+    """Connected, kept out of the hand-out: its health check says ``health``."""
+
+    slot: Slot
+    health: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mocking:
+    """With ``mock``: no connection, counted as connected; ``mock()`` answers instead."""
+
+
+State = Idle | Connecting | Joining | Serving | NotServing | Mocking
+_HOLDING = (Joining, Serving, NotServing)
+
+_STATE_NAMES: dict[type[State], WorkerState] = {
+    Connecting: "connecting",
+    Joining: "connected",
+    Serving: "watching",
+    NotServing: "not_serving",
+    Mocking: "mocked",
+}
+
+
+# --- what the resolver loop reports ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The resolver answered ``addresses``, or failed with ``failure``."""
+
+    addresses: tuple[str, ...] = ()
+    failure: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed: a failing backend's wait may be over."""
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUps:
+    """What a change leaves to do outside the table.
+
+    ``reply`` goes to the worker that reported; ``orders``: workers with a new order
+    to wake (:meth:`PoolTable.order`); ``room``: a channel joined the hand-out, so
+    calls waiting for room may start.
+    """
+
+    reply: Reply = NOTHING
+    orders: tuple[int, ...] = ()
+    room: bool = False
+
+
+# --- the snapshot callers see ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelWorker:
+    """A snapshot of one channel worker of a pool, as ``Pool.get_all_workers`` lists them.
+
+    ``channel`` is the channel it holds (None when it holds none), connected to
+    ``backend``; ``health`` is the latest ``Health/Watch`` status (None when not
+    health-checked); ``last_failure`` the reason of the latest failed attempt, crash or
+    health refusal (None once connected and serving); ``failures`` counts the failed
+    attempts since the last connect; ``connected_at`` is the ``time.monotonic()`` of
+    the connect.
+    """
+
+    pool_name: str
+    index: int
+    state: WorkerState
+    channel: Any = None
+    backend: str | None = None
+    health: str | None = None
+    connected_at: float | None = None
+    last_failure: str | None = None
+    failures: int = 0
+
+    @property
+    def name(self) -> str:
+        """``pool_name[index]``, as telemetry and logs name the channel."""
+        return f"{self.pool_name}[{self.index}]"
+
+
+# --- the table -------------------------------------------------------------------------------
+
+
+class _Record:
+    """One channel index: its state, and what outlives a state (order, failures, health)."""
+
+    __slots__ = ("connected_at", "failures", "health", "last_failure", "order", "state")
+
+    def __init__(self) -> None:
+        self.state: State = Idle("starting")
+        self.order: Dial | None = None  # a backend to connect to or a move, not yet done
+        self.last_failure: str | None = None
+        self.failures = 0
+        self.health: str | None = None
+        self.connected_at: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<_Record {self.state}>"
+
+    @property
+    def slot(self) -> Slot | None:
+        state = self.state
+        return state.slot if isinstance(state, _HOLDING) else None
+
+
+@dataclass(slots=True)
+class _Change:
+    """What one change did, gathered while it is applied."""
+
+    reply: Reply = NOTHING
+    orders: list[int] = field(default_factory=list)
+    serving_changed: bool = False
+
+
+class PoolTable:
+    """A running pool's state: a record per channel index, the backends, the draining slots.
+
+    Read it freely; change it only through :meth:`apply`. ``held`` and ``going`` index
+    the records for placement (who holds which backend, who is connecting where) and
+    are kept in step by :meth:`apply` alone (:meth:`check` proves it).
+    """
+
+    __slots__ = (
+        "_backend_backoff",
+        "_clock",
+        "_config",
+        "_dials",
+        "_ended",
+        "_turn",
+        "backends",
+        "draining",
+        "going",
+        "handout",
+        "held",
+        "mocked",
+        "moving",
+        "name",
+        "records",
+        "resolve_failure",
+        "settled",
+        "unimplemented_health_seen",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        size: int,
+        config: ChannelConfig,
+        handout: HandOut,
+        ended: Callable[[], None],
+        backend_backoff: Backoff,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self._config = config
+        self.handout = handout
+        self._ended = ended
+        self._backend_backoff = backend_backoff
+        self._clock = clock
+        self._turn = 0  # rotates ties between equal backends
+        self.records = tuple(_Record() for _ in range(size))
+        #: the backends the resolver found, in its order, and the config to dial each with
+        self.backends: dict[str, Backend] = {}
+        self._dials: dict[str, Dial] = {}
+        self.held: dict[int, str] = {}
+        self.going: dict[int, str] = {}
+        self.moving: int | None = None
+        self.mocked = 0  # records in Mocking
+        #: slots whose channel left with calls still running on it, until those end
+        self.draining: dict[int, Slot] = {}  # by id(slot)
+        self.resolve_failure: str | None = None
+        #: a channel has connected, or an attempt has failed: the pool is past its start
+        self.settled = False
+        self.unimplemented_health_seen = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<PoolTable {self.name!r} serving={len(self.handout.slots)} "
+            f"size={len(self.records)} backends={list(self.backends)}>"
+        )
+
+    # --- reading ------------------------------------------------------------------------
+
+    def connected(self) -> Iterator[int]:
+        """The indexes counted as connected: handed out, or mocked."""
+        for index, record in enumerate(self.records):
+            if isinstance(record.state, Serving | Mocking):
+                yield index
+
+    def connected_count(self) -> int:
+        """How many are counted as connected (at no cost: a pool of 1,000 asks it often)."""
+        return len(self.handout.slots) + self.mocked
+
+    def snapshot(self, index: int) -> ChannelWorker:
+        """Worker ``index`` as it is now, in plain values."""
+        record = self.records[index]
+        state = record.state
+        slot = record.slot
+        return ChannelWorker(
+            self.name,
+            index,
+            state.phase if isinstance(state, Idle) else _STATE_NAMES[type(state)],
+            None if slot is None else slot.channel,
+            None if slot is None else slot.backend,
+            record.health,
+            record.connected_at,
+            record.last_failure,
+            record.failures,
+        )
+
+    def order(self, index: int) -> Dial | None:
+        """Worker ``index``'s order not yet carried out: a backend to try, or a move."""
+        return self.records[index].order
+
+    def slots(self) -> Iterator[Slot]:
+        """Every slot with a channel: held by a worker, or draining."""
+        for record in self.records:
+            slot = record.slot
+            if slot is not None:
+                yield slot
+        yield from self.draining.values()
+
+    # --- changing -------------------------------------------------------------------------
+
+    def apply(self, index: int | None, change: Change | Resolved | Tick) -> FollowUps:
+        """Take in what worker ``index`` (or the resolver loop, None) reports, decide what
+        follows, and return the follow-ups for the caller to run outside the table."""
+        done = _Change()
+        if index is None:
+            if isinstance(change, Resolved):
+                self._resolved(change, done)
+        else:
+            self._worker_change(index, change, done)
+        if self.draining:
+            self.draining = {k: s for k, s in self.draining.items() if s.in_flight}
+        if done.serving_changed:
+            self.handout.publish(
+                tuple(r.state.slot for r in self.records if isinstance(r.state, Serving))
+            )
+        move = placement.next_move(self, self._clock())
+        if move is not None:
+            self.moving = move.index
+            self.going[move.index] = move.to
+            self.records[move.index].order = self._dial(move.to, move.reason)
+            done.orders.append(move.index)
+        return FollowUps(done.reply, tuple(done.orders), done.serving_changed)
+
+    def _worker_change(self, index: int, change: object, done: _Change) -> None:
+        """Worker ``index``'s transition, one branch per kind of change."""
+        record = self.records[index]
+        if isinstance(change, Attempting):
+            self._forget_order(index)
+            chosen = self._choose(index)
+            record.state = Connecting(chosen)
+            if chosen is not None:
+                self.going[index] = chosen
+                done.reply = Reply(dial=self._dial(chosen))
+        elif isinstance(change, Refreshing):
+            chosen = self._choose(index)
+            if chosen is not None:
+                self.going[index] = chosen
+                done.reply = Reply(dial=self._dial(chosen, "max_age"))
+        elif isinstance(change, AttemptFailed):
+            self.settled = True
+            record.failures += 1
+            record.last_failure = change.reason
+            self._forget_order(index)
+            if record.slot is None:  # a connect failed (a replacement's leaves it serving)
+                record.state = Idle("connecting")
+            self._suspect(change.backend)
+            others = placement.available(self, self._clock())
+            retry = any(a != change.backend for a in others)
+            done.reply = Reply(retry_now=retry, failures=record.failures)
+        elif isinstance(change, Connected | Swapped):
+            self._holds(index, record, change, done)
+        elif isinstance(change, HealthChanged):
+            self._health(index, record, change, done)
+        elif isinstance(change, Disconnected):
+            lost = record.slot if change.reason == "connection_lost" else None
+            self._release(index, record, "disconnected", done)
+            if lost is not None:
+                self._suspect(lost.backend)
+        elif isinstance(change, Stopped):
+            if change.crash is not None:
+                record.last_failure = change.crash
+            self._release(index, record, "stopped" if change.crash is None else "crashed", done)
+        elif isinstance(change, BackingOff):
+            record.state = Idle("backing_off")
+        elif isinstance(change, Mocked):
+            if not isinstance(record.state, Mocking):
+                self.mocked += 1
+            record.state = Mocking()
+        else:
+            raise TypeError(f"pool {self.name!r}: expected a worker's change, got {change!r}")
+
+    def _holds(
+        self, index: int, record: _Record, change: Connected | Swapped, done: _Change
+    ) -> None:
+        """Worker ``index`` holds a new channel: connected (not handed out before its
+        health is heard), or a replacement swapped in (handed out at once)."""
+        self.settled = self.settled or isinstance(change, Swapped)
+        old = record.slot
+        slot = Slot(index, change.channel, change.backend, self._ended)
+        if isinstance(change, Connected):
+            record.state = Joining(slot)
+        else:
+            record.state = Serving(slot)
+            done.serving_changed = True
+            if old is not None:
+                self._drain(old, done)
+        self._forget_order(index)
+        self.held[index] = change.backend
+        record.failures = 0
+        record.last_failure = None
+        record.connected_at = self._clock()
+        backend = self.backends.get(change.backend)
+        if backend is not None:
+            backend.failing_until = None
+            backend.backoff.reset()
+
+    def _health(self, index: int, record: _Record, change: HealthChanged, done: _Change) -> None:
+        """Worker ``index``'s channel may be handed out, or may not, as its health says."""
+        slot = record.slot
+        if slot is None:
+            raise AssertionError(f"worker {index} reported {change!r} in state {record.state!r}")
+        self.settled = True
+        if change.status == "UNIMPLEMENTED" and not self.unimplemented_health_seen:
+            self.unimplemented_health_seen = True
+            done.reply = Reply(first_unimplemented=True)
+        was_serving = isinstance(record.state, Serving)
+        record.health = change.status
+        if change.serving:
+            record.state = Serving(slot)
+            record.last_failure = None
+        else:
+            record.state = NotServing(slot, change.status or "NOT_SERVING")
+            record.last_failure = change.reason or f"the health check said {change.status}"
+        done.serving_changed = was_serving != change.serving
+
+    def _release(self, index: int, record: _Record, phase: IdlePhase, done: _Change) -> None:
+        """Worker ``index`` holds nothing now: its channel, if any, is closed by the worker."""
+        slot = record.slot
+        done.serving_changed = isinstance(record.state, Serving)
+        if isinstance(record.state, Mocking):
+            self.mocked -= 1
+        record.state = Idle(phase)
+        record.health = record.connected_at = None
+        self._forget_order(index)
+        self.held.pop(index, None)
+        if slot is not None:
+            self._drain(slot, done)
+
+    def _drain(self, slot: Slot, done: _Change) -> None:
+        """``slot``'s channel left: the reporter closes it; its calls still count."""
+        done.reply = Reply(close=(slot.channel,))
+        if slot.in_flight:
+            self.draining[id(slot)] = slot
+
+    def _forget_order(self, index: int) -> None:
+        """Worker ``index`` is not going anywhere now (its order is done or stale)."""
+        self.records[index].order = None
+        self.going.pop(index, None)
+        if self.moving == index:
+            self.moving = None
+
+    def _choose(self, index: int) -> str | None:
+        self._turn += 1
+        return placement.choose(self, index, self._clock(), self._turn)
+
+    def _suspect(self, address: str) -> None:
+        """``address`` refused an attempt or lost a connection: leave it alone a while.
+
+        Its wait grows once per wait, not once per worker: several workers refused at the
+        same moment (a backend restarting) must not push it out of use for the longest
+        backoff while it is back already.
+        """
+        backend = self.backends.get(address)
+        if backend is None:
+            return
+        now = self._clock()
+        if backend.failing_until is None or backend.failing_until <= now:
+            backend.failing_until = now + backend.backoff.next()
+
+    def _resolved(self, change: Resolved, done: _Change) -> None:
+        addresses = change.addresses
+        if change.failure is not None:
+            self.resolve_failure = change.failure
+            if self.backends:
+                return  # keep the backends known last
+            # Never found any: the target as written stands in as the one backend, so
+            # that grpc's own attempt says why (an unresolvable name, say).
+            addresses = (self._config.address,)
+        else:
+            self.resolve_failure = None
+        wanted = list(dict.fromkeys(addresses))
+        self.backends = {
+            a: self.backends.get(a) or Backend(copy.copy(self._backend_backoff)) for a in wanted
+        }
+        self._dials = {a: self._dials.get(a) or self._new_dial(a) for a in wanted}
+        for index, record in enumerate(self.records):
+            if record.state == Connecting(None):  # waiting for a backend: now there is one
+                backend = self._choose(index)
+                if backend is not None:
+                    record.state = Connecting(backend)
+                    self.going[index] = backend
+                    record.order = self._dial(backend)
+                    done.orders.append(index)
+
+    def _new_dial(self, backend: str) -> Dial:
+        return Dial(backend, dial_config(self._config, backend))
+
+    def _dial(self, backend: str, reason: str = "connect") -> Dial:
+        dial = self._dials.get(backend) or self._new_dial(backend)
+        if reason == "connect":
+            return dial
+        return Dial(dial.backend, dial.config, reason)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        """The pool stopped: it holds nothing any more (no channel is left referenced)."""
+        for record in self.records:
+            if not isinstance(record.state, Idle):
+                record.state = Idle("stopped")
+            record.order = None
+        self.held.clear()
+        self.going.clear()
+        self.draining.clear()
+        self.moving = None
+        self.mocked = 0
+        self.handout.publish(())
+
+    # --- what must always hold -----------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise AssertionError unless the table agrees with itself (for tests)."""
+        for index, record in enumerate(self.records):
+            slot = record.slot
+            if slot is None:
+                assert index not in self.held, (index, record)
+            else:
+                assert slot.index == index, (index, slot)
+                assert self.held.get(index) == slot.backend, (index, record, self.held)
+                assert slot.in_flight >= 0, slot
+            if isinstance(record.state, Connecting) and record.state.backend is not None:
+                assert self.going.get(index) == record.state.backend, (index, record)
+            if index in self.going:
+                assert isinstance(record.state, Connecting | Joining | Serving | NotServing)
+        serving = tuple(r.state.slot for r in self.records if isinstance(r.state, Serving))
+        assert self.handout.slots == serving, (self.handout.slots, serving)
+        assert self.handout.channels == tuple(s.channel for s in serving)
+        channels = [s.channel for s in self.slots()]
+        assert len(channels) == len({id(c) for c in channels}), "a channel in two slots"
+        assert all(s.in_flight > 0 for s in self.draining.values()), self.draining
+        if self.moving is not None:
+            assert self.moving in self.going, self.moving
+            assert self.moving in self.held, self.moving
+        assert self.mocked == sum(isinstance(r.state, Mocking) for r in self.records)
+        assert self.connected_count() == len(list(self.connected()))
+
+
+def backends_served(table: PoolTable) -> Mapping[str, int]:
+    """Channels handed out now per backend; every known backend is listed."""
+    counts = dict.fromkeys(table.backends, 0)
+    for slot in table.handout.slots:
+        counts[slot.backend] = counts.get(slot.backend, 0) + 1
+    return counts

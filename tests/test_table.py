@@ -1,0 +1,378 @@
+"""The pool's table: every transition a worker or the resolver reports, with a fake clock.
+
+No network and no event loop: the table is synchronous, so each test reports changes
+and reads what the table decided (replies, orders, the hand-out). ``check()`` runs
+after every change: the table must always agree with itself.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from conngrpc import ChannelConfig, ExponentialBackoff
+from conngrpc.channel.changes import (
+    AttemptFailed,
+    Attempting,
+    BackingOff,
+    Change,
+    Connected,
+    Disconnected,
+    HealthChanged,
+    Mocked,
+    Refreshing,
+    Stopped,
+    Swapped,
+)
+from conngrpc.pool.handout import HandOut
+from conngrpc.pool.placement import next_retry_at
+from conngrpc.pool.table import (
+    Connecting,
+    FollowUps,
+    Idle,
+    Joining,
+    NotServing,
+    PoolTable,
+    Resolved,
+    Serving,
+    Tick,
+)
+from tests._probe import FakeClock
+
+A, B, C = "127.0.0.1:1", "127.0.0.2:1", "127.0.0.3:1"
+
+
+class Channel:
+    """Stands in for a grpc.aio channel: the table only keeps and compares them."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+    def __repr__(self) -> str:
+        return f"<Channel {self.backend}>"
+
+
+class Table:
+    """A table of ``size`` records over ``backends``, and helpers that report for workers."""
+
+    def __init__(self, size: int, *backends: str) -> None:
+        self.clock = FakeClock()
+        self.ended = 0
+        self.table = PoolTable(
+            "pool",
+            size,
+            ChannelConfig("fleet:1"),
+            HandOut(),
+            self._ended,
+            ExponentialBackoff(min=1.0, max=30.0, jitter=0),
+            clock=self.clock,
+        )
+        if backends:
+            self.apply(None, Resolved(backends))
+
+    def _ended(self) -> None:
+        self.ended += 1
+
+    def apply(self, index: int | None, change: Change | Resolved | Tick) -> FollowUps:
+        follow = self.table.apply(index, change)
+        self.table.check()
+        return follow
+
+    def connect(self, index: int) -> Channel:
+        """Worker ``index`` connects where the table says and is handed out."""
+        dial = self.apply(index, Attempting()).reply.dial
+        assert dial is not None
+        channel = Channel(dial.backend)
+        self.apply(index, Connected(channel, dial.backend))
+        self.apply(index, HealthChanged(serving=True))
+        return channel
+
+    def held(self) -> Counter[str]:
+        return Counter(self.table.held.values())
+
+    def orders(self) -> dict[int, tuple[str, str]]:
+        return {
+            i: (order.backend, order.reason)
+            for i in range(len(self.table.records))
+            if (order := self.table.order(i)) is not None
+        }
+
+
+# --- placement ---------------------------------------------------------------------------
+
+
+def test_workers_connecting_at_once_spread_evenly() -> None:
+    pool = Table(7, A, B, C)
+    for index in range(7):
+        pool.connect(index)
+    assert sorted(pool.held().values()) == [2, 2, 3]
+    assert len(pool.table.handout.slots) == 7
+
+
+def test_a_refusing_backend_is_skipped_while_another_accepts() -> None:
+    pool = Table(1, A, B)
+    first = pool.apply(0, Attempting()).reply.dial
+    assert first is not None
+    other = B if first.backend == A else A
+    failed = pool.apply(0, AttemptFailed(first.backend, "refused"))
+    assert failed.reply.retry_now  # the other is worth a try at once
+    assert failed.reply.failures == 1
+    again = pool.apply(0, Attempting()).reply.dial
+    assert again is not None
+    assert again.backend == other
+    pool.clock.now += 1.0
+    assert next_retry_at(pool.table, pool.clock()) is None  # its wait is over
+
+
+def test_many_workers_refused_at_once_make_one_wait_not_many() -> None:
+    pool = Table(6, A, B)
+    now = pool.clock()
+    for index in range(6):  # a restarting backend refuses every worker at once
+        pool.apply(index, Attempting())
+        pool.apply(index, AttemptFailed(A, "refused"))
+    assert next_retry_at(pool.table, now) == now + 1.0  # the first wait, not 2**6
+    pool.clock.now += 1.0
+    pool.apply(0, AttemptFailed(A, "refused again"))
+    assert next_retry_at(pool.table, pool.clock()) == pool.clock() + 2.0  # grows once a wait
+
+
+def test_a_backend_that_lost_a_connection_is_suspect_for_new_ones() -> None:
+    pool = Table(2, A, B)
+    lost = pool.connect(0)
+    pool.connect(1)
+    pool.apply(0, Disconnected("connection_lost"))
+    dial = pool.apply(0, Attempting()).reply.dial
+    assert dial is not None
+    assert dial.backend != lost.backend  # the survivor's backend, though it holds one already
+
+
+def test_a_channel_shut_down_leaves_its_backend_in_good_standing() -> None:
+    pool = Table(1, A)
+    pool.connect(0)
+    pool.apply(0, Disconnected("shutdown"))
+    assert next_retry_at(pool.table, pool.clock()) is None
+
+
+def test_when_every_backend_is_failing_the_least_loaded_is_tried_anyway() -> None:
+    pool = Table(1, A, B)
+    pool.apply(0, AttemptFailed(A, "refused"))
+    assert not pool.apply(0, AttemptFailed(B, "refused")).reply.retry_now
+    dial = pool.apply(0, Attempting()).reply.dial
+    assert dial is not None
+    assert dial.backend in (A, B)
+
+
+def test_a_vanished_backend_loses_its_channels_first_one_at_a_time() -> None:
+    pool = Table(6, A, B, C)
+    for index in range(6):
+        pool.connect(index)
+    follow = pool.apply(None, Resolved((A, B)))
+    (moving,) = follow.orders
+    assert pool.table.held[moving] == C
+    assert pool.orders() == {moving: (pool.orders()[moving][0], "backend_removed")}
+    assert pool.apply(None, Tick()).orders == ()  # one at a time
+    to = pool.orders()[moving][0]
+    follow = pool.apply(moving, Swapped(Channel(to), to))
+    assert len(follow.reply.close) == 1  # the old channel, for the worker to close
+    assert len(follow.orders) == 1  # the next one moves
+
+
+def test_a_backend_with_two_fewer_channels_gets_one_moved_to_it() -> None:
+    pool = Table(4, A)
+    for index in range(4):
+        pool.connect(index)
+    follow = pool.apply(None, Resolved((A, B)))
+    assert follow.orders == (3,)
+    assert pool.orders() == {3: (B, "rebalance")}
+    follow = pool.apply(3, Swapped(Channel(B), B))
+    (second,) = follow.orders
+    pool.apply(second, Swapped(Channel(B), B))
+    assert sorted(pool.held().values()) == [2, 2]
+    assert pool.orders() == {}  # even now
+
+
+def test_an_uneven_spread_by_one_stays_put() -> None:
+    pool = Table(3, A, B)
+    for index in range(3):
+        pool.connect(index)
+    assert pool.apply(None, Tick()).orders == ()
+
+
+def test_a_failed_move_is_forgotten_and_asked_again_later() -> None:
+    pool = Table(4, A)
+    for index in range(4):
+        pool.connect(index)
+    pool.apply(None, Resolved((A, B)))
+    follow = pool.apply(3, AttemptFailed(B, "refused"))
+    assert follow.orders == ()  # B waits its backoff first
+    assert pool.table.moving is None
+    pool.clock.now += 1.0
+    assert pool.apply(None, Tick()).orders == (3,)  # the move to it is its retry
+
+
+def test_workers_waiting_for_a_backend_are_ordered_to_one_once_it_is_known() -> None:
+    pool = Table(2)
+    assert pool.apply(0, Attempting()).reply.dial is None
+    assert pool.table.records[0].state == Connecting(None)
+    follow = pool.apply(None, Resolved((A,)))
+    assert follow.orders == (0,)
+    assert pool.orders() == {0: (A, "connect")}
+
+
+def test_a_resolver_that_never_found_a_backend_stands_the_target_in() -> None:
+    pool = Table(1)
+    pool.apply(0, Attempting())
+    pool.apply(None, Resolved((), failure="no such host"))
+    assert list(pool.table.backends) == ["fleet:1"]
+    assert pool.table.resolve_failure == "no such host"
+    pool.apply(None, Resolved((A,)))
+    pool.apply(None, Resolved((), failure="down"))
+    assert list(pool.table.backends) == [A]  # the last ones known stay
+
+
+def test_a_refresh_goes_to_the_least_loaded_backend_not_counting_its_own() -> None:
+    pool = Table(2, A, B)
+    first = pool.connect(0)
+    pool.connect(1)
+    dial = pool.apply(0, Refreshing()).reply.dial
+    assert dial is not None
+    assert (dial.backend, dial.reason) == (first.backend, "max_age")
+
+
+# --- the hand-out --------------------------------------------------------------------------
+
+
+def test_a_channel_is_handed_out_only_once_its_health_says_serving() -> None:
+    pool = Table(1, A)
+    dial = pool.apply(0, Attempting()).reply.dial
+    assert dial is not None
+    channel = Channel(A)
+    pool.apply(0, Connected(channel, A))
+    assert isinstance(pool.table.records[0].state, Joining)
+    assert pool.table.handout.channels == ()
+    follow = pool.apply(0, HealthChanged(serving=True, status="SERVING"))
+    assert follow.room
+    assert pool.table.handout.channels == (channel,)
+    follow = pool.apply(0, HealthChanged(False, "NOT_SERVING", "the check said NOT_SERVING"))
+    assert pool.table.handout.channels == ()
+    assert isinstance(pool.table.records[0].state, NotServing)
+    assert pool.table.snapshot(0).last_failure == "the check said NOT_SERVING"
+    assert pool.table.snapshot(0).channel is channel  # held, not handed out
+
+
+def test_a_channel_that_rejoins_keeps_its_slot_and_its_count() -> None:
+    pool = Table(1, A)
+    pool.connect(0)
+    (slot,) = pool.table.handout.slots
+    slot.in_flight = 3
+    pool.apply(0, HealthChanged(False, "NOT_SERVING"))
+    pool.apply(0, HealthChanged(True, "SERVING"))
+    assert pool.table.handout.slots == (slot,)
+    assert slot.in_flight == 3
+    slot.in_flight = 0
+
+
+def test_a_channel_that_leaves_with_calls_running_drains_until_they_end() -> None:
+    pool = Table(1, A)
+    channel = pool.connect(0)
+    (slot,) = pool.table.handout.slots
+    slot.in_flight = 2
+    follow = pool.apply(0, Disconnected("connection_lost"))
+    assert follow.reply.close == (channel,)
+    assert list(pool.table.draining.values()) == [slot]
+    slot.done()
+    slot.done()
+    assert pool.ended == 2
+    pool.apply(0, BackingOff())
+    assert pool.table.draining == {}
+
+
+def test_the_first_health_without_a_service_is_flagged_once() -> None:
+    pool = Table(2, A)
+    for index in range(2):
+        pool.apply(index, Attempting())
+        pool.apply(index, Connected(Channel(A), A))
+    first = pool.apply(0, HealthChanged(True, "UNIMPLEMENTED"))
+    second = pool.apply(1, HealthChanged(True, "UNIMPLEMENTED"))
+    assert (first.reply.first_unimplemented, second.reply.first_unimplemented) == (True, False)
+
+
+def test_the_pool_is_settled_once_a_channel_serves_or_an_attempt_fails() -> None:
+    serving, failing = Table(1, A), Table(1, A)
+    for pool in (serving, failing):
+        pool.apply(0, Attempting())
+        assert not pool.table.settled
+    serving.apply(0, Connected(Channel(A), A))
+    assert not serving.table.settled  # connected, not yet handed out
+    serving.apply(0, HealthChanged(True))
+    failing.apply(0, AttemptFailed(A, "refused"))
+    assert serving.table.settled
+    assert failing.table.settled
+
+
+# --- records -------------------------------------------------------------------------------
+
+
+def test_a_record_says_what_its_worker_does_and_why() -> None:
+    pool = Table(1, A)
+    assert pool.table.snapshot(0).state == "starting"
+    pool.apply(0, Attempting())
+    pool.apply(0, AttemptFailed(A, "refused"))
+    pool.apply(0, BackingOff())
+    worker = pool.table.snapshot(0)
+    assert (worker.state, worker.last_failure, worker.failures) == ("backing_off", "refused", 1)
+    pool.connect(0)
+    worker = pool.table.snapshot(0)
+    assert (worker.state, worker.last_failure, worker.failures) == ("watching", None, 0)
+    assert worker.backend == A
+    pool.apply(0, Stopped("crash: RuntimeError: boom"))
+    worker = pool.table.snapshot(0)
+    assert (worker.state, worker.last_failure, worker.channel) == (
+        "crashed",
+        "crash: RuntimeError: boom",
+        None,
+    )
+
+
+def test_a_mocked_worker_counts_as_connected_until_it_stops() -> None:
+    pool = Table(2, A)
+    pool.apply(0, Mocked())
+    pool.apply(1, Mocked())
+    assert pool.table.connected_count() == 2
+    pool.apply(1, Stopped())
+    assert pool.table.connected_count() == 1
+    assert pool.table.records[1].state == Idle("stopped")
+
+
+def test_a_stopped_table_holds_no_channel() -> None:
+    pool = Table(2, A, B)
+    pool.connect(0)
+    channel = pool.connect(1)
+    (slot, _) = pool.table.handout.slots
+    slot.in_flight = 1
+    pool.apply(0, Disconnected("shutdown"))
+    pool.table.stop()
+    pool.table.check()
+    assert list(pool.table.slots()) == []
+    assert pool.table.handout.channels == ()
+    assert all(isinstance(r.state, Idle) for r in pool.table.records)
+    assert channel not in [r.slot for r in pool.table.records]
+
+
+def test_a_change_the_table_does_not_know_is_a_type_error() -> None:
+    pool = Table(1, A)
+    with pytest.raises(TypeError, match="expected a worker's change"):
+        pool.apply(0, Tick())
+
+
+def test_health_from_a_worker_that_holds_nothing_is_a_bug_said_aloud() -> None:
+    pool = Table(1, A)
+    with pytest.raises(AssertionError, match="reported HealthChanged"):
+        pool.apply(0, HealthChanged(True))
+
+
+def test_serving_counts_as_the_hand_out_state() -> None:
+    pool = Table(1, A)
+    pool.connect(0)
+    assert isinstance(pool.table.records[0].state, Serving)
