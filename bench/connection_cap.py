@@ -93,22 +93,25 @@ async def connection_cap(quick: bool) -> Section:
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    reached = []
+    reached = []  # (seen, expected) per row
     try:
         for wanted, cap in cases:
             expected = min(wanted, DEFAULT_CAP if cap is None else cap)
             seen, sockets = await _connections(port, wanted, cap, pause)
-            reached.append(seen / expected)
+            reached.append((seen, expected))
             section.add(
                 wanted, f"unset ({DEFAULT_CAP})" if cap is None else cap, expected, seen, sockets
             )
     finally:
         await server.stop(None)
-    section.check(
-        "connections seen / expected, lowest row",
-        min(reached),
-        "= 1.0 (every channel reached its clamp)",
-        min(reached) == 1.0,
+    seen, expected = min(reached, key=lambda row: row[0] / row[1])
+    section.target(
+        "connections the server saw, the row furthest from its clamp",
+        seen,
+        "=",
+        1.0,
+        "expected: the smaller of the two",
+        expected,
     )
     guard = os.environ.get(GUARD_VARIABLE)
     environment = (

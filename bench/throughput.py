@@ -22,6 +22,7 @@ from tests._net import established_sockets
 from tests._proxy import FaultProxy
 
 from ._common import (
+    LEVEL,
     GetChannel,
     Load,
     Section,
@@ -35,7 +36,6 @@ from ._common import (
 
 CAP = 10
 DELAY_MS = b"20"
-#: The columns of the stream-capped tables (bench.remarks reads them by name).
 CAPPED_COLUMNS = (
     "client",
     "calls/s",
@@ -120,30 +120,63 @@ async def _measure(
     return load, sockets
 
 
-async def _uncapped_rate(quick: bool, request: bytes) -> float:
-    """The best calls/s of a pool of 16 and 200 callers against a server with no cap."""
+#: Calls/s that a pool of N must reach: this share of N times one channel, or of the
+#: no-cap ceiling where that is lower (the stream cap lifted N-fold, as far as the
+#: machine can go).
+SCALING = {4: 0.875, 16: 0.75}
+
+
+async def ceiling(quick: bool) -> tuple[Section, float]:
+    """The capped benchmark's workload against a server with no stream cap: the ceiling.
+
+    One plain grpc channel and a pool of 16 take turns; the better of the two is what
+    this machine does for 20 ms calls from 200 callers when no cap limits them.
+    """
     seconds, rounds = (0.2, 1) if quick else (2.0, 2)
-    rates = []
+    section = Section(
+        "Ceiling: the same 20 ms calls, 200 callers, server with no stream cap",
+        ["client", "calls/s", "client CPU %", "server CPU %"],
+    )
+    makers: dict[str, Callable[[str], object]] = {
+        "one plain channel": _plain,
+        "conngrpc pool of 16": lambda a: _pool(a, 16),
+    }
+    best: dict[str, Load] = {}
     with ServerProcess(args=["--option", "grpc.http.overload_protection=0"]) as server:
-        async with _pool(server.address, 16) as get:
-            await run_load(get, callers=200, seconds=min(0.3, seconds), request=request)
-            for _ in range(rounds):
-                load = await run_load(get, callers=200, seconds=seconds, request=request)
-                rates.append(load.rate)
-    return max(rates)
+        for round_ in range(rounds):
+            order = list(makers) if round_ % 2 == 0 else list(makers)[::-1]
+            for label in order:
+                load, _ = await _measure(makers[label], server, 200, seconds)
+                if label not in best or load.rate > best[label].rate:
+                    best[label] = load
+    for label in makers:
+        load = best[label]
+        section.add(
+            label,
+            load.rate,
+            100 * load.client_cpu / load.seconds,
+            100 * load.server_cpu / load.seconds,
+        )
+    section.notes.append(
+        f"The best of {rounds} rounds of {seconds:g} s per client, the clients taking turns;"
+        " the server (its own process) has no stream cap and overload protection off. The"
+        " higher of the two rates is the ceiling the stream-capped tables are set against."
+    )
+    return section, max(load.rate for load in best.values())
 
 
-async def client_cpu_limit(quick: bool) -> float:
-    """Calls/s with nothing capped and no delay: what this client can drive at all."""
-    return await _uncapped_rate(quick, b"0")
+def scaling(section: Section, size: int, rate: float, one: float, top: float) -> None:
+    """The target of a pool of ``size``: against ``size`` x one channel, or the ceiling."""
+    linear = size * one
+    share = SCALING[size]
+    name = f"conngrpc pool of {size}, calls/s"
+    if (1 - LEVEL) * top < share * linear:
+        section.target(name, rate, ">=", 1 - LEVEL, "the no-cap ceiling", top)
+    else:
+        section.target(name, rate, ">=", share, f"{size} x one plain channel", linear)
 
 
-async def workload_ceiling(quick: bool) -> float:
-    """Calls/s for the capped benchmark's own workload (20 ms calls) with no stream cap."""
-    return await _uncapped_rate(quick, DELAY_MS)
-
-
-async def stream_capped(quick: bool, cpu_limit: float, ceiling: float) -> list[Section]:
+async def stream_capped(quick: bool, top: float) -> list[Section]:
     seconds, rounds = (0.2, 1) if quick else (1.0, 5)
     callers = 200
     sections = []
@@ -181,30 +214,7 @@ async def stream_capped(quick: bool, cpu_limit: float, ceiling: float) -> list[S
                 100 * sum(load.client_cpu for load in runs) / elapsed,
                 100 * sum(load.server_cpu for load in runs) / elapsed,
             )
-        plain = rates["one plain channel"]
-        pool4, pool16 = rates["conngrpc pool of 4"], rates["conngrpc pool of 16"]
-        section.check("pool of 4 / one channel", pool4 / plain, ">= 3.5", pool4 / plain >= 3.5)
-        section.check(
-            "pool of 4 / A105 N=4",
-            pool4 / rates["A105 N=4"],
-            ">= 0.95",
-            pool4 / rates["A105 N=4"] >= 0.95,
-        )
-        at_limit = pool16 >= 0.95 * cpu_limit
-        section.check(
-            "pool of 16 / one channel",
-            pool16 / plain,
-            ">= 12, or within 5% of the client CPU limit",
-            pool16 / plain >= 12 or at_limit,
-            f"pool of 16 = {pool16 / cpu_limit:.0%} of the limit, {cpu_limit:,.0f} calls/s",
-        )
-        section.check(
-            "pool of 16 / the same workload with no cap",
-            pool16 / ceiling,
-            "report (this machine's ceiling for 20 ms calls)",
-            True,
-            f"{ceiling:,.0f} calls/s with no cap",
-        )
+        capped_targets(section, rates, top)
         section.notes.append(
             f"{callers} concurrent callers, each calling a 20 ms handler on a server capped at "
             f"{CAP} concurrent streams per connection; {rounds} rounds of {seconds:g} s per "
@@ -214,6 +224,21 @@ async def stream_capped(quick: bool, cpu_limit: float, ceiling: float) -> list[S
         )
         sections.append(section)
     return sections
+
+
+def capped_targets(section: Section, rates: dict[str, float], top: float) -> None:
+    """The stream-capped table's targets, from each client's calls/s and the ceiling."""
+    one = rates["one plain channel"]
+    scaling(section, 4, rates["conngrpc pool of 4"], one, top)
+    section.target(
+        "conngrpc pool of 4, calls/s",
+        rates["conngrpc pool of 4"],
+        ">=",
+        1 - LEVEL,
+        "A105 N=4",
+        rates["A105 N=4"],
+    )
+    scaling(section, 16, rates["conngrpc pool of 16"], one, top)
 
 
 @asynccontextmanager
@@ -241,7 +266,6 @@ async def cold_burst(quick: bool, latency_ms: float = 0) -> Section:
         ("fresh A105 N=4 channel (after channel_ready)", lambda a: _a105(a, 4)),
         ("one plain channel", _plain),
     ]
-    p99: dict[str, float] = {}
     server_args = ["--max-streams", str(CAP), "--option", "grpc.http.overload_protection=0"]
     for label, make in contenders:
         latencies: list[float] = []
@@ -256,17 +280,14 @@ async def cold_burst(quick: bool, latency_ms: float = 0) -> Section:
             latencies += times
             maxima.append(max(times))
             failed += errors
-        p99[label] = percentile(latencies, 99)
         section.add(
             label,
             ms(percentile(latencies, 50)),
-            ms(p99[label]),
+            ms(percentile(latencies, 99)),
             ms(median(maxima)),
             failed,
             sockets,
         )
-    ratio = p99[contenders[1][0]] / p99[contenders[0][0]]
-    section.check("A105 p99 / pool p99 (above 1: the pool is faster)", ratio, "report", True)
     section.notes.append(
         f"{rounds} rounds, each against a fresh server process (capped at {CAP} streams, "
         "20 ms handler, overload protection off); 'max' is the median over rounds of each "
@@ -324,10 +345,23 @@ async def overhead(quick: bool) -> Section:
             percentile(samples[key], 99) * 1e6,
             median(rates[key]),
         )
-    p50_ratio = percentile(samples["pool"], 50) / percentile(samples["plain"], 50)
-    rate_ratio = median(rates["plain"]) / median(rates["pool"])
-    section.check("pool p50 / plain p50", p50_ratio, "<= 1.05", p50_ratio <= 1.05)
-    section.check("plain calls/s / pool calls/s", rate_ratio, "<= 1.05", rate_ratio <= 1.05)
+    plain_p50 = percentile(samples["plain"], 50) * 1e6
+    section.target(
+        "conngrpc pool of 1, p50 us",
+        percentile(samples["pool"], 50) * 1e6,
+        "<=",
+        1 + LEVEL,
+        "one plain channel",
+        plain_p50,
+    )
+    section.target(
+        "conngrpc pool of 1, calls/s",
+        median(rates["pool"]),
+        ">=",
+        1 - LEVEL,
+        "one plain channel",
+        median(rates["plain"]),
+    )
     section.notes.append(
         f"Round trips: {blocks} blocks of {sequential} sequential calls per client, "
         f"interleaved; throughput: the median of {blocks} runs of {seconds:g} s with 50 "

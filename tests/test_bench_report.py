@@ -1,0 +1,218 @@
+"""The benchmark report's PASS/MISS and its tables, on made-up runs (no benchmark runs here)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from bench._common import Section, Target, summary
+from bench.fleet import RR, no_more_than
+from bench.pooled import (
+    A105,
+    CAPPED_POOL,
+    PLAIN_POOL,
+    SLOW_POOLED,
+    SLOW_RR,
+    Run,
+    cap_table,
+    mixed_table,
+    slow_table,
+)
+from bench.throughput import CAPPED_COLUMNS, capped_targets
+
+
+@pytest.mark.parametrize(
+    ("op", "value", "passed"),
+    [
+        (">=", 0.95, True),
+        (">=", 0.9499, False),
+        (">", 0.0, False),
+        (">", 0.001, True),
+        ("<=", 1.05, True),
+        ("<=", 1.0501, False),
+        ("<", 1.0, False),
+        ("<", 0.99, True),
+        ("=", 0.0, True),
+        ("=", 1.0, False),
+    ],
+)
+def test_an_absolute_target_compares_the_figure_with_its_bound(
+    op: str, value: float, passed: bool
+) -> None:
+    bound = {">=": 0.95, ">": 0.0, "<=": 1.05, "<": 1.0, "=": 0.0}[op]
+    assert Target("figure", value, op, bound).passed is passed
+
+
+def test_a_target_with_a_reference_compares_the_ratio_to_it() -> None:
+    met = Target("pool of 4, calls/s", 1676.0, ">=", 0.95, "A105 N=4", 1713.4)
+    assert met.value == pytest.approx(0.978, abs=1e-3)
+    assert met.passed
+    missed = Target("pool of 4, calls/s", 1592.9, ">=", 0.95, "A105 N=4", 1700.5)
+    assert missed.value == pytest.approx(0.937, abs=1e-3)
+    assert not missed.passed
+
+
+@pytest.mark.parametrize(
+    ("measured", "against"), [(float("nan"), None), (float("nan"), 10.0), (5.0, 0.0)]
+)
+def test_nothing_measured_is_a_miss(measured: float, against: float | None) -> None:
+    reference = "" if against is None else "one plain channel"
+    assert Target("figure", measured, "<=", 1e9, reference, against).result == "MISS"
+    assert Target("figure", measured, ">=", -1e9, reference, against).result == "MISS"
+
+
+def test_a_target_refuses_an_unknown_comparison_or_a_reference_without_its_figure() -> None:
+    with pytest.raises(ValueError, match="op must be one of"):
+        Target("figure", 1.0, "=>", 1.0)
+    with pytest.raises(ValueError, match="a reference needs its figure"):
+        Target("figure", 1.0, "<=", 1.0, "one plain channel")
+    with pytest.raises(ValueError, match="a reference needs its figure"):
+        Target("figure", 1.0, "<=", 1.0, "", 2.0)
+
+
+def test_a_section_prints_its_table_then_each_target_with_reference_ratio_and_result() -> None:
+    section = Section("Start-up", ["channels", "pool ms", "plain ms"])
+    section.add(64, 46.6, 23.3)
+    section.target("pool of 64, median ms", 46.6, "<=", 3.0, "64 plain channels", 23.3)
+    section.target("median kill -> NotConnectedError, ms", 7.35, "<=", 500)
+    section.notes.append("Median of 9 starts.")
+    assert section.markdown() == (
+        "## Start-up\n"
+        "\n"
+        "| channels | pool ms | plain ms |\n"
+        "|---|---|---|\n"
+        "| 64 | 46.6 | 23.3 |\n"
+        "\n"
+        "| target | measured | set against (same run) | ratio | required | result |\n"
+        "|---|---|---|---|---|---|\n"
+        "| pool of 64, median ms | 46.6 | 64 plain channels: 23.3 | 2.00 | <= 3 | PASS |\n"
+        "| median kill -> NotConnectedError, ms | 7.35 | - | - | <= 500 | PASS |\n"
+        "\n"
+        "Median of 9 starts.\n"
+    )
+    assert (
+        "  pool of 64, median ms: 46.6 / 64 plain channels: 23.3 = 2.00 (required <= 3) PASS"
+        in (section.text())
+    )
+
+
+def test_the_summary_names_each_targets_benchmark() -> None:
+    first, second = Section("First", ["a"]), Section("Second", ["b"])
+    first.target("x", 1.0, "<", 2000)
+    second.target("y", 3.0, "=", 0)
+    assert summary([first, second]).splitlines()[2:] == [
+        "| First | x | 1.00 | - | - | < 2,000 | PASS |",
+        "| Second | y | 3.00 | - | - | = 0 | MISS |",
+    ]
+
+
+# --- the stream-capped table: scaling against one channel, or the ceiling -------------------
+
+
+def capped(rates: dict[str, float], ceiling: float) -> list[Target]:
+    section = Section("Stream-capped throughput, overload protection off", list(CAPPED_COLUMNS))
+    capped_targets(section, rates, ceiling)
+    return section.targets
+
+
+RATES = {  # the run of 2026-12-03, overload protection on
+    "one plain channel": 426.9,
+    "conngrpc pool of 4": 1592.9,
+    "conngrpc pool of 16": 2574.4,
+    "A105 N=4": 1700.5,
+}
+
+
+def test_a_pool_is_set_against_the_ceiling_where_linear_scaling_would_pass_it() -> None:
+    pool4, pool4_a105, pool16 = capped(RATES, ceiling=2751.0)
+    # 4 x one channel (1,708) is within the ceiling: 0.875 of it is the bound.
+    assert (pool4.reference, pool4.bound) == ("4 x one plain channel", 0.875)
+    assert pool4.against == pytest.approx(1707.6)
+    assert pool4.passed
+    assert (pool4_a105.reference, pool4_a105.result) == ("A105 N=4", "MISS")  # 0.94
+    # 0.75 x 16 x one channel (5,123) is beyond the ceiling: 0.95 of the ceiling is the bound.
+    assert (pool16.reference, pool16.against, pool16.bound) == ("the no-cap ceiling", 2751.0, 0.95)
+    assert pool16.value == pytest.approx(0.936, abs=1e-3)
+    assert not pool16.passed
+
+
+def test_on_a_machine_with_room_the_pool_of_16_is_held_to_linear_scaling() -> None:
+    rates = {**RATES, "conngrpc pool of 16": 5200.0}
+    *_, pool16 = capped(rates, ceiling=8000.0)
+    assert (pool16.reference, pool16.bound) == ("16 x one plain channel", 0.75)
+    assert pool16.passed  # 5,200 >= 0.75 x 6,830 = 5,123
+    *_, slower = capped({**rates, "conngrpc pool of 16": 5000.0}, ceiling=8000.0)
+    assert not slower.passed
+    *_, short = capped({**rates, "conngrpc pool of 16": 5000.0}, ceiling=5200.0)
+    assert short.reference == "the no-cap ceiling"  # 0.95 x 5,200 = 4,940: below 5,123
+    assert short.passed
+
+
+# --- the fleet: the pool against grpc round_robin + health ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "result"), [(10, 10, "PASS"), (599, 585, "PASS"), (620, 585, "MISS")]
+)
+def test_the_pools_failures_are_level_with_round_robins_within_five_percent(
+    ours: int, theirs: int, result: str
+) -> None:
+    section = Section("Fleet (c)", ["client"])
+    no_more_than(section, "failed calls, pool", ours, theirs)
+    (target,) = section.targets
+    assert (target.reference, target.against, target.result) == (RR, theirs, result)
+
+
+def test_where_round_robin_had_none_the_pool_must_have_none() -> None:
+    section = Section("Fleet (b)", ["client"])
+    no_more_than(section, "calls it received while NOT_SERVING, pool", 0, 0)
+    no_more_than(section, "calls it received while NOT_SERVING, pool", 3, 0)
+    met, missed = section.targets
+    assert met.against is None
+    assert met.name.endswith("(round_robin's: 0)")
+    assert (met.result, missed.result) == ("PASS", "MISS")
+
+
+# --- the PooledChannel's tables, built from each client's run --------------------------------
+
+
+def run_of(rate: float, p50_ms: float, p99_ms: float, **errors: int) -> Run:
+    """A run of 100 calls at ``rate`` calls/s with this p50 and p99."""
+    latencies = [p50_ms / 1000] * 98 + [p99_ms / 1000] * 2
+    return Run(latencies=latencies, short=latencies, errors=Counter(errors), seconds=100 / rate)
+
+
+def test_the_stream_cap_table_matches_a105_within_five_percent() -> None:
+    plain, rr = run_of(1641.6, 111.1, 132.5), run_of(1665.2, 109.7, 169.8)
+    runs = {
+        CAPPED_POOL: run_of(1626.4, 120.3, 165.3, UNAVAILABLE=54),
+        PLAIN_POOL: plain,
+        A105: run_of(1693.8, 108.8, 122.2, UNAVAILABLE=1667),
+        "get_channel round-robin, pool of 4": rr,
+    }
+    section = cap_table("overload protection on (grpc default)", [], runs, 3, 3.0)
+    rate, p99 = section.targets
+    assert (rate.reference, rate.result) == (A105, "PASS")  # 0.96
+    assert (p99.measured, p99.against, p99.result) == (165.3, 122.2, "MISS")  # 1.35
+    assert section.rows[0][4] == "UNAVAILABLE 54"
+    mixed = mixed_table("overload protection off", [], runs, 3, 3.0)
+    assert [(t.reference, t.result) for t in mixed.targets] == [
+        (A105, "MISS"),  # 165.3 ms against 122.2 ms
+        ("get_channel round-robin, pool of 4", "PASS"),  # 165.3 ms against 169.8 ms
+    ]
+
+
+def test_the_slow_replica_table_checks_calls_per_second_and_both_sides_of_the_share() -> None:
+    slow = b"50003"
+    rr = run_of(351.7, 23.3, 205.2)
+    rr.by_answer = Counter({slow: 33, b"50001": 33, b"50002": 34})
+    pooled = run_of(878.3, 23.5, 205.8)
+    for share, results in ((6, ["PASS", "PASS", "PASS"]), (12, ["PASS", "MISS", "PASS"])):
+        pooled.by_answer = Counter({slow: share, b"50001": 50, b"50002": 44})
+        runs = {SLOW_POOLED: pooled, SLOW_RR: rr, "get_channel round-robin, pool of 6": rr}
+        section = slow_table(runs, slow, 30, 2, 4.0)
+        assert [t.result for t in section.targets] == results
+    pooled.by_answer = Counter({b"50001": 50, b"50002": 50})
+    untried = slow_table({SLOW_POOLED: pooled, SLOW_RR: rr}, slow, 30, 2, 4.0)
+    assert [t.result for t in untried.targets] == ["PASS", "PASS", "MISS"]
