@@ -1,16 +1,22 @@
 """Loggers for conngrpc's modules (private): a library's logs go where the application's go.
 
-- The application configured structlog (``structlog.configure``): conngrpc's events go
-  through its processors, as structlog events carrying ``logger=<name>`` and the bound
-  fields (pool, channel, backend), rendered once by whatever renderer it chose.
-- It did not: the events go to the standard library's ``logging``, to the loggers
-  ``conngrpc.channel``, ``conngrpc.pool``, ``conngrpc.supervisor`` and
-  ``conngrpc.telemetry``, as one line ``event key=value ...`` (the fields are also in
-  the record's ``conngrpc`` attribute). With no logging configured at all, Python prints
-  warnings and errors on stderr; nothing ever goes to stdout.
+Every event goes to the standard library's ``logging``, to the loggers
+``conngrpc.channel``, ``conngrpc.pool``, ``conngrpc.supervisor``, ``conngrpc.telemetry``
+and ``conngrpc.otel``, as one record whose message reads ``event key=value ...``; the
+fields are also in the record's ``conngrpc`` attribute. With no logging configured at
+all, Python prints warnings and errors on stderr; nothing ever goes to stdout.
 
-Which of the two applies is decided at each event, so either may be set up after
-conngrpc is imported.
+structlog is used the way a library should use it: each logger is its own
+``structlog.wrap_logger`` around the ``logging`` logger, with conngrpc's own processor
+chain, so the application's global structlog configuration (``structlog.configure``,
+``structlog.testing.capture_logs``) never changes where conngrpc's events go. The chain
+ends as ``structlog.stdlib.ProcessorFormatter.wrap_for_formatter`` does, so an
+application that formats ``logging`` through a ``ProcessorFormatter`` receives each event
+as a structlog event dict: ``event``, the fields (``pool_name``, ``channel_name``,
+``backend``, ...), ``level``, ``logger`` and ``timestamp``, ready for its processors.
+
+A level the ``logging`` logger does not let through costs one ``isEnabledFor`` call:
+nothing is copied or formatted.
 """
 
 from __future__ import annotations
@@ -23,55 +29,89 @@ import structlog
 
 __all__ = ["Logger", "get_logger"]
 
-_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-}
+#: Keys of the event dict that are not the event's own fields.
+_META = frozenset({"event", "level", "logger", "timestamp", "exc_info"})
+
+
+class _Event(dict[str, Any]):
+    """An event dict whose text is the one line ``event key=value ...``.
+
+    ``ProcessorFormatter`` copies it into a plain dict for the application's processors;
+    every other formatter reads the record's message (``LogRecord.getMessage`` calls
+    ``str``) and gets the line.
+    """
+
+    __slots__ = ("line",)
+
+    def __init__(self, event_dict: Mapping[str, Any], line: str) -> None:
+        super().__init__(event_dict)
+        self.line = line
+
+    def __str__(self) -> str:
+        return self.line
+
+
+def _to_logging(
+    logger: logging.Logger, method: str, event_dict: structlog.typing.EventDict
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The last processor: the arguments of the ``logging`` call, as
+    ``ProcessorFormatter.wrap_for_formatter`` makes them, with a readable message."""
+    fields = {key: value for key, value in event_dict.items() if key not in _META}
+    line = " ".join([event_dict["event"], *(f"{k}={_text(v)}" for k, v in fields.items())])
+    extra = {"_logger": logger, "_name": method, "conngrpc": fields}
+    return (_Event(event_dict, line),), {"exc_info": event_dict.get("exc_info"), "extra": extra}
+
+
+_PROCESSORS = (
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso"),
+    _to_logging,
+)
 
 
 class Logger:
     """One conngrpc module's logger, with fields bound to every event it logs."""
 
-    __slots__ = ("_fields", "name")
+    __slots__ = ("_bound", "_logging", "name")
 
-    def __init__(self, name: str, fields: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, name: str, bound: structlog.stdlib.BoundLogger | None = None) -> None:
         self.name = name
-        self._fields: dict[str, Any] = dict(fields or {})
+        self._logging = logging.getLogger(name)
+        if bound is None:
+            # Every setting given, and bound at once: the result reads nothing of
+            # structlog's global configuration, now or later.
+            bound = structlog.wrap_logger(
+                self._logging,
+                processors=_PROCESSORS,
+                wrapper_class=structlog.stdlib.BoundLogger,
+                context_class=dict,
+                cache_logger_on_first_use=False,
+            ).bind()
+        self._bound: structlog.stdlib.BoundLogger = bound
 
     def __repr__(self) -> str:
-        return f"<Logger {self.name} {self._fields}>"
+        return f"<Logger {self.name} {structlog.get_context(self._bound)}>"
 
     def bind(self, **fields: Any) -> Logger:
         """This logger with ``fields`` added to every event."""
-        return Logger(self.name, {**self._fields, **fields})
+        return Logger(self.name, self._bound.bind(**fields))
 
     def debug(self, event: str, **fields: Any) -> None:
-        self._log("debug", event, fields)
+        if self._logging.isEnabledFor(logging.DEBUG):
+            self._bound.debug(event, **fields)
 
     def info(self, event: str, **fields: Any) -> None:
-        self._log("info", event, fields)
+        if self._logging.isEnabledFor(logging.INFO):
+            self._bound.info(event, **fields)
 
     def warning(self, event: str, **fields: Any) -> None:
-        self._log("warning", event, fields)
+        if self._logging.isEnabledFor(logging.WARNING):
+            self._bound.warning(event, **fields)
 
     def error(self, event: str, **fields: Any) -> None:
-        self._log("error", event, fields)
-
-    def _log(self, method: str, event: str, fields: dict[str, Any]) -> None:
-        if structlog.is_configured():
-            logger = structlog.get_logger(self.name).bind(logger=self.name, **self._fields)
-            getattr(logger, method)(event, **fields)
-            return
-        stdlib = logging.getLogger(self.name)
-        level = _LEVELS[method]
-        if not stdlib.isEnabledFor(level):
-            return
-        exc_info = fields.pop("exc_info", None)
-        everything = {**self._fields, **fields}
-        line = " ".join([event, *(f"{key}={_text(value)}" for key, value in everything.items())])
-        stdlib.log(level, "%s", line, exc_info=exc_info, extra={"conngrpc": everything})
+        if self._logging.isEnabledFor(logging.ERROR):
+            self._bound.error(event, **fields)
 
 
 def _text(value: object) -> str:

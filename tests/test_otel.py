@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.metrics import Counter, NoOpCounter, NoOpMeter, NoOpMeterProvider
-from structlog.testing import capture_logs
 
 from conngrpc import Channel, ExponentialBackoff, Pool, Supervisor, telemetry
 from conngrpc.otel import HANDLER_ID, ConnGRPCInstrumentor, _server
 from conngrpc.testing import FakeConnector
+from tests._logs import capture_logs
 from tests._otel import Metrics, instrumented
 from tests._probe import wait_until
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import anyio
 import pytest
-from structlog.testing import capture_logs
 
 from conngrpc import (
     ChannelConfig,
@@ -29,6 +28,7 @@ from conngrpc import (
 )
 from conngrpc.channel import worker as worker_module
 from conngrpc.testing import FakeChannel, FakeConnector
+from tests._logs import capture_logs
 from tests._probe import SUPERVISOR_EVENTS, EventLog, recording, until_cancelled, wait_until
 
 pytestmark = pytest.mark.anyio

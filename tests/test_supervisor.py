@@ -11,7 +11,6 @@ import anyio.lowlevel
 import pytest
 import sniffio
 from anyio.abc import TaskStatus
-from structlog.testing import capture_logs
 
 from conngrpc import (
     ChildSpec,
@@ -24,6 +23,7 @@ from conngrpc import (
     SupervisorNotRunningError,
     UnknownChildError,
 )
+from tests._logs import capture_logs
 from tests._probe import (
     SUPERVISOR_EVENTS,
     FakeClock,

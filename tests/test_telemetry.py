@@ -6,9 +6,9 @@ import itertools
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from conngrpc.telemetry import HANDLER_FAILURE, TelemetryBus
+from tests._logs import capture_logs
 
 Call = tuple[tuple[str, ...], dict[str, Any], dict[str, Any], Any]
 

@@ -31,7 +31,8 @@ These commands try a pool, check a server through one, or watch one live.
 
 TOP_EPILOG = """\
 exit codes:
-  0  the command succeeded (probe: every channel SERVING; watch: stopped by a signal)
+  0  the command succeeded (probe: every channel SERVING; demo: it ran to its end or
+     was stopped by Ctrl-C or SIGTERM; watch: stopped by Ctrl-C or SIGTERM)
   1  it failed (probe: a channel not connected or not SERVING)
   2  usage error
 
@@ -41,7 +42,8 @@ Run "python -m conngrpc COMMAND --help" for a command's options and exit codes.
 DEMO_DESCRIPTION = """\
 Run a pool of 5 channels against conngrpc's test server in a child process: hand out
 channels round-robin, kill the server, crash a worker, restart the server, recover.
-It tells its story on stdout and ends by itself within seconds.
+It tells its story on stdout and ends by itself within seconds; Ctrl-C (SIGINT) or
+SIGTERM stops it sooner, closing the pool and the server.
 """
 
 PROBE_DESCRIPTION = """\
@@ -55,7 +57,9 @@ only.
 
 PROBE_EPILOG = """\
 exit codes:
-  0  every channel connected and its server answered SERVING
+  0  every channel connected and its server answered SERVING (a server without the
+     grpc.health.v1 service answers UNIMPLEMENTED, which counts as serving, as it does
+     in a pool that health-checks its channels)
   1  a channel did not connect, or its server did not answer SERVING
   2  usage error: a bad option or address, or a certificate file that cannot be read
 
@@ -157,7 +161,7 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     watch_parser.add_argument(
         "--interval",
         metavar="S",
-        type=seconds("--interval"),
+        type=seconds,
         default=5.0,
         help="seconds between status lines (default: %(default)g)",
     )

@@ -2,11 +2,13 @@
 
 The demo needs a server to kill and restart, so it starts conngrpc's small test
 server (``conngrpc._server``) in a child process: that is why the server ships in the
-wheel. Its story is told as log lines on stdout.
+wheel. Its story is told as log lines on stdout. Ctrl-C (SIGINT) or SIGTERM stops it
+at any point: the pool is closed and the server killed, and the command exits 0.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +22,7 @@ from ..channel import ChannelConfig, ExponentialBackoff
 from ..errors import NotConnectedError
 from ..pool import Pool
 from ..supervisor import Supervisor
+from .signals import stopping_on_signals
 
 __all__ = ["run_demo"]
 
@@ -143,5 +146,13 @@ class _Demo:
 
 
 async def run_demo() -> None:
-    """Tell the demo's story (about 10 s)."""
-    await _Demo().run()
+    """Tell the demo's story (about 10 s); Ctrl-C or SIGTERM ends it early, cleanly."""
+    with anyio.CancelScope() as scope, stopping_on_signals(scope.cancel, "stopping the demo"):
+        try:
+            await _Demo().run()
+        except asyncio.CancelledError:
+            # A grpc.aio call cancelled under the scope re-raises a CancelledError of its
+            # own, without the mark anyio knows its cancellations by: the scope would
+            # let it through (and asyncio.run print it), though it is the scope's.
+            if not scope.cancel_called:
+                raise

@@ -13,14 +13,16 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from .._checks import check_seconds
+from .._checks import check_count, check_seconds
 from ..channel import Backoff, ChannelConfig, ExponentialBackoff
 
-__all__ = ["Target", "add_target_options", "seconds", "target_from"]
+__all__ = ["Target", "add_target_options", "pool_size", "seconds", "target_from"]
+
+T = TypeVar("T")
 
 _TLS_NAME = "grpc.ssl_target_name_override"
 
@@ -52,17 +54,34 @@ class Target:
         )
 
 
-def seconds(option: str) -> Callable[[str], float]:
-    """An argparse type: seconds as conngrpc bounds them, or a usage error naming ``option``."""
+def _checked(
+    expected: str, convert: Callable[[str], T], check: Callable[[str, T], T]
+) -> Callable[[str], T]:
+    """An argparse type: ``convert`` the text, then ``check`` it as conngrpc's settings
+    are checked, or a usage error saying what was expected and what came.
 
-    def parse(text: str) -> float:
+    argparse names the option itself ("argument --timeout: ..."), so the message leaves
+    it out: a check's messages begin with the name they are given, here none.
+    """
+
+    def parse(text: str) -> T:
         try:
-            return check_seconds(option, float(text))
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        try:
+            return check("", value)
         except ValueError as error:
-            message = str(error) if option in str(error) else f"{option}: expected seconds"
-            raise argparse.ArgumentTypeError(message) from None
+            raise argparse.ArgumentTypeError(str(error).removeprefix(": ")) from None
 
     return parse
+
+
+#: Seconds as conngrpc bounds them (> 0, at most MAX_SECONDS).
+seconds = _checked("seconds", float, check_seconds)
+
+#: A number of channels: at least 1.
+pool_size = _checked("an int >= 1", int, lambda where, value: check_count(where, value, minimum=1))
 
 
 def add_target_options(
@@ -76,19 +95,20 @@ def add_target_options(
         "address",
         metavar="ADDRESS",
         help="host:port, or any grpc target (dns:///host:port, ipv4:a:p,b:p, unix:path); "
-        "a host name is resolved and the channels are spread over every address it has",
+        "without a port, port 443 is dialled, as grpc does; a host name is resolved and the "
+        "channels are spread over every address it has",
     )
     parser.add_argument(
         "--pool-size",
         metavar="N",
-        type=int,
+        type=pool_size,
         default=4,
         help="channels to open, each on its own connection (default: %(default)s)",
     )
     parser.add_argument(
         "--timeout",
         metavar="S",
-        type=seconds("--timeout"),
+        type=seconds,
         default=5.0,
         help=f"{timeout} (default: %(default)g)",
     )
@@ -134,8 +154,6 @@ def add_target_options(
 
 def target_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Target:
     """The Target the parsed options describe; a usage error (exit 2) if they are wrong."""
-    if args.pool_size < 1:
-        parser.error(f"--pool-size: expected at least 1, got {args.pool_size}")
     try:
         ChannelConfig(args.address)
     except ValueError as error:

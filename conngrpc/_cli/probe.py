@@ -27,9 +27,12 @@ from ..pool import Pool
 from ..supervisor import Supervisor
 from .options import Target
 
-__all__ = ["ChannelReport", "probe"]
+__all__ = ["NO_HEALTH_SERVICE", "ChannelReport", "probe"]
 
 _POOL = "conngrpc-probe"
+
+#: What an UNIMPLEMENTED answer to Health/Check means, in the library's words.
+NO_HEALTH_SERVICE = "no grpc.health.v1 service: counts as serving"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +42,9 @@ class ChannelReport:
     ``status`` is a health status (``SERVING``, ``NOT_SERVING``, ``SERVICE_UNKNOWN``,
     ``UNKNOWN``), ``NOT_CONNECTED``, or the grpc status code of a check that failed
     (``UNIMPLEMENTED``, ``NOT_FOUND``, ``DEADLINE_EXCEEDED``, ...); ``reason`` says more
-    when it is not a health status.
+    when it is not a health status. ``serving`` is the verdict a pool with
+    ``health_check`` would give: SERVING, or UNIMPLEMENTED (the server has no
+    grpc.health.v1 service, which counts as serving, as in gRFC A17).
     """
 
     index: int
@@ -48,6 +53,7 @@ class ChannelReport:
     latency_ms: float | None
     status: str
     reason: str | None = None
+    serving: bool = False
 
 
 async def probe(target: Target, *, as_json: bool) -> int:
@@ -86,7 +92,7 @@ async def probe(target: Target, *, as_json: bool) -> int:
                 reports.append(await _check(index, worker.backend, worker.channel, target))
     finally:
         telemetry.detach("conngrpc-probe")
-    serving = sum(report.status == "SERVING" for report in reports)
+    serving = sum(report.serving for report in reports)
     if as_json:
         document = {
             "address": target.address,
@@ -117,11 +123,14 @@ async def _check(
         status = _health.STATUS_NAMES.get(number, f"status {number}")
     except grpc.aio.AioRpcError as error:
         status, reason = error.code().name, error.details()
+        if error.code() is grpc.StatusCode.UNIMPLEMENTED:
+            reason = NO_HEALTH_SERVICE
     latency = round((time.perf_counter() - begin) * 1000, 3)
     after = _connections()
     used = [after[k][1] for k in after if after[k][0] > before.get(k, (0, ""))[0]]
     local = used[0] if len(used) == 1 and used[0] != "?" else None
-    return ChannelReport(index, backend, local, latency, status, reason)
+    serving = status in ("SERVING", "UNIMPLEMENTED")  # as a pool's health check counts
+    return ChannelReport(index, backend, local, latency, status, reason, serving)
 
 
 def _print_table(target: Target, reports: list[ChannelReport], serving: int) -> None:
@@ -148,7 +157,9 @@ def _print_table(target: Target, reports: list[ChannelReport], serving: int) -> 
             f"{index:>{widths[0]}}  {backend:<{widths[1]}}  {local:<{widths[2]}}  "
             f"{latency:>{widths[3]}}  {status}"
         )
-    print(f"{serving} of {target.pool_size} SERVING")
+    unimplemented = sum(report.status == "UNIMPLEMENTED" for report in reports)
+    without = f" ({unimplemented} of them: no grpc.health.v1 service)" if unimplemented else ""
+    print(f"{serving} of {target.pool_size} SERVING{without}")
 
 
 def _connections() -> dict[str, tuple[int, str]]:

@@ -8,12 +8,9 @@ until Ctrl-C (SIGINT) or SIGTERM closes the pool and ends the command with statu
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
@@ -25,6 +22,7 @@ from ..channel import ExponentialBackoff
 from ..pool import Pool
 from ..supervisor import Supervisor
 from .options import Target
+from .signals import stopping_on_signals
 
 __all__ = ["EVENTS", "watch"]
 
@@ -46,12 +44,6 @@ async def watch(target: Target, *, interval: float, health_check: str | None, as
     """Run the pool and print its events until a signal; the exit status."""
     stop = anyio.Event()
     printer = _Printer(sys.stdout, as_json=as_json, on_closed=stop.set)
-
-    def on_signal(signum: int) -> None:
-        stop.set()
-        with contextlib.suppress(OSError):  # stderr may be gone too
-            print(f"{signal.Signals(signum).name}: closing the pool", file=sys.stderr, flush=True)
-
     spec = Pool.child_spec(
         name=_POOL,
         pool_size=target.pool_size,
@@ -67,17 +59,13 @@ async def watch(target: Target, *, interval: float, health_check: str | None, as
         file=sys.stderr,
         flush=True,
     )
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
     telemetry.attach_many("conngrpc-watch", EVENTS, printer.on_event)
     try:
-        async with Supervisor([spec], name="watch"):
-            await stop.wait()
+        with stopping_on_signals(stop.set, "closing the pool"):
+            async with Supervisor([spec], name="watch"):
+                await stop.wait()
     finally:
         telemetry.detach("conngrpc-watch")
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
     return 0
 
 

@@ -97,8 +97,9 @@ def _as_is(data: bytes) -> bytes:
 class DemoStub:
     """The stub of the backend's ``conngrpc.demo.v1.Demo`` service, written out by hand.
 
-    It is what grpcio-tools generates, minus the protobuf messages: this demo backend
-    (``python -m conngrpc._server``) takes and returns plain bytes. Against your own
+    It is what grpcio-tools generates, minus the protobuf messages: the example's backend
+    (``python -m examples.fastapi_service.backend``) takes and returns plain bytes. Against
+    your own
     backend, use your generated stub instead, built once on the pool's channel:
     ``InventoryStub(BackendPool.channel())``.
     """

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -16,8 +18,8 @@ from grpc_health.v1 import health, health_pb2  # type: ignore[import-untyped]
 
 import conngrpc
 from conngrpc._cli import parser
+from tests._cli import COMMAND, Lines, run_cli
 from tests._cli import health_server as serving_health
-from tests._cli import run_cli
 from tests._net import closed_port
 
 pytestmark = pytest.mark.anyio
@@ -103,6 +105,60 @@ async def test_the_demo_tells_the_whole_story_and_ends_by_itself() -> None:
     assert "telemetry child_restarted" in out
     assert re.search(r"pool back\s+connected=5", out)
     assert "demo done" in out
+    # The library's own error (logging's conngrpc.supervisor), rendered as the demo's
+    # lines are, once, without its traceback.
+    (crash,) = [line for line in out.splitlines() if "child crashed" in line]
+    assert re.search(r"\[error\s*\] child crashed\s+\[conngrpc\.supervisor\] ", crash)
+    assert "Traceback" not in out + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("stage", "group"),
+    [
+        # The server just started: SIGINT to the whole process group, the server
+        # included, as Ctrl-C in a terminal does.
+        ("server started", True),
+        # The server killed, the pool failing: SIGINT to the demo alone (`kill -INT`).
+        ("get_channel raised NotConnectedError", False),
+    ],
+)
+def test_ctrl_c_stops_the_demo_cleanly_at_any_stage(stage: str, group: bool) -> None:
+    """As watch does: a line on stderr, exit 0, no traceback, the server gone.
+
+    The signal follows the stage's line within milliseconds; after either line the demo
+    still has to start its server again (a Python process: about 0.3 s) and reconnect
+    (a 0.5 s backoff) before it could end by itself.
+    """
+    with subprocess.Popen(
+        [*COMMAND, "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a terminal gives it
+    ) as demo:
+        try:
+            assert demo.stdout is not None
+            assert demo.stderr is not None
+            lines = Lines(demo.stdout)
+            started = lines.expect(lambda line: "server started" in line, what="the server")
+            server_pid = int(re.findall(r"pid=(\d+)", started)[0])
+            if stage not in started:
+                lines.expect(lambda line: stage in line, what=stage)
+            if group:
+                os.killpg(demo.pid, signal.SIGINT)
+            else:
+                demo.send_signal(signal.SIGINT)
+            code = demo.wait(30)
+            stderr = demo.stderr.read()
+            lines.rest()
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+    assert code == 0, stderr
+    assert stderr == "SIGINT: stopping the demo\n"
+    assert not any("demo done" in line for line in lines.seen)  # it was stopped early
+    with pytest.raises(ProcessLookupError):  # it killed its server (and waited for it)
+        os.kill(server_pid, 0)
 
 
 async def test_probe_reports_every_channel_serving_on_its_own_connection(
@@ -134,6 +190,28 @@ async def test_probe_exits_non_zero_when_the_server_is_not_serving(
     assert "0 of 2 SERVING" in result.stdout
 
 
+async def test_probe_counts_a_server_without_the_health_service_as_serving_and_says_so() -> None:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # no service at all
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    await server.start()
+    try:
+        table, document = [
+            await anyio.to_thread.run_sync(run_cli, "probe", address, "--pool-size", "2", *extra)
+            for extra in ([], ["--json"])
+        ]
+    finally:
+        await server.stop(None)
+    assert (table.returncode, document.returncode) == (0, 0), table.stdout + table.stderr
+    statuses = [status for *_, status in ROW.findall(table.stdout)]
+    assert statuses == ["UNIMPLEMENTED: no grpc.health.v1 service: counts as serving"] * 2
+    assert "2 of 2 SERVING (2 of them: no grpc.health.v1 service)" in table.stdout
+    assert "Method not found" not in table.stdout
+    channels = json.loads(document.stdout)["channels"]
+    assert [(c["status"], c["serving"]) for c in channels] == [("UNIMPLEMENTED", True)] * 2
+    assert {c["reason"] for c in channels} == {"no grpc.health.v1 service: counts as serving"}
+    assert json.loads(document.stdout)["all_serving"] is True
+
+
 async def test_probe_json_is_one_document_that_says_what_the_table_says(
     health_server: tuple[health.aio.HealthServicer, str],
 ) -> None:
@@ -153,6 +231,7 @@ async def test_probe_json_is_one_document_that_says_what_the_table_says(
     assert [channel["index"] for channel in channels] == [0, 1, 2]
     assert {channel["backend"] for channel in channels} == {address}
     assert {channel["status"] for channel in channels} == {"SERVING"}
+    assert {channel["serving"] for channel in channels} == {True}
     assert {channel["reason"] for channel in channels} == {None}
     assert len({channel["local_address"] for channel in channels}) == 3
     assert all(0 < channel["latency_ms"] < 5000 for channel in channels)
@@ -223,24 +302,37 @@ def test_probe_reports_each_failure_as_it_comes_not_only_at_the_end() -> None:
     assert reported_after < 10  # long before the 30 s timeout
 
 
+#: The options that take seconds, and those that take a number of channels, by command.
+SECONDS_OPTIONS = [("probe", "--timeout"), ("watch", "--timeout"), ("watch", "--interval")]
+COUNT_OPTIONS = [("probe", "--pool-size"), ("watch", "--pool-size")]
+BAD_SECONDS = [
+    ("-1", "expected seconds > 0 and <= 2.14748e+06, got -1.0"),
+    ("0", "expected seconds > 0 and <= 2.14748e+06, got 0.0"),
+    ("inf", "expected seconds > 0 and <= 2.14748e+06, got inf"),
+    ("nan", "expected seconds > 0 and <= 2.14748e+06, got nan"),
+    ("3000000", "expected seconds > 0 and <= 2.14748e+06, got 3000000.0"),
+    ("soon", "expected seconds, got 'soon'"),
+]
+BAD_COUNTS = [
+    ("0", "expected an int >= 1, got 0"),
+    ("-1", "expected an int >= 1, got -1"),
+    ("1.5", "expected an int >= 1, got '1.5'"),
+    ("many", "expected an int >= 1, got 'many'"),
+]
+
+
 @pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["probe", "--pool-size", "0"], "--pool-size: expected at least 1, got 0"),
-        (["probe", "--timeout", "0"], "--timeout: expected seconds > 0"),
-        (["probe", "--timeout", "inf"], "--timeout: expected seconds > 0 and <= 2.14748e+06"),
-        (["probe", "--timeout", "nan"], "--timeout: expected seconds > 0"),
-        (["probe", "--timeout", "soon"], "--timeout: expected seconds"),
-        (["watch", "--pool-size", "0"], "--pool-size: expected at least 1, got 0"),
-        (["watch", "--interval", "0"], "--interval: expected seconds > 0"),
-        (["watch", "--interval", "often"], "--interval: expected seconds"),
-    ],
+    ("command", "option", "value", "message"),
+    [(*where, *bad) for where in SECONDS_OPTIONS for bad in BAD_SECONDS]
+    + [(*where, *bad) for where in COUNT_OPTIONS for bad in BAD_COUNTS],
 )
-def test_bad_arguments_are_usage_errors(args: list[str], message: str) -> None:
-    command, *options = args
-    result = run_cli(command, "127.0.0.1:1", *options)
+def test_a_bad_option_value_is_a_usage_error_naming_the_option_once(
+    command: str, option: str, value: str, message: str
+) -> None:
+    result = run_cli(command, "127.0.0.1:1", option, value)
     assert result.returncode == 2
-    assert message in result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert error == f"python -m conngrpc {command}: error: argument {option}: {message}"
     assert f"usage: python -m conngrpc {command}" in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout == ""

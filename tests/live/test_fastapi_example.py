@@ -123,9 +123,12 @@ def wait_until_true(predicate: Callable[[], bool], within: float) -> None:
 
 
 @pytest.fixture
-def backend() -> Iterator[ServerProcess]:
-    """The gRPC backend's port, chosen now; the test starts the server when it wants it."""
-    server = ServerProcess(port=closed_port())
+def backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerProcess]:
+    """The example's own backend (``backend.py``, as its README runs it), on a port chosen
+    now; the test starts the server when it wants it."""
+    pythonpath = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), pythonpath])))
+    server = ServerProcess(port=closed_port(), module="examples.fastapi_service.backend")
     try:
         yield server
     finally:

@@ -14,7 +14,6 @@ from typing import Any
 import anyio
 import grpc
 import pytest
-from structlog.testing import capture_logs
 
 from conngrpc import ExponentialBackoff, NotConnectedError, Pool, Supervisor
 from conngrpc._server import ServerProcess
@@ -29,6 +28,7 @@ from tests._fleet import (
     ports_of_every_channel,
     spread,
 )
+from tests._logs import capture_logs
 from tests._net import closed_port
 from tests._probe import EventLog, wait_until
 

@@ -18,11 +18,11 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from structlog.testing import capture_logs
 
 from conngrpc import ChannelConfig, ExponentialBackoff, NotConnectedError, Pool, Supervisor
 from conngrpc._server import _handlers, peer_of
 from tests._certs import KeyPair, TLSMaterial, make_tls_material
+from tests._logs import capture_logs
 from tests._net import established_sockets
 from tests._probe import SUPERVISOR_EVENTS, EventLog, recording, wait_until
 

@@ -11,9 +11,9 @@ from typing import Any
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from structlog.testing import capture_logs
 
 from conngrpc.telemetry import HANDLER_FAILURE, TelemetryBus
+from tests._logs import capture_logs
 
 EVENTS = [("a",), ("a", "b"), ("a", "c"), ("d", "e", "f")]
 HANDLER_IDS = ["h1", "h2", "h3", ("tuple", "id")]
