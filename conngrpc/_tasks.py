@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
 from anyio.abc import TaskGroup
 
-if sys.version_info < (3, 11):
+if sys.version_info >= (3, 11):
+    from typing import TypeVarTuple, Unpack
+else:
     from exceptiongroup import BaseExceptionGroup
+    from typing_extensions import TypeVarTuple, Unpack
+
+PosArgs = TypeVarTuple("PosArgs")
 
 
 @asynccontextmanager
@@ -40,3 +46,46 @@ async def reraise_if_cancelled() -> None:
     checkpoint: this checkpoint raises it, and returns when the error was grpc's alone.
     """
     await anyio.lowlevel.checkpoint()
+
+
+async def clearing_frames(
+    func: Callable[[Unpack[PosArgs]], Awaitable[object]], *args: Unpack[PosArgs]
+) -> None:
+    """Run ``func(*args)``; should it raise, clear the frames it raised through first.
+
+    For a task that holds a grpc channel: ``tasks.start_soon(clearing_frames, func,
+    channel)``. A frame keeps its local variables (the channel, and grpc.aio's own
+    ``wait_for_state_change(self)`` the channel too) for as long as a traceback holds
+    it, and anyio's asyncio task group keeps a cancelled task's ``CancelledError`` in a
+    reference cycle (its ``task_done`` callback's frame holds the error, whose traceback
+    holds that frame). The channel would then be freed by the garbage collector, at any
+    later time: after its event loop closed, or in a forked child. With the frames
+    cleared (a traceback still shows every line) it goes when its owner lets it go.
+
+    Pass what the task holds as arguments, not through a closure: a cleared frame still
+    refers to its function, and so to the function's closure.
+    """
+    running = func(*args)
+    del func, args  # this frame is in the traceback too, and cannot be cleared running
+    try:
+        await running
+    except BaseException as error:
+        clear_frames(error)
+        raise
+
+
+def clear_frames(error: BaseException) -> None:
+    """Clear the local variables of the frames ``error`` and the exceptions chained to it
+    (causes, contexts, members of a group) were raised through; a frame still running
+    keeps its own."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
