@@ -42,7 +42,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .. import _health, telemetry
 from .._log import get_logger
-from .._tasks import reraise_if_cancelled, task_group
+from .._tasks import clear_frames, clearing_frames, reraise_if_cancelled, task_group
 from ..errors import ConnectFailedError
 from .backoff import Backoff, ExponentialBackoff
 from .changes import (
@@ -143,6 +143,9 @@ async def run_worker(
         owner.report(index, Stopped())
         raise
     except BaseException as crash:
+        # Its traceback's frames hold the worker's channels, and the supervisor keeps the
+        # crash (in a reference cycle): let the channels go now, not with the collector.
+        clear_frames(crash)
         owner.report(index, Stopped(f"crash: {type(crash).__name__}: {crash}"))
         raise
     owner.report(index, Stopped())
@@ -319,29 +322,32 @@ class _Life:
         replacements: list[_Connection] = []
         try:
             async with task_group() as tasks:
-
-                async def follow_connectivity() -> None:
+                # The connection is passed, not closed over, and each task lets go of its
+                # frames when cancelled: anyio keeps a cancelled task's error, and so its
+                # frames, in a reference cycle, and a cleared frame keeps its function's
+                # closure (clearing_frames says more).
+                async def follow_connectivity(connection: _Connection) -> None:
                     lost.append(await _wait_until_not_ready(connection.channel))
                     tasks.cancel_scope.cancel()
 
-                async def replace_when_due() -> None:
+                async def replace_when_due(connection: _Connection) -> None:
                     replacements.append(await self.replacement(connection))
                     tasks.cancel_scope.cancel()
 
-                tasks.start_soon(follow_connectivity)
-                tasks.start_soon(replace_when_due)
+                tasks.start_soon(clearing_frames, follow_connectivity, connection)
+                tasks.start_soon(clearing_frames, replace_when_due, connection)
                 if self.config.health_check is None:
                     self.report(HealthChanged(serving=True))
                 else:
-                    tasks.start_soon(self.gate_by_health, connection)
+                    tasks.start_soon(clearing_frames, self.gate_by_health, connection)
         except BaseException:
-            for replacement in replacements:  # ready, but never announced: it goes
-                await self.close(replacement.channel)
+            while replacements:  # ready, but never announced: it goes
+                await self.close(replacements.pop().channel)
             raise
         if replacements and not lost:
-            raise _Replaced(replacements[0])
-        if replacements:  # lost at the same moment: the replacement, never announced, goes
-            await self.close(replacements[0].channel)
+            raise _Replaced(replacements.pop())
+        while replacements:  # lost at the same moment: the replacement, never announced, goes
+            await self.close(replacements.pop().channel)
         return lost[0]
 
     async def gate_by_health(self, connection: _Connection) -> None:
@@ -352,6 +358,7 @@ class _Life:
         retry = ExponentialBackoff(min=0.05, max=5.0)
         while True:
             call = watch(_health.encode_request(service))
+            ended: str | None = None  # how the watch failed, if it did
             try:
                 async for message in call:
                     self.health(
@@ -360,15 +367,22 @@ class _Life:
                     )
                     retry.reset()
             except grpc.aio.AioRpcError as error:
-                if error.code() is grpc.StatusCode.UNIMPLEMENTED:
-                    self.health(connection, "UNIMPLEMENTED")
-                    await anyio.sleep_forever()
-                self.health(connection, f"UNKNOWN ({error.code().name}: {error.details()})")
+                code = error.code()
+                if code is grpc.StatusCode.UNIMPLEMENTED:
+                    ended = "UNIMPLEMENTED"
+                else:
+                    ended = f"UNKNOWN ({code.name}: {error.details()})"
             except asyncio.CancelledError:
                 await reraise_if_cancelled()
-                self.health(connection, "UNKNOWN (grpc cancelled the watch)")
+                ended = "UNKNOWN (grpc cancelled the watch)"
             finally:
                 call.cancel()
+            if ended is not None:
+                self.health(connection, ended)
+            if ended == "UNIMPLEMENTED":
+                # Out of the except block: the cancellation that ends this wait must not
+                # carry grpc's error (and its metadata) as its context.
+                await anyio.sleep_forever()
             # The stream ended or failed while the connection is up: watch again, as
             # grpc's own health checking does, and hand nothing out meanwhile.
             await anyio.sleep(retry.next())
