@@ -57,7 +57,9 @@ class Move:
 
 
 class Places(Protocol):
-    """What placement reads: the backends, and where each worker is or is going."""
+    """What placement reads: the backends, where each worker is or is going, and the
+    counts of both per backend (kept by the table as it changes, so that a decision
+    costs as many steps as there are backends, not channels)."""
 
     @property
     def backends(self) -> Mapping[str, Backend]:
@@ -70,6 +72,14 @@ class Places(Protocol):
     @property
     def going(self) -> Mapping[int, str]:
         """Worker index -> the backend it is connecting to (a first connect or a move)."""
+
+    @property
+    def placed(self) -> Mapping[str, int]:
+        """Backend -> the workers counted on it: where each is going, else where it is."""
+
+    @property
+    def holding(self) -> Mapping[str, int]:
+        """Backend -> the workers holding a channel to it."""
 
     @property
     def moving(self) -> int | None:
@@ -98,15 +108,8 @@ def load(places: Places) -> dict[str, int]:
 
     A worker replacing its channel (a move, a refresh) counts where it is going.
     """
-    counts = dict.fromkeys(places.backends, 0)
-    going = places.going
-    for index, address in places.held.items():
-        if index not in going and address in counts:
-            counts[address] += 1
-    for address in going.values():
-        if address in counts:
-            counts[address] += 1
-    return counts
+    placed = places.placed
+    return {a: placed.get(a, 0) for a in places.backends}
 
 
 def choose(places: Places, index: int, now: float, turn: int) -> str | None:
@@ -120,11 +123,9 @@ def choose(places: Places, index: int, now: float, turn: int) -> str | None:
     if not places.backends:
         return None
     counts = load(places)
-    going = places.going.get(index)
-    if going is not None and going in counts:
-        counts[going] -= 1
-    elif index in places.held and places.held[index] in counts:
-        counts[places.held[index]] -= 1
+    own = places.going.get(index) or places.held.get(index)
+    if own is not None and own in counts:
+        counts[own] -= 1
     candidates = available(places, now) or list(places.backends)
     rotation = {a: (i - turn) % len(candidates) for i, a in enumerate(candidates)}
     return min(candidates, key=lambda a: (counts[a], rotation[a]))
@@ -146,13 +147,15 @@ def next_move(places: Places, now: float) -> Move | None:
     counts = load(places)
     target = min(candidates, key=lambda a: counts[a])
     held = places.held
-    for index, address in sorted(held.items()):
-        if address not in places.backends:
-            return Move(index, target, "backend_removed")
+    held_on = [a for a, n in places.holding.items() if n]
+    stranded = {a for a in held_on if a not in places.backends}
+    if stranded:  # the lowest index first
+        index = min(i for i, a in held.items() if a in stranded)
+        return Move(index, target, "backend_removed")
     source = max(candidates, key=lambda a: counts[a])
-    for address in {a for a in held.values() if a not in candidates}:
-        if counts[address] > counts[source]:  # a failing backend still holding channels
-            source = address
+    for address in held_on:
+        if address not in candidates and counts[address] > counts[source]:
+            source = address  # a failing backend still holding channels
     if counts[source] - counts[target] < 2:
         return None
     return Move(max(i for i, a in held.items() if a == source), target, "rebalance")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -224,15 +225,17 @@ class _Change:
 
     reply: Reply = NOTHING
     orders: list[int] = field(default_factory=list)
-    serving_changed: bool = False
+    joined: bool = False  # a channel joined the hand-out
 
 
 class PoolTable:
     """A running pool's state: a record per channel index, the backends, the draining slots.
 
-    Read it freely; change it only through :meth:`apply`. ``held`` and ``going`` index
-    the records for placement (who holds which backend, who is connecting where) and
-    are kept in step by :meth:`apply` alone (:meth:`check` proves it).
+    Read it freely; change it only through :meth:`apply`. ``held``, ``going``,
+    ``placed`` and ``holding`` index the records for placement (who holds which
+    backend, who is connecting where, and how many per backend), so that a change costs
+    the same in a pool of 1,000 as in a pool of 10; :meth:`apply` alone keeps them in
+    step with the records, and :meth:`check` proves it.
     """
 
     __slots__ = (
@@ -247,9 +250,11 @@ class PoolTable:
         "going",
         "handout",
         "held",
+        "holding",
         "mocked",
         "moving",
         "name",
+        "placed",
         "records",
         "resolve_failure",
         "settled",
@@ -279,12 +284,14 @@ class PoolTable:
         self._dials: dict[str, Dial] = {}
         self.held: dict[int, str] = {}
         self.going: dict[int, str] = {}
+        self.placed: Counter[str] = Counter()
+        self.holding: Counter[str] = Counter()
         self.moving: int | None = None
         self.mocked = 0  # records in Mocking
         #: slots whose channel left with calls still running on it, until those end
         self.draining: dict[int, Slot] = {}  # by id(slot)
         self.resolve_failure: str | None = None
-        #: a channel has connected, or an attempt has failed: the pool is past its start
+        #: a channel has served, or an attempt has failed: the pool is past its start
         self.settled = False
         self.unimplemented_health_seen = False
 
@@ -348,17 +355,13 @@ class PoolTable:
             self._worker_change(index, change, done)
         if self.draining:
             self.draining = {k: s for k, s in self.draining.items() if s.in_flight}
-        if done.serving_changed:
-            self.handout.publish(
-                tuple(r.state.slot for r in self.records if isinstance(r.state, Serving))
-            )
         move = placement.next_move(self, self._clock())
         if move is not None:
             self.moving = move.index
-            self.going[move.index] = move.to
+            self._go(move.index, move.to)
             self.records[move.index].order = self._dial(move.to, move.reason)
             done.orders.append(move.index)
-        return FollowUps(done.reply, tuple(done.orders), done.serving_changed)
+        return FollowUps(done.reply, tuple(done.orders), done.joined)
 
     def _worker_change(self, index: int, change: object, done: _Change) -> None:
         """Worker ``index``'s transition, one branch per kind of change."""
@@ -366,14 +369,14 @@ class PoolTable:
         if isinstance(change, Attempting):
             self._forget_order(index)
             chosen = self._choose(index)
-            record.state = Connecting(chosen)
+            self._set_state(record, Connecting(chosen), done)
             if chosen is not None:
-                self.going[index] = chosen
+                self._go(index, chosen)
                 done.reply = Reply(dial=self._dial(chosen))
         elif isinstance(change, Refreshing):
             chosen = self._choose(index)
             if chosen is not None:
-                self.going[index] = chosen
+                self._go(index, chosen)
                 done.reply = Reply(dial=self._dial(chosen, "max_age"))
         elif isinstance(change, AttemptFailed):
             self.settled = True
@@ -381,7 +384,7 @@ class PoolTable:
             record.last_failure = change.reason
             self._forget_order(index)
             if record.slot is None:  # a connect failed (a replacement's leaves it serving)
-                record.state = Idle("connecting")
+                self._set_state(record, Idle("connecting"), done)
             self._suspect(change.backend)
             others = placement.available(self, self._clock())
             retry = any(a != change.backend for a in others)
@@ -400,11 +403,9 @@ class PoolTable:
                 record.last_failure = change.crash
             self._release(index, record, "stopped" if change.crash is None else "crashed", done)
         elif isinstance(change, BackingOff):
-            record.state = Idle("backing_off")
+            self._set_state(record, Idle("backing_off"), done)
         elif isinstance(change, Mocked):
-            if not isinstance(record.state, Mocking):
-                self.mocked += 1
-            record.state = Mocking()
+            self._set_state(record, Mocking(), done)
         else:
             raise TypeError(f"pool {self.name!r}: expected a worker's change, got {change!r}")
 
@@ -413,18 +414,17 @@ class PoolTable:
     ) -> None:
         """Worker ``index`` holds a new channel: connected (not handed out before its
         health is heard), or a replacement swapped in (handed out at once)."""
-        self.settled = self.settled or isinstance(change, Swapped)
         old = record.slot
         slot = Slot(index, change.channel, change.backend, self._ended)
         if isinstance(change, Connected):
-            record.state = Joining(slot)
+            self._set_state(record, Joining(slot), done)
         else:
-            record.state = Serving(slot)
-            done.serving_changed = True
+            self.settled = True
+            self._set_state(record, Serving(slot), done)
             if old is not None:
                 self._drain(old, done)
         self._forget_order(index)
-        self.held[index] = change.backend
+        self._hold(index, change.backend)
         record.failures = 0
         record.last_failure = None
         record.connected_at = self._clock()
@@ -442,28 +442,34 @@ class PoolTable:
         if change.status == "UNIMPLEMENTED" and not self.unimplemented_health_seen:
             self.unimplemented_health_seen = True
             done.reply = Reply(first_unimplemented=True)
-        was_serving = isinstance(record.state, Serving)
         record.health = change.status
         if change.serving:
-            record.state = Serving(slot)
+            self._set_state(record, Serving(slot), done)
             record.last_failure = None
         else:
-            record.state = NotServing(slot, change.status or "NOT_SERVING")
+            self._set_state(record, NotServing(slot, change.status or "NOT_SERVING"), done)
             record.last_failure = change.reason or f"the health check said {change.status}"
-        done.serving_changed = was_serving != change.serving
 
     def _release(self, index: int, record: _Record, phase: IdlePhase, done: _Change) -> None:
         """Worker ``index`` holds nothing now: its channel, if any, is closed by the worker."""
         slot = record.slot
-        done.serving_changed = isinstance(record.state, Serving)
-        if isinstance(record.state, Mocking):
-            self.mocked -= 1
-        record.state = Idle(phase)
+        self._set_state(record, Idle(phase), done)
         record.health = record.connected_at = None
         self._forget_order(index)
-        self.held.pop(index, None)
+        self._hold(index, None)
         if slot is not None:
             self._drain(slot, done)
+
+    def _set_state(self, record: _Record, state: State, done: _Change) -> None:
+        """Give ``record`` its new state; what is handed out follows it."""
+        old = record.state
+        record.state = state
+        if isinstance(old, Serving) and not (isinstance(state, Serving) and state.slot is old.slot):
+            self.handout.remove(old.slot)
+        if isinstance(state, Serving) and not (isinstance(old, Serving) and old.slot is state.slot):
+            self.handout.add(state.slot)
+            done.joined = True
+        self.mocked += isinstance(state, Mocking) - isinstance(old, Mocking)
 
     def _drain(self, slot: Slot, done: _Change) -> None:
         """``slot``'s channel left: the reporter closes it; its calls still count."""
@@ -471,10 +477,37 @@ class PoolTable:
         if slot.in_flight:
             self.draining[id(slot)] = slot
 
+    def _go(self, index: int, backend: str | None) -> None:
+        """Worker ``index`` is now connecting to ``backend`` (None: to nothing)."""
+        self._count(index, -1)
+        if backend is None:
+            self.going.pop(index, None)
+        else:
+            self.going[index] = backend
+        self._count(index, +1)
+
+    def _hold(self, index: int, backend: str | None) -> None:
+        """Worker ``index`` now holds a channel to ``backend`` (None: holds none)."""
+        self._count(index, -1)
+        previous = self.held.pop(index, None)
+        if previous is not None:
+            self.holding[previous] -= 1
+        if backend is not None:
+            self.held[index] = backend
+            self.holding[backend] += 1
+        self._count(index, +1)
+
+    def _count(self, index: int, step: int) -> None:
+        """Count worker ``index`` (or stop counting it) where it is placed: where it is
+        going, else where it is."""
+        where = self.going.get(index) or self.held.get(index)
+        if where is not None:
+            self.placed[where] += step
+
     def _forget_order(self, index: int) -> None:
         """Worker ``index`` is not going anywhere now (its order is done or stale)."""
         self.records[index].order = None
-        self.going.pop(index, None)
+        self._go(index, None)
         if self.moving == index:
             self.moving = None
 
@@ -514,11 +547,11 @@ class PoolTable:
         self._dials = {a: self._dials.get(a) or self._new_dial(a) for a in wanted}
         for index, record in enumerate(self.records):
             if record.state == Connecting(None):  # waiting for a backend: now there is one
-                backend = self._choose(index)
-                if backend is not None:
-                    record.state = Connecting(backend)
-                    self.going[index] = backend
-                    record.order = self._dial(backend)
+                chosen = self._choose(index)
+                if chosen is not None:
+                    self._set_state(record, Connecting(chosen), done)
+                    self._go(index, chosen)
+                    record.order = self._dial(chosen)
                     done.orders.append(index)
 
     def _new_dial(self, backend: str) -> Dial:
@@ -538,10 +571,12 @@ class PoolTable:
             record.order = None
         self.held.clear()
         self.going.clear()
+        self.placed.clear()
+        self.holding.clear()
         self.draining.clear()
         self.moving = None
         self.mocked = 0
-        self.handout.publish(())
+        self.handout.clear()
 
     # --- what must always hold -----------------------------------------------------------
 
@@ -562,6 +597,10 @@ class PoolTable:
         serving = tuple(r.state.slot for r in self.records if isinstance(r.state, Serving))
         assert self.handout.slots == serving, (self.handout.slots, serving)
         assert self.handout.channels == tuple(s.channel for s in serving)
+        placed = Counter(self.going.get(i) or a for i, a in self.held.items())
+        placed.update(a for i, a in self.going.items() if i not in self.held)
+        assert +self.placed == placed, (self.placed, placed)
+        assert +self.holding == Counter(self.held.values()), (self.holding, self.held)
         channels = [s.channel for s in self.slots()]
         assert len(channels) == len({id(c) for c in channels}), "a channel in two slots"
         assert all(s.in_flight > 0 for s in self.draining.values()), self.draining
