@@ -5,8 +5,9 @@ answers ``Sleep`` (waits the milliseconds given, plus ``--delay-ms``, and return
 own port, so the client
 can tally each backend's share), grpcio-health-checking's ``Health`` service (SERVING;
 SIGUSR1 turns it NOT_SERVING, SIGUSR2 SERVING again, as an operator draining a
-replica would) and ``Stats`` (JSON: calls received, and calls received while it was
-NOT_SERVING, counted on the server's side).
+replica would), ``Stats`` (JSON: calls received, and calls received while it was
+NOT_SERVING, counted on the server's side) and ``Count`` (a response stream of as many
+messages as the request says, as fast as the client reads them).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import json
 import signal
+from collections.abc import AsyncIterator
 
 import grpc
 import grpc.aio
@@ -22,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[i
 
 SERVICE = "conngrpc.demo.v1.Demo"
 STATS_METHOD = f"/{SERVICE}/Stats"
+COUNT_METHOD = f"/{SERVICE}/Count"
 
 
 async def serve(port: int, delay_ms: float) -> None:
@@ -43,6 +46,12 @@ async def serve(port: int, delay_ms: float) -> None:
     async def stats(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         return json.dumps(counts).encode()
 
+    async def count(
+        request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
+        for _ in range(int(request)):
+            yield answer
+
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
@@ -50,6 +59,7 @@ async def serve(port: int, delay_ms: float) -> None:
                 {
                     "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
                     "Stats": grpc.unary_unary_rpc_method_handler(stats),
+                    "Count": grpc.unary_stream_rpc_method_handler(count),
                 },
             ),
         )

@@ -35,7 +35,7 @@ from conngrpc.pool.runtime import pools
 from conngrpc.testing import FakeConnector
 
 from ._common import LEVEL, Section, a105_options, cpu_seconds, ms, percentile
-from ._fleet_server import SERVICE
+from ._fleet_server import COUNT_METHOD, SERVICE
 
 #: A client under test: ``call(request, timeout)`` makes one call and returns its answer.
 Call = Callable[[bytes, float], Awaitable[bytes]]
@@ -392,7 +392,53 @@ async def overhead(quick: bool) -> list[Section]:
     section.target(f"{ours}, p50 us", p50[ours], "<=", 1 + LEVEL, plain, p50[plain])
     rate = {label: loaded[label].rate for label in (ours, plain)}
     section.target(f"{ours}, calls/s", rate[ours], ">=", 1 - LEVEL, plain, rate[plain])
-    return [section, await pick_cost(quick)]
+    return [section, await stream_cost(quick), await pick_cost(quick)]
+
+
+def _streaming(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamMultiCallable[bytes, bytes]:
+    return channel.unary_stream(COUNT_METHOD, request_serializer=None, response_deserializer=None)
+
+
+async def stream_cost(quick: bool) -> Section:
+    """What reading a response stream costs through the PooledChannel, which wraps each
+    stream so that one left unread is cancelled, against a plain channel's own."""
+    messages, rounds = (2_000, 2) if quick else (20_000, 7)
+    best: dict[str, float] = {}
+    name = f"bench-stream-{next(_names)}"
+    with ServerProcess(module="bench._fleet_server") as server:
+        spec = Pool.child_spec(name=name, pool_size=1, channel={"address": server.address})
+        async with Supervisor([spec]), grpc.aio.insecure_channel(server.address) as plain:
+            await Pool.wait_connected(name, timeout=30)
+            clients = {
+                "PooledChannel, pool of 1": _streaming(Pool.channel(name)),
+                "one plain channel": _streaming(plain),
+            }
+            for _ in range(rounds):  # interleaved, so drift hits both alike
+                for label, count in clients.items():
+                    began = time.perf_counter()
+                    read = 0
+                    async for _message in count(str(messages).encode(), timeout=60):
+                        read += 1
+                    assert read == messages, (label, read)
+                    rate = messages / (time.perf_counter() - began)
+                    best[label] = max(best.get(label, 0.0), rate)
+    section = Section(
+        "Reading a response stream: pool of 1 vs one plain channel",
+        ["client", "messages/s (best round)"],
+    )
+    for label, rate in best.items():
+        section.add(label, rate)
+    ours, plain_label = "PooledChannel, pool of 1", "one plain channel"
+    section.target(
+        f"{ours}, messages/s", best[ours], ">=", 1 - LEVEL, plain_label, best[plain_label]
+    )
+    section.notes.append(
+        f"One caller reads a stream of {messages:,} small messages ({rounds} rounds, each "
+        "client in turn; the best round counts). The PooledChannel reads each stream "
+        "through a generator of its own, so that a stream whose `async for` is left early, "
+        "or whose call is dropped, is cancelled instead of held open until its deadline."
+    )
+    return section
 
 
 class _DoneCall:
@@ -430,8 +476,10 @@ async def pick_cost(quick: bool) -> Section:
             call = _DoneCall()
             namespace = {"runtime": runtime, "call": call}
             timers[size] = (
-                timeit.Timer("runtime.pick()", globals=namespace),
-                timeit.Timer("runtime.track(runtime.pick(), call)", globals=namespace),
+                timeit.Timer("runtime.handout.pick()", globals=namespace),
+                timeit.Timer(
+                    "runtime.admission.track(runtime.handout.pick(), call)", globals=namespace
+                ),
             )
         best = {size: [float("inf"), float("inf")] for size in sizes}
         for _ in range(repeat):

@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
+import conngrpc
 from conngrpc import (
     ChannelConfig,
     ChildStartError,
@@ -22,11 +23,13 @@ from conngrpc import (
     NameTakenError,
     NotConnectedError,
     Pool,
+    PooledChannel,
     PoolNotStartedError,
     Supervisor,
     SupervisorGaveUpError,
 )
 from conngrpc.channel import worker as worker_module
+from conngrpc.pool.runtime import pools
 from conngrpc.testing import FakeChannel, FakeConnector
 from tests._logs import capture_logs
 from tests._probe import SUPERVISOR_EVENTS, EventLog, recording, until_cancelled, wait_until
@@ -795,3 +798,39 @@ async def test_a_channel_that_left_ready_is_not_handed_out_even_before_its_worke
         third.drop()
         with pytest.raises(NotConnectedError):
             Pool.get_channel(pool_name)
+
+
+# --- the API's edges ---------------------------------------------------------------------
+
+
+def test_a_pooled_channel_is_made_by_pool_channel_only() -> None:
+    with pytest.raises(TypeError, match=r"expected to be made by Pool.channel\(name\)"):
+        PooledChannel("inventory")  # type: ignore[call-arg]
+    facade = Pool.channel("inventory")
+    assert isinstance(facade, PooledChannel)
+    assert (facade.name, facade.kind, facade.closed) == ("inventory", "pool", False)
+
+
+def test_the_public_api_has_no_registry() -> None:
+    assert "Registry" not in conngrpc.__all__
+    assert not hasattr(conngrpc, "Registry")
+
+
+async def test_a_pool_shows_its_counts_at_a_glance(
+    pool_name: str, connector: FakeConnector
+) -> None:
+    async with running_pool(pool_name, 2, fake_channel(connector), max_calls_per_channel=1):
+        runtime = pools.get(pool_name)
+        assert repr(runtime) == (
+            f"<Pool {pool_name!r} connected=2 expected=2 in_flight=0 waiting=0>"
+        )
+        (slot, _) = runtime.handout.slots
+        runtime.admission.track(slot, _Call())
+        assert "in_flight=1 waiting=0" in repr(runtime)
+
+
+class _Call:
+    """A call that never ends: it only takes a done callback."""
+
+    def add_done_callback(self, callback: Any) -> None:
+        pass

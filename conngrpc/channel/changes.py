@@ -22,6 +22,7 @@ __all__ = [
     "Change",
     "Connected",
     "Dial",
+    "DialReason",
     "DisconnectReason",
     "Disconnected",
     "HealthChanged",
@@ -42,13 +43,17 @@ DisconnectReason = Literal[
 ]
 
 
+#: Why a worker dials: its first connect or a reconnect, a refresh, or a move.
+DialReason = Literal["connect", "max_age", "rebalance", "backend_removed"]
+
+
 @dataclass(frozen=True, slots=True)
 class Dial:
     """Where to connect: the backend's address (as reported) and the config to dial with."""
 
     backend: str
     config: ChannelConfig
-    reason: Literal["connect", "max_age", "rebalance", "backend_removed"] = "connect"
+    reason: DialReason = "connect"
 
 
 # --- the changes a worker reports --------------------------------------------------------

@@ -50,6 +50,7 @@ import grpc
 import grpc.aio
 
 from .._tasks import reraise_if_cancelled
+from ..supervisor import Registry
 from .admission import Admission
 from .handout import Slot
 from .runtime import Kind, PoolRuntime, channels, pools, wait_registered
@@ -80,7 +81,7 @@ class PooledChannel(grpc.aio.Channel):
     name: str
     kind: Kind
     closed: bool
-    _registry: Any
+    _registry: Registry[PoolRuntime]
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         raise TypeError(
@@ -112,7 +113,7 @@ class PooledChannel(grpc.aio.Channel):
         """The running pool, or None; raises once the facade is closed."""
         if self.closed:
             raise grpc.aio.UsageError(f"the PooledChannel of {self.kind} {self.name!r} is closed")
-        return self._registry.get(self.name)  # type: ignore[no-any-return]
+        return self._registry.get(self.name)
 
     def unavailable(self, runtime: PoolRuntime | None, deadline: float | None) -> _FailedCall:
         """A call failed at once as UNAVAILABLE: no pool runs, or no channel serves."""

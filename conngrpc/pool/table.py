@@ -29,6 +29,7 @@ from ..channel.changes import (
     Change,
     Connected,
     Dial,
+    DialReason,
     Disconnected,
     HealthChanged,
     Mocked,
@@ -557,11 +558,11 @@ class PoolTable:
     def _new_dial(self, backend: str) -> Dial:
         return Dial(backend, dial_config(self._config, backend))
 
-    def _dial(self, backend: str, reason: str = "connect") -> Dial:
+    def _dial(self, backend: str, reason: DialReason = "connect") -> Dial:
         dial = self._dials.get(backend) or self._new_dial(backend)
         if reason == "connect":
             return dial
-        return Dial(dial.backend, dial.config, reason)  # type: ignore[arg-type]
+        return Dial(dial.backend, dial.config, reason)
 
     def stop(self) -> None:
         """The pool stopped: it holds nothing any more (no channel is left referenced)."""
