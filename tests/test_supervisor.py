@@ -560,6 +560,95 @@ async def test_a_supervisor_can_be_entered_only_once() -> None:
             pass
 
 
+# --- a lifetime across tasks: start() and aclose() -------------------------------------------
+
+
+async def _started_in_a_task_that_ends(sup: Supervisor) -> None:
+    """``sup.start()`` in a task of its own, which has ended when this returns."""
+
+    async def starter(*, task_status: TaskStatus[None]) -> None:
+        await sup.start()
+        task_status.started()
+
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(starter)
+
+
+async def _closed_in_another_task(sup: Supervisor) -> list[BaseException]:
+    """``sup.aclose()`` in a task of its own; what it raised, if anything."""
+    raised: list[BaseException] = []
+
+    async def closer() -> None:
+        try:
+            await sup.aclose()
+        except Exception as error:
+            raised.append(error)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(closer)
+    return raised
+
+
+async def test_a_supervisor_started_in_one_task_is_closed_in_another() -> None:
+    probe = Probe()
+    sup = Supervisor([probe.spec("a"), probe.spec("b")])
+    await _started_in_a_task_that_ends(sup)
+    # The children outlive the task that started them.
+    await crash_and_wait_for_restart(sup, "a")
+    assert [info.state for info in sup.which_children()] == ["running", "running"]
+    assert await _closed_in_another_task(sup) == []
+    assert probe.events("stop") == ["a", "b", "a"]  # the crash, then right to left
+    assert "stopped" in repr(sup)
+
+
+async def test_a_give_up_after_start_is_raised_by_aclose() -> None:
+    probe = Probe()
+    sup = Supervisor([probe.spec("a"), probe.spec("b")], max_restarts=0, name="alone")
+    await _started_in_a_task_that_ends(sup)
+    handles(sup)["a"].crash()
+    await wait_until(lambda: not any(info.running for info in sup.which_children()))
+    raised = await _closed_in_another_task(sup)
+    assert [type(error) for error in raised] == [SupervisorGaveUpError]
+    assert "'alone' gave up" in str(raised[0])
+    assert probe.events("stop") == ["a", "b"]  # the crash, then b as it gave up
+
+
+async def test_start_returns_the_supervisor_and_a_failed_start_stops_the_started_ones() -> None:
+    probe = Probe()
+    sup = Supervisor([probe.spec("a")])
+    assert await sup.start() is sup
+    await sup.aclose()
+    probe.fail_next_starts["b"] = 1
+    failing = Supervisor([probe.spec("a"), probe.spec("b")])
+    with pytest.raises(ChildStartError, match="'b' failed to start"):
+        await failing.start()
+    assert probe.log[-3:] == [("start", "a"), ("start", "b"), ("stop", "a")]
+    await failing.aclose()  # already stopped: nothing more, and no error
+
+
+async def test_aclose_twice_and_aclose_before_start_do_nothing_more() -> None:
+    probe = Probe()
+    sup = await Supervisor([probe.spec("a")]).start()
+    await sup.aclose()
+    await sup.aclose()
+    assert probe.events("stop") == ["a"]
+    never = Supervisor([probe.spec("b")], name="never")
+    await never.aclose()
+    with pytest.raises(RuntimeError, match="'never' can be started only once"):
+        await never.start()
+    assert "b" not in probe.events("start")
+
+
+async def test_aclose_stops_the_children_even_when_its_caller_is_cancelled() -> None:
+    probe = Probe()
+    sup = await Supervisor([probe.spec("a"), probe.spec("b")]).start()
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await sup.aclose()
+    assert probe.events("stop") == ["b", "a"]
+    assert not any(info.running for info in sup.which_children())
+
+
 # --- shutdown --------------------------------------------------------------------------------
 
 

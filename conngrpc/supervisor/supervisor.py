@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Hashable, Iterable, Sequence
@@ -19,6 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .. import telemetry
 from .._log import get_logger
+from .._tasks import spawn_detached
 from ..errors import (
     ChildStartError,
     ChildStateError,
@@ -30,9 +31,6 @@ from ..errors import (
 from .child import Child, ChildCounts, ChildInfo, Run
 from .intensity import Clock, RestartIntensity
 from .spec import ChildSource, ChildSpec, RestartType, to_child_spec
-
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["Strategy", "Supervisor"]
 
@@ -66,6 +64,11 @@ class Supervisor:
     raise :class:`SupervisorGaveUpError` out of the ``async with`` block, cancelling the
     block's body; run as another supervisor's child, that is a crash the parent handles.
 
+    The children run in a task of the supervisor's own, so the block may be left in
+    another task than the one that entered it, as a pytest-asyncio fixture does (the body
+    is then cancelled only where it was entered); :meth:`start` and :meth:`aclose` are
+    the block's two halves, for a lifetime that no block spans.
+
     The runtime calls and the handling of each child's exit take turns, one at a time
     and in the order they came, as messages in an OTP supervisor's mailbox do.
 
@@ -81,6 +84,12 @@ class Supervisor:
     :raises ValueError: a bad strategy, intensity or name.
     :raises DuplicateChildError: a child id repeats in ``children``.
     """
+
+    # Made by start(), on the event loop that they belong to.
+    _ready: anyio.Event  # the supervisor's task runs its task group (or has ended)
+    _stop_asked: anyio.Event  # leaving, or giving up: the supervisor's task stops every child
+    _stopped: anyio.Event  # the supervisor's task has ended
+    _body: anyio.CancelScope  # around the block's body
 
     def __init__(
         self,
@@ -116,6 +125,9 @@ class Supervisor:
         self._lock: anyio.Lock | None = None
         self._exits: MemoryObjectSendStream[_Exit] | None = None
         self._manager_scope: anyio.CancelScope | None = None
+        self._leaving = False  # aclose, __aexit__ or a failed start asked it to stop
+        self._crash: BaseException | None = None  # what broke the task group, if anything
+        self._entered_by: object = None  # the coroutine of the task that entered
 
     @classmethod
     def child_spec(
@@ -161,27 +173,76 @@ class Supervisor:
         )
 
     # --- lifecycle -------------------------------------------------------------
+    #
+    # The task group that runs the children and the manager lives in a task of the
+    # supervisor's own (``_run``), from start to close, so that it may be started in one
+    # task and closed in another: pytest-asyncio sets a fixture up and tears it down in two
+    # tasks. ``async with`` adds the cancel scope ``_body`` around the block's body, which
+    # a give-up cancels.
 
-    async def __aenter__(self) -> Supervisor:
+    async def start(self) -> Supervisor:
+        """Start the children left to right, each awaited until it is ready; return self.
+
+        ``async with`` calls it, and :meth:`aclose` on the way out. Called directly, the
+        pair may run in different tasks (a fixture set up in one task and torn down in
+        another): the children run in a task of the supervisor's own until
+        :meth:`aclose`, which must be called. Without a block, a give-up has no body to
+        cancel: the supervisor stops its children and :meth:`aclose` raises.
+
+        Example::
+
+            sup = await Supervisor([DemoPool]).start()
+            try:
+                ...
+            finally:
+                await sup.aclose()
+
+        :raises RuntimeError: it was started (or closed) before: a supervisor runs once.
+        :raises ChildStartError: a child raised or returned before calling ``started``
+            (the cause is chained); the children started before it are stopped again.
+        """
         if self._state != "new":
-            raise RuntimeError(f"supervisor {self.name!r} can be entered only once")
+            raise RuntimeError(f"supervisor {self.name!r} can be started only once")
         self._lock = anyio.Lock()
         send, receive = anyio.create_memory_object_stream[_Exit](math.inf)
         self._exits = send
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
+        self._ready, self._stop_asked, self._stopped = anyio.Event(), anyio.Event(), anyio.Event()
+        self._body = anyio.CancelScope()
         self._state = "running"
+        spawn_detached(functools.partial(self._run, receive), name=f"supervisor {self.name}")
         try:
-            await tg.start(self._manage, receive)
+            await self._ready.wait()
             async with self._lock:
                 for spec in self._initial:
                     child = Child(spec)
                     self._children.append(child)
                     await self._start(child)
-        except BaseException as exc:
-            await self._leave(type(exc), exc, exc.__traceback__)
+        except BaseException:
+            await self._stop_and_wait()
             raise
+        return self
+
+    async def aclose(self) -> None:
+        """Stop every child, right to left, and wait until all have ended.
+
+        What leaving the ``async with`` block does; see :meth:`start`. The wait is
+        shielded from cancellation, so that no child outlives it. Closed again, it has
+        nothing more to stop (and raises the same give-up); a supervisor never started is
+        closed for good.
+
+        :raises SupervisorGaveUpError: it had given up: a child was restarted more than
+            ``max_restarts`` times within ``max_seconds`` (the last crash is chained).
+        """
+        if self._state == "new":
+            self._state = "stopped"
+            return
+        await self._stop_and_wait()
+        self._raise_failure()
+
+    async def __aenter__(self) -> Supervisor:
+        await self.start()
+        self._entered_by = anyio.get_current_task().coro
+        self._body.__enter__()
         return self
 
     async def __aexit__(
@@ -190,49 +251,79 @@ class Supervisor:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        suppress = await self._leave(exc_type, exc, tb)
-        if self._failure is not None:
-            raise self._failure
+        await self._stop_and_wait()
+        suppress: bool | None = None
+        # Left in the task that entered, the block's cancel scope is left too. (A task's
+        # id is reused once the task has gone; its coroutine, held here, is not.) Left in
+        # another, the scope stays behind in the task that entered, which must not be
+        # inside a cancel scope it leaves first: a pytest-asyncio fixture's set-up task
+        # is not; start() and aclose() have no such rule.
+        if anyio.get_current_task().coro is self._entered_by:
+            suppress = self._body.__exit__(exc_type, exc, tb)
+        self._raise_failure()
         return suppress
 
-    async def _leave(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        """Stop the manager and every child (right to left), then leave the task group."""
-        assert self._tg is not None
-        assert self._lock is not None
+    async def _stop_and_wait(self) -> None:
+        """Have the supervisor's task stop every child, and wait until it has ended."""
+        self._leaving = True
+        if self._state == "running":
+            self._state = "stopping"  # turns asked for from now on are refused
+        self._stop_asked.set()
+        with anyio.CancelScope(shield=True):
+            await self._stopped.wait()
+
+    def _raise_failure(self) -> None:
+        """Raise what ended the supervisor's task, if something other than closing did."""
+        if self._failure is not None:
+            raise self._failure
+        if self._crash is not None:
+            raise self._crash
+
+    async def _run(self, exits: MemoryObjectReceiveStream[_Exit]) -> None:
+        """The supervisor's own task: its task group, from start to close.
+
+        It never raises (nothing would hear of it): what ended it is kept for ``aclose``
+        and ``__aexit__``. Ended other than by closing (a give-up, a child's
+        ``BaseException``), it cancels the block's body.
+        """
         assert self._exits is not None
-        self._state = "stopping"  # turns asked for from now on are refused
         try:
-            with anyio.CancelScope(shield=True):
-                if self._manager_scope is not None:
-                    self._manager_scope.cancel()  # it lets go of the lock as it unwinds
-                # A runtime call's turn may be waiting for a child to start: call it off.
-                for child in self._children:
-                    if child.state == "starting" and child.run is not None:
-                        child.run.scope.cancel()
-                async with self._lock:
-                    await self._stop_all()
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                await tg.start(self._manage, exits)
+                self._ready.set()
+                try:
+                    await self._stop_asked.wait()
+                finally:
+                    await self._stop_everything()
+        except BaseException as crash:
+            self._crash = crash
         finally:
             self._exits.close()
             self._state = "stopped"
-            try:
-                suppress = await self._tg.__aexit__(exc_type, exc, tb)
-            except BaseExceptionGroup as group:
-                # Children catch their own exceptions, so a group holding only the
-                # block's own exception is anyio wrapping it: let it pass unwrapped.
-                if exc is not None and group.exceptions == (exc,):
-                    return False
-                raise
-        return suppress
+            self._ready.set()
+            self._stopped.set()
+            if not self._leaving:
+                self._body.cancel()
+
+    async def _stop_everything(self) -> None:
+        """Stop the manager, then every child (right to left)."""
+        assert self._lock is not None
+        self._state = "stopping"
+        with anyio.CancelScope(shield=True):
+            if self._manager_scope is not None:
+                self._manager_scope.cancel()  # it lets go of the lock as it unwinds
+            # A runtime call's turn may be waiting for a child to start: call it off.
+            for child in self._children:
+                if child.state == "starting" and child.run is not None:
+                    child.run.scope.cancel()
+            async with self._lock:
+                await self._stop_all()
 
     async def _manage(
         self, exits: MemoryObjectReceiveStream[_Exit], *, task_status: TaskStatus[None]
     ) -> None:
-        """The supervisor's own task: handles each child's exit in a turn of its own."""
+        """The manager: handles each child's exit in a turn of its own."""
         assert self._lock is not None
         with anyio.CancelScope() as self._manager_scope, exits:
             task_status.started()
@@ -397,7 +488,6 @@ class Supervisor:
 
     async def _give_up(self, child: Child, error: Exception | None) -> None:
         """Stop every child and fail out of the ``async with`` block."""
-        assert self._tg is not None
         self._state = "stopping"  # turns asked for from now on are refused
         failure = SupervisorGaveUpError(
             self.name, child.spec.id, self._intensity.max_restarts, self._intensity.max_seconds
@@ -417,7 +507,7 @@ class Supervisor:
             {"supervisor": self.name, "child_id": child.spec.id, "error": error},
         )
         self._failure = failure
-        self._tg.cancel_scope.cancel()
+        self._stop_asked.set()  # the supervisor's task ends, and cancels the block's body
 
     # --- runtime API ---------------------------------------------------------------
 
