@@ -32,10 +32,12 @@ from .child import Child, ChildCounts, ChildInfo, Run
 from .intensity import Clock, RestartIntensity
 from .spec import ChildSource, ChildSpec, RestartType, to_child_spec
 
-__all__ = ["Strategy", "Supervisor"]
+__all__ = ["StopOrder", "Strategy", "Supervisor"]
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
+StopOrder = Literal["right_to_left", "all_at_once"]
+STOP_ORDERS: tuple[str, ...] = get_args(StopOrder)
 
 CHILD_STARTED = ("conngrpc", "supervisor", "child_started")
 CHILD_RESTARTED = ("conngrpc", "supervisor", "child_restarted")
@@ -64,6 +66,15 @@ class Supervisor:
     raise :class:`SupervisorGaveUpError` out of the ``async with`` block, cancelling the
     block's body; run as another supervisor's child, that is a crash the parent handles.
 
+    ``stop_order`` says how a group of children is stopped (on leaving, on giving up, and
+    the siblings a ``one_for_all`` or ``rest_for_one`` restart stops): ``"right_to_left"``
+    (OTP's order) waits for each child to end before it cancels the next;
+    ``"all_at_once"`` cancels them all, right to left, then waits for each, as OTP's
+    ``simple_one_for_one`` and Elixir's ``DynamicSupervisor`` do. Each child still gets
+    its own ``shutdown`` seconds, counted from its cancellation. All at once suits many
+    independent children (a pool's channels): the group stops in the time of its slowest
+    child, not in the sum of all their times.
+
     The children run in a task of the supervisor's own, so the block may be left in
     another task than the one that entered it, as a pytest-asyncio fixture does (the body
     is then cancelled only where it was entered); :meth:`start` and :meth:`aclose` are
@@ -81,7 +92,7 @@ class Supervisor:
     ``children`` may hold :class:`ChildSpec` objects or anything with a ``child_spec()``
     method. ``clock`` (seconds, monotonic) is injectable for deterministic tests.
 
-    :raises ValueError: a bad strategy, intensity or name.
+    :raises ValueError: a bad strategy, stop order, intensity or name.
     :raises DuplicateChildError: a child id repeats in ``children``.
     """
 
@@ -100,15 +111,22 @@ class Supervisor:
         max_seconds: float = 5.0,
         name: str | None = None,
         clock: Clock = time.monotonic,
+        stop_order: StopOrder = "right_to_left",
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(
                 f"Supervisor.strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}"
             )
+        if stop_order not in STOP_ORDERS:
+            raise ValueError(
+                f"Supervisor.stop_order: expected one of {', '.join(STOP_ORDERS)}, "
+                f"got {stop_order!r}"
+            )
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"Supervisor.name: expected a non-empty str or None, got {name!r}")
         self.name: str = name if name is not None else f"supervisor-{next(_names)}"
         self.strategy: Strategy = strategy
+        self.stop_order: StopOrder = stop_order
         self._intensity = RestartIntensity(max_restarts, max_seconds, clock)
         specs = [to_child_spec(child) for child in children]
         for child_id, times in Counter(spec.id for spec in specs).items():
@@ -142,6 +160,7 @@ class Supervisor:
         max_seconds: float = 5.0,
         name: str | None = None,
         clock: Clock = time.monotonic,
+        stop_order: StopOrder = "right_to_left",
     ) -> ChildSpec:
         """A spec that runs a nested supervisor (``type="supervisor"``) as a child.
 
@@ -155,6 +174,7 @@ class Supervisor:
             "max_seconds": max_seconds,
             "name": name if name is not None else str(id),
             "clock": clock,
+            "stop_order": stop_order,
         }
         cls(specs, **options)  # validate now, where the mistake was written
 
@@ -375,31 +395,51 @@ class Supervisor:
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             self._exits.send_nowait((child, run))
 
-    async def _stop(self, child: Child) -> None:
-        """Cancel the child's run and wait for its end, warning after ``shutdown`` seconds.
+    async def _stop(self, *children: Child) -> None:
+        """Cancel the children's runs, in the order given, then wait for each to end.
 
+        A child not ended ``shutdown`` seconds after it was cancelled is warned about.
         A running child is ``stopping`` meanwhile; a start called off stays ``starting``.
         """
-        run = child.run
-        assert run is not None
-        ended_by_itself = run.done.is_set()
-        if child.state == "running":
-            child.state = "stopping"
-        run.scope.cancel()
+        stopping: list[tuple[Child, bool, float]] = []
+        for child in children:
+            run = child.run
+            assert run is not None
+            ended_by_itself = run.done.is_set()
+            if child.state == "running":
+                child.state = "stopping"
+            run.scope.cancel()
+            stopping.append((child, ended_by_itself, anyio.current_time() + child.spec.shutdown))
         with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(child.spec.shutdown) as waited:
-                await run.done.wait()
-            if waited.cancelled_caught:
-                # anyio cannot kill a task that ignores cancellation (OTP would kill it):
-                # say so, and keep waiting, so that a child id never runs twice at once.
-                _log.warning(
-                    "child did not stop within its shutdown time; waiting for it",
-                    supervisor=self.name,
-                    child_id=child.spec.id,
-                    shutdown=child.spec.shutdown,
-                )
-                await run.done.wait()
-        self._terminated(child, shutdown=not ended_by_itself)
+            for child, ended_by_itself, deadline in stopping:
+                run = child.run
+                assert run is not None
+                if not run.done.is_set():
+                    await self._wait_stopped(child, run, deadline)
+                self._terminated(child, shutdown=not ended_by_itself)
+
+    async def _wait_stopped(self, child: Child, run: Run, deadline: float) -> None:
+        """Wait for a cancelled run to end, warning if it has not by ``deadline``."""
+        with anyio.CancelScope(deadline=deadline) as waited:
+            await run.done.wait()
+        if waited.cancelled_caught:
+            # anyio cannot kill a task that ignores cancellation (OTP would kill it):
+            # say so, and keep waiting, so that a child id never runs twice at once.
+            _log.warning(
+                "child did not stop within its shutdown time; waiting for it",
+                supervisor=self.name,
+                child_id=child.spec.id,
+                shutdown=child.spec.shutdown,
+            )
+            await run.done.wait()
+
+    async def _stop_children(self, children: Sequence[Child]) -> None:
+        """Stop ``children`` (given in start order) right to left, by ``stop_order``."""
+        if self.stop_order == "all_at_once":
+            await self._stop(*reversed(children))
+        else:
+            for child in reversed(children):
+                await self._stop(child)
 
     def _terminated(self, child: Child, *, shutdown: bool) -> None:
         """Record the end of the child's run: the one place that reports a child's end.
@@ -429,9 +469,7 @@ class Supervisor:
 
     async def _stop_all(self) -> None:
         """Stop every running child, right to left."""
-        for child in reversed(self._children):
-            if child.state == "running":
-                await self._stop(child)
+        await self._stop_children([child for child in self._children if child.state == "running"])
 
     # --- restart policy ----------------------------------------------------------
 
@@ -457,11 +495,12 @@ class Supervisor:
         else:
             after = self._children[self._children.index(crashed) + 1 :]
             siblings = [c for c in after if c.state == "running"]
-        for sibling in reversed(siblings):
-            await self._stop(sibling)
-            if sibling.spec.restart == "temporary":
-                self._children.remove(sibling)
-        group = [c for c in self._children if c is crashed or c in siblings]  # start order
+        await self._stop_children(siblings)
+        dropped = {sibling for sibling in siblings if sibling.spec.restart == "temporary"}
+        if dropped:
+            self._children = [c for c in self._children if c not in dropped]
+        chosen = {crashed, *siblings}
+        group = [c for c in self._children if c in chosen]  # start order
         last_error = error
         while self._intensity.add_restart():
             try:
@@ -481,9 +520,7 @@ class Supervisor:
                     reason=exc.reason,
                 )
                 last_error = exc
-                for child in reversed(group):
-                    if child.state == "running":
-                        await self._stop(child)
+                await self._stop_children([child for child in group if child.state == "running"])
         await self._give_up(crashed, last_error)
 
     async def _give_up(self, child: Child, error: Exception | None) -> None:
