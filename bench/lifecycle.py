@@ -1,4 +1,4 @@
-"""Start-up, failure detection and recovery, and memory per pooled channel."""
+"""Start-up, stopping, failure detection and recovery, and memory per pooled channel."""
 
 from __future__ import annotations
 
@@ -80,6 +80,67 @@ async def _open_plain_channels(size: int, address: str) -> float:
     finally:
         for channel in channels:
             await channel.close()
+
+
+async def shutdown(quick: bool) -> Section:
+    """Leave the supervisor of an idle pool: how long, and how it grows with the pool."""
+    sizes = (10, 40) if quick else (100, 1000, 3000)
+    runs = 1 if quick else 3
+    section = Section(
+        "Stop: leaving the supervisor of an idle pool",
+        ["channels", "conngrpc pool, median ms", "max ms", "plain grpc.aio close, median ms"],
+    )
+    pool: dict[int, float] = {}
+    with ServerProcess() as server:
+        for size in sizes:
+            pool_times, plain_times = [], []
+            for _ in range(runs):
+                name = f"bench-stop-{next(_names)}"
+                pool_times.append(await _stop_pool(name, size, server.address))
+                plain_times.append(await _close_plain_channels(size, server.address))
+            pool[size] = median(pool_times)
+            section.add(size, ms(pool[size]), ms(max(pool_times)), ms(median(plain_times)))
+    if 1000 in pool:
+        section.check("pool of 1000: stop (s)", pool[1000], "<= 0.5", pool[1000] <= 0.5)
+    small, large = sizes[-2], sizes[-1]
+    growth = pool[large] / pool[small] / (large / small)
+    section.check(
+        f"stop time growth {small} -> {large} / size growth",
+        growth,
+        "<= 1.5 (1.0: in proportion)",
+        growth <= 1.5,
+    )
+    section.notes.append(
+        f"Median of {runs} stops per size, from leaving the `async with Supervisor` block"
+        " until it returns, with every channel connected and no call in flight, against a"
+        " server in another process; 'plain grpc.aio close' closes as many connected"
+        " channels one after another."
+    )
+    return section
+
+
+async def _stop_pool(name: str, size: int, address: str) -> float:
+    """Seconds to leave the supervisor of a connected, idle pool of ``size``."""
+    spec = Pool.child_spec(name=name, pool_size=size, channel={"address": address})
+    async with Supervisor([spec]):
+        await Pool.wait_connected(name, timeout=120)
+        began = time.perf_counter()
+    return time.perf_counter() - began
+
+
+async def _close_plain_channels(size: int, address: str) -> float:
+    """Seconds to close ``size`` connected grpc.aio channels, one after another."""
+    channels = [
+        grpc.aio.insecure_channel(address, options=[("bench.channel", index)])
+        for index in range(size)
+    ]
+    async with anyio.create_task_group() as group:
+        for channel in channels:
+            group.start_soon(channel.channel_ready)
+    began = time.perf_counter()
+    for channel in channels:
+        await channel.close()
+    return time.perf_counter() - began
 
 
 async def failure_and_recovery(quick: bool) -> Section:

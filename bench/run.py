@@ -30,7 +30,7 @@ from ._common import LEVEL, Section, summary
 from .connection_cap import connection_cap
 from .fleet import fleet
 from .hot_path import get_channel_cost, real_channel_cost, telemetry_cost
-from .lifecycle import failure_and_recovery, memory, startup
+from .lifecycle import failure_and_recovery, memory, shutdown, startup
 from .pooled import overhead as pooled_overhead
 from .pooled import slow_replica, stream_cap
 from .throughput import ceiling, cold_burst, overhead, stream_capped
@@ -115,6 +115,7 @@ async def main(quick: bool, output: Path | None) -> int:
     done(await cold_burst(quick))
     done(await cold_burst(quick, latency_ms=LINK_MS))
     done(await startup(quick))
+    done(await shutdown(quick))
     done(await failure_and_recovery(quick))
     done(await memory(quick))
     for section in await fleet(quick):

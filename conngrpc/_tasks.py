@@ -1,11 +1,14 @@
-"""Task groups for conngrpc's own tasks (private)."""
+"""Task groups and tasks for conngrpc's own work (private)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import sys
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -89,3 +92,29 @@ def clear_frames(error: BaseException) -> None:
         pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
         if isinstance(current, BaseExceptionGroup):
             pending.extend(current.exceptions)
+
+
+#: The detached tasks running on asyncio: the loop keeps only weak references to tasks.
+_detached: set[asyncio.Task[None]] = set()
+
+
+def spawn_detached(run: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+    """Run ``run()`` in a new task that no task group owns, on asyncio or trio.
+
+    For what must outlive the task that starts it: a :class:`~conngrpc.Supervisor`
+    entered in one task and left in another (pytest-asyncio sets a fixture up and tears
+    it down in two tasks) holds its task group in a task of its own. ``run`` must not
+    raise, and whoever spawned it must wait for its end; it runs in a copy of the
+    caller's context variables, as a task group's tasks do.
+    """
+    if anyio.get_cancelled_exc_class() is asyncio.CancelledError:  # anyio's backend check
+        # No task group can own a task that must live across its starter's end, so this
+        # is a plain asyncio task (see above). It copies the caller's context itself.
+        task = asyncio.get_running_loop().create_task(run(), name=name)
+        _detached.add(task)
+        task.add_done_callback(_detached.discard)
+    else:
+        import trio  # the only other anyio backend; imported only when it runs
+
+        # A system task: trio's task that no nursery of the program owns.
+        trio.lowlevel.spawn_system_task(run, name=name, context=contextvars.copy_context())

@@ -26,6 +26,7 @@ from conngrpc import (
 from tests._logs import capture_logs
 from tests._probe import (
     SUPERVISOR_EVENTS,
+    WAIT_LIMIT,
     FakeClock,
     Handle,
     Probe,
@@ -560,12 +561,103 @@ async def test_a_supervisor_can_be_entered_only_once() -> None:
             pass
 
 
+# --- a lifetime across tasks: start() and aclose() -------------------------------------------
+
+
+async def _started_in_a_task_that_ends(sup: Supervisor) -> None:
+    """``sup.start()`` in a task of its own, which has ended when this returns."""
+
+    async def starter(*, task_status: TaskStatus[None]) -> None:
+        await sup.start()
+        task_status.started()
+
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(starter)
+
+
+async def _closed_in_another_task(sup: Supervisor) -> list[BaseException]:
+    """``sup.aclose()`` in a task of its own; what it raised, if anything."""
+    raised: list[BaseException] = []
+
+    async def closer() -> None:
+        try:
+            await sup.aclose()
+        except Exception as error:
+            raised.append(error)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(closer)
+    return raised
+
+
+async def test_a_supervisor_started_in_one_task_is_closed_in_another() -> None:
+    probe = Probe()
+    sup = Supervisor([probe.spec("a"), probe.spec("b")])
+    await _started_in_a_task_that_ends(sup)
+    # The children outlive the task that started them.
+    await crash_and_wait_for_restart(sup, "a")
+    assert [info.state for info in sup.which_children()] == ["running", "running"]
+    assert await _closed_in_another_task(sup) == []
+    assert probe.events("stop") == ["a", "b", "a"]  # the crash, then right to left
+    assert "stopped" in repr(sup)
+
+
+async def test_a_give_up_after_start_is_raised_by_aclose() -> None:
+    probe = Probe()
+    sup = Supervisor([probe.spec("a"), probe.spec("b")], max_restarts=0, name="alone")
+    await _started_in_a_task_that_ends(sup)
+    handles(sup)["a"].crash()
+    await wait_until(lambda: not any(info.running for info in sup.which_children()))
+    raised = await _closed_in_another_task(sup)
+    assert [type(error) for error in raised] == [SupervisorGaveUpError]
+    assert "'alone' gave up" in str(raised[0])
+    assert probe.events("stop") == ["a", "b"]  # the crash, then b as it gave up
+
+
+async def test_start_returns_the_supervisor_and_a_failed_start_stops_the_started_ones() -> None:
+    probe = Probe()
+    sup = Supervisor([probe.spec("a")])
+    assert await sup.start() is sup
+    await sup.aclose()
+    probe.fail_next_starts["b"] = 1
+    failing = Supervisor([probe.spec("a"), probe.spec("b")])
+    with pytest.raises(ChildStartError, match="'b' failed to start"):
+        await failing.start()
+    assert probe.log[-3:] == [("start", "a"), ("start", "b"), ("stop", "a")]
+    await failing.aclose()  # already stopped: nothing more, and no error
+
+
+async def test_aclose_twice_and_aclose_before_start_do_nothing_more() -> None:
+    probe = Probe()
+    sup = await Supervisor([probe.spec("a")]).start()
+    await sup.aclose()
+    await sup.aclose()
+    assert probe.events("stop") == ["a"]
+    never = Supervisor([probe.spec("b")], name="never")
+    await never.aclose()
+    with pytest.raises(RuntimeError, match="'never' can be started only once"):
+        await never.start()
+    assert "b" not in probe.events("start")
+
+
+async def test_aclose_stops_the_children_even_when_its_caller_is_cancelled() -> None:
+    probe = Probe()
+    sup = await Supervisor([probe.spec("a"), probe.spec("b")]).start()
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await sup.aclose()
+    assert probe.events("stop") == ["b", "a"]
+    assert not any(info.running for info in sup.which_children())
+
+
 # --- shutdown --------------------------------------------------------------------------------
 
 
-async def test_a_child_that_overruns_its_shutdown_time_is_reported_and_waited_for() -> None:
-    release = anyio.Event()
-    order: list[str] = []
+def _polite_and_stubborn(
+    order: list[str], release: anyio.Event, shutdown: float, *, polite_releases: bool = False
+) -> list[ChildSpec]:
+    """Polite stops at once; stubborn, once cancelled, waits for ``release`` (which
+    polite sets as it stops, with ``polite_releases``). Their steps go to ``order``."""
 
     async def stubborn(*, task_status: TaskStatus[None]) -> None:
         task_status.started()
@@ -583,6 +675,15 @@ async def test_a_child_that_overruns_its_shutdown_time_is_reported_and_waited_fo
             await anyio.sleep_forever()
         finally:
             order.append("polite stopped")
+            if polite_releases:
+                release.set()
+
+    return [ChildSpec("polite", polite), ChildSpec("stubborn", stubborn, shutdown=shutdown)]
+
+
+async def test_a_child_that_overruns_its_shutdown_time_is_reported_and_waited_for() -> None:
+    release = anyio.Event()
+    order: list[str] = []
 
     def overran() -> bool:
         return any("did not stop within its shutdown time" in log["event"] for log in logs)
@@ -591,7 +692,7 @@ async def test_a_child_that_overruns_its_shutdown_time_is_reported_and_waited_fo
         await wait_until(overran)
         release.set()
 
-    specs = [ChildSpec("polite", polite), ChildSpec("stubborn", stubborn, shutdown=0.05)]
+    specs = _polite_and_stubborn(order, release, shutdown=0.05)
     with capture_logs() as logs:
         async with anyio.create_task_group() as watcher:
             watcher.start_soon(release_once_reported)
@@ -600,6 +701,97 @@ async def test_a_child_that_overruns_its_shutdown_time_is_reported_and_waited_fo
     # The next child is stopped only once the overrunning one has really ended.
     assert order == ["stubborn cancelled", "stubborn finished", "polite stopped"]
     assert overran()
+
+
+def _stops_once_all_are_cancelled(
+    child_id: str, cancelled: list[str], everyone: int, all_cancelled: anyio.Event
+) -> ChildSpec:
+    """A child whose cleanup, once it is cancelled, waits until ``everyone`` is.
+
+    It notes its id in ``cancelled`` as it is cancelled, and again (in upper case) if
+    its wait ran out: stopped one by one, all but the last would.
+    """
+
+    async def start(*, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.append(child_id)
+            if len(cancelled) == everyone:
+                all_cancelled.set()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(WAIT_LIMIT):
+                await all_cancelled.wait()
+            if not all_cancelled.is_set():
+                cancelled.append(child_id.upper())
+
+    return ChildSpec(child_id, start)
+
+
+async def test_all_at_once_cancels_every_child_right_to_left_before_waiting_for_any() -> None:
+    cancelled: list[str] = []
+    all_cancelled = anyio.Event()
+    specs = [_stops_once_all_are_cancelled(i, cancelled, 3, all_cancelled) for i in "abc"]
+    with recording(SUPERVISOR_EVENTS) as events:
+        async with Supervisor(specs, stop_order="all_at_once"):
+            pass
+    assert sorted(cancelled) == ["a", "b", "c"]  # none ran out of time waiting
+    # Cancelled right to left at once (the order their tasks then run in is the event
+    # loop's), and accounted for right to left.
+    ended = [(m["child_id"], m["reason"]) for m in events.of("child_terminated")]
+    assert ended == [("c", "shutdown"), ("b", "shutdown"), ("a", "shutdown")]
+
+
+async def test_right_to_left_waits_for_each_child_before_cancelling_the_next() -> None:
+    log: list[str] = []
+
+    def child(child_id: str) -> ChildSpec:
+        async def start(*, task_status: TaskStatus[None]) -> None:
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                log.append(f"{child_id} cancelled")
+                with anyio.CancelScope(shield=True):
+                    for _ in range(3):  # time for the next child to be cancelled, if it were
+                        await anyio.lowlevel.checkpoint()
+                log.append(f"{child_id} ended")
+
+        return ChildSpec(child_id, start)
+
+    async with Supervisor([child("a"), child("b")]):
+        pass
+    assert log == ["b cancelled", "b ended", "a cancelled", "a ended"]
+
+
+async def test_all_at_once_stops_the_siblings_of_a_one_for_all_restart_together() -> None:
+    probe = Probe()
+    cancelled: list[str] = []
+    all_cancelled = anyio.Event()
+    specs = [
+        probe.spec("crasher"),
+        _stops_once_all_are_cancelled("x", cancelled, 2, all_cancelled),
+        _stops_once_all_are_cancelled("y", cancelled, 2, all_cancelled),
+    ]
+    async with Supervisor(specs, strategy="one_for_all", stop_order="all_at_once") as sup:
+        await crash_and_wait_for_restart(sup, "crasher")
+        assert sorted(cancelled) == ["x", "y"]  # neither ran out of time waiting
+        assert all(info.state == "running" for info in sup.which_children())
+
+
+async def test_all_at_once_gives_each_child_its_own_shutdown_time() -> None:
+    release = anyio.Event()
+    order: list[str] = []
+    # Polite, cancelled while stubborn still runs (at once, not after it), releases it.
+    specs = _polite_and_stubborn(order, release, shutdown=0.0, polite_releases=True)
+    with capture_logs() as logs:
+        async with Supervisor(specs, stop_order="all_at_once"):
+            pass
+    # Polite was cancelled with stubborn, not after it: it let stubborn finish.
+    assert sorted(order[:2]) == ["polite stopped", "stubborn cancelled"]
+    assert order[2:] == ["stubborn finished"]
+    warned = [log for log in logs if "did not stop within its shutdown time" in log["event"]]
+    assert [log["child_id"] for log in warned] == ["stubborn"]
 
 
 async def test_a_child_cannot_terminate_itself() -> None:
@@ -788,6 +980,11 @@ def test_child_spec_rejects_bad_id_and_start(
     ("kwargs", "message"),
     [
         ({"strategy": "one_for_some"}, "Supervisor.strategy: expected one of one_for_one"),
+        (
+            {"stop_order": "left_to_right"},
+            "Supervisor.stop_order: expected one of right_to_left, all_at_once, "
+            "got 'left_to_right'",
+        ),
         ({"max_restarts": -1}, "Supervisor.max_restarts: expected an int >= 0"),
         ({"max_seconds": 0}, "Supervisor.max_seconds: expected seconds > 0"),
         ({"max_seconds": math.inf}, "Supervisor.max_seconds"),

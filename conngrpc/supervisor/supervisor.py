@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Hashable, Iterable, Sequence
@@ -19,6 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .. import telemetry
 from .._log import get_logger
+from .._tasks import spawn_detached
 from ..errors import (
     ChildStartError,
     ChildStateError,
@@ -31,13 +32,12 @@ from .child import Child, ChildCounts, ChildInfo, Run
 from .intensity import Clock, RestartIntensity
 from .spec import ChildSource, ChildSpec, RestartType, to_child_spec
 
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
-
-__all__ = ["Strategy", "Supervisor"]
+__all__ = ["StopOrder", "Strategy", "Supervisor"]
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
+StopOrder = Literal["right_to_left", "all_at_once"]
+STOP_ORDERS: tuple[str, ...] = get_args(StopOrder)
 
 CHILD_STARTED = ("conngrpc", "supervisor", "child_started")
 CHILD_RESTARTED = ("conngrpc", "supervisor", "child_restarted")
@@ -66,6 +66,20 @@ class Supervisor:
     raise :class:`SupervisorGaveUpError` out of the ``async with`` block, cancelling the
     block's body; run as another supervisor's child, that is a crash the parent handles.
 
+    ``stop_order`` says how a group of children is stopped (on leaving, on giving up, and
+    the siblings a ``one_for_all`` or ``rest_for_one`` restart stops): ``"right_to_left"``
+    (OTP's order) waits for each child to end before it cancels the next;
+    ``"all_at_once"`` cancels them all, right to left, then waits for each, as OTP's
+    ``simple_one_for_one`` and Elixir's ``DynamicSupervisor`` do. Each child still gets
+    its own ``shutdown`` seconds, counted from its cancellation. All at once suits many
+    independent children (a pool's channels): the group stops in the time of its slowest
+    child, not in the sum of all their times.
+
+    The children run in a task of the supervisor's own, so the block may be left in
+    another task than the one that entered it, as a pytest-asyncio fixture does (the body
+    is then cancelled only where it was entered); :meth:`start` and :meth:`aclose` are
+    the block's two halves, for a lifetime that no block spans.
+
     The runtime calls and the handling of each child's exit take turns, one at a time
     and in the order they came, as messages in an OTP supervisor's mailbox do.
 
@@ -78,9 +92,15 @@ class Supervisor:
     ``children`` may hold :class:`ChildSpec` objects or anything with a ``child_spec()``
     method. ``clock`` (seconds, monotonic) is injectable for deterministic tests.
 
-    :raises ValueError: a bad strategy, intensity or name.
+    :raises ValueError: a bad strategy, stop order, intensity or name.
     :raises DuplicateChildError: a child id repeats in ``children``.
     """
+
+    # Made by start(), on the event loop that they belong to.
+    _ready: anyio.Event  # the supervisor's task runs its task group (or has ended)
+    _stop_asked: anyio.Event  # leaving, or giving up: the supervisor's task stops every child
+    _stopped: anyio.Event  # the supervisor's task has ended
+    _body: anyio.CancelScope  # around the block's body
 
     def __init__(
         self,
@@ -91,15 +111,22 @@ class Supervisor:
         max_seconds: float = 5.0,
         name: str | None = None,
         clock: Clock = time.monotonic,
+        stop_order: StopOrder = "right_to_left",
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(
                 f"Supervisor.strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}"
             )
+        if stop_order not in STOP_ORDERS:
+            raise ValueError(
+                f"Supervisor.stop_order: expected one of {', '.join(STOP_ORDERS)}, "
+                f"got {stop_order!r}"
+            )
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"Supervisor.name: expected a non-empty str or None, got {name!r}")
         self.name: str = name if name is not None else f"supervisor-{next(_names)}"
         self.strategy: Strategy = strategy
+        self.stop_order: StopOrder = stop_order
         self._intensity = RestartIntensity(max_restarts, max_seconds, clock)
         specs = [to_child_spec(child) for child in children]
         for child_id, times in Counter(spec.id for spec in specs).items():
@@ -116,6 +143,9 @@ class Supervisor:
         self._lock: anyio.Lock | None = None
         self._exits: MemoryObjectSendStream[_Exit] | None = None
         self._manager_scope: anyio.CancelScope | None = None
+        self._leaving = False  # aclose, __aexit__ or a failed start asked it to stop
+        self._crash: BaseException | None = None  # what broke the task group, if anything
+        self._entered_by: object = None  # the coroutine of the task that entered
 
     @classmethod
     def child_spec(
@@ -130,6 +160,7 @@ class Supervisor:
         max_seconds: float = 5.0,
         name: str | None = None,
         clock: Clock = time.monotonic,
+        stop_order: StopOrder = "right_to_left",
     ) -> ChildSpec:
         """A spec that runs a nested supervisor (``type="supervisor"``) as a child.
 
@@ -143,6 +174,7 @@ class Supervisor:
             "max_seconds": max_seconds,
             "name": name if name is not None else str(id),
             "clock": clock,
+            "stop_order": stop_order,
         }
         cls(specs, **options)  # validate now, where the mistake was written
 
@@ -161,27 +193,76 @@ class Supervisor:
         )
 
     # --- lifecycle -------------------------------------------------------------
+    #
+    # The task group that runs the children and the manager lives in a task of the
+    # supervisor's own (``_run``), from start to close, so that it may be started in one
+    # task and closed in another: pytest-asyncio sets a fixture up and tears it down in two
+    # tasks. ``async with`` adds the cancel scope ``_body`` around the block's body, which
+    # a give-up cancels.
 
-    async def __aenter__(self) -> Supervisor:
+    async def start(self) -> Supervisor:
+        """Start the children left to right, each awaited until it is ready; return self.
+
+        ``async with`` calls it, and :meth:`aclose` on the way out. Called directly, the
+        pair may run in different tasks (a fixture set up in one task and torn down in
+        another): the children run in a task of the supervisor's own until
+        :meth:`aclose`, which must be called. Without a block, a give-up has no body to
+        cancel: the supervisor stops its children and :meth:`aclose` raises.
+
+        Example::
+
+            sup = await Supervisor([DemoPool]).start()
+            try:
+                ...
+            finally:
+                await sup.aclose()
+
+        :raises RuntimeError: it was started (or closed) before: a supervisor runs once.
+        :raises ChildStartError: a child raised or returned before calling ``started``
+            (the cause is chained); the children started before it are stopped again.
+        """
         if self._state != "new":
-            raise RuntimeError(f"supervisor {self.name!r} can be entered only once")
+            raise RuntimeError(f"supervisor {self.name!r} can be started only once")
         self._lock = anyio.Lock()
         send, receive = anyio.create_memory_object_stream[_Exit](math.inf)
         self._exits = send
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
+        self._ready, self._stop_asked, self._stopped = anyio.Event(), anyio.Event(), anyio.Event()
+        self._body = anyio.CancelScope()
         self._state = "running"
+        spawn_detached(functools.partial(self._run, receive), name=f"supervisor {self.name}")
         try:
-            await tg.start(self._manage, receive)
+            await self._ready.wait()
             async with self._lock:
                 for spec in self._initial:
                     child = Child(spec)
                     self._children.append(child)
                     await self._start(child)
-        except BaseException as exc:
-            await self._leave(type(exc), exc, exc.__traceback__)
+        except BaseException:
+            await self._stop_and_wait()
             raise
+        return self
+
+    async def aclose(self) -> None:
+        """Stop every child, right to left, and wait until all have ended.
+
+        What leaving the ``async with`` block does; see :meth:`start`. The wait is
+        shielded from cancellation, so that no child outlives it. Closed again, it has
+        nothing more to stop (and raises the same give-up); a supervisor never started is
+        closed for good.
+
+        :raises SupervisorGaveUpError: it had given up: a child was restarted more than
+            ``max_restarts`` times within ``max_seconds`` (the last crash is chained).
+        """
+        if self._state == "new":
+            self._state = "stopped"
+            return
+        await self._stop_and_wait()
+        self._raise_failure()
+
+    async def __aenter__(self) -> Supervisor:
+        await self.start()
+        self._entered_by = anyio.get_current_task().coro
+        self._body.__enter__()
         return self
 
     async def __aexit__(
@@ -190,49 +271,79 @@ class Supervisor:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        suppress = await self._leave(exc_type, exc, tb)
-        if self._failure is not None:
-            raise self._failure
+        await self._stop_and_wait()
+        suppress: bool | None = None
+        # Left in the task that entered, the block's cancel scope is left too. (A task's
+        # id is reused once the task has gone; its coroutine, held here, is not.) Left in
+        # another, the scope stays behind in the task that entered, which must not be
+        # inside a cancel scope it leaves first: a pytest-asyncio fixture's set-up task
+        # is not; start() and aclose() have no such rule.
+        if anyio.get_current_task().coro is self._entered_by:
+            suppress = self._body.__exit__(exc_type, exc, tb)
+        self._raise_failure()
         return suppress
 
-    async def _leave(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        """Stop the manager and every child (right to left), then leave the task group."""
-        assert self._tg is not None
-        assert self._lock is not None
+    async def _stop_and_wait(self) -> None:
+        """Have the supervisor's task stop every child, and wait until it has ended."""
+        self._leaving = True
+        if self._state == "running":
+            self._state = "stopping"  # turns asked for from now on are refused
+        self._stop_asked.set()
+        with anyio.CancelScope(shield=True):
+            await self._stopped.wait()
+
+    def _raise_failure(self) -> None:
+        """Raise what ended the supervisor's task, if something other than closing did."""
+        if self._failure is not None:
+            raise self._failure
+        if self._crash is not None:
+            raise self._crash
+
+    async def _run(self, exits: MemoryObjectReceiveStream[_Exit]) -> None:
+        """The supervisor's own task: its task group, from start to close.
+
+        It never raises (nothing would hear of it): what ended it is kept for ``aclose``
+        and ``__aexit__``. Ended other than by closing (a give-up, a child's
+        ``BaseException``), it cancels the block's body.
+        """
         assert self._exits is not None
-        self._state = "stopping"  # turns asked for from now on are refused
         try:
-            with anyio.CancelScope(shield=True):
-                if self._manager_scope is not None:
-                    self._manager_scope.cancel()  # it lets go of the lock as it unwinds
-                # A runtime call's turn may be waiting for a child to start: call it off.
-                for child in self._children:
-                    if child.state == "starting" and child.run is not None:
-                        child.run.scope.cancel()
-                async with self._lock:
-                    await self._stop_all()
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                await tg.start(self._manage, exits)
+                self._ready.set()
+                try:
+                    await self._stop_asked.wait()
+                finally:
+                    await self._stop_everything()
+        except BaseException as crash:
+            self._crash = crash
         finally:
             self._exits.close()
             self._state = "stopped"
-            try:
-                suppress = await self._tg.__aexit__(exc_type, exc, tb)
-            except BaseExceptionGroup as group:
-                # Children catch their own exceptions, so a group holding only the
-                # block's own exception is anyio wrapping it: let it pass unwrapped.
-                if exc is not None and group.exceptions == (exc,):
-                    return False
-                raise
-        return suppress
+            self._ready.set()
+            self._stopped.set()
+            if not self._leaving:
+                self._body.cancel()
+
+    async def _stop_everything(self) -> None:
+        """Stop the manager, then every child (right to left)."""
+        assert self._lock is not None
+        self._state = "stopping"
+        with anyio.CancelScope(shield=True):
+            if self._manager_scope is not None:
+                self._manager_scope.cancel()  # it lets go of the lock as it unwinds
+            # A runtime call's turn may be waiting for a child to start: call it off.
+            for child in self._children:
+                if child.state == "starting" and child.run is not None:
+                    child.run.scope.cancel()
+            async with self._lock:
+                await self._stop_all()
 
     async def _manage(
         self, exits: MemoryObjectReceiveStream[_Exit], *, task_status: TaskStatus[None]
     ) -> None:
-        """The supervisor's own task: handles each child's exit in a turn of its own."""
+        """The manager: handles each child's exit in a turn of its own."""
         assert self._lock is not None
         with anyio.CancelScope() as self._manager_scope, exits:
             task_status.started()
@@ -284,31 +395,51 @@ class Supervisor:
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             self._exits.send_nowait((child, run))
 
-    async def _stop(self, child: Child) -> None:
-        """Cancel the child's run and wait for its end, warning after ``shutdown`` seconds.
+    async def _stop(self, *children: Child) -> None:
+        """Cancel the children's runs, in the order given, then wait for each to end.
 
+        A child not ended ``shutdown`` seconds after it was cancelled is warned about.
         A running child is ``stopping`` meanwhile; a start called off stays ``starting``.
         """
-        run = child.run
-        assert run is not None
-        ended_by_itself = run.done.is_set()
-        if child.state == "running":
-            child.state = "stopping"
-        run.scope.cancel()
+        stopping: list[tuple[Child, bool, float]] = []
+        for child in children:
+            run = child.run
+            assert run is not None
+            ended_by_itself = run.done.is_set()
+            if child.state == "running":
+                child.state = "stopping"
+            run.scope.cancel()
+            stopping.append((child, ended_by_itself, anyio.current_time() + child.spec.shutdown))
         with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(child.spec.shutdown) as waited:
-                await run.done.wait()
-            if waited.cancelled_caught:
-                # anyio cannot kill a task that ignores cancellation (OTP would kill it):
-                # say so, and keep waiting, so that a child id never runs twice at once.
-                _log.warning(
-                    "child did not stop within its shutdown time; waiting for it",
-                    supervisor=self.name,
-                    child_id=child.spec.id,
-                    shutdown=child.spec.shutdown,
-                )
-                await run.done.wait()
-        self._terminated(child, shutdown=not ended_by_itself)
+            for child, ended_by_itself, deadline in stopping:
+                run = child.run
+                assert run is not None
+                if not run.done.is_set():
+                    await self._wait_stopped(child, run, deadline)
+                self._terminated(child, shutdown=not ended_by_itself)
+
+    async def _wait_stopped(self, child: Child, run: Run, deadline: float) -> None:
+        """Wait for a cancelled run to end, warning if it has not by ``deadline``."""
+        with anyio.CancelScope(deadline=deadline) as waited:
+            await run.done.wait()
+        if waited.cancelled_caught:
+            # anyio cannot kill a task that ignores cancellation (OTP would kill it):
+            # say so, and keep waiting, so that a child id never runs twice at once.
+            _log.warning(
+                "child did not stop within its shutdown time; waiting for it",
+                supervisor=self.name,
+                child_id=child.spec.id,
+                shutdown=child.spec.shutdown,
+            )
+            await run.done.wait()
+
+    async def _stop_children(self, children: Sequence[Child]) -> None:
+        """Stop ``children`` (given in start order) right to left, by ``stop_order``."""
+        if self.stop_order == "all_at_once":
+            await self._stop(*reversed(children))
+        else:
+            for child in reversed(children):
+                await self._stop(child)
 
     def _terminated(self, child: Child, *, shutdown: bool) -> None:
         """Record the end of the child's run: the one place that reports a child's end.
@@ -338,9 +469,7 @@ class Supervisor:
 
     async def _stop_all(self) -> None:
         """Stop every running child, right to left."""
-        for child in reversed(self._children):
-            if child.state == "running":
-                await self._stop(child)
+        await self._stop_children([child for child in self._children if child.state == "running"])
 
     # --- restart policy ----------------------------------------------------------
 
@@ -366,11 +495,12 @@ class Supervisor:
         else:
             after = self._children[self._children.index(crashed) + 1 :]
             siblings = [c for c in after if c.state == "running"]
-        for sibling in reversed(siblings):
-            await self._stop(sibling)
-            if sibling.spec.restart == "temporary":
-                self._children.remove(sibling)
-        group = [c for c in self._children if c is crashed or c in siblings]  # start order
+        await self._stop_children(siblings)
+        dropped = {sibling for sibling in siblings if sibling.spec.restart == "temporary"}
+        if dropped:
+            self._children = [c for c in self._children if c not in dropped]
+        chosen = {crashed, *siblings}
+        group = [c for c in self._children if c in chosen]  # start order
         last_error = error
         while self._intensity.add_restart():
             try:
@@ -390,14 +520,11 @@ class Supervisor:
                     reason=exc.reason,
                 )
                 last_error = exc
-                for child in reversed(group):
-                    if child.state == "running":
-                        await self._stop(child)
+                await self._stop_children([child for child in group if child.state == "running"])
         await self._give_up(crashed, last_error)
 
     async def _give_up(self, child: Child, error: Exception | None) -> None:
         """Stop every child and fail out of the ``async with`` block."""
-        assert self._tg is not None
         self._state = "stopping"  # turns asked for from now on are refused
         failure = SupervisorGaveUpError(
             self.name, child.spec.id, self._intensity.max_restarts, self._intensity.max_seconds
@@ -417,7 +544,7 @@ class Supervisor:
             {"supervisor": self.name, "child_id": child.spec.id, "error": error},
         )
         self._failure = failure
-        self._tg.cancel_scope.cancel()
+        self._stop_asked.set()  # the supervisor's task ends, and cancels the block's body
 
     # --- runtime API ---------------------------------------------------------------
 

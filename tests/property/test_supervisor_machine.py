@@ -3,11 +3,11 @@
 Random sequences of start, terminate, restart and delete (some of whose starts fail),
 child exits (some of whose restarts fail), a crash that lands while a restart is in
 progress, crashes inside a nested supervisor (which escalate when it gives up), and
-clock moves (the restart-intensity clock is injected), on each strategy and both anyio
-backends. After every step the supervisor must agree with the model: ``which_children``
-and ``count_children``, the telemetry it emitted (every start paired with one end), that
-a child id never runs twice at once, and that each supervisor gives up exactly when more
-than ``max_restarts`` restarts fall within ``max_seconds``.
+clock moves (the restart-intensity clock is injected), on each strategy, each stop
+order and both anyio backends. After every step the supervisor must agree with the model:
+``which_children`` and ``count_children``, the telemetry it emitted (every start paired
+with one end), that a child id never runs twice at once, and that each supervisor gives
+up exactly when more than ``max_restarts`` restarts fall within ``max_seconds``.
 """
 
 from __future__ import annotations
@@ -101,18 +101,22 @@ class SupervisorMachine(RuleBasedStateMachine):
 
     @initialize(
         strategy=st.sampled_from(["one_for_one", "one_for_all", "rest_for_one"]),
+        stop_order=st.sampled_from(["right_to_left", "all_at_once"]),
         children=st.lists(
             st.tuples(st.sampled_from(IDS), st.sampled_from(RESTARTS)),
             unique_by=lambda child: child[0],
             max_size=len(IDS),
         ),
     )
-    def start_supervisor(self, strategy: Any, children: list[tuple[str, str]]) -> None:
+    def start_supervisor(
+        self, strategy: Any, stop_order: Any, children: list[tuple[str, str]]
+    ) -> None:
         """A supervisor that starts with a static list of children."""
         self.strategy = strategy
         self.sup = Supervisor(
             [self.spec_for(child_id, restart) for child_id, restart in children],
             strategy=strategy,
+            stop_order=stop_order,
             max_restarts=MAX_RESTARTS,
             max_seconds=MAX_SECONDS,
             name=OUTER,
