@@ -775,8 +775,9 @@ async def test_all_at_once_stops_the_siblings_of_a_one_for_all_restart_together(
     ]
     async with Supervisor(specs, strategy="one_for_all", stop_order="all_at_once") as sup:
         await crash_and_wait_for_restart(sup, "crasher")
+        # The crasher restarts first; its siblings follow, left to right.
+        await wait_until(lambda: all(info.state == "running" for info in sup.which_children()))
         assert sorted(cancelled) == ["x", "y"]  # neither ran out of time waiting
-        assert all(info.state == "running" for info in sup.which_children())
 
 
 async def test_all_at_once_gives_each_child_its_own_shutdown_time() -> None:

@@ -351,11 +351,14 @@ async def run_pool(
                         _report_status, runtime, settings.telemetry_interval
                     )
                     children.append(ChildSpec("status", reporter))
+                # The children do not depend on one another to stop (channels drain in
+                # ``closer``, which outlives them): all are stopped at once.
                 async with Supervisor(
                     children,
                     name=settings.name,
                     max_restarts=settings.max_restarts,
                     max_seconds=settings.max_seconds,
+                    stop_order="all_at_once",
                 ) as supervisor:
                     task_status.started(supervisor)
                     await anyio.sleep_forever()
