@@ -332,9 +332,7 @@ def _time_to_share(tally: Tally, port: int, since: float, share: float) -> str:
 async def _main() -> None:
     import logging
 
-    import structlog
-
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    logging.getLogger("conngrpc").setLevel(logging.ERROR)  # the figures, not the faults
     for section in await fleet(quick="--quick" in sys.argv):
         print(section.text())
 

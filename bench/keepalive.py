@@ -25,7 +25,6 @@ from typing import Any
 
 import anyio
 import grpc
-import structlog
 
 from conngrpc import ExponentialBackoff, Pool, Supervisor, telemetry
 from conngrpc._server import ServerProcess
@@ -126,5 +125,5 @@ async def main() -> None:
 if __name__ == "__main__":
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     # An application: keep the library's warning about the lost connection out of the figures.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    logging.getLogger("conngrpc").setLevel(logging.ERROR)  # the figures, not the faults
     anyio.run(main)

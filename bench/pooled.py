@@ -506,9 +506,7 @@ async def _main() -> None:
     import logging
     import sys
 
-    import structlog
-
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    logging.getLogger("conngrpc").setLevel(logging.ERROR)  # the figures, not the faults
     quick = "--quick" in sys.argv
     sections = [await slow_replica(quick), *await stream_cap(quick), *await overhead(quick)]
     for section in sections:

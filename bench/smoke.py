@@ -28,6 +28,7 @@ TITLES = [
     "Cold burst: 200 concurrent calls the moment the client is ready, loopback",
     "Cold burst: 200 concurrent calls the moment the client is ready, over a link",
     "Start-up",
+    "Stop: leaving the supervisor",
     "Failure detection and recovery",
     "Memory",
     "get_channel cost, real channels",
@@ -39,6 +40,7 @@ TITLES = [
     "Stream cap: one server capped",
     "Mixed call lengths",
     "Overhead of the PooledChannel",
+    "Reading a response stream",
     "The pick and its counting",
 ]
 

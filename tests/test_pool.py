@@ -7,7 +7,9 @@ Behaviour against real servers is in test_pool_servers.py.
 
 from __future__ import annotations
 
+import cProfile
 import dataclasses
+import pstats
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -834,3 +836,28 @@ class _Call:
 
     def add_done_callback(self, callback: Any) -> None:
         pass
+
+
+# --- stopping a large pool ------------------------------------------------------------------
+
+#: Linear work grows 4-fold from n to 4n channels, quadratic 16-fold (stopping children
+#: one by one re-delivered the pool's cancellation to every worker, and each leave
+#: rebuilt the hand-out from every record: 12 to 20-fold). Room for fixed costs.
+MOST_STOP_GROWTH_FOR_4N = 6.0
+
+
+async def _calls_to_stop_a_pool(name: str, size: int) -> int:
+    """Python calls made while leaving the supervisor of a connected pool of ``size``."""
+    channel = {"address": "fake:1", "connector": FakeConnector(), "backoff": FAST}
+    profile = cProfile.Profile()
+    async with running_pool(name, size, channel):
+        profile.enable()
+    profile.disable()
+    return pstats.Stats(profile).total_calls  # type: ignore[attr-defined, no-any-return]
+
+
+async def test_stopping_a_pool_costs_work_in_proportion_to_its_size(pool_name: str) -> None:
+    await _calls_to_stop_a_pool(f"{pool_name}-warm", 100)  # first-use costs are not the pool's
+    small = await _calls_to_stop_a_pool(f"{pool_name}-small", 100)
+    large = await _calls_to_stop_a_pool(f"{pool_name}-large", 400)
+    assert large / small <= MOST_STOP_GROWTH_FOR_4N, (small, large)
