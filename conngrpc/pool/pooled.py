@@ -136,12 +136,14 @@ class PooledChannel(grpc.aio.Channel):
             while True:
                 runtime = self.runtime()
                 if runtime is None:
+                    if not wait_for_ready:
+                        return None  # the pool it waited for stopped
                     await wait_registered(self.kind)
                     continue
                 slot = runtime.handout.pick()
                 if slot is not None:
                     return slot
-                if not wait_for_ready and runtime.table.settled:
+                if not wait_for_ready and (runtime.table.settled or runtime.stopped):
                     return None
                 await runtime.wait_changed()
 
@@ -274,8 +276,9 @@ class _Multicallable:
         self._make: dict[str, Any] = {
             "request_serializer": serializer,
             "response_deserializer": deserializer,
-            "_registered_method": registered,
         }
+        if registered:  # as generated stubs say it; a mock channel need not know the word
+            self._make["_registered_method"] = registered
         # A channel's own multicallables are kept per what makes one, not per facade
         # multicallable: a stub built per request must not add an entry per request.
         key: tuple[object, ...] | None = (kind, method, serializer, deserializer, registered)

@@ -209,6 +209,26 @@ async def test_a_call_made_while_the_pool_connects_waits_for_the_first_channel(
         assert answer.startswith(str(backend.port).encode())
 
 
+async def test_a_call_waiting_for_the_first_channel_fails_when_the_pool_stops(
+    pool_name: str,
+) -> None:
+    never = anyio.Event()
+
+    async def connect_never(config: ChannelConfig) -> grpc.aio.Channel:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    async with fleet(1) as (backend,):
+        async with pool(pool_name, backend.address, connector=connect_never):
+            call = _raw(Pool.channel(pool_name), "unary_unary", PEER_METHOD)(b"")  # no deadline
+            await anyio.wait_all_tasks_blocked()
+            assert not call.done()
+        with anyio.fail_after(5), pytest.raises(grpc.aio.AioRpcError) as failed:
+            await call  # it would wait for ever for a pool that is gone
+        assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "no pool of that name is running" in (failed.value.details() or "")
+
+
 async def test_a_call_made_as_the_pool_starts_fails_once_its_channels_have_failed(
     pool_name: str,
 ) -> None:
