@@ -434,9 +434,9 @@ async def stream_cost(quick: bool) -> Section:
     )
     section.notes.append(
         f"One caller reads a stream of {messages:,} small messages ({rounds} rounds, each "
-        "client in turn; the best round counts). The PooledChannel reads each stream "
-        "through a generator of its own, so that a stream whose `async for` is left early, "
-        "or whose call is dropped, is cancelled instead of held open until its deadline."
+        "client in turn; the best round counts). The PooledChannel hands out each stream "
+        "call in a wrapper that cancels it once nobody holds it (an `async for` left early, "
+        "a call dropped), where grpc.aio holds it open until its deadline."
     )
     return section
 

@@ -282,10 +282,11 @@ def test_a_channel_that_leaves_with_calls_running_drains_until_they_end() -> Non
     assert follow.reply.close == (channel,)
     assert list(pool.table.draining.values()) == [slot]
     slot.done()
+    assert list(pool.table.draining.values()) == [slot]
     slot.done()
     assert pool.ended == 2
-    pool.apply(0, BackingOff())
-    assert pool.table.draining == {}
+    assert pool.table.draining == {}  # let go as its last call ended
+    pool.table.check()
 
 
 def test_the_first_health_without_a_service_is_flagged_once() -> None:
@@ -298,17 +299,38 @@ def test_the_first_health_without_a_service_is_flagged_once() -> None:
     assert (first.reply.first_unimplemented, second.reply.first_unimplemented) == (True, False)
 
 
-def test_the_pool_is_settled_once_a_channel_serves_or_an_attempt_fails() -> None:
-    serving, failing = Table(1, A), Table(1, A)
+def test_the_pool_is_settled_once_a_channel_serves_or_every_one_has_failed() -> None:
+    serving, failing = Table(2, A, B), Table(2, A, B)
     for pool in (serving, failing):
-        pool.apply(0, Attempting())
+        for index in range(2):
+            pool.apply(index, Attempting())
         assert not pool.table.settled
-    serving.apply(0, Connected(Channel(A), A))
-    assert not serving.table.settled  # connected, not yet handed out
-    serving.apply(0, HealthChanged(True))
-    failing.apply(0, AttemptFailed(A, "refused"))
+    serving.apply(0, AttemptFailed(A, "refused"))
+    serving.apply(1, Connected(Channel(B), B))
+    assert not serving.table.settled  # one failed, one connected but not yet handed out
+    serving.apply(1, HealthChanged(True))
     assert serving.table.settled
+    failing.apply(0, AttemptFailed(A, "refused"))
+    failing.apply(0, AttemptFailed(B, "refused"))
+    assert not failing.table.settled  # worker 1 may still connect: calls wait for it
+    failing.apply(1, Connected(Channel(B), B))
+    failing.apply(1, HealthChanged(False, "NOT_SERVING"))  # as grpc's health checks count it
     assert failing.table.settled
+
+
+def test_a_replacement_brings_what_its_health_check_said() -> None:
+    pool = Table(1, A, B)
+    pool.connect(0)
+    pool.apply(0, HealthChanged(False, "NOT_SERVING"))
+    pool.apply(0, Swapped(Channel(B), B, "SERVING"))
+    worker = pool.table.snapshot(0)
+    assert (worker.state, worker.health, worker.backend) == ("watching", "SERVING", B)
+
+
+def test_the_resolver_loop_reports_only_what_it_knows() -> None:
+    pool = Table(1, A)
+    with pytest.raises(TypeError, match="expected Resolved or Tick"):
+        pool.apply(None, Attempting())
 
 
 # --- records -------------------------------------------------------------------------------

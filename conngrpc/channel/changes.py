@@ -102,10 +102,12 @@ class HealthChanged:
 
 @dataclass(frozen=True, slots=True)
 class Swapped:
-    """A replacement, ``channel`` to ``backend``, SERVING, takes the old one's place."""
+    """A replacement, ``channel`` to ``backend``, takes the old one's place; its health
+    check said ``health`` (SERVING or UNIMPLEMENTED; None: not health-checked)."""
 
     channel: Any
     backend: str
+    health: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,6 +159,7 @@ class _Connection:
     dial: Dial
     began_ns: int  # when its attempt began
     connected_ns: int = 0  # when it became READY
+    health: str | None = None  # what its health check said before it was swapped in
 
 
 class _NotServing(ConnectFailedError):
@@ -275,10 +276,10 @@ class _Life:
         ``disconnected`` with its reason and retires the channel, in :meth:`retire`.
         A replacement swapped in retires its predecessor there too.
         """
-        self.connected_event(connection)
         reason: DisconnectReason = "crash"
         lost_state = None
         try:
+            self.connected_event(connection)
             await _run_callback(self.config.on_connect)
             while True:
                 try:
@@ -486,11 +487,15 @@ class _Life:
             status = f"no answer within connect_timeout={self.config.connect_timeout:g} s"
         if status not in _SERVING:
             raise _NotServing(connection.dial.config.address, _health_refusal(service, status))
+        connection.health = status
 
     async def swap(self, old: _Connection, new: _Connection) -> None:
         """Hand ``new`` out in place of ``old``, in one change, and retire ``old``."""
         self.connected_event(new)
-        reply = self.report(Swapped(new.channel, new.dial.backend))
+        # What the replacement's health check said is what was last heard: a watch on it
+        # that says otherwise is news, even if the old channel's last said the same.
+        self.health_heard = new.health
+        reply = self.report(Swapped(new.channel, new.dial.backend, new.health))
         reason = new.dial.reason
         assert reason != "connect", new.dial
         await self.retire(old, reason, None, reply.close)

@@ -38,7 +38,7 @@ class Slot:
     rejoins (NOT_SERVING, then SERVING again) keeps its count, and the pick sees its calls.
     """
 
-    __slots__ = ("backend", "callables", "channel", "ended", "in_flight", "index")
+    __slots__ = ("backend", "callables", "channel", "drained", "ended", "in_flight", "index")
 
     def __init__(
         self, index: int, channel: grpc.aio.Channel, backend: str, ended: Callable[[], None]
@@ -49,6 +49,8 @@ class Slot:
         self.in_flight = 0
         #: what runs when one of its calls ends: the pool's admission counts it
         self.ended = ended
+        #: once its channel left with calls running: what runs when the last one ends
+        self.drained: Callable[[Slot], None] | None = None
         #: the channel's own multicallables, by what makes one (kind, method, serializers)
         self.callables: dict[tuple[object, ...], Any] = {}
 
@@ -58,6 +60,8 @@ class Slot:
     def done(self, _: object = None) -> None:
         """A call on this slot ended (grpc's done callback)."""
         self.in_flight -= 1
+        if self.drained is not None and not self.in_flight:
+            self.drained(self)
         self.ended()
 
 

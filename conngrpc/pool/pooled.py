@@ -26,14 +26,13 @@ method of a grpc.aio call: ``cancel()`` ends the wait, and awaiting it then rais
 ``asyncio.CancelledError``.
 
 One difference from grpc.aio, on purpose: a call with a response stream (unary-stream,
-stream-stream) is cancelled once nobody reads it any more. grpc.aio keeps a stream
-dropped unfinished open, and counted here, until its deadline or its channel's close;
-a pool's channel lives for hours, so streams left behind (an ``async for`` left by
-``break``, ``return`` or an exception) would hold their connection's streams, fill
-``max_calls_per_channel`` and skew the pick for ever. Here, an ``async for`` over the
-call that ends before the stream does cancels it, and so does dropping the call
-object before its end. To stop reading and go on later, keep the call and read it
-with ``read()``, which never cancels.
+stream-stream) is cancelled once nobody holds it before its end. grpc.aio keeps such a
+call running, its stream open and counted here, until its deadline or its channel's
+close; a pool's channel lives for hours, so streams left behind (an ``async for`` over
+``stub.Stream(request)`` left by ``break``, ``return`` or an exception) would hold
+their connection's streams, fill ``max_calls_per_channel`` and skew the pick for ever.
+A call kept in a variable lives as long as the variable: reading resumes where it
+stopped, as on grpc.aio.
 """
 
 from __future__ import annotations
@@ -42,7 +41,8 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+import weakref
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 import anyio
@@ -68,6 +68,10 @@ _RPC_ALREADY_FINISHED = "RPC already finished."
 #: the kinds of call whose responses stream: wrapped, so that an abandoned one is cancelled
 _STREAMING = frozenset({"unary_stream", "stream_stream"})
 _running_loop = asyncio._get_running_loop
+#: A channel keeps its own multicallable for each method called through it, by what makes
+#: one; serializers made anew per call (a lambda, a partial) would add one per call, so
+#: past this many the oldest goes.
+MOST_CALLABLES_PER_CHANNEL = 256
 
 
 class PooledChannel(grpc.aio.Channel):
@@ -124,13 +128,17 @@ class PooledChannel(grpc.aio.Channel):
         details = f"conngrpc {self.kind} {self.name!r}: {reason}"
         return _FailedCall(grpc.aio.AioRpcError(_UNAVAILABLE, details=details), deadline)
 
-    async def ready_slot(self, deadline: float | None, wait_for_ready: bool = True) -> Slot | None:
-        """Wait until the pool hands out a channel, until ``deadline`` (monotonic).
+    async def ready(
+        self, deadline: float | None, wait_for_ready: bool = True
+    ) -> PoolRuntime | None:
+        """Wait until the pool can take a call, until ``deadline`` (monotonic): it hands a
+        channel out (or, mocked, counts one as connected); return it.
 
         Without ``wait_for_ready``, the wait ends with None as soon as the pool's
-        channels have failed (it waits only while the pool is starting).
+        channels have failed or it stopped (it waits only while the pool starts).
 
         :raises TimeoutError: ``deadline`` passed first.
+        :raises RuntimeError: the pool runs on another event loop than this wait.
         """
         with anyio.fail_after(None if deadline is None else max(0.0, deadline - time.monotonic())):
             while True:
@@ -140,12 +148,17 @@ class PooledChannel(grpc.aio.Channel):
                         return None  # the pool it waited for stopped
                     await wait_registered(self.kind)
                     continue
-                slot = runtime.handout.pick()
-                if slot is not None:
-                    return slot
+                here = _running_loop()
+                if here is not runtime.loop:
+                    raise runtime.wrong_loop("a call", here)
+                if runtime.mock is None:
+                    if runtime.handout.pick() is not None:
+                        return runtime
+                elif runtime.table.connected_count():
+                    return runtime
                 if not wait_for_ready and (runtime.table.settled or runtime.stopped):
                     return None
-                await runtime.wait_changed()
+                await runtime.wait_ready()
 
     # --- grpc.aio.Channel ------------------------------------------------------------------
 
@@ -178,7 +191,7 @@ class PooledChannel(grpc.aio.Channel):
 
     async def channel_ready(self) -> None:
         """Wait until the pool hands out a channel (the pool may start later)."""
-        await self.ready_slot(None)
+        await self.ready(None)
 
     async def close(self, grace: float | None = None) -> None:
         """Detach this facade; the pool and its channels (and calls in flight) go on."""
@@ -294,11 +307,14 @@ class _Multicallable:
     def _real(self, slot: Slot) -> Any:
         """The slot's channel's own multicallable for this method, made once per channel."""
         key = self._key
-        real = slot.callables.get(key) if key is not None else None
+        callables = slot.callables
+        real = callables.get(key) if key is not None else None
         if real is None:
             real = getattr(slot.channel, self._kind)(self._method, **self._make)
             if key is not None:
-                slot.callables[key] = real
+                if len(callables) >= MOST_CALLABLES_PER_CHANNEL:  # serializers made per call
+                    del callables[next(iter(callables))]  # the oldest goes
+                callables[key] = real
         return real
 
     def __call__(self, *request: Any, **options: Any) -> Any:
@@ -324,19 +340,25 @@ class _Multicallable:
         if here is not runtime.loop:
             raise runtime.wrong_loop(f"a call of {self._method}", here)
         if runtime.mock is not None and runtime.table.connected_count():
-            make = getattr(runtime.mock(), self._kind)  # the test's stand-in answers
-            return make(self._method, **self._make)(*request, **options)
+            return self._mocked(runtime, request, options)
         slot = runtime.handout.pick()
         if slot is None:
             if options.get("wait_for_ready") or not runtime.table.settled:
                 return _DeferredCall(self._start_when_ready, request, options)
             return facade.unavailable(runtime, _deadline(options))
-        admission = runtime.admission
-        if not admission.has_room(slot):  # every channel is at max_calls_per_channel
+        if not runtime.admission.has_room(slot):  # every channel is at max_calls_per_channel
             return _DeferredCall(
-                functools.partial(self._start_when_room, admission), request, options
+                functools.partial(self._start_when_room, runtime), request, options
             )
-        return self._start(admission, slot, request, options)
+        return self._start(runtime.admission, slot, request, options)
+
+    def _mocked(
+        self, runtime: PoolRuntime, request: tuple[Any, ...], options: dict[str, Any]
+    ) -> Any:
+        """The call, made on ``mock()``'s channel: the test's stand-in answers."""
+        assert runtime.mock is not None
+        make = getattr(runtime.mock(), self._kind)
+        return make(self._method, **self._make)(*request, **options)
 
     def _start(
         self, admission: Admission, slot: Slot, request: tuple[Any, ...], options: dict[str, Any]
@@ -358,13 +380,14 @@ class _Multicallable:
 
     async def _start_when_room(
         self,
-        admission: Admission,
+        runtime: PoolRuntime,
         request: tuple[Any, ...],
         options: dict[str, Any],
         deadline: float | None,
     ) -> Any:
         """Wait (until ``deadline``) for a channel under the cap; the pool starts the call
         on it the moment it has room."""
+        admission = runtime.admission
         start = functools.partial(self._start_on, admission, request, options, deadline)
         facade = self._facade
         try:
@@ -376,10 +399,9 @@ class _Multicallable:
             )
             raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, details=details) from None
         if call is None:
-            runtime = facade.runtime()
-            why = "it stopped" if runtime is None else f"it stopped: {runtime.stopped}"
             details = (
-                f"conngrpc {facade.kind} {facade.name!r}: {why} while the call waited for room"
+                f"conngrpc {facade.kind} {facade.name!r}: it stopped while the call waited "
+                f"for room ({runtime.stopped})"
             )
             raise grpc.aio.AioRpcError(_UNAVAILABLE, details=details)
         return call
@@ -393,20 +415,19 @@ class _Multicallable:
         failed, the call fails as UNAVAILABLE.
         """
         facade = self._facade
-        wait_for_ready = bool(options.get("wait_for_ready"))
         try:
-            slot = await facade.ready_slot(deadline, wait_for_ready)
+            runtime = await facade.ready(deadline, bool(options.get("wait_for_ready")))
         except TimeoutError:
             details = f"conngrpc {facade.kind} {facade.name!r}: no channel joined"
             raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, details=details) from None
-        runtime = facade.runtime()
-        if slot is None:
-            raise facade.unavailable(runtime, deadline).error
-        assert runtime is not None
-        admission = runtime.admission
-        if not admission.has_room(slot):  # a channel joined, but every one is at the cap
-            return await self._start_when_room(admission, request, options, deadline)
-        return self._start_on(admission, request, options, deadline, slot)
+        if runtime is None:
+            raise facade.unavailable(facade.runtime(), deadline).error
+        if runtime.mock is not None:
+            return self._mocked(runtime, request, _within(options, deadline))
+        slot = runtime.handout.pick()
+        if slot is None or not runtime.admission.has_room(slot):  # joined, but at the cap
+            return await self._start_when_room(runtime, request, options, deadline)
+        return self._start_on(runtime.admission, request, options, deadline, slot)
 
 
 def _deadline(options: dict[str, Any]) -> float | None:
@@ -423,14 +444,17 @@ def _within(options: dict[str, Any], deadline: float | None) -> dict[str, Any]:
 
 
 class _StreamCall:
-    """A grpc.aio call with a response stream, cancelled once nobody reads it any more.
+    """A grpc.aio call with a response stream, cancelled once nobody holds it any more.
 
-    Each ``async for`` reads through a generator of its own; one left before the stream's
-    end (``break``, ``return``, an exception), and so closed, cancels the call. So does
-    this object, dropped while the call runs. Every other method is the call's own.
+    grpc.aio keeps such a call running (and its stream open) when its caller drops it
+    unfinished: an ``async for`` over ``stub.Stream(request)`` left by ``break``,
+    ``return`` or an exception. This object is what the caller holds, and what its
+    iterators hold while they are used: once none is left before the stream's end, the
+    call is cancelled. Its iterators read through grpc.aio's one iterator per call, so each
+    resumes where the last stopped; every other method is the call's own.
     """
 
-    __slots__ = ("_call", "_loop")
+    __slots__ = ("__weakref__", "_call", "_loop")
 
     def __init__(self, call: Any) -> None:
         self._call = call
@@ -445,22 +469,8 @@ class _StreamCall:
             with contextlib.suppress(RuntimeError):  # its loop is closed: so is the call
                 self._loop.call_soon_threadsafe(call.cancel)
 
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._responses()
-
-    async def _responses(self) -> AsyncIterator[Any]:
-        call = self._call
-        ended = False
-        try:
-            while True:
-                message = await call.read()
-                if message is grpc.aio.EOF:
-                    ended = True
-                    return
-                yield message
-        finally:
-            if not ended and not call.done():
-                call.cancel()  # left before the end: nobody reads it any more
+    def __aiter__(self) -> _Responses:
+        return _Responses(self)
 
     async def read(self) -> Any:
         return await self._call.read()
@@ -499,8 +509,31 @@ class _StreamCall:
         return self._call.time_remaining()  # type: ignore[no-any-return]
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
-        """Call ``callback(call)`` once the call is done; this call is kept until then."""
-        self._call.add_done_callback(lambda _: callback(self))
+        """Call ``callback(call)`` once the call is done.
+
+        The callback does not keep this object alive (a dropped stream is still
+        cancelled); should it be gone by then, the callback gets grpc's own call.
+        """
+        held = weakref.ref(self)
+        self._call.add_done_callback(lambda call: callback(held() or call))
+
+
+class _Responses:
+    """The responses of a :class:`_StreamCall`, through grpc.aio's own iterator of the
+    call (one per call: each resumes where the last stopped); it holds the stream while
+    it is used, so the stream lives as long as someone iterates it."""
+
+    __slots__ = ("_messages", "_stream")
+
+    def __init__(self, stream: _StreamCall) -> None:
+        self._stream = stream
+        self._messages = stream._call.__aiter__()
+
+    def __aiter__(self) -> _Responses:
+        return self
+
+    def __anext__(self) -> Awaitable[Any]:
+        return self._messages.__anext__()  # type: ignore[no-any-return]
 
 
 _Start = Callable[[tuple[Any, ...], dict[str, Any], "float | None"], Awaitable[Any]]
@@ -591,13 +624,13 @@ class _DeferredCall:
     async def _response(self) -> Any:
         return await (await self._started())
 
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._responses()
+    def __aiter__(self) -> _DeferredCall:
+        return self
 
-    async def _responses(self) -> AsyncIterator[Any]:
-        call = await self._started()
-        async for message in call:
-            yield message
+    async def __anext__(self) -> Any:
+        # The started call's own iterator, the same at every step (grpc.aio's is one per
+        # call), so reading resumes where it stopped.
+        return await (await self._started()).__aiter__().__anext__()
 
     async def read(self) -> Any:
         return await (await self._started()).read()

@@ -7,6 +7,7 @@ to one loop); calls that can check that at no cost to the hand-out do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 from collections.abc import Mapping
@@ -82,6 +83,7 @@ class PoolRuntime:
     __slots__ = (
         "_changed",
         "_orders",
+        "_ready",
         "admission",
         "expected_size",
         "handout",
@@ -114,6 +116,10 @@ class PoolRuntime:
         )
         self.stopped: str | None = None  # why the pool stopped, once it has
         self._changed = anyio.Event()
+        #: set when a call waiting for a channel may go on: one joined, the pool settled
+        #: (its channels failed), or it stopped; not at every change, which 1,000 waiting
+        #: calls would each hear
+        self._ready = anyio.Event()
         self._orders: dict[int, anyio.Event] = {}  # a worker waiting for an order
 
     def __repr__(self) -> str:
@@ -128,13 +134,18 @@ class PoolRuntime:
 
     def report(self, index: int | None, change: Change | Resolved | Tick) -> Reply:
         """Apply ``change`` to the table, then run its follow-ups; the reporter's reply."""
+        settled = self.table.settled
         follow = self.table.apply(index, change)
         for ordered in follow.orders:
             event = self._orders.pop(ordered, None)
             if event is not None:
                 event.set()
-        if follow.room and self.admission.waiting:
-            self.admission.dispatch()  # a channel joined: it has room
+        if follow.room:
+            if self.admission.waiting:
+                self.admission.dispatch()  # a channel joined: it has room
+            self._wake_ready()
+        elif self.table.settled is not settled:
+            self._wake_ready()
         self._wake()
         return follow.reply
 
@@ -155,22 +166,31 @@ class PoolRuntime:
         self.admission.stop()
         self.table.stop()
         self._wake()
+        self._wake_ready()
 
     def _wake(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
 
+    def _wake_ready(self) -> None:
+        self._ready.set()
+        self._ready = anyio.Event()
+
     async def wait_changed(self) -> None:
         """Wait until the table changes next."""
         await self._changed.wait()
+
+    async def wait_ready(self) -> None:
+        """Wait until a channel joins the hand-out, the pool settles, or it stops."""
+        await self._ready.wait()
 
     # --- what callers ask ---------------------------------------------------------
 
     def status(self) -> PoolStatus:
         table = self.table
         by_channel = {slot.index: slot.in_flight for slot in self.handout.slots}
-        for slot in table.slots():
-            if slot.in_flight and slot not in self.handout.slots:
+        for slot in table.slots_out():
+            if slot.in_flight:
                 by_channel[slot.index] = by_channel.get(slot.index, 0) + slot.in_flight
         return PoolStatus(
             self.name,
@@ -246,22 +266,29 @@ def _ranges(indexes: list[int]) -> str:
 pools: Registry[PoolRuntime] = Registry("pools")
 channels: Registry[PoolRuntime] = Registry("channels")
 
-#: Set (and replaced) whenever a pool or channel of that kind registers its name.
-_registered: dict[Kind, anyio.Event] = {}
+#: Set (and replaced) whenever a pool or channel of that kind registers its name: one
+#: event per waiting event loop, each set on its own loop.
+_registered: dict[Kind, dict[asyncio.AbstractEventLoop, anyio.Event]] = {}
 
 
 async def wait_registered(kind: Kind) -> None:
     """Wait until the next pool (or channel) of ``kind`` registers its name."""
-    event = _registered.get(kind)
+    waiting = _registered.setdefault(kind, {})
+    loop = asyncio.get_running_loop()
+    event = waiting.get(loop)
     if event is None:
-        event = _registered[kind] = anyio.Event()
+        event = waiting[loop] = anyio.Event()
     await event.wait()
 
 
 def _announce(kind: Kind) -> None:
-    event = _registered.pop(kind, None)
-    if event is not None:
-        event.set()
+    here = asyncio.get_running_loop()
+    for loop, event in _registered.pop(kind, {}).items():
+        if loop is here:
+            event.set()
+        else:  # a waiter on another loop, who will hear that the pool is not its loop's
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+                loop.call_soon_threadsafe(event.set)
 
 
 def not_started(kind: Kind, name: object) -> Exception:

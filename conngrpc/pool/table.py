@@ -232,7 +232,8 @@ class _Change:
 class PoolTable:
     """A running pool's state: a record per channel index, the backends, the draining slots.
 
-    Read it freely; change it only through :meth:`apply`. ``held``, ``going``,
+    Read it freely; change it only through :meth:`apply` (the end of the last call on a
+    draining channel lets go of it too: :meth:`_drained`). ``held``, ``going``,
     ``placed`` and ``holding`` index the records for placement (who holds which
     backend, who is connecting where, and how many per backend), so that a change costs
     the same in a pool of 1,000 as in a pool of 10; :meth:`apply` alone keeps them in
@@ -245,6 +246,7 @@ class PoolTable:
         "_config",
         "_dials",
         "_ended",
+        "_failures_seen",
         "_turn",
         "backends",
         "draining",
@@ -292,8 +294,9 @@ class PoolTable:
         #: slots whose channel left with calls still running on it, until those end
         self.draining: dict[int, Slot] = {}  # by id(slot)
         self.resolve_failure: str | None = None
-        #: a channel has served, or an attempt has failed: the pool is past its start
+        #: a channel has served, or every one has failed: the pool is past its start
         self.settled = False
+        self._failures_seen: set[int] = set()  # workers that failed, before it settled
         self.unimplemented_health_seen = False
 
     def __repr__(self) -> str:
@@ -343,19 +346,23 @@ class PoolTable:
                 yield slot
         yield from self.draining.values()
 
+    def slots_out(self) -> list[Slot]:
+        """The slots out of the hand-out: held but not serving, or draining."""
+        held = [r.state.slot for r in self.records if isinstance(r.state, Joining | NotServing)]
+        return held + list(self.draining.values())  # draining is replaced whole, never changed
+
     # --- changing -------------------------------------------------------------------------
 
     def apply(self, index: int | None, change: Change | Resolved | Tick) -> FollowUps:
         """Take in what worker ``index`` (or the resolver loop, None) reports, decide what
         follows, and return the follow-ups for the caller to run outside the table."""
         done = _Change()
-        if index is None:
-            if isinstance(change, Resolved):
-                self._resolved(change, done)
-        else:
+        if index is not None:
             self._worker_change(index, change, done)
-        if self.draining:
-            self.draining = {k: s for k, s in self.draining.items() if s.in_flight}
+        elif isinstance(change, Resolved):
+            self._resolved(change, done)
+        elif not isinstance(change, Tick):
+            raise TypeError(f"pool {self.name!r}: expected Resolved or Tick, got {change!r}")
         move = placement.next_move(self, self._clock())
         if move is not None:
             self.moving = move.index
@@ -369,18 +376,16 @@ class PoolTable:
         record = self.records[index]
         if isinstance(change, Attempting):
             self._forget_order(index)
-            chosen = self._choose(index)
-            self._set_state(record, Connecting(chosen), done)
-            if chosen is not None:
-                self._go(index, chosen)
-                done.reply = Reply(dial=self._dial(chosen))
+            dial = self._connecting(index, record, done)
+            if dial is not None:
+                done.reply = Reply(dial=dial)
         elif isinstance(change, Refreshing):
             chosen = self._choose(index)
             if chosen is not None:
                 self._go(index, chosen)
                 done.reply = Reply(dial=self._dial(chosen, "max_age"))
         elif isinstance(change, AttemptFailed):
-            self.settled = True
+            self._failed(index)
             record.failures += 1
             record.last_failure = change.reason
             self._forget_order(index)
@@ -406,6 +411,7 @@ class PoolTable:
         elif isinstance(change, BackingOff):
             self._set_state(record, Idle("backing_off"), done)
         elif isinstance(change, Mocked):
+            self.settled = True
             self._set_state(record, Mocking(), done)
         else:
             raise TypeError(f"pool {self.name!r}: expected a worker's change, got {change!r}")
@@ -422,6 +428,7 @@ class PoolTable:
         else:
             self.settled = True
             self._set_state(record, Serving(slot), done)
+            record.health = change.health
             if old is not None:
                 self._drain(old, done)
         self._forget_order(index)
@@ -439,7 +446,10 @@ class PoolTable:
         slot = record.slot
         if slot is None:
             raise AssertionError(f"worker {index} reported {change!r} in state {record.state!r}")
-        self.settled = True
+        if change.serving:
+            self.settled = True
+        else:  # a channel its server refuses counts as failed, as in grpc's health checks
+            self._failed(index)
         if change.status == "UNIMPLEMENTED" and not self.unimplemented_health_seen:
             self.unimplemented_health_seen = True
             done.reply = Reply(first_unimplemented=True)
@@ -473,10 +483,24 @@ class PoolTable:
         self.mocked += isinstance(state, Mocking) - isinstance(old, Mocking)
 
     def _drain(self, slot: Slot, done: _Change) -> None:
-        """``slot``'s channel left: the reporter closes it; its calls still count."""
+        """``slot``'s channel left: the reporter closes it; its calls still count until
+        the last ends (:meth:`_drained`)."""
         done.reply = Reply(close=(slot.channel,))
         if slot.in_flight:
-            self.draining[id(slot)] = slot
+            slot.drained = self._drained
+            self.draining = {**self.draining, id(slot): slot}  # whole: status() reads it
+
+    def _drained(self, slot: Slot) -> None:
+        """The last call on a channel that left ended: the table lets go of it."""
+        slot.drained = None
+        self.draining = {k: s for k, s in self.draining.items() if s is not slot}
+
+    def _failed(self, index: int) -> None:
+        """Worker ``index`` failed: an attempt, or its health check. Once every worker
+        has, and none serves, the pool is past its start (calls fail fast)."""
+        self._failures_seen.add(index)
+        if len(self._failures_seen) == len(self.records):
+            self.settled = True
 
     def _go(self, index: int, backend: str | None) -> None:
         """Worker ``index`` is now connecting to ``backend`` (None: to nothing)."""
@@ -548,12 +572,18 @@ class PoolTable:
         self._dials = {a: self._dials.get(a) or self._new_dial(a) for a in wanted}
         for index, record in enumerate(self.records):
             if record.state == Connecting(None):  # waiting for a backend: now there is one
-                chosen = self._choose(index)
-                if chosen is not None:
-                    self._set_state(record, Connecting(chosen), done)
-                    self._go(index, chosen)
-                    record.order = self._dial(chosen)
+                record.order = self._connecting(index, record, done)
+                if record.order is not None:
                     done.orders.append(index)
+
+    def _connecting(self, index: int, record: _Record, done: _Change) -> Dial | None:
+        """Worker ``index`` connects to the backend chosen now: where to (None: none known)."""
+        chosen = self._choose(index)
+        self._set_state(record, Connecting(chosen), done)
+        if chosen is None:
+            return None
+        self._go(index, chosen)
+        return self._dial(chosen)
 
     def _new_dial(self, backend: str) -> Dial:
         return Dial(backend, dial_config(self._config, backend))
@@ -574,7 +604,9 @@ class PoolTable:
         self.going.clear()
         self.placed.clear()
         self.holding.clear()
-        self.draining.clear()
+        for slot in self.draining.values():
+            slot.drained = None
+        self.draining = {}
         self.moving = None
         self.mocked = 0
         self.handout.clear()

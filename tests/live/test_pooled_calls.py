@@ -11,6 +11,7 @@ answer as grpc does.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -343,3 +344,83 @@ async def test_a_health_service_the_server_does_not_know_is_named_in_the_reason(
         assert "no such service" in reason
         warnings = [e for e in logs if e["log_level"] == "warning"]
         assert any("no.such.Service" in str(e.get("reason")) for e in warnings), warnings
+
+
+# --- what a review found -------------------------------------------------------------------
+
+
+async def test_a_stream_read_with_aiter_then_async_for_resumes_as_grpc_does(
+    pool_name: str,
+) -> None:
+    async with fleet(1) as (backend,), pool(pool_name, backend.address):
+        await Pool.wait_connected(pool_name, timeout=5)
+        async with grpc.aio.insecure_channel(backend.address) as plain:
+            answers = {}
+            for who, channel in (("grpc", plain), ("pool", Pool.channel(pool_name))):
+                call = _raw(channel, "unary_stream", COUNT_METHOD)(b"5:1", timeout=10)
+                first = await anext(aiter(call))  # an iterator made and dropped
+                rest = [message async for message in call]
+                answers[who] = (first, rest, await call.code(), call.cancelled())
+        assert answers["pool"] == answers["grpc"]
+        assert answers["pool"][1] == [b"1", b"2", b"3", b"4"]
+
+
+async def test_a_dropped_stream_with_a_done_callback_is_cancelled_all_the_same(
+    pool_name: str,
+) -> None:
+    async with fleet(1) as (backend,), pool(pool_name, backend.address):
+        await Pool.wait_connected(pool_name, timeout=5)
+        count = _raw(Pool.channel(pool_name), "unary_stream", COUNT_METHOD)
+        ended: list[Any] = []
+        stream = count(b"1000:10", timeout=60)
+        stream.add_done_callback(ended.append)  # as instrumentation does
+        assert await stream.read() == b"0"
+        del stream
+        with anyio.fail_after(5):
+            await wait_until(lambda: in_flight(pool_name) == 0 and ended != [])
+        assert ended[0].cancelled()
+
+
+async def test_a_waiting_call_on_a_mocked_pool_is_answered_by_the_mock(pool_name: str) -> None:
+    async with fleet(1) as (backend,), grpc.aio.insecure_channel(backend.address) as real:
+        call = _raw(Pool.channel(pool_name), "unary_unary", PEER_METHOD)(
+            b"", timeout=10, wait_for_ready=True
+        )  # made before the pool runs
+        async with pool(pool_name, "unused:1", mock=lambda: real):
+            with anyio.fail_after(8):
+                answer = await call
+        assert answer.startswith(str(backend.port).encode())
+
+
+async def test_a_waiting_call_made_on_another_loop_fails_when_the_pool_starts_here(
+    pool_name: str,
+) -> None:
+    made = threading.Event()
+
+    async def elsewhere() -> BaseException | None:
+        call = _raw(Pool.channel(pool_name), "unary_unary", PEER_METHOD)(
+            b"", timeout=10, wait_for_ready=True
+        )
+        made.set()
+        try:
+            await call
+        except BaseException as error:  # what the call ended with, for the test to see
+            return error
+        return None
+
+    async with fleet(1) as (backend,):
+        async with anyio.create_task_group() as tasks:
+            outcome: list[BaseException | None] = []
+
+            async def run_elsewhere() -> None:
+                outcome.append(await anyio.to_thread.run_sync(asyncio.run, elsewhere()))
+
+            tasks.start_soon(run_elsewhere)
+            await anyio.to_thread.run_sync(made.wait, 5)
+            async with pool(pool_name, backend.address):
+                await Pool.wait_connected(pool_name, timeout=5)
+                with anyio.fail_after(8):
+                    await wait_until(lambda: outcome != [])
+        (error,) = outcome
+        assert isinstance(error, RuntimeError), error
+        assert "on another event loop" in str(error)
