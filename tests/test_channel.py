@@ -27,11 +27,6 @@ pytestmark = pytest.mark.anyio
 FAST = ExponentialBackoff(min=0.005, max=0.01, jitter=0)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # grpc.aio, and so Channel, is asyncio-only
-
-
 def fake(connector: FakeConnector, **fields: Any) -> dict[str, Any]:
     return {"address": "billing:443", "connector": connector, "backoff": FAST, **fields}
 

@@ -24,11 +24,6 @@ pytestmark = pytest.mark.anyio
 FAST = ExponentialBackoff(min=0.005, max=0.01, jitter=0)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # a pool runs on asyncio only
-
-
 async def test_a_channel_skipped_while_it_blinked_comes_back_into_the_hand_out(
     pool_name: str,
 ) -> None:

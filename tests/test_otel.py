@@ -31,11 +31,6 @@ EXPECTED = "conngrpc.pool.channels.expected"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # grpc.aio, and so the Pool, is asyncio-only
-
-
-@pytest.fixture
 def otel() -> Iterator[Metrics]:
     with instrumented() as metrics:
         yield metrics

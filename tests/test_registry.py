@@ -9,6 +9,8 @@ from anyio.abc import TaskStatus
 from conngrpc import ChildSpec, NameTakenError, Registry, Supervisor
 from tests._probe import wait_until
 
+pytestmark = pytest.mark.both_backends
+
 
 def test_a_registered_name_is_found_synchronously() -> None:
     registry: Registry[str] = Registry("test")

@@ -18,7 +18,7 @@ from conngrpc import ChannelConfig, Pool, Supervisor
 from conngrpc.pool.resolver import default_resolver, dial_config, run_resolver
 from conngrpc.testing import FakeConnector
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 AUTHORITY = "grpc.default_authority"
 TLS_NAME = "grpc.ssl_target_name_override"

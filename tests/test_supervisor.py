@@ -35,7 +35,7 @@ from tests._probe import (
     wait_until,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 
 def handles(sup: Supervisor) -> dict[Any, Handle]:

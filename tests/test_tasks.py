@@ -12,11 +12,6 @@ from conngrpc._tasks import reraise_if_cancelled
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # grpc.aio's bare CancelledError is an asyncio one
-
-
 async def test_a_cancelled_error_nobody_asked_for_is_absorbed() -> None:
     absorbed = False
     try:
