@@ -7,8 +7,6 @@ Behaviour against real servers is in test_pool_servers.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -29,16 +27,10 @@ from conngrpc import (
 )
 from conngrpc.channel import worker as worker_module
 from conngrpc.testing import FakeChannel, FakeConnector
+from tests._pools import FAKE_BACKOFF, running_pool
 from tests._probe import SUPERVISOR_EVENTS, EventLog, recording, until_cancelled, wait_until
 
 pytestmark = pytest.mark.anyio
-
-FAST = ExponentialBackoff(min=0.005, max=0.01, jitter=0)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # grpc.aio, and so the Pool, is asyncio-only
 
 
 @pytest.fixture
@@ -47,19 +39,7 @@ def connector() -> FakeConnector:
 
 
 def fake_channel(connector: FakeConnector, **fields: Any) -> dict[str, Any]:
-    return {"address": "fake:1", "connector": connector, "backoff": FAST, **fields}
-
-
-@asynccontextmanager
-async def running_pool(
-    name: str, size: int, channel: dict[str, Any] | ChannelConfig, *, wait: bool = True, **kw: Any
-) -> AsyncIterator[Supervisor]:
-    async with Supervisor(
-        [Pool.child_spec(name=name, pool_size=size, channel=channel, **kw)]
-    ) as sup:
-        if wait:
-            await Pool.wait_connected(name, timeout=5)
-        yield sup
+    return {"address": "fake:1", "connector": connector, "backoff": FAKE_BACKOFF, **fields}
 
 
 def serials(name: str, calls: int) -> list[int]:
@@ -531,7 +511,9 @@ async def test_the_config_callable_is_called_at_child_spec_time(connector: FakeC
         calls.append(1)
         return {"channel": {"address": "late:1"}}
 
-    class Late(Pool, pool_size=1, config=config, channel={"connector": connector, "backoff": FAST}):
+    class Late(
+        Pool, pool_size=1, config=config, channel={"connector": connector, "backoff": FAKE_BACKOFF}
+    ):
         pass
 
     assert calls == []
