@@ -7,6 +7,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from conngrpc import ChannelConfig, ExponentialBackoff, Pool, Supervisor
+from conngrpc.testing import FakeConnector
 from tests._probe import WAIT_LIMIT
 
 #: The backoff of channels on a fake connector, whose failed attempts cost nothing: the
@@ -17,6 +18,11 @@ FAKE_BACKOFF = ExponentialBackoff(min=0.005, max=0.01, jitter=0)
 #: again 50 to 200 ms later, soon enough that a test sees the pool heal within its bounds,
 #: seldom enough that a down server is not dialled hundreds of times a second.
 LIVE_BACKOFF = ExponentialBackoff(min=0.05, max=0.2)
+
+
+def fake_channel(connector: FakeConnector, **fields: Any) -> dict[str, Any]:
+    """A channel configuration on ``connector``, with FAKE_BACKOFF, and ``fields``."""
+    return {"address": "fake:1", "connector": connector, "backoff": FAKE_BACKOFF, **fields}
 
 
 @asynccontextmanager

@@ -27,7 +27,7 @@ from conngrpc import (
 )
 from conngrpc.channel import worker as worker_module
 from conngrpc.testing import FakeChannel, FakeConnector
-from tests._pools import FAKE_BACKOFF, running_pool
+from tests._pools import FAKE_BACKOFF, fake_channel, running_pool
 from tests._probe import SUPERVISOR_EVENTS, EventLog, recording, until_cancelled, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -36,10 +36,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def connector() -> FakeConnector:
     return FakeConnector()
-
-
-def fake_channel(connector: FakeConnector, **fields: Any) -> dict[str, Any]:
-    return {"address": "fake:1", "connector": connector, "backoff": FAKE_BACKOFF, **fields}
 
 
 def serials(name: str, calls: int) -> list[int]:
