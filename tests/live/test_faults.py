@@ -10,6 +10,7 @@ clear error) and the recovery (the pool heals and every channel serves again).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import time
@@ -24,10 +25,11 @@ import grpc
 import grpc.aio
 import pytest
 
-from conngrpc import ExponentialBackoff, NotConnectedError, Pool, Supervisor, telemetry
+from conngrpc import ExponentialBackoff, NotConnectedError, Pool, telemetry
 from conngrpc._server import SLEEP_METHOD, peer_of, start_server
 from conngrpc.channel.connector import raw_unary
 from tests._net import established_sockets
+from tests._pools import live_pool
 from tests._probe import EventLog, wait_until
 from tests._proxy import FaultProxy
 
@@ -35,7 +37,6 @@ pytestmark = pytest.mark.anyio
 
 E = TypeVar("E", bound=Exception)
 
-BACKOFF = ExponentialBackoff(min=0.05, max=0.3)
 CONNECT_TIMEOUT = 0.5
 SHUTDOWN_GRACE = 0.5
 #: Every call's deadline; no call may take longer than this plus SLACK.
@@ -90,14 +91,7 @@ async def upstream() -> AsyncIterator[str]:
         await server.stop(None)
 
 
-@asynccontextmanager
-async def pool(name: str, address: str, size: int, **channel: Any) -> AsyncIterator[Supervisor]:
-    channel.setdefault("backoff", BACKOFF)
-    channel.setdefault("connect_timeout", CONNECT_TIMEOUT)
-    channel.setdefault("shutdown_grace", SHUTDOWN_GRACE)
-    spec = Pool.child_spec(name=name, pool_size=size, channel={"address": address, **channel})
-    async with Supervisor([spec]) as sup:
-        yield sup
+pool = functools.partial(live_pool, connect_timeout=CONNECT_TIMEOUT, shutdown_grace=SHUTDOWN_GRACE)
 
 
 @asynccontextmanager

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Callable
 
 import anyio
 import grpc
 import pytest
 from structlog.testing import capture_logs
 
-from conngrpc import ExponentialBackoff, NotConnectedError, Pool, Supervisor
+from conngrpc import NotConnectedError, Pool
 from conngrpc._server import ServerProcess
 from tests._certs import TLSMaterial, make_tls_material
 from tests._fleet import (
@@ -30,25 +28,14 @@ from tests._fleet import (
     spread,
 )
 from tests._net import closed_port
+from tests._pools import live_pool
 from tests._probe import EventLog, wait_until
 
 pytestmark = pytest.mark.anyio
 
-FAST = ExponentialBackoff(min=0.05, max=0.2)
 
-
-@asynccontextmanager
-async def pool(
-    name: str, address: str, size: int, *, pool: dict[str, Any] | None = None, **channel: Any
-) -> AsyncIterator[Supervisor]:
-    channel = {"address": address, "backoff": FAST, "connect_timeout": 2.0, **channel}
-    spec = Pool.child_spec(name=name, pool_size=size, channel=channel, **(pool or {}))
-    async with Supervisor([spec]) as supervisor:
-        yield supervisor
-
-
-def ipv4(backends: list[Backend]) -> str:
-    return "ipv4:" + ",".join(b.address for b in backends)
+def ipv4(backends: list[Backend]) -> list[str]:
+    return [b.address for b in backends]
 
 
 def held(name: str) -> dict[str, int]:
@@ -62,7 +49,7 @@ def held(name: str) -> dict[str, int]:
 async def test_channels_spread_evenly_over_every_backend(
     pool_name: str, size: int, expected: list[int]
 ) -> None:
-    async with fleet(3) as backends, pool(pool_name, ipv4(backends), size):
+    async with fleet(3) as backends, live_pool(pool_name, ipv4(backends), size):
         await Pool.wait_connected(pool_name, timeout=5)
         assert spread(await ports_of_every_channel(pool_name)) == expected
         # The servers' side: each saw as many distinct connections as it holds channels.
@@ -74,7 +61,7 @@ async def test_channels_spread_evenly_over_every_backend(
 async def test_every_event_of_a_channel_names_its_backend(
     pool_name: str, channel_events: EventLog
 ) -> None:
-    async with fleet(2) as backends, pool(pool_name, ipv4(backends), 2):
+    async with fleet(2) as backends, live_pool(pool_name, ipv4(backends), 2):
         await Pool.wait_connected(pool_name, timeout=5)
         held_by_workers = {w.backend for w in Pool.get_all_workers(pool_name)}
     addresses = {b.address for b in backends}
@@ -89,7 +76,7 @@ async def test_a_backend_down_at_start_holds_nothing_then_takes_its_share(
     down = closed_port()
     async with fleet(2) as up:
         target = f"ipv4:{up[0].address},{up[1].address},127.0.0.1:{down}"
-        async with pool(pool_name, target, 6):
+        async with live_pool(pool_name, target, 6):
             await Pool.wait_connected(pool_name, timeout=5)
             assert held(pool_name) == {up[0].address: 3, up[1].address: 3, f"127.0.0.1:{down}": 0}
             refused = {m["backend"] for m in channel_events.of("connection_failed")}
@@ -116,7 +103,7 @@ async def test_localhost_with_a_server_on_one_of_its_addresses_gives_a_full_pool
 ) -> None:
     async with fleet(1) as (backend,):
         began = time.monotonic()
-        async with pool(pool_name, f"localhost:{backend.port}", 4):
+        async with live_pool(pool_name, f"localhost:{backend.port}", 4):
             await Pool.wait_connected(pool_name, timeout=2)
             print(f"localhost -> full pool: {time.monotonic() - began:.3f} s")
             assert held(pool_name)[f"127.0.0.1:{backend.port}"] == 4
@@ -129,7 +116,9 @@ async def test_a_resolver_naming_both_loopbacks_fills_the_pool_from_the_one_list
     async with fleet(1) as (backend,):
         both = [f"127.0.0.1:{backend.port}", f"[::1]:{backend.port}"]
         began = time.monotonic()
-        async with pool(pool_name, f"localhost:{backend.port}", 4, pool={"resolver": lambda: both}):
+        async with live_pool(
+            pool_name, f"localhost:{backend.port}", 4, settings={"resolver": lambda: both}
+        ):
             await Pool.wait_connected(pool_name, timeout=2)
             took = time.monotonic() - began
             print(f"127.0.0.1 + ::1, server on 127.0.0.1 only -> full pool: {took:.3f} s")
@@ -157,7 +146,7 @@ async def test_tls_verifies_the_written_host_name_while_spread_over_addresses(
         addresses = [b.address for b in backends]
         target = f"localhost:{backends[0].port}"
         options = {"resolver": lambda: addresses}
-        async with pool(pool_name, target, 4, credentials=credentials, pool=options):
+        async with live_pool(pool_name, target, 4, credentials=credentials, settings=options):
             await Pool.wait_connected(pool_name, timeout=5)
             assert held(pool_name) == {addresses[0]: 2, addresses[1]: 2}
             assert spread(await ports_of_every_channel(pool_name)) == [2, 2]
@@ -175,8 +164,8 @@ async def test_tls_still_refuses_a_certificate_for_another_name_when_spread(
     try:
         credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca)
         options = {"resolver": lambda: [backend.address]}
-        async with pool(
-            pool_name, f"other.example:{backend.port}", 1, credentials=credentials, pool=options
+        async with live_pool(
+            pool_name, f"other.example:{backend.port}", 1, credentials=credentials, settings=options
         ):
             await wait_until(lambda: channel_events.of("connection_failed") != [])
             assert Pool.status(pool_name).current_size == 0
@@ -194,7 +183,7 @@ WATCHED = 0.5
 async def test_a_not_serving_backend_gets_no_channel_and_its_channels_rejoin_when_serving(
     pool_name: str, channel_events: EventLog
 ) -> None:
-    async with fleet(3) as backends, pool(pool_name, ipv4(backends), 6, health_check=""):
+    async with fleet(3) as backends, live_pool(pool_name, ipv4(backends), 6, health_check=""):
         await Pool.wait_connected(pool_name, timeout=5)
         sick = backends[0]
         sick_channels = {
@@ -236,7 +225,7 @@ async def test_a_not_serving_backend_gets_no_channel_and_its_channels_rejoin_whe
 async def test_a_named_service_is_watched_on_its_own(pool_name: str) -> None:
     async with fleet(1) as (backend,):
         await backend.set_health(NOT_SERVING, "inventory")
-        async with pool(pool_name, backend.address, 2, health_check="inventory"):
+        async with live_pool(pool_name, backend.address, 2, health_check="inventory"):
             with pytest.raises(NotConnectedError, match="not serving"):
                 await Pool.wait_connected(pool_name, timeout=0.3)
             await backend.set_health(SERVING, "inventory")
@@ -248,7 +237,7 @@ async def test_a_server_without_the_health_service_counts_as_serving_with_one_wa
 ) -> None:
     async with fleet(2, with_health=False) as backends:
         with capture_logs() as logs:
-            async with pool(pool_name, ipv4(backends), 4, health_check=""):
+            async with live_pool(pool_name, ipv4(backends), 4, health_check=""):
                 await Pool.wait_connected(pool_name, timeout=5)
         warnings = [log for log in logs if "no grpc.health.v1 service" in log["event"]]
         assert len(warnings) == 1
@@ -268,7 +257,7 @@ async def test_a_backend_the_resolver_adds_under_load_takes_its_share_with_no_fa
     async with fleet(3) as backends:
         known = [b.address for b in backends[:2]]
         options = {"resolver": resolver_of(known), "resolve_interval": 0.2}
-        async with pool(pool_name, known[0], 6, pool=options):
+        async with live_pool(pool_name, known[0], 6, settings=options):
             await Pool.wait_connected(pool_name, timeout=5)
             async with load(pool_name, 20) as calls:
                 added = time.monotonic()
@@ -290,7 +279,7 @@ async def test_a_backend_the_resolver_removes_loses_its_channels_with_no_gap(
     async with fleet(3) as backends:
         known = [b.address for b in backends]
         options = {"resolver": resolver_of(known), "resolve_interval": 0.2}
-        async with pool(pool_name, known[0], 6, pool=options):
+        async with live_pool(pool_name, known[0], 6, settings=options):
             await Pool.wait_connected(pool_name, timeout=5)
             async with load(pool_name, 20) as calls:
                 gone = known.pop()
@@ -309,7 +298,10 @@ async def test_a_backend_the_resolver_removes_loses_its_channels_with_no_gap(
 async def test_max_connection_age_refreshes_channels_under_load_without_a_failed_call(
     pool_name: str, channel_events: EventLog
 ) -> None:
-    async with fleet(2) as backends, pool(pool_name, ipv4(backends), 4, max_connection_age=0.5):
+    async with (
+        fleet(2) as backends,
+        live_pool(pool_name, ipv4(backends), 4, max_connection_age=0.5),
+    ):
         await Pool.wait_connected(pool_name, timeout=5)
         async with load(pool_name, 100) as calls:
             await anyio.sleep(5)  # the load runs for 5 s: the thing under test
@@ -337,7 +329,7 @@ async def test_a_rolling_restart_of_every_backend_never_empties_the_pool(
     try:
         target = "ipv4:" + ",".join(s.address for s in servers)
         kills: list[tuple[str, float]] = []  # (backend, when it was killed)
-        async with pool(pool_name, target, 6):
+        async with live_pool(pool_name, target, 6):
             await Pool.wait_connected(pool_name, timeout=5)
             where = backend_finder(pool_name)
             async with load(pool_name, callers, deadline=1.0, backend_of=where) as calls:

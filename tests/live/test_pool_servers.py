@@ -6,19 +6,18 @@ Servers that a test kills, pauses or restarts run in child processes
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio
 import grpc
 import grpc.aio
 import pytest
 
-from conngrpc import ExponentialBackoff, NotConnectedError, Pool, Supervisor
+from conngrpc import ExponentialBackoff, NotConnectedError, Pool
 from conngrpc._server import ServerProcess, peer_of, start_server
 from tests._net import closed_port, established_sockets
+from tests._pools import live_pool
 from tests._probe import SUPERVISOR_EVENTS, EventLog, recording, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -44,12 +43,7 @@ SERVER_PERMITS_KEEPALIVE = [
 ]
 
 
-@asynccontextmanager
-async def pool(name: str, address: str, size: int, **channel: Any) -> AsyncIterator[Supervisor]:
-    channel.setdefault("backoff", ExponentialBackoff(min=BACKOFF_MIN, max=BACKOFF_MAX))
-    spec = Pool.child_spec(name=name, pool_size=size, channel={"address": address, **channel})
-    async with Supervisor([spec]) as sup:
-        yield sup
+pool = functools.partial(live_pool, backoff=ExponentialBackoff(min=BACKOFF_MIN, max=BACKOFF_MAX))
 
 
 def port_of(address: str) -> int:
