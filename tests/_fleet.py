@@ -18,6 +18,7 @@ So a test proves from the servers' side where a pool's connections and calls wen
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -33,6 +34,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[i
 from conngrpc import NotConnectedError, Pool
 from conngrpc._server import PEER_METHOD, SLEEP_METHOD
 from conngrpc.channel.connector import raw_unary
+from tests._probe import EventLog
 
 SERVICE = "conngrpc.demo.v1.Demo"
 COUNT_METHOD = f"/{SERVICE}/Count"
@@ -195,13 +197,23 @@ class Failure:
     ended: float
 
 
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """A backend killed (SIGKILL) while a load ran, and when (``time.monotonic()``, taken
+    just before the signal)."""
+
+    backend: str
+    at: float
+
+
 @dataclass
 class Load:
     """What callers saw: successes (in all, and by backend when told how to find it
-    out), errors by kind, every failed call, the slowest call."""
+    out, with when each ended), errors by kind, every failed call, the slowest call."""
 
     ok: int = 0
     ok_by_backend: Counter[str | None] = field(default_factory=Counter)
+    answered: list[tuple[str | None, float]] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     failures: list[Failure] = field(default_factory=list)
     worst: float = 0.0
@@ -209,6 +221,45 @@ class Load:
     @property
     def not_connected(self) -> int:
         return self.errors["NotConnectedError"]
+
+
+def unexplained(load: Load, kills: list[Kill], events: EventLog) -> list[Failure]:
+    """The failed calls of ``load`` that no kill accounts for.
+
+    A kill accounts for a failed call on its backend that ended after it and began
+    before the backend was back: before the pool had taken the last of its lost channels
+    out of the hand-out (their ``disconnected`` events, reason ``connection_lost``), or
+    before the restarted backend had answered a call. That is a call in flight at the
+    kill, one handed out in the instant before the pool heard of it, or one sent to the
+    restarted process before it served (its port listens, and a busy machine may keep it
+    from answering for a while). Such a call fails when grpc says so: at once when the
+    kernel resets its connection, or at its deadline; how long that takes on a busy
+    machine is not the pool's to bound, so no time bound is put on it.
+    """
+    windows: list[tuple[Kill, float]] = []
+    for index, kill in enumerate(kills):
+        later = [k.at for k in kills[index + 1 :] if k.backend == kill.backend]
+        until = min(later, default=math.inf)
+        lost = [
+            at / 1e9
+            for (event, _, meta), at in zip(events.events, events.at, strict=True)
+            if event[-1] == "disconnected"
+            and meta.get("reason") == "connection_lost"
+            and meta.get("backend") == kill.backend
+            and kill.at <= at / 1e9 < until
+        ]
+        answered = [
+            ended for backend, ended in load.answered if backend == kill.backend and ended > kill.at
+        ]
+        windows.append((kill, max(max(lost, default=kill.at), min(answered, default=math.inf))))
+    return [
+        failure
+        for failure in load.failures
+        if not any(
+            failure.backend == kill.backend and kill.at <= failure.ended and failure.began <= back
+            for kill, back in windows
+        )
+    ]
 
 
 @asynccontextmanager
@@ -249,6 +300,7 @@ async def load(
             else:
                 seen.ok += 1
                 seen.ok_by_backend[backend] += 1
+                seen.answered.append((backend, time.monotonic()))
             seen.worst = max(seen.worst, time.monotonic() - began)
 
     async with anyio.create_task_group() as tasks:

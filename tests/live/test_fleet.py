@@ -21,11 +21,13 @@ from tests._fleet import (
     NOT_SERVING,
     SERVING,
     Backend,
+    Kill,
     backend_finder,
     fleet,
     load,
     ports_of_every_channel,
     spread,
+    unexplained,
 )
 from tests._net import closed_port
 from tests._pools import live_pool
@@ -313,55 +315,38 @@ async def test_max_connection_age_refreshes_channels_under_load_without_a_failed
     assert calls.ok > 0
 
 
-#: How soon after its backend is killed a call on it must have failed: a call in flight
-#: fails when the kernel resets its connection, one handed out in the instant before the
-#: pool hears of it fails at once; the rest is the event loop's lag on a loaded machine.
-FAILED_WITHIN = 0.5
-
-
+@pytest.mark.slow
 async def test_a_rolling_restart_of_every_backend_never_empties_the_pool(
-    pool_name: str,
+    pool_name: str, channel_events: EventLog
 ) -> None:
     callers = 200
     servers = [ServerProcess() for _ in range(3)]
     for server in servers:
         await anyio.to_thread.run_sync(server.start)
     try:
-        target = "ipv4:" + ",".join(s.address for s in servers)
-        kills: list[tuple[str, float]] = []  # (backend, when it was killed)
-        async with live_pool(pool_name, target, 6):
-            await Pool.wait_connected(pool_name, timeout=5)
+        target = [s.address for s in servers]
+        kills: list[Kill] = []
+        async with live_pool(pool_name, target, 6, wait=True):
             where = backend_finder(pool_name)
             async with load(pool_name, callers, deadline=1.0, backend_of=where) as calls:
                 for server in servers * 2:  # twice round: a pool that drifted onto one
                     await anyio.sleep(1)  # backend would empty when that one is killed
-                    kills.append((server.address, time.monotonic()))
+                    kills.append(Kill(server.address, time.monotonic()))
                     await anyio.to_thread.run_sync(server.kill)
                     await anyio.to_thread.run_sync(server.start)
                 await anyio.sleep(1)
+        strays = unexplained(calls, kills, channel_events)
+        caught = Counter(failure.backend for failure in calls.failures)
         print(f"rolling restart: {calls.ok} calls, errors {dict(calls.errors)}")
+        print(f"failed calls per backend: {dict(caught)}; not caught by a kill: {len(strays)}")
         assert calls.not_connected == 0
         assert calls.ok > 0
-        # Only the calls in flight on a killed backend may fail: each failure was on a
-        # backend just killed, and ended within FAILED_WITHIN of that kill.
-        caught: Counter[int] = Counter()
-        latest = 0.0
-        for failure in calls.failures:
-            assert failure.kind == "UNAVAILABLE", failure
-            kill = next(
-                (
-                    index
-                    for index, (backend, at) in enumerate(kills)
-                    if backend == failure.backend and at <= failure.ended <= at + FAILED_WITHIN
-                ),
-                None,
-            )
-            assert kill is not None, f"{failure} matches no kill of {kills}"
-            caught[kill] += 1
-            latest = max(latest, failure.ended - kills[kill][1])
-        print(f"failed calls per kill: {[caught[k] for k in range(len(kills))]}")
-        print(f"latest failure after its kill: {latest:.3f} s")
-        assert max(caught.values(), default=0) <= callers  # not more than were calling
+        # Only the calls a kill caught may fail (tests/_fleet.py's unexplained), as grpc
+        # fails such a call: UNAVAILABLE, or DEADLINE_EXCEEDED for one the restarted server
+        # was too slow to answer.
+        assert strays == [], strays[:5]
+        assert {failure.kind for failure in calls.failures} <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
+        assert len(calls.failures) <= callers * len(kills)  # not more than were calling
     finally:
         for server in servers:
             server.kill()
