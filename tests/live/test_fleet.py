@@ -51,8 +51,7 @@ def held(name: str) -> dict[str, int]:
 async def test_channels_spread_evenly_over_every_backend(
     pool_name: str, size: int, expected: list[int]
 ) -> None:
-    async with fleet(3) as backends, live_pool(pool_name, ipv4(backends), size):
-        await Pool.wait_connected(pool_name, timeout=5)
+    async with fleet(3) as backends, live_pool(pool_name, ipv4(backends), size, wait=True):
         assert spread(await ports_of_every_channel(pool_name)) == expected
         # The servers' side: each saw as many distinct connections as it holds channels.
         assert sorted((len(b.peers) for b in backends), reverse=True)[: len(expected)] == expected
@@ -63,8 +62,7 @@ async def test_channels_spread_evenly_over_every_backend(
 async def test_every_event_of_a_channel_names_its_backend(
     pool_name: str, channel_events: EventLog
 ) -> None:
-    async with fleet(2) as backends, live_pool(pool_name, ipv4(backends), 2):
-        await Pool.wait_connected(pool_name, timeout=5)
+    async with fleet(2) as backends, live_pool(pool_name, ipv4(backends), 2, wait=True):
         held_by_workers = {w.backend for w in Pool.get_all_workers(pool_name)}
     addresses = {b.address for b in backends}
     assert held_by_workers == addresses
@@ -78,8 +76,7 @@ async def test_a_backend_down_at_start_holds_nothing_then_takes_its_share(
     down = closed_port()
     async with fleet(2) as up:
         target = f"ipv4:{up[0].address},{up[1].address},127.0.0.1:{down}"
-        async with live_pool(pool_name, target, 6):
-            await Pool.wait_connected(pool_name, timeout=5)
+        async with live_pool(pool_name, target, 6, wait=True):
             assert held(pool_name) == {up[0].address: 3, up[1].address: 3, f"127.0.0.1:{down}": 0}
             refused = {m["backend"] for m in channel_events.of("connection_failed")}
             assert refused == {f"127.0.0.1:{down}"}
@@ -148,8 +145,9 @@ async def test_tls_verifies_the_written_host_name_while_spread_over_addresses(
         addresses = [b.address for b in backends]
         target = f"localhost:{backends[0].port}"
         options = {"resolver": lambda: addresses}
-        async with live_pool(pool_name, target, 4, credentials=credentials, settings=options):
-            await Pool.wait_connected(pool_name, timeout=5)
+        async with live_pool(
+            pool_name, target, 4, credentials=credentials, settings=options, wait=True
+        ):
             assert held(pool_name) == {addresses[0]: 2, addresses[1]: 2}
             assert spread(await ports_of_every_channel(pool_name)) == [2, 2]
     finally:
@@ -185,8 +183,10 @@ WATCHED = 0.5
 async def test_a_not_serving_backend_gets_no_channel_and_its_channels_rejoin_when_serving(
     pool_name: str, channel_events: EventLog
 ) -> None:
-    async with fleet(3) as backends, live_pool(pool_name, ipv4(backends), 6, health_check=""):
-        await Pool.wait_connected(pool_name, timeout=5)
+    async with (
+        fleet(3) as backends,
+        live_pool(pool_name, ipv4(backends), 6, health_check="", wait=True),
+    ):
         sick = backends[0]
         sick_channels = {
             w.channel for w in Pool.get_all_workers(pool_name) if w.backend == sick.address
@@ -239,8 +239,8 @@ async def test_a_server_without_the_health_service_counts_as_serving_with_one_wa
 ) -> None:
     async with fleet(2, with_health=False) as backends:
         with capture_logs() as logs:
-            async with live_pool(pool_name, ipv4(backends), 4, health_check=""):
-                await Pool.wait_connected(pool_name, timeout=5)
+            async with live_pool(pool_name, ipv4(backends), 4, health_check="", wait=True):
+                pass
         warnings = [log for log in logs if "no grpc.health.v1 service" in log["event"]]
         assert len(warnings) == 1
         assert warnings[0]["log_level"] == "warning"
@@ -259,8 +259,7 @@ async def test_a_backend_the_resolver_adds_under_load_takes_its_share_with_no_fa
     async with fleet(3) as backends:
         known = [b.address for b in backends[:2]]
         options = {"resolver": resolver_of(known), "resolve_interval": 0.2}
-        async with live_pool(pool_name, known[0], 6, settings=options):
-            await Pool.wait_connected(pool_name, timeout=5)
+        async with live_pool(pool_name, known[0], 6, settings=options, wait=True):
             async with load(pool_name, 20) as calls:
                 added = time.monotonic()
                 known.append(backends[2].address)
@@ -281,8 +280,7 @@ async def test_a_backend_the_resolver_removes_loses_its_channels_with_no_gap(
     async with fleet(3) as backends:
         known = [b.address for b in backends]
         options = {"resolver": resolver_of(known), "resolve_interval": 0.2}
-        async with live_pool(pool_name, known[0], 6, settings=options):
-            await Pool.wait_connected(pool_name, timeout=5)
+        async with live_pool(pool_name, known[0], 6, settings=options, wait=True):
             async with load(pool_name, 20) as calls:
                 gone = known.pop()
                 await wait_until(lambda: gone not in held(pool_name), timeout=3)
