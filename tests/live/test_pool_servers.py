@@ -128,6 +128,7 @@ async def test_a_restarted_server_brings_the_whole_pool_back_within_the_backoff(
     assert len(lost) == 4
 
 
+@pytest.mark.slow
 async def test_an_idle_pool_with_default_options_keeps_its_connections(
     pool_name: str, grpc_server: tuple[grpc.aio.Server, str], channel_events: EventLog
 ) -> None:
