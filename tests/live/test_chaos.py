@@ -10,7 +10,7 @@ import pytest
 
 from conngrpc import ExponentialBackoff, Pool
 from conngrpc._server import ServerProcess
-from tests._fleet import Kill, backend_finder, load, unexplained
+from tests._fleet import CAUGHT_BY_A_KILL, Kill, backend_finder, kill_windows, load, unexplained
 from tests._pools import running_pool
 from tests._probe import EventLog
 
@@ -21,11 +21,14 @@ CALLERS = 200
 POOL_SIZE = 4
 KILLS = 10
 MIN_SECONDS = 20.0
-DEADLINE = 1.0  # each call's timeout
+#: Each call's timeout, generous: the test is about which calls fail, not how fast a
+#: server answers. At 1 s, a run beside four busy loops and others' tests (43 s for 20 s
+#: of chaos) saw 45 calls time out on a restarted server that had begun to answer.
+DEADLINE = 5.0
 #: How much later than its deadline a call may end: grpc ends it at its deadline, and the
 #: rest is the event loop reaching the caller, which 200 callers and busy neighbours
-#: delay (a quiet run's worst call took 0.35 s, one beside four busy loops 1.2 s). A
-#: call that hung would run on to the end of the test.
+#: delay (beside four busy loops the worst call took 0.3 to 2.0 s). A call that hung
+#: would run on to the end of the test.
 LATE_BY = 4.0
 CONNECT_TIMEOUT = 1.0
 BACKOFF = ExponentialBackoff(min=0.1, max=0.5)
@@ -81,10 +84,9 @@ async def test_the_pool_survives_repeated_server_kills_under_load(
     assert elapsed >= MIN_SECONDS
     assert calls.ok > 0
     # A call fails only where a kill caught it (tests/_fleet.py's unexplained), as grpc
-    # fails such a call: UNAVAILABLE, or DEADLINE_EXCEEDED for one the restarted server
-    # was too slow to answer; and NotConnectedError while no channel is connected.
-    assert strays == [], strays[:5]
-    assert set(calls.errors) <= {"NotConnectedError", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
+    # fails such a call; and NotConnectedError comes while no channel is connected.
+    assert strays == [], (strays[:5], kill_windows(calls, kills, channel_events))
+    assert set(calls.errors) <= {"NotConnectedError", *CAUGHT_BY_A_KILL}
     assert calls.worst <= DEADLINE + LATE_BY
     assert len(connected) == len(disconnected)  # every connect has its disconnect
     for index in range(POOL_SIZE):

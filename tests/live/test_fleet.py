@@ -18,12 +18,14 @@ from conngrpc import NotConnectedError, Pool
 from conngrpc._server import ServerProcess
 from tests._certs import TLSMaterial, make_tls_material
 from tests._fleet import (
+    CAUGHT_BY_A_KILL,
     NOT_SERVING,
     SERVING,
     Backend,
     Kill,
     backend_finder,
     fleet,
+    kill_windows,
     load,
     ports_of_every_channel,
     spread,
@@ -326,7 +328,7 @@ async def test_a_rolling_restart_of_every_backend_never_empties_the_pool(
         kills: list[Kill] = []
         async with live_pool(pool_name, target, 6, wait=True):
             where = backend_finder(pool_name)
-            async with load(pool_name, callers, deadline=1.0, backend_of=where) as calls:
+            async with load(pool_name, callers, deadline=5.0, backend_of=where) as calls:
                 for server in servers * 2:  # twice round: a pool that drifted onto one
                     await anyio.sleep(1)  # backend would empty when that one is killed
                     kills.append(Kill(server.address, time.monotonic()))
@@ -340,10 +342,11 @@ async def test_a_rolling_restart_of_every_backend_never_empties_the_pool(
         assert calls.not_connected == 0
         assert calls.ok > 0
         # Only the calls a kill caught may fail (tests/_fleet.py's unexplained), as grpc
-        # fails such a call: UNAVAILABLE, or DEADLINE_EXCEEDED for one the restarted server
-        # was too slow to answer.
-        assert strays == [], strays[:5]
-        assert {failure.kind for failure in calls.failures} <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
+        # fails such a call. The calls' deadline is
+        # generous (5 s), as there: which calls fail is under test, not how fast a
+        # restarted server answers on a busy machine.
+        assert strays == [], (strays[:5], kill_windows(calls, kills, channel_events))
+        assert {failure.kind for failure in calls.failures} <= CAUGHT_BY_A_KILL
         assert len(calls.failures) <= callers * len(kills)  # not more than were calling
     finally:
         for server in servers:
