@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all dist dist-check lint typecheck unit bench bench-quick clean
+.PHONY: demo test test-all dist dist-check lint typecheck unit slow bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "conngrpc needs Python 3.10 or newer; $(PYTHON) is " + sys.version.split()[0])'
@@ -15,10 +15,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m conngrpc demo
 
+# make test: ruff, mypy and the tests without the slow tier (under 3 minutes on 2 cores).
 test: lint typecheck unit
 
 # pytest on every supported Python found (PYTHON310=... style overrides, python3.X on
-# PATH, or pyenv), each in its own .venv-3.X; lint and typecheck run once, in .venv.
+# PATH, or pyenv), each in its own .venv-3.X, every test included, the slow tier too
+# (tests marked slow: scenarios of more than about 10 s); lint and typecheck run once.
 # Then the packaging: the distributions' contents, and on each of those Pythons the
 # wheel installed into a fresh venv runs the demo (tools/check_dist.py). Before them,
 # the benchmarks' smoke run, once.
@@ -43,8 +45,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict conngrpc
 
+# Every test but the slow tier (-m "not slow"), which make test-all runs; make slow runs
+# that tier alone, here.
 unit: $(STAMP)
-	$(BIN)/pytest tests
+	$(BIN)/pytest -m "not slow" tests
+
+slow: $(STAMP)
+	$(BIN)/pytest -m slow tests
 
 # Benchmarks never run inside `make test`; `make test-all` (so CI) runs bench-quick, a
 # smoke run that checks every benchmark still reports (bench/smoke.py), not its numbers.

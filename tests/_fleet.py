@@ -18,6 +18,7 @@ So a test proves from the servers' side where a pool's connections and calls wen
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -32,7 +33,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[i
 
 from conngrpc import NotConnectedError, Pool
 from conngrpc._server import PEER_METHOD, SLEEP_METHOD
+from conngrpc._tasks import reraise_if_cancelled
 from conngrpc.channel.connector import raw_unary
+from tests._probe import EventLog
 
 SERVICE = "conngrpc.demo.v1.Demo"
 COUNT_METHOD = f"/{SERVICE}/Count"
@@ -195,13 +198,23 @@ class Failure:
     ended: float
 
 
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """A backend killed (SIGKILL) while a load ran, and when (``time.monotonic()``, taken
+    just before the signal)."""
+
+    backend: str
+    at: float
+
+
 @dataclass
 class Load:
     """What callers saw: successes (in all, and by backend when told how to find it
-    out), errors by kind, every failed call, the slowest call."""
+    out, with when each ended), errors by kind, every failed call, the slowest call."""
 
     ok: int = 0
     ok_by_backend: Counter[str | None] = field(default_factory=Counter)
+    answered: list[tuple[str | None, float]] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     failures: list[Failure] = field(default_factory=list)
     worst: float = 0.0
@@ -209,6 +222,58 @@ class Load:
     @property
     def not_connected(self) -> int:
         return self.errors["NotConnectedError"]
+
+
+#: How grpc ends a call that a kill caught: UNAVAILABLE (its connection reset, or its
+#: reconnect refused), DEADLINE_EXCEEDED (sent to the restarted process before it
+#: answered), or cancelled (a bare CancelledError) with the channel the pool closed
+#: under it.
+CAUGHT_BY_A_KILL = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CancelledError"})
+
+
+def kill_windows(load: Load, kills: list[Kill], events: EventLog) -> list[tuple[Kill, float]]:
+    """Each kill, with when its backend was back (see :func:`unexplained`)."""
+    windows: list[tuple[Kill, float]] = []
+    for index, kill in enumerate(kills):
+        later = [k.at for k in kills[index + 1 :] if k.backend == kill.backend]
+        until = min(later, default=math.inf)
+        lost = [
+            at / 1e9
+            for (event, _, meta), at in zip(events.events, events.at, strict=True)
+            if event[-1] == "disconnected"
+            and meta.get("reason") == "connection_lost"
+            and meta.get("backend") == kill.backend
+            and kill.at <= at / 1e9 < until
+        ]
+        answered = [
+            ended for backend, ended in load.answered if backend == kill.backend and ended > kill.at
+        ]
+        windows.append((kill, max(max(lost, default=kill.at), min(answered, default=math.inf))))
+    return windows
+
+
+def unexplained(load: Load, kills: list[Kill], events: EventLog) -> list[Failure]:
+    """The failed calls of ``load`` that no kill accounts for.
+
+    A kill accounts for a failed call on its backend that ended after it and began
+    before the backend was back: before the pool had taken the last of its lost channels
+    out of the hand-out (their ``disconnected`` events, reason ``connection_lost``), or
+    before the restarted backend had answered a call. That is a call in flight at the
+    kill, one handed out in the instant before the pool heard of it, or one sent to the
+    restarted process before it served (its port listens, and a busy machine may keep it
+    from answering for a while). Such a call fails when grpc says so: at once when the
+    kernel resets its connection, or at its deadline; how long that takes on a busy
+    machine is not the pool's to bound, so no time bound is put on it.
+    """
+    windows = kill_windows(load, kills, events)
+    return [
+        failure
+        for failure in load.failures
+        if not any(
+            failure.backend == kill.backend and kill.at <= failure.ended and failure.began <= back
+            for kill, back in windows
+        )
+    ]
 
 
 @asynccontextmanager
@@ -242,13 +307,21 @@ async def load(
             began = time.monotonic()
             try:
                 await raw_unary(channel, method)(request, timeout=deadline)
-            except grpc.aio.AioRpcError as error:
-                kind = error.code().name
+            except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
+                if isinstance(error, grpc.aio.AioRpcError):
+                    kind = error.code().name
+                else:
+                    # grpc.aio's bare CancelledError for a call it cancelled itself (its
+                    # channel closed): let out, it would end the task group's body in
+                    # silence. A cancellation of this task is raised again here.
+                    await reraise_if_cancelled()
+                    kind = "CancelledError"
                 seen.errors[kind] += 1
                 seen.failures.append(Failure(kind, backend, began, time.monotonic()))
             else:
                 seen.ok += 1
                 seen.ok_by_backend[backend] += 1
+                seen.answered.append((backend, time.monotonic()))
             seen.worst = max(seen.worst, time.monotonic() - began)
 
     async with anyio.create_task_group() as tasks:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc.aio
 import pytest
+import structlog
 
 from conngrpc._server import ServerProcess, start_server
 from tests._probe import EventLog, recording
@@ -27,13 +28,46 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: "/tests/live/" in str(item.path))
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """Backend-neutral tests run once on asyncio and once on trio.
+@pytest.fixture(autouse=True)
+def _structlog_unconfigured() -> Iterator[None]:
+    """Each test starts with structlog as a fresh process has it: not configured.
 
-    Modules that use grpc.aio (asyncio only) override this with ``"asyncio"``.
+    structlog.testing.capture_logs leaves structlog configured (with its default
+    processors) when it ends, and conngrpc logs through a configured structlog: every
+    later test's crash logs were then rendered by structlog's development renderer, whose
+    tracebacks (rich, with each frame's source and locals) took 0.14 to 0.54 s of CPU
+    each. A crash-loop test took 1.4 to 1.9 s on a quiet machine instead of 20 ms, and
+    ran past its 5 s waits on a busy one.
     """
-    return str(request.param)
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio: grpc.aio, and so every pool, is asyncio-only.
+
+    A module marked ``both_backends`` runs its async tests on trio too (see below).
+    """
+    return "asyncio"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Each async test of a module marked ``both_backends`` (backend-neutral code: the
+    supervisor, the registry) runs once on asyncio and once on trio, unless the test
+    parametrizes ``anyio_backend`` itself."""
+    if "anyio_backend" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("both_backends") is None:
+        return
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        if isinstance(names, str):
+            names = [name.strip() for name in names.split(",")]
+        if "anyio_backend" in names:
+            return
+    metafunc.parametrize("anyio_backend", ["asyncio", "trio"])
 
 
 @pytest.fixture

@@ -13,27 +13,20 @@ import pytest
 
 from conngrpc import (
     Channel,
-    ExponentialBackoff,
     NotConnectedError,
     Pool,
     PoolNotStartedError,
     Supervisor,
 )
 from conngrpc.testing import FakeChannel, FakeConnector
+from tests._pools import fake_channel, running_pool
 from tests._probe import EventLog, wait_until
 
 pytestmark = pytest.mark.anyio
 
-FAST = ExponentialBackoff(min=0.005, max=0.01, jitter=0)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # grpc.aio, and so Channel, is asyncio-only
-
 
 def fake(connector: FakeConnector, **fields: Any) -> dict[str, Any]:
-    return {"address": "billing:443", "connector": connector, "backoff": FAST, **fields}
+    return fake_channel(connector, address="billing:443", **fields)
 
 
 async def test_wait_connected_then_get_returns_the_connected_channel(pool_name: str) -> None:
@@ -146,10 +139,6 @@ async def test_the_pooled_channel_of_a_mocked_pool_sends_its_calls_to_the_mock(
     pool_name: str,
 ) -> None:
     stand_in = _StandIn()
-    spec = Pool.child_spec(
-        name=pool_name, pool_size=2, channel={"address": "x:1", "mock": lambda: stand_in}
-    )
-    async with Supervisor([spec]):
-        await Pool.wait_connected(pool_name, timeout=5)
+    async with running_pool(pool_name, 2, {"address": "x:1", "mock": lambda: stand_in}):
         call = Pool.channel(pool_name).unary_unary("/a.B/C")
         assert await call(b"hi") == b"mocked /a.B/C hi"

@@ -14,28 +14,20 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from conngrpc import ExponentialBackoff, Pool, Supervisor
+from conngrpc import Pool
 from conngrpc.pool.runtime import pools
 from conngrpc.testing import FakeChannel, FakeConnector
+from tests._pools import fake_channel, running_pool
 from tests._probe import wait_until
 
 pytestmark = pytest.mark.anyio
-
-FAST = ExponentialBackoff(min=0.005, max=0.01, jitter=0)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # a pool runs on asyncio only
 
 
 async def test_a_channel_skipped_while_it_blinked_comes_back_into_the_hand_out(
     pool_name: str,
 ) -> None:
     connector = FakeConnector()
-    channel = {"address": "fake:1", "connector": connector, "backoff": FAST}
-    async with Supervisor([Pool.child_spec(name=pool_name, pool_size=2, channel=channel)]):
-        await Pool.wait_connected(pool_name, timeout=5)
+    async with running_pool(pool_name, 2, fake_channel(connector)):
         blinking = connector.channels[0]
         assert isinstance(blinking, FakeChannel)
         blinking.drop()  # GOAWAY: the channel goes IDLE ...
@@ -50,9 +42,7 @@ async def test_the_least_loaded_pick_skips_a_channel_not_ready_and_takes_it_back
     pool_name: str,
 ) -> None:
     connector = FakeConnector()
-    channel = {"address": "fake:1", "connector": connector, "backoff": FAST}
-    async with Supervisor([Pool.child_spec(name=pool_name, pool_size=3, channel=channel)]):
-        await Pool.wait_connected(pool_name, timeout=5)
+    async with running_pool(pool_name, 3, fake_channel(connector)):
         runtime = pools.get(pool_name)
         assert runtime is not None
         idle, busy, blinking = runtime.handout.slots

@@ -7,46 +7,32 @@ never breaking a pool, and the attributes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.metrics import Counter, NoOpCounter, NoOpMeter, NoOpMeterProvider
 
-from conngrpc import Channel, ExponentialBackoff, Pool, Supervisor, telemetry
+from conngrpc import Channel, Pool, Supervisor, telemetry
 from conngrpc.otel import HANDLER_ID, ConnGRPCInstrumentor, _server
 from conngrpc.testing import FakeConnector
 from tests._logs import capture_logs
 from tests._otel import Metrics, instrumented
+from tests._pools import fake_channel, running_pool
 from tests._probe import wait_until
 
 pytestmark = pytest.mark.anyio
 
-FAST = ExponentialBackoff(min=0.005, max=0.01, jitter=0)
 CONNECTS = "conngrpc.channel.connects"
 CONNECTED = "conngrpc.pool.channels.connected"
 EXPECTED = "conngrpc.pool.channels.expected"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # grpc.aio, and so the Pool, is asyncio-only
-
-
-@pytest.fixture
 def otel() -> Iterator[Metrics]:
     with instrumented() as metrics:
         yield metrics
-
-
-@asynccontextmanager
-async def fake_pool(name: str, size: int, connector: FakeConnector) -> AsyncIterator[None]:
-    channel = {"address": "fake:1", "connector": connector, "backoff": FAST}
-    async with Supervisor([Pool.child_spec(name=name, pool_size=size, channel=channel)]):
-        await Pool.wait_connected(name, timeout=5)
-        yield
 
 
 def reconnected(connector: FakeConnector, pool_name: str) -> bool:
@@ -66,7 +52,7 @@ async def test_instrumenting_twice_counts_each_connect_once(pool_name: str, otel
         "conngrpc is instrumented already; instrument() ignored"
     ]
     assert [h.id for h in telemetry.list_handlers()].count(HANDLER_ID) == 4  # four events
-    async with fake_pool(pool_name, 3, FakeConnector()):
+    async with running_pool(pool_name, 3, fake_channel(FakeConnector())):
         assert otel.value(CONNECTS, pool_name=pool_name) == 3
         assert otel.value(EXPECTED, pool_name=pool_name) == 3
 
@@ -75,7 +61,7 @@ async def test_uninstrument_detaches_every_handler_and_silences_the_gauges(
     pool_name: str, otel: Metrics
 ) -> None:
     connector = FakeConnector()
-    async with fake_pool(pool_name, 2, connector):
+    async with running_pool(pool_name, 2, fake_channel(connector)):
         assert otel.value(CONNECTED, pool_name=pool_name) == 2
         ConnGRPCInstrumentor().uninstrument()
         assert not ConnGRPCInstrumentor().is_instrumented_by_opentelemetry
@@ -94,7 +80,7 @@ async def test_instrumenting_again_on_the_same_provider_carries_on(
     """The SDK keeps the first gauge of a name (and its callback): it must report again."""
     ConnGRPCInstrumentor().uninstrument()
     ConnGRPCInstrumentor().instrument(meter_provider=otel.provider)
-    async with fake_pool(pool_name, 2, FakeConnector()):
+    async with running_pool(pool_name, 2, fake_channel(FakeConnector())):
         assert otel.value(CONNECTED, pool_name=pool_name) == 2
         assert otel.value(EXPECTED, pool_name=pool_name) == 2
         assert otel.value(CONNECTS, pool_name=pool_name) == 2
@@ -110,7 +96,7 @@ async def test_a_provider_set_after_instrument_gets_the_metrics(pool_name: str) 
     metrics = Metrics()
     try:
         otel_metrics.set_meter_provider(metrics.provider)
-        async with fake_pool(pool_name, 2, FakeConnector()):
+        async with running_pool(pool_name, 2, fake_channel(FakeConnector())):
             assert metrics.value(CONNECTED, pool_name=pool_name) == 2
             assert metrics.value(CONNECTS, pool_name=pool_name) == 2
         instrumentor.uninstrument()
@@ -144,7 +130,7 @@ async def test_a_failing_instrument_never_reaches_the_pool_nor_gets_detached(
     connector = FakeConnector()
     try:
         with capture_logs() as logs:
-            async with fake_pool(pool_name, 2, connector):
+            async with running_pool(pool_name, 2, fake_channel(connector)):
                 connector.drop(0)
                 await wait_until(lambda: reconnected(connector, pool_name))
         assert len([h for h in telemetry.list_handlers() if h.id == HANDLER_ID]) == 4
@@ -156,7 +142,7 @@ async def test_a_failing_instrument_never_reaches_the_pool_nor_gets_detached(
 
 
 async def test_a_standalone_channel_is_reported_as_a_pool_of_one(otel: Metrics) -> None:
-    channel = {"address": "fake:7", "connector": FakeConnector(), "backoff": FAST}
+    channel = fake_channel(FakeConnector(), address="fake:7")
     async with Supervisor([Channel.child_spec(name="otel-billing", channel=channel)]):
         await Channel.wait_connected("otel-billing", timeout=5)
         assert otel.value(EXPECTED, pool_name="otel-billing") == 1
@@ -167,8 +153,7 @@ async def test_a_standalone_channel_is_reported_as_a_pool_of_one(otel: Metrics) 
 
 async def test_a_mocked_pool_is_connected_on_no_backend(pool_name: str, otel: Metrics) -> None:
     channel = {"address": "unused:1", "mock": lambda: "a stand-in"}
-    async with Supervisor([Pool.child_spec(name=pool_name, pool_size=2, channel=channel)]):
-        await Pool.wait_connected(pool_name, timeout=5)
+    async with running_pool(pool_name, 2, channel):
         assert otel.value(CONNECTED, pool_name=pool_name) == 2
         assert otel.value(EXPECTED, pool_name=pool_name) == 2
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import cProfile
 import dataclasses
 import pstats
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -34,37 +32,15 @@ from conngrpc.channel import worker as worker_module
 from conngrpc.pool.runtime import pools
 from conngrpc.testing import FakeChannel, FakeConnector
 from tests._logs import capture_logs
+from tests._pools import FAKE_BACKOFF, fake_channel, running_pool
 from tests._probe import SUPERVISOR_EVENTS, EventLog, recording, until_cancelled, wait_until
 
 pytestmark = pytest.mark.anyio
-
-FAST = ExponentialBackoff(min=0.005, max=0.01, jitter=0)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # grpc.aio, and so the Pool, is asyncio-only
 
 
 @pytest.fixture
 def connector() -> FakeConnector:
     return FakeConnector()
-
-
-def fake_channel(connector: FakeConnector, **fields: Any) -> dict[str, Any]:
-    return {"address": "fake:1", "connector": connector, "backoff": FAST, **fields}
-
-
-@asynccontextmanager
-async def running_pool(
-    name: str, size: int, channel: dict[str, Any] | ChannelConfig, *, wait: bool = True, **kw: Any
-) -> AsyncIterator[Supervisor]:
-    async with Supervisor(
-        [Pool.child_spec(name=name, pool_size=size, channel=channel, **kw)]
-    ) as sup:
-        if wait:
-            await Pool.wait_connected(name, timeout=5)
-        yield sup
 
 
 def serials(name: str, calls: int) -> list[int]:
@@ -529,7 +505,9 @@ async def test_the_config_callable_is_called_at_child_spec_time(connector: FakeC
         calls.append(1)
         return {"channel": {"address": "late:1"}}
 
-    class Late(Pool, pool_size=1, config=config, channel={"connector": connector, "backoff": FAST}):
+    class Late(
+        Pool, pool_size=1, config=config, channel={"connector": connector, "backoff": FAKE_BACKOFF}
+    ):
         pass
 
     assert calls == []
@@ -848,7 +826,7 @@ MOST_STOP_GROWTH_FOR_4N = 6.0
 
 async def _calls_to_stop_a_pool(name: str, size: int) -> int:
     """Python calls made while leaving the supervisor of a connected pool of ``size``."""
-    channel = {"address": "fake:1", "connector": FakeConnector(), "backoff": FAST}
+    channel = {"address": "fake:1", "connector": FakeConnector(), "backoff": FAKE_BACKOFF}
     profile = cProfile.Profile()
     async with running_pool(name, size, channel):
         profile.enable()

@@ -10,6 +10,8 @@ from conngrpc import ChildSpec, NameTakenError, Supervisor
 from conngrpc.supervisor import Registry
 from tests._probe import wait_until
 
+pytestmark = pytest.mark.both_backends
+
 
 def test_a_registered_name_is_found_synchronously() -> None:
     registry: Registry[str] = Registry("test")

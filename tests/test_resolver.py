@@ -14,11 +14,12 @@ import anyio.lowlevel
 import grpc
 import pytest
 
-from conngrpc import ChannelConfig, Pool, Supervisor
+from conngrpc import ChannelConfig, Pool
 from conngrpc.pool.resolver import default_resolver, dial_config, run_resolver
 from conngrpc.testing import FakeConnector
+from tests._pools import running_pool
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 AUTHORITY = "grpc.default_authority"
 TLS_NAME = "grpc.ssl_target_name_override"
@@ -173,9 +174,7 @@ async def test_a_pool_spreads_over_what_an_async_resolver_returns(pool_name: str
         return backends
 
     channel = {"address": "billing.internal:50051", "connector": connector}
-    spec = Pool.child_spec(name=pool_name, pool_size=6, channel=channel, resolver=resolver)
-    async with Supervisor([spec]):
-        await Pool.wait_connected(pool_name, timeout=5)
+    async with running_pool(pool_name, 6, channel, resolver=resolver):
         assert dict(Pool.status(pool_name).backends) == dict.fromkeys(backends, 2)
     assert {c.address for c in connector.calls} == set(backends)
 

@@ -23,6 +23,7 @@ from conngrpc import (
     SupervisorNotRunningError,
     UnknownChildError,
 )
+from conngrpc.supervisor.supervisor import Strategy
 from tests._logs import capture_logs
 from tests._probe import (
     SUPERVISOR_EVENTS,
@@ -36,7 +37,7 @@ from tests._probe import (
     wait_until,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 
 def handles(sup: Supervisor) -> dict[Any, Handle]:
@@ -200,41 +201,37 @@ async def test_one_for_one_restarts_only_the_crashed_child() -> None:
     assert probe.log[3:5] == [("stop", "b"), ("start", "b")]
 
 
-async def test_one_for_all_stops_the_others_right_to_left_and_restarts_all_left_to_right() -> None:
+@pytest.mark.parametrize(
+    ("strategy", "restarted", "log"),
+    [
+        pytest.param(
+            "one_for_all",
+            "abcd",
+            ["stop b", "stop d", "stop c", "stop a", "start a", "start b", "start c", "start d"],
+            id="one_for_all",
+        ),
+        pytest.param(
+            "rest_for_one",
+            "bcd",
+            ["stop b", "stop d", "stop c", "start b", "start c", "start d"],
+            id="rest_for_one",
+        ),
+    ],
+)
+async def test_a_strategy_restarts_its_group_stopping_right_to_left_and_starting_left_to_right(
+    strategy: Strategy, restarted: str, log: list[str]
+) -> None:
     probe = Probe()
     specs = [probe.spec(x) for x in "abcd"]
-    async with Supervisor(specs, strategy="one_for_all") as sup:
+    async with Supervisor(specs, strategy=strategy) as sup:
         before = handles(sup)
         before["b"].crash()
-        await wait_until(lambda: all(handles(sup).get(x) not in (None, before[x]) for x in "abcd"))
-        assert probe.log[4:] == [
-            ("stop", "b"),
-            ("stop", "d"),
-            ("stop", "c"),
-            ("stop", "a"),
-            ("start", "a"),
-            ("start", "b"),
-            ("start", "c"),
-            ("start", "d"),
-        ]
-
-
-async def test_rest_for_one_restarts_the_crashed_child_and_those_started_after_it() -> None:
-    probe = Probe()
-    specs = [probe.spec(x) for x in "abcd"]
-    async with Supervisor(specs, strategy="rest_for_one") as sup:
-        before = handles(sup)
-        before["b"].crash()
-        await wait_until(lambda: all(handles(sup).get(x) not in (None, before[x]) for x in "bcd"))
-        assert handles(sup)["a"] is before["a"]
-        assert probe.log[4:] == [
-            ("stop", "b"),
-            ("stop", "d"),
-            ("stop", "c"),
-            ("start", "b"),
-            ("start", "c"),
-            ("start", "d"),
-        ]
+        await wait_until(
+            lambda: all(handles(sup).get(x) not in (None, before[x]) for x in restarted)
+        )
+        after = handles(sup)
+        assert all(after[x] is before[x] for x in "abcd" if x not in restarted)
+        assert [f"{what} {child}" for what, child in probe.log[4:]] == log
 
 
 async def test_one_for_all_forgets_temporary_siblings_it_stops() -> None:

@@ -7,6 +7,7 @@ import asyncio
 import sys
 import traceback
 import weakref
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -20,11 +21,6 @@ if sys.version_info < (3, 11):
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # grpc.aio's bare CancelledError is an asyncio one
-
-
 async def test_a_cancelled_error_nobody_asked_for_is_absorbed() -> None:
     absorbed = False
     try:
@@ -35,28 +31,30 @@ async def test_a_cancelled_error_nobody_asked_for_is_absorbed() -> None:
     assert absorbed
 
 
-async def test_a_real_cancellation_is_raised_again() -> None:
+def cancelled_scope() -> anyio.CancelScope:
+    scope = anyio.CancelScope()
+    scope.cancel()
+    return scope
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        pytest.param(cancelled_scope, id="a-real-cancellation"),
+        pytest.param(lambda: anyio.move_on_after(0.01), id="a-deadline-that-passed"),
+    ],
+)
+async def test_a_cancellation_of_the_task_is_raised_again(
+    scope: Callable[[], anyio.CancelScope],
+) -> None:
     reached_after = False
-    with anyio.CancelScope() as scope:
-        scope.cancel()
+    with scope() as cancelling:
         try:
             await anyio.sleep(10)
         except asyncio.CancelledError:
             await reraise_if_cancelled()
             reached_after = True
-    assert scope.cancelled_caught
-    assert not reached_after
-
-
-async def test_a_deadline_that_passed_is_raised_again() -> None:
-    reached_after = False
-    with anyio.move_on_after(0.01) as scope:
-        try:
-            await anyio.sleep(10)
-        except asyncio.CancelledError:
-            await reraise_if_cancelled()
-            reached_after = True
-    assert scope.cancelled_caught
+    assert cancelling.cancelled_caught
     assert not reached_after
 
 

@@ -19,11 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 Event = tuple[str, ...]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def documented_events() -> set[Event]:
     text = (ROOT / "docs" / "telemetry.md").read_text()
     headings = re.findall(r"^### `(\(.*\))`$", text, re.MULTILINE)

@@ -5,7 +5,8 @@ in pyproject.toml. For each, the interpreter is ``$PYTHON3X`` when set (``PYTHON
 for 3.10), else ``python3.X`` on PATH, else the newest pyenv install of 3.X. Each
 gets its own virtual environment, ``.venv-3.X``, with conngrpc's test extra (built
 again when pyproject.toml changes), and runs pytest there (on the testpaths unless
-arguments, which go to pytest, say otherwise).
+arguments, which go to pytest, say otherwise): every test, the slow tier (tests marked
+``slow``, which ``make test`` leaves out) included.
 
 With ``--dist DIR`` (``make test-all`` gives the ``dist`` that ``make dist`` has just
 built), the packaging is proven too (``tools/check_dist.py``): the sdist's and the

@@ -9,19 +9,18 @@ from typing import Any
 
 import pytest
 
-from conngrpc import Channel, ExponentialBackoff, NotConnectedError, Supervisor
+from conngrpc import Channel, NotConnectedError, Supervisor
 from conngrpc._server import PEER_METHOD, peer_of
 from tests._fleet import NOT_SERVING, SERVING, fleet, load
+from tests._pools import LIVE_BACKOFF
 from tests._probe import EventLog, wait_until
 
 pytestmark = pytest.mark.anyio
 
-FAST = ExponentialBackoff(min=0.05, max=0.2)
-
 
 @asynccontextmanager
 async def channel(name: str, address: str, **fields: Any) -> AsyncIterator[None]:
-    config = {"address": address, "backoff": FAST, "connect_timeout": 2.0, **fields}
+    config = {"address": address, "backoff": LIVE_BACKOFF, "connect_timeout": 2.0, **fields}
     async with Supervisor([Channel.child_spec(name=name, channel=config)]):
         await Channel.wait_connected(name, timeout=5)
         yield

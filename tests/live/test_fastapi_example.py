@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 POOL_SIZE = 3  # not the example's default (4): proves the environment is read
 CALL_TIMEOUT = 1.5  # the service's deadline for every backend call, in seconds
 CLIENT_TIMEOUT = 5.0  # the test's timeout for every HTTP request
-FAST = 1.0  # what "at once" means for a request while the backend is down
+AT_ONCE = 1.0  # what "at once" means for a request while the backend is down
 
 # urllib would send 127.0.0.1 through a proxy named in the environment.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -182,7 +182,7 @@ def test_the_service_is_ready_only_while_its_backend_is_and_never_hangs(
     late = service.get("/sleep?ms=3000")
     assert late.status == 504
     assert late.body["error"] == "backend call failed: DEADLINE_EXCEEDED"
-    assert CALL_TIMEOUT - 0.05 < late.seconds < CALL_TIMEOUT + FAST
+    assert CALL_TIMEOUT - 0.05 < late.seconds < CALL_TIMEOUT + AT_ONCE
     figures["504 for a call past its deadline after"] = f"{late.seconds:.2f} s"
 
     # 4. The backend is killed with a call in flight: that call fails at once (503:
@@ -209,7 +209,7 @@ def test_the_service_is_ready_only_while_its_backend_is_and_never_hangs(
     assert {a.status for a in outage} == {503}
     assert "is connected now" in outage[0].body["reason"]
     slowest = max(a.seconds for a in outage)
-    assert slowest < FAST
+    assert slowest < AT_ONCE
     figures["slowest of 20 /peer during the outage"] = f"{slowest * 1000:.1f} ms (503)"
 
     # 5. The backend comes back on its port: ready and serving again, without a restart.
@@ -227,7 +227,7 @@ def test_the_service_is_ready_only_while_its_backend_is_and_never_hangs(
     assert "Application shutdown complete" in output
     assert "Traceback" not in output
 
-    hung = [(path, a.seconds) for path, a in service.answers if a.seconds > CALL_TIMEOUT + FAST]
+    hung = [(path, a.seconds) for path, a in service.answers if a.seconds > CALL_TIMEOUT + AT_ONCE]
     assert not hung
     figures["HTTP requests made (none hung)"] = str(len(service.answers))
     print("\nexamples/fastapi_service, measured:")

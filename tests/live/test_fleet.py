@@ -7,48 +7,39 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Callable
 
 import anyio
 import grpc
 import pytest
 
-from conngrpc import ExponentialBackoff, NotConnectedError, Pool, Supervisor
+from conngrpc import NotConnectedError, Pool
 from conngrpc._server import ServerProcess
 from tests._certs import TLSMaterial, make_tls_material
 from tests._fleet import (
+    CAUGHT_BY_A_KILL,
     NOT_SERVING,
     SERVING,
     Backend,
+    Kill,
     backend_finder,
     fleet,
+    kill_windows,
     load,
     ports_of_every_channel,
     spread,
+    unexplained,
 )
 from tests._logs import capture_logs
 from tests._net import closed_port
+from tests._pools import live_pool
 from tests._probe import EventLog, wait_until
 
 pytestmark = pytest.mark.anyio
 
-FAST = ExponentialBackoff(min=0.05, max=0.2)
 
-
-@asynccontextmanager
-async def pool(
-    name: str, address: str, size: int, *, pool: dict[str, Any] | None = None, **channel: Any
-) -> AsyncIterator[Supervisor]:
-    channel = {"address": address, "backoff": FAST, "connect_timeout": 2.0, **channel}
-    spec = Pool.child_spec(name=name, pool_size=size, channel=channel, **(pool or {}))
-    async with Supervisor([spec]) as supervisor:
-        yield supervisor
-
-
-def ipv4(backends: list[Backend]) -> str:
-    return "ipv4:" + ",".join(b.address for b in backends)
+def ipv4(backends: list[Backend]) -> list[str]:
+    return [b.address for b in backends]
 
 
 def held(name: str) -> dict[str, int]:
@@ -62,8 +53,7 @@ def held(name: str) -> dict[str, int]:
 async def test_channels_spread_evenly_over_every_backend(
     pool_name: str, size: int, expected: list[int]
 ) -> None:
-    async with fleet(3) as backends, pool(pool_name, ipv4(backends), size):
-        await Pool.wait_connected(pool_name, timeout=5)
+    async with fleet(3) as backends, live_pool(pool_name, ipv4(backends), size, wait=True):
         assert spread(await ports_of_every_channel(pool_name)) == expected
         # The servers' side: each saw as many distinct connections as it holds channels.
         assert sorted((len(b.peers) for b in backends), reverse=True)[: len(expected)] == expected
@@ -74,8 +64,7 @@ async def test_channels_spread_evenly_over_every_backend(
 async def test_every_event_of_a_channel_names_its_backend(
     pool_name: str, channel_events: EventLog
 ) -> None:
-    async with fleet(2) as backends, pool(pool_name, ipv4(backends), 2):
-        await Pool.wait_connected(pool_name, timeout=5)
+    async with fleet(2) as backends, live_pool(pool_name, ipv4(backends), 2, wait=True):
         held_by_workers = {w.backend for w in Pool.get_all_workers(pool_name)}
     addresses = {b.address for b in backends}
     assert held_by_workers == addresses
@@ -89,8 +78,7 @@ async def test_a_backend_down_at_start_holds_nothing_then_takes_its_share(
     down = closed_port()
     async with fleet(2) as up:
         target = f"ipv4:{up[0].address},{up[1].address},127.0.0.1:{down}"
-        async with pool(pool_name, target, 6):
-            await Pool.wait_connected(pool_name, timeout=5)
+        async with live_pool(pool_name, target, 6, wait=True):
             assert held(pool_name) == {up[0].address: 3, up[1].address: 3, f"127.0.0.1:{down}": 0}
             refused = {m["backend"] for m in channel_events.of("connection_failed")}
             assert refused == {f"127.0.0.1:{down}"}
@@ -116,7 +104,7 @@ async def test_localhost_with_a_server_on_one_of_its_addresses_gives_a_full_pool
 ) -> None:
     async with fleet(1) as (backend,):
         began = time.monotonic()
-        async with pool(pool_name, f"localhost:{backend.port}", 4):
+        async with live_pool(pool_name, f"localhost:{backend.port}", 4):
             await Pool.wait_connected(pool_name, timeout=2)
             print(f"localhost -> full pool: {time.monotonic() - began:.3f} s")
             assert held(pool_name)[f"127.0.0.1:{backend.port}"] == 4
@@ -129,7 +117,9 @@ async def test_a_resolver_naming_both_loopbacks_fills_the_pool_from_the_one_list
     async with fleet(1) as (backend,):
         both = [f"127.0.0.1:{backend.port}", f"[::1]:{backend.port}"]
         began = time.monotonic()
-        async with pool(pool_name, f"localhost:{backend.port}", 4, pool={"resolver": lambda: both}):
+        async with live_pool(
+            pool_name, f"localhost:{backend.port}", 4, settings={"resolver": lambda: both}
+        ):
             await Pool.wait_connected(pool_name, timeout=2)
             took = time.monotonic() - began
             print(f"127.0.0.1 + ::1, server on 127.0.0.1 only -> full pool: {took:.3f} s")
@@ -157,8 +147,9 @@ async def test_tls_verifies_the_written_host_name_while_spread_over_addresses(
         addresses = [b.address for b in backends]
         target = f"localhost:{backends[0].port}"
         options = {"resolver": lambda: addresses}
-        async with pool(pool_name, target, 4, credentials=credentials, pool=options):
-            await Pool.wait_connected(pool_name, timeout=5)
+        async with live_pool(
+            pool_name, target, 4, credentials=credentials, settings=options, wait=True
+        ):
             assert held(pool_name) == {addresses[0]: 2, addresses[1]: 2}
             assert spread(await ports_of_every_channel(pool_name)) == [2, 2]
     finally:
@@ -175,8 +166,8 @@ async def test_tls_still_refuses_a_certificate_for_another_name_when_spread(
     try:
         credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca)
         options = {"resolver": lambda: [backend.address]}
-        async with pool(
-            pool_name, f"other.example:{backend.port}", 1, credentials=credentials, pool=options
+        async with live_pool(
+            pool_name, f"other.example:{backend.port}", 1, credentials=credentials, settings=options
         ):
             await wait_until(lambda: channel_events.of("connection_failed") != [])
             assert Pool.status(pool_name).current_size == 0
@@ -194,8 +185,10 @@ WATCHED = 0.5
 async def test_a_not_serving_backend_gets_no_channel_and_its_channels_rejoin_when_serving(
     pool_name: str, channel_events: EventLog
 ) -> None:
-    async with fleet(3) as backends, pool(pool_name, ipv4(backends), 6, health_check=""):
-        await Pool.wait_connected(pool_name, timeout=5)
+    async with (
+        fleet(3) as backends,
+        live_pool(pool_name, ipv4(backends), 6, health_check="", wait=True),
+    ):
         sick = backends[0]
         sick_channels = {
             w.channel for w in Pool.get_all_workers(pool_name) if w.backend == sick.address
@@ -236,7 +229,7 @@ async def test_a_not_serving_backend_gets_no_channel_and_its_channels_rejoin_whe
 async def test_a_named_service_is_watched_on_its_own(pool_name: str) -> None:
     async with fleet(1) as (backend,):
         await backend.set_health(NOT_SERVING, "inventory")
-        async with pool(pool_name, backend.address, 2, health_check="inventory"):
+        async with live_pool(pool_name, backend.address, 2, health_check="inventory"):
             with pytest.raises(NotConnectedError, match="not serving"):
                 await Pool.wait_connected(pool_name, timeout=0.3)
             await backend.set_health(SERVING, "inventory")
@@ -248,8 +241,8 @@ async def test_a_server_without_the_health_service_counts_as_serving_with_one_wa
 ) -> None:
     async with fleet(2, with_health=False) as backends:
         with capture_logs() as logs:
-            async with pool(pool_name, ipv4(backends), 4, health_check=""):
-                await Pool.wait_connected(pool_name, timeout=5)
+            async with live_pool(pool_name, ipv4(backends), 4, health_check="", wait=True):
+                pass
         warnings = [log for log in logs if "no grpc.health.v1 service" in log["event"]]
         assert len(warnings) == 1
         assert warnings[0]["log_level"] == "warning"
@@ -268,8 +261,7 @@ async def test_a_backend_the_resolver_adds_under_load_takes_its_share_with_no_fa
     async with fleet(3) as backends:
         known = [b.address for b in backends[:2]]
         options = {"resolver": resolver_of(known), "resolve_interval": 0.2}
-        async with pool(pool_name, known[0], 6, pool=options):
-            await Pool.wait_connected(pool_name, timeout=5)
+        async with live_pool(pool_name, known[0], 6, settings=options, wait=True):
             async with load(pool_name, 20) as calls:
                 added = time.monotonic()
                 known.append(backends[2].address)
@@ -290,8 +282,7 @@ async def test_a_backend_the_resolver_removes_loses_its_channels_with_no_gap(
     async with fleet(3) as backends:
         known = [b.address for b in backends]
         options = {"resolver": resolver_of(known), "resolve_interval": 0.2}
-        async with pool(pool_name, known[0], 6, pool=options):
-            await Pool.wait_connected(pool_name, timeout=5)
+        async with live_pool(pool_name, known[0], 6, settings=options, wait=True):
             async with load(pool_name, 20) as calls:
                 gone = known.pop()
                 await wait_until(lambda: gone not in held(pool_name), timeout=3)
@@ -309,7 +300,10 @@ async def test_a_backend_the_resolver_removes_loses_its_channels_with_no_gap(
 async def test_max_connection_age_refreshes_channels_under_load_without_a_failed_call(
     pool_name: str, channel_events: EventLog
 ) -> None:
-    async with fleet(2) as backends, pool(pool_name, ipv4(backends), 4, max_connection_age=0.5):
+    async with (
+        fleet(2) as backends,
+        live_pool(pool_name, ipv4(backends), 4, max_connection_age=0.5),
+    ):
         await Pool.wait_connected(pool_name, timeout=5)
         async with load(pool_name, 100) as calls:
             await anyio.sleep(5)  # the load runs for 5 s: the thing under test
@@ -321,55 +315,39 @@ async def test_max_connection_age_refreshes_channels_under_load_without_a_failed
     assert calls.ok > 0
 
 
-#: How soon after its backend is killed a call on it must have failed: a call in flight
-#: fails when the kernel resets its connection, one handed out in the instant before the
-#: pool hears of it fails at once; the rest is the event loop's lag on a loaded machine.
-FAILED_WITHIN = 0.5
-
-
+@pytest.mark.slow
 async def test_a_rolling_restart_of_every_backend_never_empties_the_pool(
-    pool_name: str,
+    pool_name: str, channel_events: EventLog
 ) -> None:
     callers = 200
     servers = [ServerProcess() for _ in range(3)]
     for server in servers:
         await anyio.to_thread.run_sync(server.start)
     try:
-        target = "ipv4:" + ",".join(s.address for s in servers)
-        kills: list[tuple[str, float]] = []  # (backend, when it was killed)
-        async with pool(pool_name, target, 6):
-            await Pool.wait_connected(pool_name, timeout=5)
+        target = [s.address for s in servers]
+        kills: list[Kill] = []
+        async with live_pool(pool_name, target, 6, wait=True):
             where = backend_finder(pool_name)
-            async with load(pool_name, callers, deadline=1.0, backend_of=where) as calls:
+            async with load(pool_name, callers, deadline=5.0, backend_of=where) as calls:
                 for server in servers * 2:  # twice round: a pool that drifted onto one
                     await anyio.sleep(1)  # backend would empty when that one is killed
-                    kills.append((server.address, time.monotonic()))
+                    kills.append(Kill(server.address, time.monotonic()))
                     await anyio.to_thread.run_sync(server.kill)
                     await anyio.to_thread.run_sync(server.start)
                 await anyio.sleep(1)
+        strays = unexplained(calls, kills, channel_events)
+        caught = Counter(failure.backend for failure in calls.failures)
         print(f"rolling restart: {calls.ok} calls, errors {dict(calls.errors)}")
+        print(f"failed calls per backend: {dict(caught)}; not caught by a kill: {len(strays)}")
         assert calls.not_connected == 0
         assert calls.ok > 0
-        # Only the calls in flight on a killed backend may fail: each failure was on a
-        # backend just killed, and ended within FAILED_WITHIN of that kill.
-        caught: Counter[int] = Counter()
-        latest = 0.0
-        for failure in calls.failures:
-            assert failure.kind == "UNAVAILABLE", failure
-            kill = next(
-                (
-                    index
-                    for index, (backend, at) in enumerate(kills)
-                    if backend == failure.backend and at <= failure.ended <= at + FAILED_WITHIN
-                ),
-                None,
-            )
-            assert kill is not None, f"{failure} matches no kill of {kills}"
-            caught[kill] += 1
-            latest = max(latest, failure.ended - kills[kill][1])
-        print(f"failed calls per kill: {[caught[k] for k in range(len(kills))]}")
-        print(f"latest failure after its kill: {latest:.3f} s")
-        assert max(caught.values(), default=0) <= callers  # not more than were calling
+        # Only the calls a kill caught may fail (tests/_fleet.py's unexplained), as grpc
+        # fails such a call. The calls' deadline is
+        # generous (5 s), as there: which calls fail is under test, not how fast a
+        # restarted server answers on a busy machine.
+        assert strays == [], (strays[:5], kill_windows(calls, kills, channel_events))
+        assert {failure.kind for failure in calls.failures} <= CAUGHT_BY_A_KILL
+        assert len(calls.failures) <= callers * len(kills)  # not more than were calling
     finally:
         for server in servers:
             server.kill()

@@ -5,23 +5,23 @@ backends are up, and a backend's trouble moves its share to the others.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import anyio
 import pytest
 
-from conngrpc import ExponentialBackoff, Pool, Supervisor
+from conngrpc import Pool
 from conngrpc._server import ServerProcess, peer_of
 from tests._fleet import backend_finder, fleet, load, ports_of_every_channel, spread
+from tests._pools import live_pool
 from tests._probe import EventLog, wait_until
 from tests._proxy import FaultProxy
 
 pytestmark = pytest.mark.anyio
 
-FAST = ExponentialBackoff(min=0.05, max=0.2)
 CONNECT_TIMEOUT = 1.0
 #: What a loaded 2-core machine may add to a bound the code under test promises.
 SLACK = 1.0
@@ -30,17 +30,7 @@ ROTATE_MS = 500
 #: How soon after its server has stopped a call on it must have failed, if it fails.
 FAILED_WITHIN = 0.5
 
-
-@asynccontextmanager
-async def pool(name: str, addresses: list[str], size: int, **channel: Any) -> AsyncIterator[None]:
-    channel = {
-        "address": "ipv4:" + ",".join(addresses),
-        "backoff": FAST,
-        "connect_timeout": CONNECT_TIMEOUT,
-        **channel,
-    }
-    async with Supervisor([Pool.child_spec(name=name, pool_size=size, channel=channel)]):
-        yield
+pool = functools.partial(live_pool, connect_timeout=CONNECT_TIMEOUT)
 
 
 @contextmanager
@@ -99,7 +89,7 @@ async def test_servers_that_rotate_every_connection_never_empty_the_pool(
         f" reconnected in {', '.join(f'{gap * 1000:.0f}' for gap in sorted(gaps))} ms"
     )
     assert calls.errors == {}  # NotConnectedError included
-    # A connection that served ROTATE_MS is reopened at once, not after the backoff (FAST:
+    # A connection that served ROTATE_MS is reopened at once, not after the backoff (LIVE_BACKOFF:
     # 50 ms or more, which emptied the pool now and then when rotations came together);
     # test_pool.py checks that rule. The gaps printed are the connect and the event
     # loop's lag, which on a loaded machine can exceed the backoff: no bound on them here.

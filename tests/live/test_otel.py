@@ -16,16 +16,16 @@ from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from conngrpc import ExponentialBackoff, Pool
+from conngrpc import Pool
 from conngrpc._server import SLEEP_METHOD, ServerProcess
 from conngrpc.otel import ConnGRPCInstrumentor
 from tests._otel import instrumented
+from tests._pools import LIVE_BACKOFF
 from tests._probe import wait_until
 from tests.live.test_pool_servers import pool, port_of
 
 pytestmark = pytest.mark.anyio
 
-FAST = ExponentialBackoff(min=0.05, max=0.2)
 CONNECTS = "conngrpc.channel.connects"
 FAILURES = "conngrpc.channel.connection_failures"
 DISCONNECTS = "conngrpc.channel.disconnects"
@@ -69,7 +69,7 @@ async def test_a_killed_then_restarted_server_is_counted_figure_by_figure(
 ) -> None:
     here = {"pool_name": pool_name, "server_address": "127.0.0.1"}
     with instrumented() as otel:
-        async with pool(pool_name, server_process.address, 3, backoff=FAST):
+        async with pool(pool_name, server_process.address, 3, backoff=LIVE_BACKOFF):
             await Pool.wait_connected(pool_name, timeout=5)
             assert otel.value(CONNECTED, **here, server_port=server_process.port) == 3
             assert otel.value(EXPECTED, pool_name=pool_name) == 3

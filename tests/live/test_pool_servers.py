@@ -6,19 +6,18 @@ Servers that a test kills, pauses or restarts run in child processes
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio
 import grpc
 import grpc.aio
 import pytest
 
-from conngrpc import ExponentialBackoff, NotConnectedError, Pool, Supervisor
+from conngrpc import ExponentialBackoff, NotConnectedError, Pool
 from conngrpc._server import ServerProcess, peer_of, start_server
 from tests._net import closed_port, established_sockets
+from tests._pools import live_pool
 from tests._probe import SUPERVISOR_EVENTS, EventLog, recording, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -44,12 +43,7 @@ SERVER_PERMITS_KEEPALIVE = [
 ]
 
 
-@asynccontextmanager
-async def pool(name: str, address: str, size: int, **channel: Any) -> AsyncIterator[Supervisor]:
-    channel.setdefault("backoff", ExponentialBackoff(min=BACKOFF_MIN, max=BACKOFF_MAX))
-    spec = Pool.child_spec(name=name, pool_size=size, channel={"address": address, **channel})
-    async with Supervisor([spec]) as sup:
-        yield sup
+pool = functools.partial(live_pool, backoff=ExponentialBackoff(min=BACKOFF_MIN, max=BACKOFF_MAX))
 
 
 def port_of(address: str) -> int:
@@ -134,6 +128,7 @@ async def test_a_restarted_server_brings_the_whole_pool_back_within_the_backoff(
     assert len(lost) == 4
 
 
+@pytest.mark.slow
 async def test_an_idle_pool_with_default_options_keeps_its_connections(
     pool_name: str, grpc_server: tuple[grpc.aio.Server, str], channel_events: EventLog
 ) -> None:

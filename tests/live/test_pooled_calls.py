@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, suppress
 from typing import Any
 
 import anyio
@@ -22,18 +21,18 @@ import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
-from conngrpc import ChannelConfig, ExponentialBackoff, NotConnectedError, Pool, Supervisor
+from conngrpc import ChannelConfig, NotConnectedError, Pool, Supervisor
 from conngrpc._server import PEER_METHOD, SLEEP_METHOD
 from conngrpc.channel.connector import connect_grpc
 from conngrpc.pool.runtime import pools
 from tests._fleet import COUNT_METHOD, ECHO_METHOD, Backend, fleet
 from tests._logs import capture_logs
 from tests._net import closed_port
+from tests._pools import live_pool
 from tests._probe import wait_until
 
 pytestmark = pytest.mark.anyio
 
-FAST = ExponentialBackoff(min=0.02, max=0.1)
 OK = grpc.StatusCode.OK
 
 
@@ -41,18 +40,10 @@ def _raw(facade: grpc.aio.Channel, kind: str, method: str) -> Any:
     return getattr(facade, kind)(method, request_serializer=None, response_deserializer=None)
 
 
-@asynccontextmanager
-async def pool(
+def pool(
     name: str, address: str, size: int = 1, settings: dict[str, Any] | None = None, **channel: Any
-) -> AsyncIterator[Supervisor]:
-    spec = Pool.child_spec(
-        name=name,
-        pool_size=size,
-        channel={"address": address, "backoff": FAST, "connect_timeout": 2.0, **channel},
-        **(settings or {}),
-    )
-    async with Supervisor([spec]) as supervisor:
-        yield supervisor
+) -> AbstractAsyncContextManager[Supervisor]:
+    return live_pool(name, address, size, settings=settings, **channel)
 
 
 def in_flight(name: str) -> int:

@@ -10,7 +10,7 @@ import contextlib
 import gc
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-un
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conngrpc import ExponentialBackoff, Pool, PooledChannel, Supervisor
+from conngrpc import Pool, PooledChannel, Supervisor
 from conngrpc._server import PEER_METHOD, SLEEP_METHOD
 from tests._fleet import (
     COLLECT_METHOD,
@@ -33,26 +33,14 @@ from tests._fleet import (
     fleet,
 )
 from tests._net import closed_port, established_sockets
+from tests._pools import live_pool
 from tests._probe import wait_until
 
 pytestmark = pytest.mark.anyio
 
-FAST = ExponentialBackoff(min=0.02, max=0.1)
-
 
 def _raw(facade: grpc.aio.Channel, kind: str, method: str) -> Any:
     return getattr(facade, kind)(method, request_serializer=None, response_deserializer=None)
-
-
-@asynccontextmanager
-async def pool(name: str, address: str, size: int, **channel: Any) -> AsyncIterator[Supervisor]:
-    spec = Pool.child_spec(
-        name=name,
-        pool_size=size,
-        channel={"address": address, "backoff": FAST, "connect_timeout": 2.0, **channel},
-    )
-    async with Supervisor([spec]) as supervisor:
-        yield supervisor
 
 
 def in_flight(name: str) -> tuple[int, dict[int, int]]:
@@ -93,7 +81,7 @@ async def test_a_stub_built_before_the_pool_runs_works_once_it_connects(pool_nam
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
     assert f"pool {pool_name!r}: no pool of that name is running" in refused.value.details()
 
-    async with fleet(1) as (backend,), pool(pool_name, backend.address, 2):
+    async with fleet(1) as (backend,), live_pool(pool_name, backend.address, 2):
         with anyio.fail_after(5):
             await facade.channel_ready()
         assert facade.get_state() is grpc.ChannelConnectivity.READY
@@ -109,7 +97,7 @@ async def test_a_stub_built_before_the_pool_runs_works_once_it_connects(pool_nam
 
 
 async def test_all_four_kinds_of_call_go_through_and_end_counted(pool_name: str) -> None:
-    async with fleet(1) as (backend,), pool(pool_name, backend.address, 2):
+    async with fleet(1) as (backend,), live_pool(pool_name, backend.address, 2):
         await Pool.wait_connected(pool_name, timeout=5)
         facade = Pool.channel(pool_name)
 
@@ -155,22 +143,17 @@ ENDINGS = st.sampled_from(
 @pytest.fixture(scope="module")
 async def counted() -> AsyncIterator[tuple[str, PooledChannel, str, PooledChannel]]:
     """A pool of 3, and a pool of 1 whose channel takes one call at a time."""
-    async with fleet(1) as (backend,), pool("counted-pool", backend.address, 3):
-        spec = Pool.child_spec(
-            name="counted-capped",
-            pool_size=1,
-            channel={"address": backend.address, "backoff": FAST},
-            max_calls_per_channel=1,
+    async with (
+        fleet(1) as (backend,),
+        live_pool("counted-pool", backend.address, 3, wait=True),
+        capped_pool("counted-capped", backend.address, 1, 1),
+    ):
+        yield (
+            "counted-pool",
+            Pool.channel("counted-pool"),
+            "counted-capped",
+            Pool.channel("counted-capped"),
         )
-        async with Supervisor([spec]):
-            await Pool.wait_connected("counted-pool", timeout=5)
-            await Pool.wait_connected("counted-capped", timeout=5)
-            yield (
-                "counted-pool",
-                Pool.channel("counted-pool"),
-                "counted-capped",
-                Pool.channel("counted-capped"),
-            )
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
@@ -291,7 +274,7 @@ async def test_in_flight_counts_return_to_zero_after_every_kind_of_ending(
 
 
 async def test_an_open_stream_counts_on_its_channel_until_it_ends(pool_name: str) -> None:
-    async with fleet(1) as (backend,), pool(pool_name, backend.address, 2):
+    async with fleet(1) as (backend,), live_pool(pool_name, backend.address, 2):
         await Pool.wait_connected(pool_name, timeout=5)
         facade = Pool.channel(pool_name)
         count = _raw(facade, "unary_stream", COUNT_METHOD)(b"1000:10", timeout=30)
@@ -312,7 +295,7 @@ async def test_an_open_stream_counts_on_its_channel_until_it_ends(pool_name: str
 
 
 async def test_a_stream_dropped_unread_is_cancelled_and_leaves_its_count(pool_name: str) -> None:
-    async with fleet(1) as (backend,), pool(pool_name, backend.address, 1):
+    async with fleet(1) as (backend,), live_pool(pool_name, backend.address, 1):
         await Pool.wait_connected(pool_name, timeout=5)
         count = _raw(Pool.channel(pool_name), "unary_stream", COUNT_METHOD)
         stream = count(b"2:1", timeout=30)  # the server is done with it in milliseconds
@@ -327,7 +310,7 @@ async def test_a_stream_dropped_unread_is_cancelled_and_leaves_its_count(pool_na
 
 
 async def test_new_calls_avoid_the_channel_busy_with_a_slow_call(pool_name: str) -> None:
-    async with fleet(1) as (backend,), pool(pool_name, backend.address, 3):
+    async with fleet(1) as (backend,), live_pool(pool_name, backend.address, 3):
         await Pool.wait_connected(pool_name, timeout=5)
         facade = Pool.channel(pool_name)
         slow = _raw(facade, "unary_unary", SLEEP_METHOD)(b"3000", timeout=10)
@@ -346,7 +329,7 @@ async def test_new_calls_avoid_the_channel_busy_with_a_slow_call(pool_name: str)
 async def test_a_not_serving_backend_gets_no_call_through_the_facade(pool_name: str) -> None:
     async with fleet(3) as backends:
         target = "ipv4:" + ",".join(b.address for b in backends)
-        async with pool(pool_name, target, 6, health_check=""):
+        async with live_pool(pool_name, target, 6, health_check=""):
             await Pool.wait_connected(pool_name, timeout=5)
             facade = Pool.channel(pool_name)
             sick = backends[0]
@@ -365,7 +348,7 @@ async def test_a_channel_that_rejoins_after_a_health_flap_keeps_its_calls_counte
 ) -> None:
     async with fleet(2) as (first, second):
         target = f"ipv4:{first.address},{second.address}"
-        async with pool(pool_name, target, 2, health_check=""):
+        async with live_pool(pool_name, target, 2, health_check=""):
             await Pool.wait_connected(pool_name, timeout=5)
             assert dict(Pool.status(pool_name).backends) == {first.address: 1, second.address: 1}
             index_of = {w.backend: w.index for w in Pool.get_all_workers(pool_name)}
@@ -404,7 +387,7 @@ async def test_a_channel_that_rejoins_after_a_health_flap_keeps_its_calls_counte
 async def test_with_no_channel_connected_a_call_fails_at_once_as_unavailable_saying_why(
     pool_name: str,
 ) -> None:
-    async with pool(pool_name, f"127.0.0.1:{closed_port()}", 2):
+    async with live_pool(pool_name, f"127.0.0.1:{closed_port()}", 2):
         facade = Pool.channel(pool_name)
         await wait_until(lambda: facade.get_state() is grpc.ChannelConnectivity.TRANSIENT_FAILURE)
         began = time.monotonic()
@@ -420,7 +403,7 @@ async def test_with_no_channel_connected_a_call_fails_at_once_as_unavailable_say
 
 async def test_wait_for_ready_waits_for_a_channel_to_join(pool_name: str) -> None:
     port = closed_port()
-    async with pool(pool_name, f"127.0.0.1:{port}", 2):
+    async with live_pool(pool_name, f"127.0.0.1:{port}", 2):
         facade = Pool.channel(pool_name)
         peer = _raw(facade, "unary_unary", PEER_METHOD)
         with pytest.raises(grpc.aio.AioRpcError) as late:
@@ -459,7 +442,7 @@ CALL_METHODS = sorted(
 async def test_a_call_that_waits_for_a_channel_answers_every_method_of_a_grpc_call(
     pool_name: str,
 ) -> None:
-    async with pool(pool_name, f"127.0.0.1:{closed_port()}", 2):
+    async with live_pool(pool_name, f"127.0.0.1:{closed_port()}", 2):
         facade = Pool.channel(pool_name)
         call = _raw(facade, "unary_unary", PEER_METHOD)(b"", timeout=30, wait_for_ready=True)
         assert [m for m in CALL_METHODS if not callable(getattr(call, m, None))] == []
@@ -488,7 +471,7 @@ async def test_a_call_that_waits_for_a_channel_answers_every_method_of_a_grpc_ca
 async def test_cancelling_a_call_that_waits_for_a_channel_ends_the_wait_at_once(
     pool_name: str,
 ) -> None:
-    async with pool(pool_name, f"127.0.0.1:{closed_port()}", 2):
+    async with live_pool(pool_name, f"127.0.0.1:{closed_port()}", 2):
         facade = Pool.channel(pool_name)
         call = _raw(facade, "unary_unary", PEER_METHOD)(b"", timeout=30, wait_for_ready=True)
         outcomes: list[str] = []
@@ -507,7 +490,7 @@ async def test_cancelling_a_call_that_waits_for_a_channel_ends_the_wait_at_once(
 async def test_a_call_cancelled_before_it_is_awaited_raises_cancelled_error(
     pool_name: str,
 ) -> None:
-    async with pool(pool_name, f"127.0.0.1:{closed_port()}", 2):
+    async with live_pool(pool_name, f"127.0.0.1:{closed_port()}", 2):
         facade = Pool.channel(pool_name)
         unary = _raw(facade, "unary_unary", PEER_METHOD)(b"", timeout=30, wait_for_ready=True)
         stream = _raw(facade, "unary_stream", COUNT_METHOD)(b"3:1", timeout=30, wait_for_ready=True)
@@ -528,7 +511,7 @@ async def test_a_call_that_waited_for_a_channel_is_cancelled_on_it_once_started(
     pool_name: str,
 ) -> None:
     port = closed_port()
-    async with pool(pool_name, f"127.0.0.1:{port}", 2):
+    async with live_pool(pool_name, f"127.0.0.1:{port}", 2):
         facade = Pool.channel(pool_name)
         call = _raw(facade, "unary_unary", SLEEP_METHOD)(b"5000", timeout=30, wait_for_ready=True)
         outcomes: list[str] = []
@@ -554,7 +537,7 @@ async def test_a_call_that_waited_for_a_channel_is_cancelled_on_it_once_started(
 
 async def test_a_stream_that_waited_for_a_channel_counts_while_open(pool_name: str) -> None:
     port = closed_port()
-    async with pool(pool_name, f"127.0.0.1:{port}", 2):
+    async with live_pool(pool_name, f"127.0.0.1:{port}", 2):
         facade = Pool.channel(pool_name)
         stream = _raw(facade, "unary_stream", COUNT_METHOD)(
             b"1000:10", timeout=30, wait_for_ready=True
@@ -575,7 +558,7 @@ async def test_a_stream_that_waited_for_a_channel_counts_while_open(pool_name: s
 async def test_a_task_cancelled_while_it_awaits_a_waiting_call_cancels_the_call(
     pool_name: str,
 ) -> None:
-    async with pool(pool_name, f"127.0.0.1:{closed_port()}", 2):
+    async with live_pool(pool_name, f"127.0.0.1:{closed_port()}", 2):
         facade = Pool.channel(pool_name)
         call = _raw(facade, "unary_unary", PEER_METHOD)(b"", timeout=30, wait_for_ready=True)
         async with anyio.create_task_group() as tasks:
@@ -606,7 +589,7 @@ class _Stamp(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
 
 async def test_interceptors_metadata_and_compression_reach_the_server(pool_name: str) -> None:
     async with fleet(1) as (backend,):
-        async with pool(
+        async with live_pool(
             pool_name,
             backend.address,
             2,
@@ -627,7 +610,7 @@ async def test_interceptors_metadata_and_compression_reach_the_server(pool_name:
 async def test_after_the_pool_stops_calls_fail_clearly_and_nothing_is_left(pool_name: str) -> None:
     async with fleet(1) as (backend,):
         facade = Pool.channel(pool_name)
-        async with pool(pool_name, backend.address, 3):
+        async with live_pool(pool_name, backend.address, 3):
             await Pool.wait_connected(pool_name, timeout=5)
             await _raw(facade, "unary_unary", PEER_METHOD)(b"", timeout=5)
         assert established_sockets(backend.port) == 0
@@ -642,19 +625,11 @@ async def test_after_the_pool_stops_calls_fail_clearly_and_nothing_is_left(pool_
 # --- max_calls_per_channel: a queue across the pool, as A105 queues across connections ---------
 
 
-@asynccontextmanager
-async def capped_pool(
+def capped_pool(
     name: str, address: str, size: int, cap: int, **channel: object
-) -> AsyncIterator[None]:
-    spec = Pool.child_spec(
-        name=name,
-        pool_size=size,
-        channel={"address": address, "backoff": FAST, **channel},
-        max_calls_per_channel=cap,
-    )
-    async with Supervisor([spec]):
-        await Pool.wait_connected(name, timeout=5)
-        yield
+) -> AbstractAsyncContextManager[Supervisor]:
+    settings = {"max_calls_per_channel": cap}
+    return live_pool(name, address, size, settings=settings, wait=True, **channel)
 
 
 async def test_calls_beyond_the_cap_wait_for_the_first_channel_with_room(pool_name: str) -> None:

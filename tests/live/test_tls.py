@@ -19,18 +19,18 @@ import grpc
 import grpc.aio
 import pytest
 
-from conngrpc import ChannelConfig, ExponentialBackoff, NotConnectedError, Pool, Supervisor
+from conngrpc import ChannelConfig, NotConnectedError, Pool, Supervisor
 from conngrpc._server import _handlers, peer_of
 from tests._certs import KeyPair, TLSMaterial, make_tls_material
 from tests._logs import capture_logs
 from tests._net import established_sockets
+from tests._pools import LIVE_BACKOFF, live_pool
 from tests._probe import SUPERVISOR_EVENTS, EventLog, recording, wait_until
 
 pytestmark = pytest.mark.anyio
 
 #: A bearer token no code path could produce by accident.
 TOKEN = "tok-5ecret-b3arer-9d41c7e2a08f"
-FAST_BACKOFF = ExponentialBackoff(min=0.01, max=0.02)
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "telemetry.md"
 
 
@@ -80,14 +80,6 @@ async def tls_server(
         await server.stop(None)
 
 
-@asynccontextmanager
-async def pool(name: str, address: str, size: int, **channel: Any) -> AsyncIterator[Supervisor]:
-    channel.setdefault("backoff", FAST_BACKOFF)
-    spec = Pool.child_spec(name=name, pool_size=size, channel={"address": address, **channel})
-    async with Supervisor([spec]) as sup:
-        yield sup
-
-
 async def peers_of_every_channel(name: str) -> list[str]:
     return [await peer_of(worker.channel) for worker in Pool.get_all_workers(name)]  # type: ignore[arg-type]
 
@@ -124,7 +116,7 @@ async def test_a_tls_pool_connects_and_every_channel_has_its_own_connection(
     credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca)
     async with (
         tls_server(tls.server) as (_, address),
-        pool(pool_name, address, 3, credentials=credentials),
+        live_pool(pool_name, address, 3, credentials=credentials),
     ):
         await Pool.wait_connected(pool_name, timeout=5)
         peers = await peers_of_every_channel(pool_name)
@@ -140,7 +132,7 @@ async def test_a_mutual_tls_pool_with_a_client_certificate_connects(
     )
     async with (
         tls_server(tls.server, client_ca=tls.ca) as (_, address),
-        pool(pool_name, address, 2, credentials=credentials),
+        live_pool(pool_name, address, 2, credentials=credentials),
     ):
         await Pool.wait_connected(pool_name, timeout=5)
         assert len(set(await peers_of_every_channel(pool_name))) == 2
@@ -152,7 +144,7 @@ async def test_mutual_tls_without_a_client_certificate_never_connects(
     credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca)
     async with (
         tls_server(tls.server, client_ca=tls.ca) as (_, address),
-        pool(pool_name, address, 1, credentials=credentials) as sup,
+        live_pool(pool_name, address, 1, credentials=credentials) as sup,
     ):
         # The client learns only that the server closed the connection: TLS 1.3
         # rejects the missing certificate after the client's side of the handshake.
@@ -169,7 +161,7 @@ async def test_a_server_certificate_from_another_ca_fails_with_a_verify_failure(
     credentials = grpc.ssl_channel_credentials(root_certificates=tls.other_ca)
     async with (
         tls_server(tls.server) as (_, address),
-        pool(pool_name, address, 1, credentials=credentials) as sup,
+        live_pool(pool_name, address, 1, credentials=credentials) as sup,
     ):
         reason = await assert_rejected_and_backing_off(
             pool_name, channel_events, sup, "CERTIFICATE_VERIFY_FAILED"
@@ -189,7 +181,7 @@ async def test_a_server_certificate_for_another_host_fails_hostname_verification
         identity, options = tls.server, [("grpc.ssl_target_name_override", "other.example")]
     async with (
         tls_server(identity) as (_, address),
-        pool(pool_name, address, 1, credentials=credentials, options=options) as sup,
+        live_pool(pool_name, address, 1, credentials=credentials, options=options) as sup,
     ):
         reason = await assert_rejected_and_backing_off(
             pool_name, channel_events, sup, "Hostname Verification Check failed"
@@ -212,9 +204,9 @@ async def test_a_bearer_token_reaches_the_server_but_no_log_event_or_repr(
 
     with capture_logs() as logs, recording(documented_events()) as events:
         async with tls_server(tls.server, interceptors=[metadata]) as (server, address):
-            config = ChannelConfig(address, credentials=good, debug=True, backoff=FAST_BACKOFF)
+            config = ChannelConfig(address, credentials=good, debug=True, backoff=LIVE_BACKOFF)
             bad_config = ChannelConfig(
-                address, credentials=wrong_ca, debug=True, backoff=FAST_BACKOFF
+                address, credentials=wrong_ca, debug=True, backoff=LIVE_BACKOFF
             )
             specs = [
                 Pool.child_spec(
