@@ -28,6 +28,7 @@ from conngrpc.channel.changes import (
 from conngrpc.pool.handout import HandOut
 from conngrpc.pool.placement import next_retry_at
 from conngrpc.pool.table import (
+    Closing,
     Connecting,
     FollowUps,
     Idle,
@@ -329,7 +330,7 @@ def test_a_replacement_brings_what_its_health_check_said() -> None:
 
 def test_the_resolver_loop_reports_only_what_it_knows() -> None:
     pool = Table(1, A)
-    with pytest.raises(TypeError, match="expected Resolved or Tick"):
+    with pytest.raises(TypeError, match="expected Resolved, Tick or Closing"):
         pool.apply(None, Attempting())
 
 
@@ -398,3 +399,17 @@ def test_serving_counts_as_the_hand_out_state() -> None:
     pool = Table(1, A)
     pool.connect(0)
     assert isinstance(pool.table.records[0].state, Serving)
+
+
+def test_a_closing_pool_hands_nothing_out_while_its_workers_stop() -> None:
+    pool = Table(3, A, B)
+    for index in range(3):
+        pool.connect(index)
+    pool.apply(None, Closing())
+    assert pool.table.handout.slots == ()
+    assert pool.table.connected_count() == 0
+    for index in range(3):  # the workers' last reports, as each stops
+        follow = pool.apply(index, Disconnected("shutdown"))
+        assert len(follow.reply.close) == 1
+        pool.apply(index, Stopped())
+    assert pool.table.held == {}

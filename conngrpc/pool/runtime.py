@@ -29,7 +29,7 @@ from .fleet import backend_backoff, follow_resolver
 from .handout import HandOut
 from .resolver import default_resolver
 from .settings import ResolvedSettings
-from .table import ChannelWorker, PoolTable, Resolved, Tick, backends_served
+from .table import ChannelWorker, Closing, PoolTable, Resolved, Tick, backends_served
 
 __all__ = [
     "STATUS",
@@ -132,7 +132,7 @@ class PoolRuntime:
 
     # --- what the workers (and the resolver loop) report: the Owner protocol --------------
 
-    def report(self, index: int | None, change: Change | Resolved | Tick) -> Reply:
+    def report(self, index: int | None, change: Change | Resolved | Tick | Closing) -> Reply:
         """Apply ``change`` to the table, then run its follow-ups; the reporter's reply."""
         settled = self.table.settled
         follow = self.table.apply(index, change)
@@ -388,7 +388,10 @@ async def run_pool(
                     stop_order="all_at_once",
                 ) as supervisor:
                     task_status.started(supervisor)
-                    await anyio.sleep_forever()
+                    try:
+                        await anyio.sleep_forever()
+                    finally:  # hand nothing out while the workers stop
+                        runtime.report(None, Closing())
     except anyio.get_cancelled_exc_class():
         runtime.stop("it was stopped")
         raise

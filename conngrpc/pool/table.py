@@ -46,6 +46,7 @@ from .resolver import dial_config
 
 __all__ = [
     "ChannelWorker",
+    "Closing",
     "Connecting",
     "FollowUps",
     "Idle",
@@ -151,6 +152,12 @@ class Tick:
 
 
 @dataclass(frozen=True, slots=True)
+class Closing:
+    """The pool is stopping: nothing is handed out from now on (its channels are about
+    to close), and the workers' last reports leave the hand-out alone."""
+
+
+@dataclass(frozen=True, slots=True)
 class FollowUps:
     """What a change leaves to do outside the table.
 
@@ -249,6 +256,7 @@ class PoolTable:
         "_failures_seen",
         "_turn",
         "backends",
+        "closing",
         "draining",
         "going",
         "handout",
@@ -298,6 +306,7 @@ class PoolTable:
         self.settled = False
         self._failures_seen: set[int] = set()  # workers that failed, before it settled
         self.unimplemented_health_seen = False
+        self.closing = False  # the pool is stopping: nothing is handed out
 
     def __repr__(self) -> str:
         return (
@@ -353,7 +362,7 @@ class PoolTable:
 
     # --- changing -------------------------------------------------------------------------
 
-    def apply(self, index: int | None, change: Change | Resolved | Tick) -> FollowUps:
+    def apply(self, index: int | None, change: Change | Resolved | Tick | Closing) -> FollowUps:
         """Take in what worker ``index`` (or the resolver loop, None) reports, decide what
         follows, and return the follow-ups for the caller to run outside the table."""
         done = _Change()
@@ -361,8 +370,13 @@ class PoolTable:
             self._worker_change(index, change, done)
         elif isinstance(change, Resolved):
             self._resolved(change, done)
+        elif isinstance(change, Closing):
+            self.closing = True
+            self.handout.clear()  # at once, not one channel at a time as each worker stops
         elif not isinstance(change, Tick):
-            raise TypeError(f"pool {self.name!r}: expected Resolved or Tick, got {change!r}")
+            raise TypeError(
+                f"pool {self.name!r}: expected Resolved, Tick or Closing, got {change!r}"
+            )
         move = placement.next_move(self, self._clock())
         if move is not None:
             self.moving = move.index
@@ -475,12 +489,14 @@ class PoolTable:
         """Give ``record`` its new state; what is handed out follows it."""
         old = record.state
         record.state = state
+        self.mocked += isinstance(state, Mocking) - isinstance(old, Mocking)
+        if self.closing:
+            return  # nothing is handed out any more
         if isinstance(old, Serving) and not (isinstance(state, Serving) and state.slot is old.slot):
             self.handout.remove(old.slot)
         if isinstance(state, Serving) and not (isinstance(old, Serving) and old.slot is state.slot):
             self.handout.add(state.slot)
             done.joined = True
-        self.mocked += isinstance(state, Mocking) - isinstance(old, Mocking)
 
     def _drain(self, slot: Slot, done: _Change) -> None:
         """``slot``'s channel left: the reporter closes it; its calls still count until
@@ -628,6 +644,8 @@ class PoolTable:
             if index in self.going:
                 assert isinstance(record.state, Connecting | Joining | Serving | NotServing)
         serving = tuple(r.state.slot for r in self.records if isinstance(r.state, Serving))
+        if self.closing:
+            serving = ()
         assert self.handout.slots == serving, (self.handout.slots, serving)
         assert self.handout.channels == tuple(s.channel for s in serving)
         placed = Counter(self.going.get(i) or a for i, a in self.held.items())
@@ -641,7 +659,8 @@ class PoolTable:
             assert self.moving in self.going, self.moving
             assert self.moving in self.held, self.moving
         assert self.mocked == sum(isinstance(r.state, Mocking) for r in self.records)
-        assert self.connected_count() == len(list(self.connected()))
+        if not self.closing:
+            assert self.connected_count() == len(list(self.connected()))
 
 
 def backends_served(table: PoolTable) -> Mapping[str, int]:
