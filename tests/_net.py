@@ -6,34 +6,33 @@ import os
 import random
 import socket
 
-
-def _socket_inodes() -> set[str]:
-    inodes = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    return inodes
+_TCP_ESTABLISHED = 1  # tcp_info.tcpi_state
 
 
 def established_sockets(port: int) -> int:
-    """How many TCP connections this process has ESTABLISHED to ``port`` on any address."""
-    mine = _socket_inodes()
+    """How many TCP connections this process has ESTABLISHED to ``port`` on any address.
+
+    Each of the process's sockets is asked itself (through a duplicate of its
+    descriptor), not looked up in /proc/net/tcp: the kernel writes that table a page
+    per read, walking its socket hash afresh each time, so while sockets come and go
+    (the TIME_WAIT ones of earlier tests expiring) a read can skip a line, and a
+    socket that is open would read as closed.
+    """
     count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for fd in os.listdir("/proc/self/fd"):
         try:
-            with open(table) as lines:
-                next(lines)
-                for line in lines:
-                    fields = line.split()
-                    remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-                    if remote_port == port and fields[3] == "01" and fields[9] in mine:
-                        count += 1
-        except FileNotFoundError:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:["):
+                continue
+            duplicate = os.dup(int(fd))
+        except OSError:  # closed since the listing
             continue
+        with socket.socket(fileno=duplicate) as sock:
+            try:
+                state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+                if state == _TCP_ESTABLISHED and sock.getpeername()[1] == port:
+                    count += 1
+            except OSError:  # not TCP, or not connected
+                continue
     return count
 
 
