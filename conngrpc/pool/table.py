@@ -72,6 +72,7 @@ WorkerState = Literal[
     "connected",
     "watching",
     "not_serving",
+    "ejected",
     "disconnected",
     "mocked",
     "stopped",
@@ -370,10 +371,16 @@ class PoolTable:
         record = self.records[index]
         state = record.state
         slot = record.slot
+        if isinstance(state, Idle):
+            name = state.phase
+        elif isinstance(state, Serving) and not self._out(state):
+            name = "ejected"  # connected and serving, but its backend's calls failed
+        else:
+            name = _STATE_NAMES[type(state)]
         return ChannelWorker(
             self.name,
             index,
-            state.phase if isinstance(state, Idle) else _STATE_NAMES[type(state)],
+            name,
             None if slot is None else slot.channel,
             None if slot is None else slot.backend,
             record.health,
