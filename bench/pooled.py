@@ -516,8 +516,8 @@ async def pick_cost(quick: bool) -> Section:
         "Fake channels (conngrpc.testing), so that the figures are the pick's own: a real "
         "channel adds grpc's READY check (see 'get_channel cost, real channels') and grpc's "
         "own done-callback registration. The count includes the outcome's (a call that "
-        "ends OK, read as the done callback reads a real call's status). Up to 8 channels the pick scans them all; above, "
-        "it compares two drawn at random."
+        "ends OK, read as the done callback reads a real call's status). Up to 8 channels "
+        "the pick scans them all; above, it compares two drawn at random."
     )
     return section
 
