@@ -17,8 +17,10 @@ import grpc
 import grpc.aio
 import pytest
 
+from conngrpc import ChannelConfig, Pool
 from conngrpc._server import PEER_METHOD, SLEEP_METHOD
 from conngrpc.channel.connector import raw_unary
+from conngrpc.pool.runtime import pools
 from conngrpc.pool.service_config import (
     POOL_FIELDS,
     FailurePercentageEjection,
@@ -27,6 +29,9 @@ from conngrpc.pool.service_config import (
     SuccessRateEjection,
     parse_service_config,
 )
+from conngrpc.pool.settings import ResolvedSettings
+from conngrpc.testing import FakeConnector
+from tests._pools import fake_channel, running_pool
 
 WHERE = "Pool service_config"
 ROUND_ROBIN = [{"round_robin": {}}]
@@ -743,3 +748,106 @@ async def test_least_request_is_the_pools_though_grpcio_has_none(
     longer = _lb({"least_request_experimental": {}}, {"round_robin": {}})
     assert parse_service_config(longer).pick == "least_request"
     assert await _grpc_call(grpc_server[1], json.dumps(longer)) is None
+
+
+# --- as a pool setting ------------------------------------------------------------------
+
+
+def test_a_bad_document_is_refused_where_the_pool_is_declared() -> None:
+    bad = {"loadBalancingConfig": [{"round_robin": {}, "pick_first": {}}]}
+    with pytest.raises(ValueError, match=re.escape(f"{WHERE}: loadBalancingConfig[0]")):
+        Pool.child_spec(
+            name="sc-bad", pool_size=1, channel={"address": "127.0.0.1:1"}, service_config=bad
+        )
+    with pytest.raises(ValueError, match=re.escape(WHERE)):
+
+        class BadPool(
+            Pool, pool_size=1, channel={"address": "127.0.0.1:1"}, service_config="{not json"
+        ):
+            pass
+
+
+def test_a_service_config_given_twice_is_refused() -> None:
+    options = [("grpc.service_config", json.dumps({"methodConfig": []}))]
+    with pytest.raises(
+        ValueError, match=re.escape("channel options give 'grpc.service_config' too")
+    ):
+        Pool.child_spec(
+            name="sc-twice",
+            pool_size=1,
+            channel={"address": "127.0.0.1:1", "options": options},
+            service_config={"loadBalancingConfig": ROUND_ROBIN},
+        )
+
+
+def test_health_check_config_sets_the_channels_health_check() -> None:
+    document = {"healthCheckConfig": {"serviceName": "inventory"}}
+    settings = _resolved(service_config=document)
+    assert settings.channel.health_check == "inventory"
+    same = _resolved(
+        service_config=document, channel={"address": "127.0.0.1:1", "health_check": "inventory"}
+    )
+    assert same.channel.health_check == "inventory"
+    with pytest.raises(
+        ValueError, match=re.escape("healthCheckConfig.serviceName: expected the service")
+    ):
+        _resolved(
+            service_config=document, channel={"address": "127.0.0.1:1", "health_check": "billing"}
+        )
+
+
+def test_what_the_pool_leaves_alone_reaches_each_channel_and_what_it_handles_does_not() -> None:
+    method_config = [{"name": [{"service": "s"}], "timeout": "1s"}]
+    settings = _resolved(
+        service_config={"loadBalancingConfig": ROUND_ROBIN, "methodConfig": method_config}
+    )
+    given = dict(settings.channel.options)["grpc.service_config"]
+    assert json.loads(given) == {"methodConfig": method_config}
+    handled_only = _resolved(service_config={"loadBalancingConfig": ROUND_ROBIN})
+    assert "grpc.service_config" not in dict(handled_only.channel.options)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("document", "pick"),
+    [
+        (None, "least_loaded"),
+        ({"loadBalancingConfig": ROUND_ROBIN}, "round_robin"),
+        ({"loadBalancingPolicy": "ROUND_ROBIN"}, "round_robin"),
+        (
+            {"loadBalancingConfig": [{"least_request_experimental": {"choiceCount": 3}}]},
+            "least_request",
+        ),
+    ],
+)
+async def test_the_pool_picks_as_its_service_config_says(
+    pool_name: str, document: dict[str, Any] | None, pick: str
+) -> None:
+    settings = {} if document is None else {"service_config": document}
+    async with running_pool(pool_name, 2, fake_channel(FakeConnector()), **settings):
+        runtime = pools.get(pool_name)
+        assert runtime is not None
+        assert runtime.handout.pick.__name__ == pick
+        assert runtime.handout.pick() is not None
+
+
+@pytest.mark.anyio
+async def test_outlier_detection_replaces_the_default_rules(pool_name: str) -> None:
+    document = json.dumps(BENCHMARK)
+    async with running_pool(pool_name, 2, fake_channel(FakeConnector()), service_config=document):
+        runtime = pools.get(pool_name)
+        assert runtime is not None
+        rules = runtime.table.ejector.rules
+        assert (rules.interval, rules.base_ejection_time, rules.max_ejection_percent) == (
+            1.0,
+            5.0,
+            50,
+        )
+        assert rules.consecutive_failures is None  # grpc's rules: no streak ejects at once
+
+
+def _resolved(**settings: Any) -> ResolvedSettings:
+    merged: dict[str, Any] = {"name": "sc", "pool_size": 1, "channel": {"address": "127.0.0.1:1"}}
+    merged.update(settings)
+    merged["channel"] = ChannelConfig.coerce(merged["channel"])
+    return ResolvedSettings(**merged)

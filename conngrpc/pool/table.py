@@ -371,6 +371,7 @@ class PoolTable:
         record = self.records[index]
         state = record.state
         slot = record.slot
+        name: WorkerState
         if isinstance(state, Idle):
             name = state.phase
         elif isinstance(state, Serving) and not self._out(state):
