@@ -568,10 +568,10 @@ class PoolTable:
         self.apply(None, Tripped(outcomes))
 
     def _in_service(self) -> int:
-        """How many backends the cap on ejections counts: for grpc's rule, every backend
-        the resolver found; for the default's, those serving a channel or ejected."""
-        if self.ejector.rules.max_ejection_percent is not None:
-            return len(self.backends)
+        """How many backends the cap on ejections counts: those the pool balances over,
+        serving a channel or ejected. grpc counts every address of its channel, each of
+        which has a connection; a pool smaller than its backends holds none to some,
+        and ejecting by their number could take out every backend it serves."""
         serving = {slot.backend for slot in self.handout.slots}
         serving.update(o.backend for o in self.ejector.ejected())
         return len(serving)
