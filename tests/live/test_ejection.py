@@ -10,7 +10,7 @@ back on probation; at most half of the backends out, never the last.
 
 Marked slow (``make test-all``): the scenarios that wait for a sweep or a deadline
 (2 to 3 s each) or a return (5 s out: 7 to 8 s). The default tier keeps a replica
-failing every call, the cap and the pool's stop (about 6 s).
+failing every call, the cap, the last one left and the pool's stop (about 6 s).
 
 The bounds are counts of calls, not times: a call belongs to the ejection it began
 after (the pick is made as the call is made), and what was in flight on the backend when
@@ -511,6 +511,32 @@ async def test_the_only_replica_failing_every_call_is_never_ejected(pool_name: s
     assert status.ejected == {}
     # Its calls still go to it and fail as it fails them, not for want of a channel.
     assert {call.answer for call in run.calls} == {"INTERNAL"}
+
+
+async def test_an_ejected_replica_comes_back_at_once_when_it_is_the_last_one_left(
+    pool_name: str,
+) -> None:
+    """Never the last: once every other replica is gone, the pool hands out the one it
+    ejected, as Envoy's panic threshold and Finagle's balancers do, instead of nothing."""
+    async with under_load(pool_name, [], [], FAIL, callers=12) as run:
+        ejection = await run.ejected()
+        await heal(run.servers[2])
+        for server in run.servers[:2]:
+            server.kill()
+        killed = time.monotonic()
+        others = run.addresses[:2]
+        await wait_until(lambda: not any(Pool.status(pool_name).backends[a] for a in others))
+        await more_calls(run.calls, 100)
+        status = Pool.status(pool_name)
+    since = between(run.calls, killed)
+    print(
+        f"{len(since)} calls since the others died: {dict(Counter(c.answer for c in since))}; "
+        f"returned {[(s.backend, s.measurements) for s in run.seen.returned]}"
+    )
+    (back,) = run.seen.returned
+    assert back.at < ejection.at + 5
+    assert status.ejected == {}
+    assert Counter(call.answer for call in since)["r2"] >= 50
 
 
 # --- the application's answers are not failures ---------------------------------------------
