@@ -318,6 +318,22 @@ class Ejector:
             return ejected < in_service // 2
         return ejected == 0 or 100.0 * ejected / max(in_service, 1) < percent
 
+    def over_cap(self, in_service: int, now: float) -> Returned | None:
+        """The default's cap holds as backends leave service, not only when one is
+        ejected: while more are out than half of ``in_service``, the one due back first
+        returns now (so the last backend left is never out). grpc's rule: never."""
+        if self.rules.max_ejection_percent is not None:
+            return None
+        out = list(self.ejected())
+        if len(out) <= in_service // 2:
+            return None
+        rules = self.rules
+        soonest = min(out, key=lambda o: o.returns_at(rules) or 0.0)
+        assert soonest.ejected_at is not None
+        back = Returned(soonest.backend, now - soonest.ejected_at)
+        self._return(soonest, now)
+        return back
+
     def trip(self, outcomes: Outcomes, in_service: int, now: float) -> Ejected | None:
         """``outcomes``' backend failed ``consecutive_failures`` times in a row: eject it
         now, unless the cap says no (it is asked again at its next failure)."""
