@@ -717,9 +717,9 @@ def test_nothing_sweeps_without_a_rule_that_can_eject() -> None:
 def test_forgetting_an_ejected_backend_returns_it() -> None:
     fleet = Fleet(default_rules(), A, B, C)
     fleet.call(A, INTERNAL, 5)
-    assert fleet.ejector.forget({B, C}) == [Returned(A, 0.0)]
+    assert fleet.ejector.forget({B, C}, fleet.clock() + 2.0) == [Returned(A, 2.0)]
     assert set(fleet.ejector.by_backend) == {B, C}
-    assert fleet.ejector.forget({B}) == []
+    assert fleet.ejector.forget({B}, fleet.clock()) == []
 
 
 # --- status_code on real grpc.aio calls ----------------------------------------------------------

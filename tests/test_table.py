@@ -610,6 +610,23 @@ def test_grpcs_cap_counts_every_backend_the_resolver_found() -> None:
     assert sorted(e.backend for e in follow.ejected) == held
 
 
+def test_a_backend_the_resolver_drops_while_ejected_is_let_go() -> None:
+    pool = serving(2, A, B)
+    pool.eject(A)
+    (a_slot,) = pool.slots(A)
+    follow = pool.apply(None, Resolved((B,)))
+    assert follow.orders == (a_slot.index,)  # its channel moves, though out of the hand-out
+    assert A in pool.table.ejected()  # until the backend is gone, it stays ejected
+    pool.apply(a_slot.index, Swapped(Channel(B), B, "SERVING"))
+    assert pool.handed_out() == [B, B]
+    follow = pool.sweep()
+    assert follow.returned == (Returned(A, 1.0),)  # reported, as every ejection's end
+    assert pool.table.ejected() == {}
+    assert A not in pool.table.ejector.by_backend
+    pool.apply(None, Resolved((A, B)))
+    assert A not in pool.table.ejected()  # back as new
+
+
 def test_a_trip_from_a_backend_let_go_since_is_ignored() -> None:
     pool = serving(2, A, B)
     (a_slot,) = pool.slots(A)

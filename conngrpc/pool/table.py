@@ -584,7 +584,7 @@ class PoolTable:
             self._serve_backend(back.backend, True, done)
         keep = set(self.backends)
         keep.update(backend for backend, count in self.holding.items() if count)
-        self.ejector.forget(keep)
+        done.returned.extend(self.ejector.forget(keep, self._clock()))
 
     def _eject(self, ejected: Ejected, done: _Change) -> None:
         done.ejected.append(ejected)
