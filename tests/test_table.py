@@ -538,7 +538,7 @@ def test_a_channel_that_connects_to_an_ejected_backend_waits_for_its_return() ->
     follow = pool.apply(2, HealthChanged(serving=True, status="SERVING"))
     assert not follow.room
     assert isinstance(pool.table.records[2].state, Serving)
-    assert new not in pool.table.handout.channels
+    assert pool.handed_out() == [other]
     (slot,) = pool.slots(other)
     follow = pool.apply(slot.index, Swapped(Channel(out), out, "SERVING"))  # a replacement
     assert not follow.room
