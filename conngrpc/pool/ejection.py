@@ -300,12 +300,13 @@ class Ejector:
         found = self.by_backend.get(backend)
         return found is not None and found.ejected_at is not None
 
-    def forget(self, keep: Collection[str]) -> list[Returned]:
-        """Let go of the backends not in ``keep`` (the resolver dropped them)."""
+    def forget(self, keep: Collection[str], now: float) -> list[Returned]:
+        """Let go of the backends not in ``keep`` (the resolver dropped them); those
+        ejected end their ejection now (for whoever counts the ejected ones)."""
         gone = [o for b, o in self.by_backend.items() if b not in keep]
         for outcomes in gone:
             del self.by_backend[outcomes.backend]
-        return [Returned(o.backend, 0.0) for o in gone if o.ejected_at is not None]
+        return [Returned(o.backend, now - o.ejected_at) for o in gone if o.ejected_at is not None]
 
     def may_eject(self, in_service: int, ejected: int) -> bool:
         """Whether one more backend may go, with ``ejected`` of ``in_service`` out.

@@ -593,7 +593,7 @@ class PoolTable:
             self._serve_backend(back.backend, True, done)
         keep = set(self.backends)
         keep.update(backend for backend, count in self.holding.items() if count)
-        self.ejector.forget(keep)
+        done.returned.extend(self.ejector.forget(keep, self._clock()))
 
     def _keep_cap(self, done: _Change) -> None:
         """Backends that left service may leave too many out: return the soonest due
