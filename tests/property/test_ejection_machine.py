@@ -8,8 +8,9 @@ rules are the default's, or grpc's ``outlier_detection_experimental``.
 - At every step: the table agrees with itself, hands out exactly the serving channels
   of the backends not ejected, and reports each ejection and return once.
 - At each ejection: the cap held (the default: at most half of the backends serving or
-  ejected, so never the last; grpc's: the first, then while fewer than
-  ``maxEjectionPercent`` percent); a sweep ejects no backend without a failure that
+  ejected, so never the last, and so as backends leave service, the soonest due
+  returning early; grpc's: the first, then while fewer than ``maxEjectionPercent``
+  percent of those serving or ejected); a sweep ejects no backend without a failure that
   counts since the last sweep, a trip only the backend that failed enough in a row.
 - At each sweep: every backend whose ejection time is over is back, none earlier.
 - A backend that recovers (only successes from now on) is back within its ejection
@@ -199,13 +200,20 @@ class EjectionMachine(RuleBasedStateMachine):
         assert len(set(new)) == len(new), new
         assert not set(new) & was, (new, was)
         assert set(back) <= was, (back, was)
+        early = set(back)
         if isinstance(change, Sweep):
-            assert set(back) == due, (back, due)  # every one due, none earlier
+            assert due <= set(back), (back, due)  # every one due
+            early -= due
             for b in new:
                 assert self.failed[b], (b, self.failed)  # a failure that counts, this interval
             self.failed = dict.fromkeys(self.backends, 0)
-        else:
-            assert not back
+        if early:
+            # Only the default returns a backend before its time: when backends left
+            # service, so that more than half of those left were out; no more than that.
+            assert self.policy.max_ejection_percent is None, early
+            left = (was | set(new)) - set(back)
+            assert len(left) == self._in_service() // 2, (early, left, self._in_service())
+        if not isinstance(change, Sweep):
             if isinstance(change, Tripped):
                 assert set(new) <= {change.outcomes.backend}, new
                 assert not new or streak >= self._threshold(), (new, streak)
@@ -220,8 +228,7 @@ class EjectionMachine(RuleBasedStateMachine):
             self.streak[b] = self._threshold() - 1 if self.policy.consecutive_failures else 0
 
     def _in_service(self) -> int:
-        if self.policy.max_ejection_percent is not None:
-            return len(self.backends)
+        """The backends the pool balances over: serving a channel, or ejected."""
         table = self.pool.table
         return len({s.backend for s in table.handout.slots} | set(table.ejected()))
 
@@ -259,8 +266,10 @@ class EjectionMachine(RuleBasedStateMachine):
     def the_default_never_ejects_every_backend(self) -> None:
         if not self.backends or self.policy.max_ejection_percent is not None:
             return
-        # Each ejection left at most half of those in service out (checked as it
-        # happened), and no more are in service than there are backends: never all.
+        # At most half of those in service are out, as backends leave service too (an
+        # ejected one returns early), and no more are in service than there are
+        # backends: never all.
+        assert len(self.ejected) <= self._in_service() // 2, (self.ejected, self._in_service())
         assert len(self.ejected) <= len(self.backends) // 2
 
 
