@@ -237,8 +237,10 @@ class EjectionMachine(RuleBasedStateMachine):
         percent = self.policy.max_ejection_percent
         if percent is None:
             return in_service // 2
-        return next(
-            (k for k in range(1, in_service) if 100 * k / in_service >= percent), in_service
+        # grpc's: the first always (even of none serving), then while under the percent
+        return max(
+            1,
+            next((k for k in range(1, in_service) if 100 * k / in_service >= percent), in_service),
         )
 
     def _outcomes(self) -> list[Outcomes]:
