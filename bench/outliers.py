@@ -1,0 +1,378 @@
+"""Outliers: one replica of three goes bad; how many calls it still gets, and what that costs.
+
+Three replicas (``bench._fleet_server``, each in its own process): two answer ``Sleep`` in
+20 ms, the third is bad in the way the scenario says. 30 callers call in a closed loop,
+each call with a 1 s deadline, through each client in turn (one at a time, all in one
+run); each client is made afresh when its run begins, after its connections are up, so
+the time it takes to notice the bad replica counts:
+
+- conngrpc's PooledChannel over a pool of 6 with no configuration (its default ejection);
+- the same pool given ``CONFIG`` as its ``service_config`` setting (a JSON string);
+- one grpc channel with ``round_robin`` over the three addresses (``ipv4:a,b,c``);
+- one grpc channel given the same ``CONFIG`` as ``grpc.service_config``: grpc's outlier
+  detection (gRFC A50) over ``round_robin``.
+
+Scenarios: (1a) the bad replica fails every call at once with INTERNAL, (1b) with
+UNAVAILABLE; (2) it fails 30% of its calls with INTERNAL after 20 ms; (3) it never
+answers, so each call it gets waits for its deadline; (4) no bad replica: three healthy
+ones, the two pools only.
+
+The share of calls each replica got is counted by the replicas themselves (their
+``Stats``: calls received), so a call that hit its deadline counts where it was sent.
+What a pool ejected: its ``("conngrpc", "pool", "backend_ejected")`` telemetry events
+(their time, to count the calls started after the first ejection of the bad replica that
+hit their deadline) and the backends ``Pool.status(name).ejected`` listed, read every
+100 ms.
+
+The healthy baseline (4) sets the default pool against the pool given ``CONFIG``: once
+ejection is the default there is no pool without it, and with ``CONFIG`` the pool ejects
+a backend only past 25% failed calls out of 20 or more in a second, which three healthy
+replicas never come near; so the two differ by the default's rules alone, counting the
+same calls. Neither may eject a backend, and the default may cost no more than 5% of
+calls/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from conngrpc import Pool, telemetry
+from conngrpc._server import ServerProcess
+
+from ._common import LEVEL, Section, ms, percentile
+from .fleet import _stats, no_more_than
+from .pooled import FLEET_SLEEP, Call, Run, _errors, _grpc, _load, _pooled, _round_robin_config
+
+#: The service config both the pool and grpc are given: A50's outlier detection,
+#: ejecting a backend past 25% failed calls (20 calls or more in an interval), at most
+#: half of them, over round_robin.
+CONFIG = {
+    "loadBalancingConfig": [
+        {
+            "outlier_detection_experimental": {
+                "interval": "1s",
+                "baseEjectionTime": "5s",
+                "maxEjectionPercent": 50,
+                "failurePercentageEjection": {
+                    "threshold": 25,
+                    "requestVolume": 20,
+                    "minimumHosts": 3,
+                },
+                "childPolicy": [{"round_robin": {}}],
+            }
+        }
+    ]
+}
+CALLERS = 30
+CALL_MS = b"20"
+DEADLINE = 1.0
+POOL_SIZE = 6
+#: How often Pool.status(name).ejected is read during a run, in seconds.
+POLL = 0.1
+EJECTED = ("conngrpc", "pool", "backend_ejected")
+
+DEFAULT = f"conngrpc PooledChannel, pool of {POOL_SIZE}, no configuration"
+CONFIGURED = f"conngrpc PooledChannel, pool of {POOL_SIZE}, service_config"
+RR = "grpc round_robin"
+OD = "grpc outlier_detection + round_robin"
+POOLS = (DEFAULT, CONFIGURED)
+ALL = (DEFAULT, CONFIGURED, RR, OD)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    #: the bad replica's arguments (bench._fleet_server's fault modes); none: it is healthy
+    fault: tuple[str, ...]
+    clients: tuple[str, ...] = ALL
+
+
+SCENARIOS = (
+    Scenario(
+        "1a",
+        "one replica fails every call at once with INTERNAL",
+        ("--fail-code", "INTERNAL", "--fail-percent", "100"),
+    ),
+    Scenario(
+        "1b",
+        "one replica fails every call at once with UNAVAILABLE",
+        ("--fail-code", "UNAVAILABLE", "--fail-percent", "100"),
+    ),
+    Scenario(
+        "2",
+        "one replica fails 30% of its calls with INTERNAL after 20 ms",
+        ("--fail-code", "INTERNAL", "--fail-percent", "30", "--fail-after-ms", "20"),
+    ),
+    Scenario("3", "one replica never answers", ("--hang",)),
+    Scenario("4", "the healthy baseline, three healthy replicas", (), POOLS),
+)
+
+
+@dataclass
+class Ejections:
+    """What a pool said about ejections during a run."""
+
+    #: (time.perf_counter(), backend) of each backend_ejected event
+    events: list[tuple[float, str]] = field(default_factory=list)
+    #: every backend Pool.status(name).ejected listed at one of its readings
+    listed: set[str] = field(default_factory=set)
+    #: False when the pool's status has no ``ejected`` (a conngrpc without ejection)
+    status_known: bool = True
+
+    def backends(self) -> set[str]:
+        return {backend for _, backend in self.events} | self.listed
+
+    def first(self, port: int) -> float | None:
+        """When the backend on ``port`` was first ejected (an event), if it was."""
+        return min((at for at, backend in self.events if _on(backend, port)), default=None)
+
+
+@dataclass
+class Outcome:
+    """One client's run: what its callers saw, what each replica received, its ejections."""
+
+    run: Run = field(default_factory=Run)
+    #: calls each replica received during the run, by port, from the replicas' Stats
+    received: dict[int, int] = field(default_factory=dict)
+    ejections: Ejections | None = None  # a pool's only
+    error: str = ""  # why the client could not run
+
+    @property
+    def attempts(self) -> int:
+        return len(self.run.latencies) + sum(self.run.errors.values())
+
+    def failed(self, code: str | None = None) -> float:
+        """The share of calls that failed (with ``code``, if given), in %."""
+        errors = self.run.errors[code] if code else sum(self.run.errors.values())
+        return 100 * errors / self.attempts if self.attempts else float("nan")
+
+    def share(self, port: int) -> float:
+        """The share of the calls the replica on ``port`` received, in %."""
+        total = sum(self.received.values())
+        return 100 * self.received.get(port, 0) / total if total else float("nan")
+
+    def late(self, port: int) -> float:
+        """Calls that hit their deadline, started after the first ejection of the replica
+        on ``port``; not a number when it was never ejected."""
+        ejected = self.ejections.first(port) if self.ejections else None
+        if ejected is None:
+            return float("nan")
+        return sum(began >= ejected for began in self.run.deadline_starts)
+
+
+def _on(backend: str, port: int) -> bool:
+    return backend.rsplit(":", 1)[-1] == str(port)
+
+
+@asynccontextmanager
+async def _watching(name: str) -> AsyncIterator[Ejections]:
+    """The pool ``name``'s ejections while the block runs: its events, its status read
+    every ``POLL`` seconds."""
+    seen = Ejections()
+
+    def on_ejected(event: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        if metadata.get("pool_name") == name:
+            seen.events.append((time.perf_counter(), str(metadata.get("backend"))))
+
+    async def poll() -> None:
+        while True:
+            ejected = getattr(Pool.status(name), "ejected", None)
+            if ejected is None:
+                seen.status_known = False
+                return
+            seen.listed.update(ejected)
+            await asyncio.sleep(POLL)
+
+    handler = f"bench-outliers-{name}"
+    telemetry.attach(handler, EJECTED, on_ejected)
+    poller = asyncio.ensure_future(poll())
+    try:
+        yield seen
+    finally:
+        poller.cancel()
+        with suppress(asyncio.CancelledError):
+            await poller
+        telemetry.detach(handler)
+
+
+def _clients(target: str) -> dict[str, Callable[[str], AbstractAsyncContextManager[Call]]]:
+    """Each client, by label, made for a run: a pool is named ``name``."""
+    config = json.dumps(CONFIG)
+    return {
+        DEFAULT: lambda name: _pooled(target, POOL_SIZE, FLEET_SLEEP, name),
+        CONFIGURED: lambda name: _pooled(
+            target, POOL_SIZE, FLEET_SLEEP, name, service_config=config
+        ),
+        RR: lambda name: _grpc(target, FLEET_SLEEP, _round_robin_config()),
+        OD: lambda name: _grpc(target, FLEET_SLEEP, [("grpc.service_config", config)]),
+    }
+
+
+async def _received(servers: list[ServerProcess]) -> dict[int, int]:
+    return {server.port: (await _stats(server))["calls"] for server in servers}
+
+
+async def _measure(
+    label: str,
+    client: Callable[[str], AbstractAsyncContextManager[Call]],
+    name: str,
+    servers: list[ServerProcess],
+    seconds: float,
+) -> Outcome:
+    """One client's run of ``seconds``; a pool setting it does not know is an error row."""
+    outcome = Outcome()
+    before = await _received(servers)
+    try:
+        watch = _watching(name) if label in POOLS else nullcontext(None)
+        async with client(name) as call, watch as outcome.ejections:
+            await _load(call, CALLERS, seconds, lambda: CALL_MS, outcome.run, timeout=DEADLINE)
+    except (TypeError, ValueError) as error:  # a conngrpc without the setting, or a bad one
+        outcome.error = f"{type(error).__name__}: {str(error).split('; ')[0]}"
+    after = await _received(servers)
+    outcome.received = {port: after[port] - before[port] for port in after}
+    return outcome
+
+
+async def outliers(quick: bool) -> list[Section]:
+    """Every scenario, each client in turn; one table per scenario."""
+    seconds = 0.3 if quick else 12.0
+    healthy = [ServerProcess(module="bench._fleet_server") for _ in range(2)]
+    for server in healthy:
+        await asyncio.to_thread(server.start)
+    sections = []
+    try:
+        for scenario in SCENARIOS:
+            bad = ServerProcess(module="bench._fleet_server", args=list(scenario.fault))
+            await asyncio.to_thread(bad.start)
+            servers = [*healthy, bad]
+            clients = _clients("ipv4:" + ",".join(s.address for s in servers))
+            try:
+                outcomes = {
+                    label: await _measure(
+                        label,
+                        clients[label],
+                        f"bench-outliers-{scenario.key}-{i}",
+                        servers,
+                        seconds,
+                    )
+                    for i, label in enumerate(scenario.clients)
+                }
+            finally:
+                bad.kill()
+            sections.append(_table(scenario, outcomes, bad.port, seconds))
+    finally:
+        for server in healthy:
+            server.kill()
+    return sections
+
+
+def _table(scenario: Scenario, outcomes: dict[str, Outcome], bad: int, seconds: float) -> Section:
+    hang = scenario.key == "3"
+    section = Section(
+        f"Outliers ({scenario.key}): {scenario.title}, {CALLERS} callers",
+        [
+            "client",
+            "calls/s (successful)",
+            "failed %",
+            "share per replica (the bad one last)",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "backends ejected",
+            *(["deadline calls started after the ejection"] if hang else []),
+        ],
+    )
+    for label, outcome in outcomes.items():
+        run = outcome.run
+        if outcome.error:
+            section.add(label, *["-"] * 5, f"not run: {outcome.error}", *["-"] * (1 + hang))
+            continue
+        shares = " / ".join(f"{outcome.share(port):.1f}%" for port in outcome.received)
+        section.add(
+            label,
+            run.rate,
+            outcome.failed(),
+            shares,
+            ms(percentile(run.latencies, 50)),
+            ms(percentile(run.latencies, 99)),
+            _errors(run),
+            _ejected(outcome.ejections),
+            *([outcome.late(bad)] if hang else []),
+        )
+    _targets(scenario, section, outcomes, bad)
+    section.notes.append(
+        f"{seconds:g} s per client, each call with a {DEADLINE:g} s deadline, the clients one "
+        "at a time; the pools' and grpc's outlier detection given the same service config: "
+        f"`{json.dumps(CONFIG)}`."
+    )
+    return section
+
+
+def _ejected(ejections: Ejections | None) -> str:
+    """The backends a pool ejected, as its events and its status said; '-' for grpc."""
+    if ejections is None:
+        return "-"
+    events = f"{len(ejections.events)} event(s)"
+    if not ejections.status_known:
+        return f"{events}; status has no ejected"
+    backends = ", ".join(sorted(ejections.backends())) or "none"
+    return f"{events}; {backends}"
+
+
+def _targets(scenario: Scenario, section: Section, outcomes: dict[str, Outcome], bad: int) -> None:
+    """The issue's targets for ``scenario``, each set against a client of the same run."""
+    if scenario.key == "4":
+        for label in POOLS:
+            ejections = outcomes[label].ejections
+            ever = float("nan")  # so a MISS, where the pool's status cannot say
+            if ejections is not None and ejections.status_known:
+                ever = len(ejections.backends())
+            section.target(f"backends ever ejected, {label}", ever, "=", 0)
+        section.target(
+            f"successful calls/s, {DEFAULT}",
+            outcomes[DEFAULT].run.rate,
+            ">=",
+            1 - LEVEL,
+            CONFIGURED,
+            outcomes[CONFIGURED].run.rate,
+        )
+        return
+    od = outcomes[OD]
+    if scenario.key == "3":
+        code = "DEADLINE_EXCEEDED"
+        for label in POOLS:
+            name = f"calls that hit their deadline %, {label}"
+            if label == DEFAULT:
+                section.target(name, outcomes[label].failed(code), "<=", 1.2)
+            no_more_than(section, name, outcomes[label].failed(code), od.failed(code), OD)
+            section.target(
+                f"deadline calls started after the ejection, {label}",
+                outcomes[label].late(bad),
+                "=",
+                0,
+            )
+        return
+    configured = outcomes[CONFIGURED]
+    no_more_than(section, f"failed %, {CONFIGURED}", configured.failed(), od.failed(), OD)
+    if scenario.key == "2":
+        return
+    section.target(
+        f"successful calls/s, {CONFIGURED}", configured.run.rate, ">=", 1 - LEVEL, OD, od.run.rate
+    )
+    default = outcomes[DEFAULT]
+    section.target(f"failed %, {DEFAULT}", default.failed(), "<", 1, OD, od.failed())
+    section.target(
+        f"the bad replica's share %, {DEFAULT}",
+        default.share(bad),
+        "<",
+        1,
+        RR,
+        outcomes[RR].share(bad),
+    )
