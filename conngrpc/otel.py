@@ -37,7 +37,7 @@ from . import __version__, telemetry
 from ._log import get_logger
 from .channel.target import parse_target
 from .channel.worker import CONNECTED, CONNECTION_FAILED, DISCONNECTED
-from .pool.runtime import PoolStatus, channels, pools
+from .pool.runtime import BACKEND_EJECTED, PoolStatus, channels, pools
 from .supervisor.supervisor import CHILD_RESTARTED
 
 __all__ = ["HANDLER_ID", "ConnGRPCInstrumentor"]
@@ -52,7 +52,7 @@ CONNECT_DURATION_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 
-_EVENTS = (CONNECTED, CONNECTION_FAILED, DISCONNECTED, CHILD_RESTARTED)
+_EVENTS = (CONNECTED, CONNECTION_FAILED, DISCONNECTED, CHILD_RESTARTED, BACKEND_EJECTED)
 _log = get_logger("conngrpc.otel")
 
 Attributes = dict[str, AttributeValue]
@@ -174,6 +174,18 @@ class _Session:
             unit="{restart}",
             description="Children a supervisor restarted after they exited.",
         )
+        self.ejections = meter.create_counter(
+            "conngrpc.pool.backend.ejections",
+            unit="{ejection}",
+            description="Backends taken out of a pool's pick because their calls failed, "
+            "by reason.",
+        )
+        meter.create_observable_gauge(
+            "conngrpc.pool.backends.ejected",
+            callbacks=[self._guarded(_observe_ejected)],
+            unit="{backend}",
+            description="Backends out of the pool's pick now (their calls failed).",
+        )
         meter.create_observable_gauge(
             "conngrpc.pool.channels.connected",
             callbacks=[self._guarded(_observe_connected)],
@@ -245,6 +257,9 @@ class _Session:
         elif event == DISCONNECTED:
             attributes["reason"] = str(metadata.get("reason"))
             self.disconnects.add(1, attributes)
+        elif event == BACKEND_EJECTED:
+            attributes["reason"] = str(metadata.get("reason"))
+            self.ejections.add(1, attributes)
 
     def _failed(self, exc: Exception, what: str, where: object) -> None:
         """Log the first failure of this session at warning level, later ones at debug."""
@@ -255,6 +270,10 @@ class _Session:
 
 def _observe_expected(status: PoolStatus) -> Iterator[Observation]:
     yield Observation(status.expected_size, {"pool.name": status.name})
+
+
+def _observe_ejected(status: PoolStatus) -> Iterator[Observation]:
+    yield Observation(len(status.ejected), {"pool.name": status.name})
 
 
 def _observe_in_flight(status: PoolStatus) -> Iterator[Observation]:

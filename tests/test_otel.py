@@ -16,6 +16,8 @@ from opentelemetry.metrics import Counter, NoOpCounter, NoOpMeter, NoOpMeterProv
 
 from conngrpc import Channel, Pool, Supervisor, telemetry
 from conngrpc.otel import HANDLER_ID, ConnGRPCInstrumentor, _server
+from conngrpc.pool.runtime import pools
+from conngrpc.pool.table import Tripped
 from conngrpc.testing import FakeConnector
 from tests._logs import capture_logs
 from tests._otel import Metrics, instrumented
@@ -27,6 +29,8 @@ pytestmark = pytest.mark.anyio
 CONNECTS = "conngrpc.channel.connects"
 CONNECTED = "conngrpc.pool.channels.connected"
 EXPECTED = "conngrpc.pool.channels.expected"
+EJECTIONS = "conngrpc.pool.backend.ejections"
+EJECTED = "conngrpc.pool.backends.ejected"
 
 
 @pytest.fixture
@@ -51,7 +55,7 @@ async def test_instrumenting_twice_counts_each_connect_once(pool_name: str, otel
     assert [log["event"] for log in logs] == [
         "conngrpc is instrumented already; instrument() ignored"
     ]
-    assert [h.id for h in telemetry.list_handlers()].count(HANDLER_ID) == 4  # four events
+    assert [h.id for h in telemetry.list_handlers()].count(HANDLER_ID) == 5  # five events
     async with running_pool(pool_name, 3, fake_channel(FakeConnector())):
         assert otel.value(CONNECTS, pool_name=pool_name) == 3
         assert otel.value(EXPECTED, pool_name=pool_name) == 3
@@ -133,7 +137,7 @@ async def test_a_failing_instrument_never_reaches_the_pool_nor_gets_detached(
             async with running_pool(pool_name, 2, fake_channel(connector)):
                 connector.drop(0)
                 await wait_until(lambda: reconnected(connector, pool_name))
-        assert len([h for h in telemetry.list_handlers() if h.id == HANDLER_ID]) == 4
+        assert len([h for h in telemetry.list_handlers() if h.id == HANDLER_ID]) == 5
     finally:
         instrumentor.uninstrument()
     failures = [log for log in logs if log["event"] == "conngrpc.otel could not record a metric"]
@@ -176,3 +180,27 @@ def test_a_backend_becomes_server_address_and_port(
     backend: str, attributes: dict[str, Any]
 ) -> None:
     assert dict(_server(backend)) == attributes
+
+
+async def test_an_ejection_is_counted_by_reason_and_the_ejected_backends_are_a_gauge(
+    pool_name: str, otel: Metrics
+) -> None:
+    connector = FakeConnector()
+    channel = fake_channel(connector)
+    async with running_pool(pool_name, 2, channel, resolver=lambda: ["fake:1", "fake:2"]):
+        await wait_until(lambda: set(Pool.status(pool_name).backends.values()) == {1})
+        runtime = pools.get(pool_name)
+        assert runtime is not None
+        outcomes = runtime.table.ejector.by_backend["fake:2"]
+        runtime.report(None, Tripped(outcomes))  # as five failures in a row would
+        assert list(Pool.status(pool_name).ejected) == ["fake:2"]
+        assert otel.value(EJECTED, pool_name=pool_name) == 1
+        assert otel.attribute_sets(EJECTIONS) == [
+            {
+                "pool.name": pool_name,
+                "server.address": "fake",
+                "server.port": 2,
+                "reason": "consecutive_failures",
+            }
+        ]
+        assert otel.value(EJECTIONS) == 1

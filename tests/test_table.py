@@ -330,7 +330,7 @@ def test_a_replacement_brings_what_its_health_check_said() -> None:
 
 def test_the_resolver_loop_reports_only_what_it_knows() -> None:
     pool = Table(1, A)
-    with pytest.raises(TypeError, match="expected Resolved, Tick or Closing"):
+    with pytest.raises(TypeError, match="expected Resolved, Tick, Sweep, Tripped or Closing"):
         pool.apply(None, Attempting())
 
 

@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import grpc.aio
 import pytest
 
 from conngrpc import Channel, ExponentialBackoff, Pool, Supervisor, SupervisorGaveUpError, telemetry
+from conngrpc._server import start_server
+from conngrpc.channel.connector import raw_unary
 from conngrpc.testing import FakeConnector
 from tests._probe import recording, wait_until
 
@@ -41,6 +44,52 @@ def documented_fields() -> dict[Event, dict[str, set[str]]]:
         for kind, bullet in re.findall(r"^- (measurements|metadata):(.*(?:\n  .*)*)", body, re.M):
             found[kind] = set(re.findall(r"`([a-z_][a-z0-9_]*)`", bullet))
     return fields
+
+
+#: grpc's rules, quick: every failed call counts, a sweep every 50 ms ejects a backend
+#: that failed any, for 100 ms; at most half of the two backends.
+EJECT_FAST = {
+    "loadBalancingConfig": [
+        {
+            "outlier_detection_experimental": {
+                "interval": "0.05s",
+                "baseEjectionTime": "0.1s",
+                "maxEjectionPercent": 50,
+                "failurePercentageEjection": {
+                    "threshold": 0,
+                    "requestVolume": 1,
+                    "minimumHosts": 1,
+                },
+                "childPolicy": [{"round_robin": {}}],
+            }
+        }
+    ]
+}
+
+
+async def _eject_and_return(log: Any) -> None:
+    """Calls that fail (UNIMPLEMENTED: a method two real servers lack) through a pool's
+    PooledChannel, until one backend has been ejected and has returned."""
+    servers = [await start_server() for _ in range(2)]
+    try:
+        addresses = [f"127.0.0.1:{port}" for _, port in servers]
+        spec = Pool.child_spec(
+            name="docs-ejecting",
+            pool_size=2,
+            channel={"address": addresses[0]},
+            resolver=lambda: addresses,
+            service_config=EJECT_FAST,
+        )
+        async with Supervisor([spec]):
+            await Pool.wait_connected("docs-ejecting", timeout=5)
+            missing = raw_unary(Pool.channel("docs-ejecting"), "/no.Such/Method")
+            with anyio.fail_after(10):
+                while not log.of("backend_returned"):
+                    with pytest.raises(grpc.aio.AioRpcError):
+                        await missing(b"", timeout=5)
+    finally:
+        for server, _ in servers:
+            await server.stop(None)
 
 
 def events_in_the_code() -> set[Event]:
@@ -115,6 +164,7 @@ async def test_every_documented_event_is_emitted() -> None:
                     async with Supervisor([doomed], max_restarts=0):
                         await anyio.sleep_forever()
                 assert sup.count_children().active == 2
+            await _eject_and_return(log)
     finally:
         telemetry.detach("docs-broken-handler")
     assert set(log.names()) == documented_events()

@@ -12,10 +12,14 @@ import bisect
 import itertools
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
+
+if TYPE_CHECKING:
+    from .ejection import Outcomes
+    from .service_config import Pick
 
 __all__ = ["EXACT_PICK_UP_TO", "HandOut", "Slot"]
 
@@ -38,14 +42,30 @@ class Slot:
     rejoins (NOT_SERVING, then SERVING again) keeps its count, and the pick sees its calls.
     """
 
-    __slots__ = ("backend", "callables", "channel", "drained", "ended", "in_flight", "index")
+    __slots__ = (
+        "backend",
+        "callables",
+        "channel",
+        "drained",
+        "ended",
+        "in_flight",
+        "index",
+        "outcomes",
+    )
 
     def __init__(
-        self, index: int, channel: grpc.aio.Channel, backend: str, ended: Callable[[], None]
+        self,
+        index: int,
+        channel: grpc.aio.Channel,
+        backend: str,
+        ended: Callable[[], None],
+        outcomes: Outcomes,
     ) -> None:
         self.index = index
         self.channel = channel
         self.backend = backend
+        #: how the calls on its backend ended, which may eject the backend
+        self.outcomes = outcomes
         self.in_flight = 0
         #: what runs when one of its calls ends: the pool's admission counts it
         self.ended = ended
@@ -57,9 +77,12 @@ class Slot:
     def __repr__(self) -> str:
         return f"<Slot {self.index} {self.backend} in_flight={self.in_flight}>"
 
-    def done(self, _: object = None) -> None:
-        """A call on this slot ended (grpc's done callback)."""
+    def done(self, call: object = None) -> None:
+        """A call on this slot ended (grpc's done callback): count how, before its room
+        goes to a waiting call (which must not go to a backend it just ejected)."""
         self.in_flight -= 1
+        if call is not None:
+            self.outcomes.record(call)
         if self.drained is not None and not self.in_flight:
             self.drained(self)
         self.ended()
@@ -81,14 +104,21 @@ def _least_loaded(slots: tuple[Slot, ...], start: int) -> Slot:
 class HandOut:
     """The serving channels in index order, and the two ways to take one."""
 
-    __slots__ = ("_channels", "_slots", "channels", "counter", "slots")
+    __slots__ = ("_channels", "_choices", "_slots", "channels", "counter", "pick", "slots")
 
-    def __init__(self) -> None:
+    def __init__(self, pick: Pick = "least_loaded", choice_count: int = 2) -> None:
         self.slots: tuple[Slot, ...] = ()
         self.channels: tuple[grpc.aio.Channel, ...] = ()
         self.counter = itertools.count()
         self._slots: list[Slot] = []  # what slots is a copy of, kept in index order
         self._channels: list[grpc.aio.Channel] = []
+        self._choices = choice_count
+        #: the serving channel a PooledChannel call goes to now that is READY, or None
+        self.pick: Callable[[], Slot | None] = {
+            "least_loaded": self.least_loaded,
+            "round_robin": self.round_robin,
+            "least_request": self.least_request,
+        }[pick]
 
     def __repr__(self) -> str:
         return f"<HandOut {list(self.slots)}>"
@@ -138,7 +168,7 @@ class HandOut:
                 return channel
         return None
 
-    def pick(self) -> Slot | None:
+    def least_loaded(self) -> Slot | None:
         """The serving channel with the fewest calls in flight that is READY, or None.
 
         Up to EXACT_PICK_UP_TO channels, a scan from a turning start (ties take turns);
@@ -156,7 +186,33 @@ class HandOut:
         else:
             first, second = slots[int(_random() * size)], slots[int(_random() * size)]
             best = first if first.in_flight <= second.in_flight else second
-        if best.channel.get_state() is _READY:
-            return best
-        ready = tuple(slot for slot in slots if slot.channel.get_state() is _READY)
+        return best if best.channel.get_state() is _READY else self._least_loaded_ready()
+
+    def _least_loaded_ready(self) -> Slot | None:
+        """The least loaded of the READY slots (the choice was not READY), or None."""
+        ready = tuple(slot for slot in self.slots if slot.channel.get_state() is _READY)
         return _least_loaded(ready, next(self.counter) % len(ready)) if ready else None
+
+    def round_robin(self) -> Slot | None:
+        """The next serving channel that is READY, in turn (``round_robin``), or None."""
+        slots = self.slots
+        size = len(slots)
+        for _ in range(size):
+            slot = slots[next(self.counter) % size]
+            if slot.channel.get_state() is _READY:
+                return slot
+        return None
+
+    def least_request(self) -> Slot | None:
+        """The least loaded of ``choiceCount`` serving channels picked at random that is
+        READY (``least_request_experimental``), or None."""
+        slots = self.slots
+        size = len(slots)
+        if not size:
+            return None
+        best = slots[int(_random() * size)]
+        for _ in range(self._choices - 1):
+            other = slots[int(_random() * size)]
+            if other.in_flight < best.in_flight:
+                best = other
+        return best if best.channel.get_state() is _READY else self._least_loaded_ready()

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -19,19 +20,32 @@ from anyio.abc import TaskStatus
 
 from .. import telemetry
 from .._checks import check_count, check_seconds
+from .._log import get_logger
 from .._tasks import task_group
 from ..channel.changes import Change, Dial, Reply
 from ..channel.worker import run_worker
 from ..errors import NotConnectedError, PoolNotStartedError
 from ..supervisor import ChildSpec, Registry, Supervisor
 from .admission import Admission
+from .ejection import Ejected, Outcomes, Returned, default_rules, rules_from
 from .fleet import backend_backoff, follow_resolver
 from .handout import HandOut
 from .resolver import default_resolver
 from .settings import ResolvedSettings
-from .table import ChannelWorker, Closing, PoolTable, Resolved, Tick, backends_served
+from .table import (
+    ChannelWorker,
+    Closing,
+    PoolTable,
+    Resolved,
+    Sweep,
+    Tick,
+    Tripped,
+    backends_served,
+)
 
 __all__ = [
+    "BACKEND_EJECTED",
+    "BACKEND_RETURNED",
     "STATUS",
     "Kind",
     "PoolRuntime",
@@ -45,6 +59,8 @@ __all__ = [
 ]
 
 STATUS = ("conngrpc", "pool", "status")
+BACKEND_EJECTED = ("conngrpc", "pool", "backend_ejected")
+BACKEND_RETURNED = ("conngrpc", "pool", "backend_returned")
 
 Kind = Literal["pool", "channel"]
 
@@ -69,6 +85,9 @@ class PoolStatus:
     #: on any of its channels that left the hand-out while calls run on it (a health
     #: flap, a replacement draining). They add up to ``in_flight``.
     in_flight_by_channel: Mapping[int, int] = field(default_factory=dict)
+    #: The backends out of the pick now (their calls failed), each with when it comes
+    #: back (``time.time()`` seconds, at the earliest: a sweep returns it).
+    ejected: Mapping[str, float] = field(default_factory=dict)
 
 
 class PoolRuntime:
@@ -88,6 +107,7 @@ class PoolRuntime:
         "expected_size",
         "handout",
         "kind",
+        "log",
         "loop",
         "mock",
         "name",
@@ -104,8 +124,10 @@ class PoolRuntime:
         self.mock = config.mock
         self.loop = asyncio.get_running_loop()
         self.thread = threading.current_thread()
-        self.handout = HandOut()
+        balancing = settings.balancing
+        self.handout = HandOut(balancing.pick, balancing.choice_count)
         self.admission = Admission(self.handout, settings.max_calls_per_channel, self.loop)
+        outliers = balancing.outlier_detection
         self.table = PoolTable(
             name,
             settings.pool_size,
@@ -113,7 +135,10 @@ class PoolRuntime:
             self.handout,
             self.admission.ended,
             backend_backoff(config),
+            rules=default_rules() if outliers is None else rules_from(outliers),
+            tripped=self._tripped,
         )
+        self.log = get_logger("conngrpc.pool").bind(pool_name=name)
         self.stopped: str | None = None  # why the pool stopped, once it has
         self._changed = anyio.Event()
         #: set when a call waiting for a channel may go on: one joined, the pool settled
@@ -132,10 +157,16 @@ class PoolRuntime:
 
     # --- what the workers (and the resolver loop) report: the Owner protocol --------------
 
-    def report(self, index: int | None, change: Change | Resolved | Tick | Closing) -> Reply:
+    def report(
+        self, index: int | None, change: Change | Resolved | Tick | Sweep | Tripped | Closing
+    ) -> Reply:
         """Apply ``change`` to the table, then run its follow-ups; the reporter's reply."""
         settled = self.table.settled
         follow = self.table.apply(index, change)
+        for ejected in follow.ejected:
+            self._ejected(ejected)
+        for back in follow.returned:
+            self._returned(back)
         for ordered in follow.orders:
             event = self._orders.pop(ordered, None)
             if event is not None:
@@ -148,6 +179,41 @@ class PoolRuntime:
             self._wake_ready()
         self._wake()
         return follow.reply
+
+    def _tripped(self, outcomes: Outcomes) -> None:
+        """A backend failed enough calls in a row (a call's done callback): eject it now."""
+        self.report(None, Tripped(outcomes))
+
+    def _ejected(self, ejected: Ejected) -> None:
+        seconds = ejected.until - time.monotonic()
+        telemetry.execute(
+            BACKEND_EJECTED,
+            {
+                "successes": ejected.successes,
+                "failures": ejected.failures,
+                "consecutive_failures": ejected.consecutive,
+                "ejections": ejected.ejections,
+                "ejection_time": round(max(0.0, seconds) * 1e9),
+            },
+            {"pool_name": self.name, "backend": ejected.backend, "reason": ejected.reason},
+        )
+        self.log.warning(
+            "backend ejected",
+            backend=ejected.backend,
+            reason=ejected.reason,
+            failures=ejected.failures,
+            successes=ejected.successes,
+            consecutive_failures=ejected.consecutive,
+            seconds=round(seconds, 3),
+        )
+
+    def _returned(self, back: Returned) -> None:
+        telemetry.execute(
+            BACKEND_RETURNED,
+            {"duration": round(back.ejected_for * 1e9)},
+            {"pool_name": self.name, "backend": back.backend},
+        )
+        self.log.info("backend returned", backend=back.backend, after=round(back.ejected_for, 3))
 
     async def next_order(self, index: int) -> Dial:
         """Wait until the table has an order for worker ``index``; return it."""
@@ -199,7 +265,16 @@ class PoolRuntime:
             backends_served(table),
             self.admission.in_flight,
             by_channel,
+            self.ejected(),
         )
+
+    def ejected(self) -> dict[str, float]:
+        """Backend -> when it returns (``time.time()`` seconds), for the ejected ones."""
+        ejected = self.table.ejected()
+        if not ejected:
+            return ejected
+        shift = time.time() - time.monotonic()
+        return {backend: until + shift for backend, until in ejected.items()}
 
     def workers(self) -> list[ChannelWorker]:
         """Snapshots of the connected workers, in index order."""
@@ -373,6 +448,10 @@ async def run_pool(
                     )
                     for index in range(settings.pool_size)
                 )
+                rules = runtime.table.ejector.rules
+                if rules.sweeps:
+                    sweeper = functools.partial(_sweep, runtime, rules.interval)
+                    children.append(ChildSpec("ejection", sweeper))
                 if kind == "pool":
                     reporter = functools.partial(
                         _report_status, runtime, settings.telemetry_interval
@@ -410,6 +489,14 @@ def _describe(error: BaseException) -> str:
         parts.append(f"{type(seen).__name__}: {seen}")
         seen = seen.__cause__
     return ", caused by ".join(parts)
+
+
+async def _sweep(runtime: PoolRuntime, interval: float, *, task_status: TaskStatus[None]) -> None:
+    """Every ``interval`` seconds: weigh the backends' outcomes, eject and return them."""
+    task_status.started()
+    while True:
+        await anyio.sleep(interval)
+        runtime.report(None, Sweep())
 
 
 async def _report_status(

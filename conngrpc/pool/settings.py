@@ -9,6 +9,7 @@ from typing import Any, TypedDict
 from .._checks import check_count, check_seconds
 from ..channel.config import ChannelConfig, ChannelConfigLike
 from .resolver import Resolver
+from .service_config import PoolServiceConfig, parse_service_config
 
 __all__ = ["PoolSettings", "ResolvedSettings", "check_name", "check_setting", "merge"]
 
@@ -25,6 +26,7 @@ class PoolSettings(TypedDict, total=False):
     resolver: Resolver
     resolve_interval: float
     max_calls_per_channel: int
+    service_config: str | Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +42,58 @@ class ResolvedSettings:
     resolver: Resolver | None = None
     resolve_interval: float = 30.0
     max_calls_per_channel: int | None = None
+    #: grpc's service config as given (a JSON string or a dict), None when none was
+    service_config: str | Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for key in SETTINGS:
             value = getattr(self, key)
-            if not (key in ("resolver", "max_calls_per_channel") and value is None):
+            if not (key in _MAY_BE_NONE and value is None):
                 check_setting(key, value)
+        if self.service_config is not None:
+            channel = _with_service_config(self.channel, self.balancing)
+            object.__setattr__(self, "channel", channel)
+
+    @property
+    def balancing(self) -> PoolServiceConfig:
+        """What the pool does itself of its service config (the defaults when none)."""
+        if self.service_config is None:
+            return PoolServiceConfig()
+        return parse_service_config(self.service_config)
+
+
+def _with_service_config(channel: ChannelConfig, parsed: PoolServiceConfig) -> ChannelConfig:
+    """The channel config each connection gets: the service config's health check, and
+    what the pool leaves to grpc of the document (``methodConfig``, ...) in its options.
+
+    :raises ValueError: ``grpc.service_config`` is in the channel's options too, or
+        ``healthCheckConfig`` names another service than the channel's ``health_check``.
+    """
+    if any(key == _GRPC_SERVICE_CONFIG for key, _ in channel.options):
+        raise ValueError(
+            f"Pool service_config: expected grpc's service config in one place, but "
+            f"channel options give {_GRPC_SERVICE_CONFIG!r} too; give it as the pool's "
+            "service_config alone (the pool balances across its connections itself)"
+        )
+    changes: dict[str, Any] = {}
+    if parsed.health_service is not None:
+        if channel.health_check not in (None, parsed.health_service):
+            raise ValueError(
+                "Pool service_config: healthCheckConfig.serviceName: expected the service "
+                f"the channel's health_check names ({channel.health_check!r}) or no "
+                f"health_check, got {parsed.health_service!r}"
+            )
+        changes["health_check"] = parsed.health_service
+    if parsed.channel_service_config is not None:
+        options = (*channel.options, (_GRPC_SERVICE_CONFIG, parsed.channel_service_config))
+        changes["options"] = options
+    return channel.merged(changes) if changes else channel
+
+
+_GRPC_SERVICE_CONFIG = "grpc.service_config"
+
+
+_MAY_BE_NONE = ("resolver", "max_calls_per_channel", "service_config")
 
 
 SETTINGS = tuple(PoolSettings.__annotations__)
@@ -82,6 +130,8 @@ def check_setting(key: str, value: Any) -> None:
                 "Pool resolver: expected a callable (sync or async) returning backend "
                 f"addresses, got {value!r}"
             )
+    elif key == "service_config":
+        parse_service_config(value)
     elif key == "channel":
         if value is None:
             raise TypeError(

@@ -40,6 +40,7 @@ from ..channel.changes import (
 )
 from ..channel.config import ChannelConfig
 from . import placement
+from .ejection import Ejected, Ejector, Outcomes, Returned, Rules, default_rules
 from .handout import HandOut, Slot
 from .placement import Backend
 from .resolver import dial_config
@@ -57,7 +58,9 @@ __all__ = [
     "Resolved",
     "Serving",
     "State",
+    "Sweep",
     "Tick",
+    "Tripped",
     "WorkerState",
 ]
 
@@ -69,6 +72,7 @@ WorkerState = Literal[
     "connected",
     "watching",
     "not_serving",
+    "ejected",
     "disconnected",
     "mocked",
     "stopped",
@@ -152,6 +156,18 @@ class Tick:
 
 
 @dataclass(frozen=True, slots=True)
+class Sweep:
+    """An ejection interval passed: count the outcomes, eject and return backends."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tripped:
+    """``outcomes``' backend failed enough calls in a row to be ejected at once."""
+
+    outcomes: Outcomes
+
+
+@dataclass(frozen=True, slots=True)
 class Closing:
     """The pool is stopping: nothing is handed out from now on (its channels are about
     to close), and the workers' last reports leave the hand-out alone."""
@@ -163,12 +179,15 @@ class FollowUps:
 
     ``reply`` goes to the worker that reported; ``orders``: workers with a new order
     to wake (:meth:`PoolTable.order`); ``room``: a channel joined the hand-out, so
-    calls waiting for room may start.
+    calls waiting for room may start; ``ejected`` and ``returned``: backends that left
+    the pick or came back.
     """
 
     reply: Reply = NOTHING
     orders: tuple[int, ...] = ()
     room: bool = False
+    ejected: tuple[Ejected, ...] = ()
+    returned: tuple[Returned, ...] = ()
 
 
 # --- the snapshot callers see ----------------------------------------------------------------
@@ -234,6 +253,8 @@ class _Change:
     reply: Reply = NOTHING
     orders: list[int] = field(default_factory=list)
     joined: bool = False  # a channel joined the hand-out
+    ejected: list[Ejected] = field(default_factory=list)
+    returned: list[Returned] = field(default_factory=list)
 
 
 class PoolTable:
@@ -254,10 +275,12 @@ class PoolTable:
         "_dials",
         "_ended",
         "_failures_seen",
+        "_tripped",
         "_turn",
         "backends",
         "closing",
         "draining",
+        "ejector",
         "going",
         "handout",
         "held",
@@ -281,6 +304,8 @@ class PoolTable:
         ended: Callable[[], None],
         backend_backoff: Backoff,
         clock: Callable[[], float] = time.monotonic,
+        rules: Rules | None = None,
+        tripped: Callable[[Outcomes], None] | None = None,
     ) -> None:
         self.name = name
         self._config = config
@@ -307,6 +332,11 @@ class PoolTable:
         self._failures_seen: set[int] = set()  # workers that failed, before it settled
         self.unimplemented_health_seen = False
         self.closing = False  # the pool is stopping: nothing is handed out
+        #: the outcomes of the calls on each backend, and which backends are ejected
+        self.ejector = Ejector(default_rules() if rules is None else rules)
+        #: what a backend's outcomes call when it fails enough in a row (the runtime
+        #: reports Tripped); by default the table applies it at once
+        self._tripped = tripped or self._trip_here
 
     def __repr__(self) -> str:
         return (
@@ -319,8 +349,18 @@ class PoolTable:
     def connected(self) -> Iterator[int]:
         """The indexes counted as connected: handed out, or mocked."""
         for index, record in enumerate(self.records):
-            if isinstance(record.state, Serving | Mocking):
+            state = record.state
+            if isinstance(state, Mocking) or (isinstance(state, Serving) and self._out(state)):
                 yield index
+
+    def _out(self, state: Serving) -> bool:
+        """Whether a serving channel is handed out: its backend is not ejected."""
+        return not self.ejector.is_ejected(state.slot.backend)
+
+    def ejected(self) -> dict[str, float]:
+        """Backend -> when it returns to the pick (this table's clock), for the ejected."""
+        rules = self.ejector.rules
+        return {o.backend: o.returns_at(rules) or 0.0 for o in self.ejector.ejected()}
 
     def connected_count(self) -> int:
         """How many are counted as connected (at no cost: a pool of 1,000 asks it often)."""
@@ -331,10 +371,17 @@ class PoolTable:
         record = self.records[index]
         state = record.state
         slot = record.slot
+        name: WorkerState
+        if isinstance(state, Idle):
+            name = state.phase
+        elif isinstance(state, Serving) and not self._out(state):
+            name = "ejected"  # connected and serving, but its backend's calls failed
+        else:
+            name = _STATE_NAMES[type(state)]
         return ChannelWorker(
             self.name,
             index,
-            state.phase if isinstance(state, Idle) else _STATE_NAMES[type(state)],
+            name,
             None if slot is None else slot.channel,
             None if slot is None else slot.backend,
             record.health,
@@ -362,7 +409,9 @@ class PoolTable:
 
     # --- changing -------------------------------------------------------------------------
 
-    def apply(self, index: int | None, change: Change | Resolved | Tick | Closing) -> FollowUps:
+    def apply(
+        self, index: int | None, change: Change | Resolved | Tick | Sweep | Tripped | Closing
+    ) -> FollowUps:
         """Take in what worker ``index`` (or the resolver loop, None) reports, decide what
         follows, and return the follow-ups for the caller to run outside the table."""
         done = _Change()
@@ -370,12 +419,17 @@ class PoolTable:
             self._worker_change(index, change, done)
         elif isinstance(change, Resolved):
             self._resolved(change, done)
+        elif isinstance(change, Tripped):
+            self._trip(change.outcomes, done)
+        elif isinstance(change, Sweep):
+            self._sweep(done)
         elif isinstance(change, Closing):
             self.closing = True
             self.handout.clear()  # at once, not one channel at a time as each worker stops
         elif not isinstance(change, Tick):
             raise TypeError(
-                f"pool {self.name!r}: expected Resolved, Tick or Closing, got {change!r}"
+                f"pool {self.name!r}: expected Resolved, Tick, Sweep, Tripped or Closing, "
+                f"got {change!r}"
             )
         move = placement.next_move(self, self._clock())
         if move is not None:
@@ -383,7 +437,13 @@ class PoolTable:
             self._go(move.index, move.to)
             self.records[move.index].order = self._dial(move.to, move.reason)
             done.orders.append(move.index)
-        return FollowUps(done.reply, tuple(done.orders), done.joined)
+        return FollowUps(
+            done.reply,
+            tuple(done.orders),
+            done.joined,
+            tuple(done.ejected),
+            tuple(done.returned),
+        )
 
     def _worker_change(self, index: int, change: object, done: _Change) -> None:
         """Worker ``index``'s transition, one branch per kind of change."""
@@ -436,7 +496,8 @@ class PoolTable:
         """Worker ``index`` holds a new channel: connected (not handed out before its
         health is heard), or a replacement swapped in (handed out at once)."""
         old = record.slot
-        slot = Slot(index, change.channel, change.backend, self._ended)
+        outcomes = self.ejector.outcomes(change.backend, self._tripped)
+        slot = Slot(index, change.channel, change.backend, self._ended, outcomes)
         if isinstance(change, Connected):
             self._set_state(record, Joining(slot), done)
         else:
@@ -492,11 +553,63 @@ class PoolTable:
         self.mocked += isinstance(state, Mocking) - isinstance(old, Mocking)
         if self.closing:
             return  # nothing is handed out any more
-        if isinstance(old, Serving) and not (isinstance(state, Serving) and state.slot is old.slot):
+        same = isinstance(old, Serving) and isinstance(state, Serving) and old.slot is state.slot
+        if same:
+            return
+        if isinstance(old, Serving) and self._out(old):
             self.handout.remove(old.slot)
-        if isinstance(state, Serving) and not (isinstance(old, Serving) and old.slot is state.slot):
+        if isinstance(state, Serving) and self._out(state):
             self.handout.add(state.slot)
             done.joined = True
+
+    # --- ejection -------------------------------------------------------------------------
+
+    def _trip_here(self, outcomes: Outcomes) -> None:
+        self.apply(None, Tripped(outcomes))
+
+    def _in_service(self) -> int:
+        """How many backends the cap on ejections counts: those the pool balances over,
+        serving a channel or ejected. grpc counts every address of its channel, each of
+        which has a connection; a pool smaller than its backends holds none to some,
+        and ejecting by their number could take out every backend it serves."""
+        serving = {slot.backend for slot in self.handout.slots}
+        serving.update(o.backend for o in self.ejector.ejected())
+        return len(serving)
+
+    def _trip(self, outcomes: Outcomes, done: _Change) -> None:
+        if self.ejector.by_backend.get(outcomes.backend) is not outcomes:
+            return  # a backend forgotten since
+        ejected = self.ejector.trip(outcomes, self._in_service(), self._clock())
+        if ejected is not None:
+            self._eject(ejected, done)
+
+    def _sweep(self, done: _Change) -> None:
+        ejected, returned = self.ejector.sweep(self._in_service(), self._clock())
+        for decided in ejected:
+            self._eject(decided, done)
+        for back in returned:
+            done.returned.append(back)
+            self._serve_backend(back.backend, True, done)
+        keep = set(self.backends)
+        keep.update(backend for backend, count in self.holding.items() if count)
+        self.ejector.forget(keep)
+
+    def _eject(self, ejected: Ejected, done: _Change) -> None:
+        done.ejected.append(ejected)
+        self._serve_backend(ejected.backend, False, done)
+
+    def _serve_backend(self, backend: str, serve: bool, done: _Change) -> None:
+        """Hand out the serving channels to ``backend`` (``serve``), or stop to."""
+        if self.closing:
+            return
+        for record in self.records:
+            state = record.state
+            if isinstance(state, Serving) and state.slot.backend == backend:
+                if serve:
+                    self.handout.add(state.slot)
+                    done.joined = True
+                else:
+                    self.handout.remove(state.slot)
 
     def _drain(self, slot: Slot, done: _Change) -> None:
         """``slot``'s channel left: the reporter closes it; its calls still count until
@@ -643,7 +756,11 @@ class PoolTable:
                 assert self.going.get(index) == record.state.backend, (index, record)
             if index in self.going:
                 assert isinstance(record.state, Connecting | Joining | Serving | NotServing)
-        serving = tuple(r.state.slot for r in self.records if isinstance(r.state, Serving))
+        serving = tuple(
+            r.state.slot
+            for r in self.records
+            if isinstance(r.state, Serving) and self._out(r.state)
+        )
         if self.closing:
             serving = ()
         assert self.handout.slots == serving, (self.handout.slots, serving)
