@@ -123,8 +123,6 @@ class Ejections:
     events: list[tuple[float, str]] = field(default_factory=list)
     #: every backend Pool.status(name).ejected listed at one of its readings
     listed: set[str] = field(default_factory=set)
-    #: False when the pool's status has no ``ejected`` (a conngrpc without ejection)
-    status_known: bool = True
 
     def backends(self) -> set[str]:
         return {backend for _, backend in self.events} | self.listed
@@ -183,11 +181,7 @@ async def _watching(name: str) -> AsyncIterator[Ejections]:
 
     async def poll() -> None:
         while True:
-            ejected = getattr(Pool.status(name), "ejected", None)
-            if ejected is None:
-                seen.status_known = False
-                return
-            seen.listed.update(ejected)
+            seen.listed.update(Pool.status(name).ejected)
             await asyncio.sleep(POLL)
 
     handler = f"bench-outliers-{name}"
@@ -319,11 +313,8 @@ def _ejected(ejections: Ejections | None) -> str:
     """The backends a pool ejected, as its events and its status said; '-' for grpc."""
     if ejections is None:
         return "-"
-    events = f"{len(ejections.events)} event(s)"
-    if not ejections.status_known:
-        return f"{events}; status has no ejected"
     backends = ", ".join(sorted(ejections.backends())) or "none"
-    return f"{events}; {backends}"
+    return f"{len(ejections.events)} event(s); {backends}"
 
 
 def _targets(scenario: Scenario, section: Section, outcomes: dict[str, Outcome], bad: int) -> None:
@@ -331,9 +322,7 @@ def _targets(scenario: Scenario, section: Section, outcomes: dict[str, Outcome],
     if scenario.key == "4":
         for label in POOLS:
             ejections = outcomes[label].ejections
-            ever = float("nan")  # so a MISS, where the pool's status cannot say
-            if ejections is not None and ejections.status_known:
-                ever = len(ejections.backends())
+            ever = float("nan") if ejections is None else len(ejections.backends())
             section.target(f"backends ever ejected, {label}", ever, "=", 0)
         section.target(
             f"successful calls/s, {DEFAULT}",
