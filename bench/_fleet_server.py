@@ -2,17 +2,18 @@
 
 ``python -m bench._fleet_server --port 0`` prints ``PORT <n>`` once it listens. It
 answers ``Sleep`` (waits the milliseconds given, plus ``--delay-ms``, and returns its
-own port, so the client
-can tally each backend's share), grpcio-health-checking's ``Health`` service (SERVING;
-SIGUSR1 turns it NOT_SERVING, SIGUSR2 SERVING again, as an operator draining a
-replica would), ``Stats`` (JSON: calls received, and calls received while it was
-NOT_SERVING, counted on the server's side) and ``Count`` (a response stream of as many
-messages as the request says, as fast as the client reads them).
+own port, so the client can tally each backend's share), grpcio-health-checking's
+``Health`` service (SERVING; SIGUSR1 turns it NOT_SERVING, SIGUSR2 SERVING again, as an
+operator draining a replica would), ``Stats`` (JSON: calls received, and calls received
+while it was NOT_SERVING, counted on the server's side) and ``Count`` (a response stream
+of as many messages as the request says, as fast as the client reads them).
 
 Fault modes, for a replica gone bad (by default none): ``--fail-code INTERNAL
---fail-percent 30 --fail-after-ms 20`` fails that share of the ``Sleep`` calls with that
-code after that long, the error's details being the replica's port (so the client can
-tell who failed); ``--hang`` never answers ``Sleep``, so each call waits for its deadline.
+--fail-percent 30 --fail-after-ms 20`` fails that share of the ``Sleep`` calls, drawn at
+random but the same ones in every process (the Nth call a fresh replica receives fails or
+not alike), with that code after that long, the error's details being the replica's port
+(so the client can tell who failed); ``--hang`` never answers ``Sleep``, so each call
+waits for its deadline.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ async def serve(port: int, delay_ms: float, fault: Fault) -> None:
     counts = {"calls": 0, "not_serving_calls": 0}
     serving = [True]
     answer = str(bound).encode()
-    draw = random.Random(bound).random  # the same calls fail in every run
+    draw = random.Random(0).random  # one sequence: clients each given a fresh replica see it
 
     async def sleep(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         counts["calls"] += 1

@@ -3,8 +3,9 @@
 Three replicas (``bench._fleet_server``, each in its own process): two answer ``Sleep`` in
 20 ms, the third is bad in the way the scenario says. 30 callers call in a closed loop,
 each call with a 1 s deadline, through each client in turn (one at a time, all in one
-run); each client is made afresh when its run begins, after its connections are up, so
-the time it takes to notice the bad replica counts:
+run). Each client is made afresh when its run begins, after its connections are up, so
+the time it takes to notice the bad replica counts; and each meets a bad replica started
+afresh, whose faults (drawn from one seed) come in the same order for all:
 
 - conngrpc's PooledChannel over a pool of 6 with no configuration (its default ejection);
 - the same pool given ``CONFIG`` as its ``service_config`` setting (a JSON string);
@@ -37,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,7 +155,9 @@ class Outcome:
     """One client's run: what its callers saw, what each replica received, its ejections."""
 
     run: Run = field(default_factory=Run)
-    #: calls each replica received during the run, by port, from the replicas' Stats
+    bad: int = 0  # the bad replica's port
+    #: calls each replica received during the run, by port (the bad one last), from
+    #: the replicas' Stats
     received: dict[int, int] = field(default_factory=dict)
     ejections: Ejections | None = None  # a pool's only
     error: str = ""  # why the client could not run
@@ -173,20 +176,21 @@ class Outcome:
         total = sum(self.received.values())
         return 100 * self.received.get(port, 0) / total if total else float("nan")
 
-    def late(self, port: int) -> float:
-        """Calls that hit their deadline, started after the first ejection of the replica
-        on ``port``; not a number when it was never ejected."""
-        ejected = self.ejections.first(port) if self.ejections else None
+    def late(self) -> float:
+        """Calls that hit their deadline, started after the bad replica's first
+        ejection; not a number when it was never ejected."""
+        ejected = self.ejections.first(self.bad) if self.ejections else None
         if ejected is None:
             return float("nan")
         return sum(began >= ejected for began in self.run.deadline_starts)
 
-    def while_ejected(self, port: int) -> float:
-        """Calls that hit their deadline, started while the replica on ``port`` was out
-        of the pick (which must send it none); not a number for a grpc client."""
+    def while_ejected(self) -> float:
+        """Calls that hit their deadline, started while the bad replica was out of the
+        pick (which must send it none); not a number for a grpc client."""
         if self.ejections is None:
             return float("nan")
-        return sum(self.ejections.ejected(port, began) for began in self.run.deadline_starts)
+        ejections = self.ejections
+        return sum(ejections.ejected(self.bad, began) for began in self.run.deadline_starts)
 
 
 def _on(backend: str, port: int) -> bool:
@@ -221,17 +225,16 @@ async def _watching(name: str) -> AsyncIterator[Ejections]:
         telemetry.detach(handler)
 
 
-def _clients(target: str) -> dict[str, Callable[[str], AbstractAsyncContextManager[Call]]]:
-    """Each client, by label, made for a run: a pool is named ``name``."""
+def _client(label: str, target: str, name: str) -> AbstractAsyncContextManager[Call]:
+    """The client ``label`` over ``target``; a pool is named ``name``."""
     config = json.dumps(CONFIG)
-    return {
-        DEFAULT: lambda name: _pooled(target, POOL_SIZE, FLEET_SLEEP, name),
-        CONFIGURED: lambda name: _pooled(
-            target, POOL_SIZE, FLEET_SLEEP, name, service_config=config
-        ),
-        RR: lambda name: _grpc(target, FLEET_SLEEP, _round_robin_config()),
-        OD: lambda name: _grpc(target, FLEET_SLEEP, [("grpc.service_config", config)]),
-    }
+    if label == DEFAULT:
+        return _pooled(target, POOL_SIZE, FLEET_SLEEP, name)
+    if label == CONFIGURED:
+        return _pooled(target, POOL_SIZE, FLEET_SLEEP, name, service_config=config)
+    if label == RR:
+        return _grpc(target, FLEET_SLEEP, _round_robin_config())
+    return _grpc(target, FLEET_SLEEP, [("grpc.service_config", config)])
 
 
 async def _received(servers: list[ServerProcess]) -> dict[int, int]:
@@ -239,22 +242,28 @@ async def _received(servers: list[ServerProcess]) -> dict[int, int]:
 
 
 async def _measure(
-    label: str,
-    client: Callable[[str], AbstractAsyncContextManager[Call]],
-    name: str,
-    servers: list[ServerProcess],
-    seconds: float,
+    scenario: Scenario, label: str, healthy: list[ServerProcess], name: str, seconds: float
 ) -> Outcome:
-    """One client's run of ``seconds``; a pool setting it does not know is an error row."""
-    outcome = Outcome()
-    before = await _received(servers)
+    """One client's run of ``seconds`` over the healthy replicas and a bad one of its own,
+    started afresh, so that every client meets the same faults in the same order; a pool
+    setting conngrpc does not know is an error row, not a crash."""
+    bad = ServerProcess(module="bench._fleet_server", args=list(scenario.fault))
+    await asyncio.to_thread(bad.start)
+    servers = [*healthy, bad]
+    outcome = Outcome(bad=bad.port)
     try:
-        watch = _watching(name) if label in POOLS else nullcontext(None)
-        async with client(name) as call, watch as outcome.ejections:
-            await _load(call, CALLERS, seconds, lambda: CALL_MS, outcome.run, timeout=DEADLINE)
-    except (TypeError, ValueError) as error:  # a conngrpc without the setting, or a bad one
-        outcome.error = f"{type(error).__name__}: {str(error).split('; ')[0]}"
-    after = await _received(servers)
+        client = _client(label, "ipv4:" + ",".join(s.address for s in servers), name)
+        before = await _received(servers)
+        try:
+            watch = _watching(name) if label in POOLS else nullcontext(None)
+            async with client as call, watch as outcome.ejections:
+                run, timeout = outcome.run, DEADLINE
+                await _load(call, CALLERS, seconds, lambda: CALL_MS, run, timeout=timeout)
+        except (TypeError, ValueError) as error:  # a conngrpc without the setting, or a bad one
+            outcome.error = f"{type(error).__name__}: {str(error).split('; ')[0]}"
+        after = await _received(servers)
+    finally:
+        bad.kill()
     outcome.received = {port: after[port] - before[port] for port in after}
     return outcome
 
@@ -268,31 +277,20 @@ async def outliers(quick: bool) -> list[Section]:
     sections = []
     try:
         for scenario in SCENARIOS:
-            bad = ServerProcess(module="bench._fleet_server", args=list(scenario.fault))
-            await asyncio.to_thread(bad.start)
-            servers = [*healthy, bad]
-            clients = _clients("ipv4:" + ",".join(s.address for s in servers))
-            try:
-                outcomes = {
-                    label: await _measure(
-                        label,
-                        clients[label],
-                        f"bench-outliers-{scenario.key}-{i}",
-                        servers,
-                        seconds,
-                    )
-                    for i, label in enumerate(scenario.clients)
-                }
-            finally:
-                bad.kill()
-            sections.append(_table(scenario, outcomes, bad.port, seconds))
+            outcomes = {
+                label: await _measure(
+                    scenario, label, healthy, f"bench-outliers-{scenario.key}-{i}", seconds
+                )
+                for i, label in enumerate(scenario.clients)
+            }
+            sections.append(_table(scenario, outcomes, seconds))
     finally:
         for server in healthy:
             server.kill()
     return sections
 
 
-def _table(scenario: Scenario, outcomes: dict[str, Outcome], bad: int, seconds: float) -> Section:
+def _table(scenario: Scenario, outcomes: dict[str, Outcome], seconds: float) -> Section:
     hang = scenario.key == "3"
     section = Section(
         f"Outliers ({scenario.key}): {scenario.title}, {CALLERS} callers",
@@ -323,9 +321,9 @@ def _table(scenario: Scenario, outcomes: dict[str, Outcome], bad: int, seconds: 
             ms(percentile(run.latencies, 99)),
             _errors(run),
             _ejected(outcome.ejections),
-            *([outcome.late(bad), outcome.while_ejected(bad)] if hang else []),
+            *([outcome.late(), outcome.while_ejected()] if hang else []),
         )
-    _targets(scenario, section, outcomes, bad)
+    _targets(scenario, section, outcomes)
     section.notes.append(
         f"{seconds:g} s per client, each call with a {DEADLINE:g} s deadline, the clients one "
         "at a time; the pools' and grpc's outlier detection given the same service config: "
@@ -342,7 +340,7 @@ def _ejected(ejections: Ejections | None) -> str:
     return f"{ejections.ejections} time(s): {backends}"
 
 
-def _targets(scenario: Scenario, section: Section, outcomes: dict[str, Outcome], bad: int) -> None:
+def _targets(scenario: Scenario, section: Section, outcomes: dict[str, Outcome]) -> None:
     """The issue's targets for ``scenario``, each set against a client of the same run."""
     if scenario.key == "4":
         for label in POOLS:
@@ -368,13 +366,13 @@ def _targets(scenario: Scenario, section: Section, outcomes: dict[str, Outcome],
         # The default's probation; given the config, the pool returns a backend in full,
         # as grpc does.
         late = f"deadline calls started after the first ejection, {DEFAULT}"
-        section.target(late, default.late(bad), "=", 0)
+        section.target(late, default.late(), "=", 0)
         for label in POOLS:
             name = f"calls that hit their deadline %, {label}"
             no_more_than(section, name, outcomes[label].failed(code), od.failed(code), OD)
             section.target(
                 f"deadline calls started while the replica was ejected, {label}",
-                outcomes[label].while_ejected(bad),
+                outcomes[label].while_ejected(),
                 "=",
                 0,
             )
@@ -390,9 +388,9 @@ def _targets(scenario: Scenario, section: Section, outcomes: dict[str, Outcome],
     section.target(f"failed %, {DEFAULT}", default.failed(), "<", 1, OD, od.failed())
     section.target(
         f"the bad replica's share %, {DEFAULT}",
-        default.share(bad),
+        default.share(default.bad),
         "<",
         1,
         RR,
-        outcomes[RR].share(bad),
+        outcomes[RR].share(outcomes[RR].bad),
     )
