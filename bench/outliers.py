@@ -283,14 +283,14 @@ async def outliers(quick: bool) -> list[Section]:
                 )
                 for i, label in enumerate(scenario.clients)
             }
-            sections.append(_table(scenario, outcomes, seconds))
+            sections.append(scenario_table(scenario, outcomes, seconds))
     finally:
         for server in healthy:
             server.kill()
     return sections
 
 
-def _table(scenario: Scenario, outcomes: dict[str, Outcome], seconds: float) -> Section:
+def scenario_table(scenario: Scenario, outcomes: dict[str, Outcome], seconds: float) -> Section:
     hang = scenario.key == "3"
     section = Section(
         f"Outliers ({scenario.key}): {scenario.title}, {CALLERS} callers",
