@@ -2,10 +2,14 @@
 
 It answers the standard ``grpc.health.v1.Health/Check`` (SERVING), ``Peer`` (the
 caller's address as the server sees it, so a test can tell connections apart) and
-``Sleep`` (waits the milliseconds given as ASCII, then answers empty).
+``Sleep`` (waits the milliseconds given as ASCII, then answers empty, or ``--name``).
 
 ``python -m conngrpc._server --port 0`` prints ``PORT <n>`` once it listens and
-stops on SIGTERM (gracefully, within ``--grace`` seconds) or SIGINT.
+stops on SIGTERM (gracefully, within ``--grace`` seconds) or SIGINT. A replica that
+goes bad, for the tests of ejection: ``--fail CODE`` (Sleep fails with that status) or
+``--hang`` (Sleep never answers), for ``--fail-percent`` of the calls, after
+``--fail-after-ms``; SIGUSR2 turns the fault off (the replica recovers), SIGUSR1 on again
+(as bench/_fleet_server.py's SIGUSR1 takes a replica out and SIGUSR2 brings it back).
 :class:`ServerProcess` runs it in a child process that a test or the demo can kill,
 pause and restart on the same port.
 """
@@ -21,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -29,7 +34,7 @@ import grpc.aio
 from . import _health
 from .channel.connector import raw_unary
 
-__all__ = ["PEER_METHOD", "SLEEP_METHOD", "ServerProcess", "peer_of", "start_server"]
+__all__ = ["PEER_METHOD", "SLEEP_METHOD", "Fault", "ServerProcess", "peer_of", "start_server"]
 
 DEMO_SERVICE = "conngrpc.demo.v1.Demo"
 PEER_METHOD = f"/{DEMO_SERVICE}/Peer"
@@ -44,19 +49,62 @@ async def _peer(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes])
     return context.peer().encode()
 
 
-async def _sleep(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-    await asyncio.sleep(float(request or b"0") / 1000)
-    return b""
+@dataclass(slots=True)
+class Fault:
+    """What ``Sleep`` does instead of answering, to some of its calls.
+
+    ``code``: it fails with that status; ``hang``: it never answers (the call ends at
+    its deadline). ``percent``: exactly that many of every 100 calls, evenly spread (for
+    30: the 4th, 7th, 10th, ...), so that a test's counts are exact; ``after_ms``: how
+    long it waits first. ``on``: whether it strikes now (SIGUSR1 sets it, SIGUSR2
+    clears it).
+    """
+
+    code: grpc.StatusCode | None = None
+    hang: bool = False
+    percent: int = 100
+    after_ms: float = 0.0
+    on: bool = True
+    calls: int = field(default=0, init=False)  # struck at, while on
+
+    def __post_init__(self) -> None:
+        if (self.code is None) == (not self.hang):
+            raise ValueError(f"expected a status code or hang, got {self.code!r}, {self.hang!r}")
+        if self.code is grpc.StatusCode.OK:
+            raise ValueError("expected a status code other than OK to fail with")
+        if not 0 <= self.percent <= 100:
+            raise ValueError(f"expected a percentage from 0 to 100, got {self.percent!r}")
+        if self.after_ms < 0:
+            raise ValueError(f"expected milliseconds >= 0, got {self.after_ms!r}")
+
+    def strikes(self) -> bool:
+        """Whether the call that came now fails (or hangs)."""
+        if not self.on:
+            return False
+        self.calls += 1
+        return self.calls * self.percent // 100 > (self.calls - 1) * self.percent // 100
 
 
-def _handlers() -> tuple[grpc.GenericRpcHandler, ...]:
+def _handlers(fault: Fault | None = None, name: str = "") -> tuple[grpc.GenericRpcHandler, ...]:
+    answer = name.encode()
+
+    async def sleep(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        if fault is not None and fault.strikes():
+            await asyncio.sleep(fault.after_ms / 1000)
+            if fault.code is None:
+                await asyncio.get_running_loop().create_future()  # until the deadline
+            else:
+                await context.abort(fault.code, f"the server fails {fault.percent}% of calls")
+        await asyncio.sleep(float(request or b"0") / 1000)
+        return answer
+
     def unary(behaviour: Any) -> grpc.RpcMethodHandler[bytes, bytes]:
         return grpc.unary_unary_rpc_method_handler(behaviour)
 
     return (
         grpc.method_handlers_generic_handler("grpc.health.v1.Health", {"Check": unary(_check)}),
         grpc.method_handlers_generic_handler(
-            DEMO_SERVICE, {"Peer": unary(_peer), "Sleep": unary(_sleep)}
+            DEMO_SERVICE, {"Peer": unary(_peer), "Sleep": unary(sleep)}
         ),
     )
 
@@ -67,14 +115,20 @@ async def start_server(
     *,
     max_concurrent_streams: int | None = None,
     options: Sequence[tuple[str, Any]] = (),
+    fault: Fault | None = None,
+    name: str = "",
 ) -> tuple[grpc.aio.Server, int]:
-    """Start the server in this process; return it and the port it listens on."""
+    """Start the server in this process; return it and the port it listens on.
+
+    ``fault``: what Sleep does to some calls instead of answering; ``name``: what it
+    answers (empty by default).
+    """
     merged: dict[str, Any] = {"grpc.so_reuseport": 0}
     if max_concurrent_streams is not None:
         merged["grpc.max_concurrent_streams"] = max_concurrent_streams
     merged.update(options)
     server = grpc.aio.server(options=list(merged.items()))
-    server.add_generic_rpc_handlers(_handlers())
+    server.add_generic_rpc_handlers(_handlers(fault, name))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"could not listen on {host}:{port}")
@@ -93,13 +147,22 @@ def _option(text: str) -> tuple[str, Any]:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    fault: Fault | None = args.fault
     server, port = await start_server(
-        args.host, args.port, max_concurrent_streams=args.max_streams, options=args.option
+        args.host,
+        args.port,
+        max_concurrent_streams=args.max_streams,
+        options=args.option,
+        fault=fault,
+        name=args.name,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if fault is not None:
+        loop.add_signal_handler(signal.SIGUSR1, setattr, fault, "on", True)
+        loop.add_signal_handler(signal.SIGUSR2, setattr, fault, "on", False)
     print(f"PORT {port}", flush=True)
     await stop.wait()
     await server.stop(args.grace)
@@ -112,7 +175,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-streams", type=int, default=None)
     parser.add_argument("--grace", type=float, default=5.0)
     parser.add_argument("--option", type=_option, action="append", default=[])
-    asyncio.run(_serve(parser.parse_args(argv)))
+    parser.add_argument("--name", default="", help="what Sleep answers (default: nothing)")
+    bad = parser.add_mutually_exclusive_group()
+    bad.add_argument("--fail", type=_status_code, metavar="CODE", help="Sleep fails so")
+    bad.add_argument("--hang", action="store_true", help="Sleep never answers")
+    parser.add_argument("--fail-percent", type=int, help="of the calls (default 100)")
+    parser.add_argument("--fail-after-ms", type=float, help="before it fails (default 0)")
+    args = parser.parse_args(argv)
+    args.fault = None
+    if args.fail is not None or args.hang:
+        percent = 100 if args.fail_percent is None else args.fail_percent
+        try:
+            args.fault = Fault(args.fail, args.hang, percent, args.fail_after_ms or 0.0)
+        except ValueError as error:
+            parser.error(str(error))
+    elif args.fail_percent is not None or args.fail_after_ms is not None:
+        parser.error("--fail-percent and --fail-after-ms need --fail or --hang")
+    asyncio.run(_serve(args))
+
+
+def _status_code(name: str) -> grpc.StatusCode:
+    try:
+        return grpc.StatusCode[name.upper()]
+    except KeyError:
+        names = ", ".join(code.name for code in grpc.StatusCode)
+        raise argparse.ArgumentTypeError(f"expected one of {names}, got {name!r}") from None
 
 
 class ServerProcess:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import grpc
 import pytest
 
 from conngrpc import ChannelConfig, ExponentialBackoff
@@ -25,8 +26,10 @@ from conngrpc.channel.changes import (
     Stopped,
     Swapped,
 )
-from conngrpc.pool.handout import HandOut
+from conngrpc.pool.ejection import Outcomes, Returned, Rules, rules_from
+from conngrpc.pool.handout import HandOut, Slot
 from conngrpc.pool.placement import next_retry_at
+from conngrpc.pool.service_config import FailurePercentageEjection, OutlierDetection
 from conngrpc.pool.table import (
     Closing,
     Connecting,
@@ -37,15 +40,19 @@ from conngrpc.pool.table import (
     PoolTable,
     Resolved,
     Serving,
+    Sweep,
     Tick,
+    Tripped,
 )
 from tests._probe import FakeClock
+from tests.test_ejection import Finished
 
-A, B, C = "127.0.0.1:1", "127.0.0.2:1", "127.0.0.3:1"
+A, B, C, D = "127.0.0.1:1", "127.0.0.2:1", "127.0.0.3:1", "127.0.0.4:1"
 
 
 class Channel:
-    """Stands in for a grpc.aio channel: the table only keeps and compares them."""
+    """Stands in for a grpc.aio channel: the table only keeps and compares them (the
+    hand-out asks its state)."""
 
     def __init__(self, backend: str) -> None:
         self.backend = backend
@@ -53,13 +60,20 @@ class Channel:
     def __repr__(self) -> str:
         return f"<Channel {self.backend}>"
 
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return grpc.ChannelConnectivity.READY
+
 
 class Table:
-    """A table of ``size`` records over ``backends``, and helpers that report for workers."""
+    """A table of ``size`` records over ``backends``, and helpers that report for workers.
 
-    def __init__(self, size: int, *backends: str) -> None:
+    A backend that fails enough calls in a row is reported as the runtime reports it
+    (``Tripped``, by :meth:`end_calls`), so that a test sees the follow-ups."""
+
+    def __init__(self, size: int, *backends: str, rules: Rules | None = None) -> None:
         self.clock = FakeClock()
         self.ended = 0
+        self.tripped: list[Outcomes] = []
         self.table = PoolTable(
             "pool",
             size,
@@ -68,6 +82,8 @@ class Table:
             self._ended,
             ExponentialBackoff(min=1.0, max=30.0, jitter=0),
             clock=self.clock,
+            rules=rules,
+            tripped=self.tripped.append,
         )
         if backends:
             self.apply(None, Resolved(backends))
@@ -75,7 +91,9 @@ class Table:
     def _ended(self) -> None:
         self.ended += 1
 
-    def apply(self, index: int | None, change: Change | Resolved | Tick) -> FollowUps:
+    def apply(
+        self, index: int | None, change: Change | Resolved | Tick | Sweep | Tripped | Closing
+    ) -> FollowUps:
         follow = self.table.apply(index, change)
         self.table.check()
         return follow
@@ -91,6 +109,41 @@ class Table:
 
     def held(self) -> Counter[str]:
         return Counter(self.table.held.values())
+
+    def slots(self, backend: str) -> list[Slot]:
+        """The held slots on ``backend``."""
+        return [
+            slot
+            for r in self.table.records
+            if (slot := r.slot) is not None and slot.backend == backend
+        ]
+
+    def end_calls(self, backend: str, code: grpc.StatusCode, times: int = 1) -> list[FollowUps]:
+        """``times`` calls on ``backend``'s first slot end with ``code``, as a PooledChannel
+        call's done callback ends them; the follow-ups of each ``Tripped`` reported."""
+        slot = self.slots(backend)[0]
+        follows = []
+        for _ in range(times):
+            slot.in_flight += 1
+            slot.done(Finished(code))
+            self.table.check()
+            while self.tripped:
+                follows.append(self.apply(None, Tripped(self.tripped.pop(0))))
+        return follows
+
+    def eject(self, backend: str) -> FollowUps:
+        """``backend`` fails five calls in a row: the default ejects it."""
+        (*_, follow) = self.end_calls(backend, grpc.StatusCode.UNAVAILABLE, 5)
+        assert backend in self.table.ejected(), follow
+        return follow
+
+    def sweep(self, after: float = 1.0) -> FollowUps:
+        self.clock.now += after
+        return self.apply(None, Sweep())
+
+    def handed_out(self) -> list[str]:
+        """The backend of each channel handed out, in index order."""
+        return [slot.backend for slot in self.table.handout.slots]
 
     def orders(self) -> dict[int, tuple[str, str]]:
         return {
@@ -411,5 +464,197 @@ def test_a_closing_pool_hands_nothing_out_while_its_workers_stop() -> None:
     for index in range(3):  # the workers' last reports, as each stops
         follow = pool.apply(index, Disconnected("shutdown"))
         assert len(follow.reply.close) == 1
+        pool.apply(index, Stopped())
+    assert pool.table.held == {}
+
+
+# --- ejection ------------------------------------------------------------------------------
+
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+def serving(size: int, *backends: str, rules: Rules | None = None) -> Table:
+    """A table whose ``size`` workers all connected and serve."""
+    pool = Table(size, *backends, rules=rules)
+    for index in range(size):
+        pool.connect(index)
+    return pool
+
+
+def ejections(follows: list[FollowUps]) -> list[str]:
+    """The backends the follow-ups say were ejected."""
+    return [ejected.backend for follow in follows for ejected in follow.ejected]
+
+
+def grpcs_rules(max_ejection_percent: int) -> Rules:
+    """grpc's ``outlier_detection_experimental``: failure percentage over 10 calls."""
+    rule = FailurePercentageEjection(threshold=50, minimum_hosts=1, request_volume=10)
+    return rules_from(
+        OutlierDetection(
+            interval=1.0,
+            base_ejection_time=5.0,
+            max_ejection_percent=max_ejection_percent,
+            failure_percentage_ejection=rule,
+        )
+    )
+
+
+def test_a_tripped_backend_leaves_the_hand_out_at_once_and_returns_after_its_time() -> None:
+    pool = serving(4, A, B)
+    assert sorted(pool.handed_out()) == [A, A, B, B]
+    follow = pool.eject(A)
+    (ejected,) = follow.ejected
+    assert (ejected.backend, ejected.reason, ejected.until) == (
+        A,
+        "consecutive_failures",
+        pool.clock() + 5.0,
+    )
+    assert pool.handed_out() == [B, B]
+    assert pool.table.connected_count() == 2
+    assert pool.table.ejected() == {A: pool.clock() + 5.0}
+    states = [
+        "ejected" if pool.table.records[i].slot.backend == A else "watching" for i in range(4)
+    ]
+    assert [w.state for w in map(pool.table.snapshot, range(4))] == states
+    for _ in range(4):
+        follow = pool.sweep()
+        assert (follow.ejected, follow.returned) == ((), ())
+        assert pool.handed_out() == [B, B]
+    follow = pool.sweep()
+    assert follow.returned == (Returned(A, 5.0),)
+    assert follow.room  # calls waiting for room may go to it
+    assert sorted(pool.handed_out()) == [A, A, B, B]
+    assert [s.index for s in pool.table.handout.slots] == [0, 1, 2, 3]
+    assert pool.table.ejected() == {}
+
+
+def test_a_channel_that_connects_to_an_ejected_backend_waits_for_its_return() -> None:
+    pool = Table(3, A, B)
+    for index in range(2):
+        pool.connect(index)
+    dial = pool.apply(2, Attempting()).reply.dial
+    assert dial is not None
+    out, other = dial.backend, B if dial.backend == A else A
+    pool.eject(out)  # while worker 2 connects to it
+    new = Channel(out)
+    pool.apply(2, Connected(new, out))
+    follow = pool.apply(2, HealthChanged(serving=True, status="SERVING"))
+    assert not follow.room
+    assert isinstance(pool.table.records[2].state, Serving)
+    assert pool.handed_out() == [other]
+    (slot,) = pool.slots(other)
+    follow = pool.apply(slot.index, Swapped(Channel(out), out, "SERVING"))  # a replacement
+    # The ejected backend is the last one served now: it returns at once (never the last).
+    assert follow.returned == (Returned(out, 0.0),)
+    assert follow.room
+    assert pool.handed_out() == [out, out, out]
+
+
+def test_get_channel_takes_turns_among_the_channels_not_ejected() -> None:
+    pool = serving(4, A, B)
+    pool.eject(A)
+    b_channels = {slot.channel for slot in pool.slots(B)}
+    taken = [pool.table.handout.next_ready() for _ in range(6)]
+    assert set(taken) == b_channels
+    assert taken[0] != taken[1]
+    assert [pool.table.handout.pick() for _ in range(4)] != [None] * 4
+    assert {slot.backend for slot in (pool.table.handout.pick() for _ in range(8)) if slot} == {B}
+
+
+def test_a_channel_that_joins_and_leaves_while_its_backend_is_out_stays_out() -> None:
+    pool = serving(2, A, B)
+    pool.eject(A)
+    (a_slot,) = pool.slots(A)
+    pool.apply(a_slot.index, HealthChanged(False, "NOT_SERVING"))
+    pool.apply(a_slot.index, HealthChanged(True, "SERVING"))
+    assert pool.handed_out() == [B]
+    pool.apply(a_slot.index, Disconnected("connection_lost"))
+    assert pool.handed_out() == [B]
+    assert A in pool.table.ejected()  # the backend stays out, not the channel
+
+
+def test_the_default_cap_counts_backends_serving_or_ejected() -> None:
+    pool = serving(4, A, B, C, D)
+    for backend in (C, D):
+        (slot,) = pool.slots(backend)
+        pool.apply(slot.index, HealthChanged(False, "NOT_SERVING"))
+    pool.eject(A)  # one of the two serving
+    assert ejections(pool.end_calls(B, UNAVAILABLE, 5)) == []  # the last serving one stays
+    assert set(pool.table.ejected()) == {A}
+    for backend in (C, D):
+        (slot,) = pool.slots(backend)
+        pool.apply(slot.index, HealthChanged(True, "SERVING"))
+    follows = pool.end_calls(B, UNAVAILABLE)  # still failing: asked again, and now
+    assert ejections(follows) == [B]
+    assert sorted(pool.handed_out()) == [C, D]
+    assert ejections(pool.end_calls(C, UNAVAILABLE, 5)) == []
+
+
+def test_an_ejected_backend_with_no_channel_left_still_counts_for_the_cap() -> None:
+    pool = serving(2, A, B)
+    pool.eject(A)
+    (a_slot,) = pool.slots(A)
+    pool.apply(a_slot.index, Disconnected("shutdown"))
+    pool.apply(a_slot.index, Stopped())
+    assert ejections(pool.end_calls(B, UNAVAILABLE, 10)) == []
+    assert pool.handed_out() == [B]
+
+
+def test_grpcs_cap_counts_the_backends_the_pool_serves() -> None:
+    """grpc's maxEjectionPercent is of the backends the pool balances over (serving or
+    ejected), not of every address found: a pool of two over four backends holds
+    channels to two, and at 50% only one of them may go (grpc's first always may)."""
+    pool = serving(2, A, B, C, D, rules=grpcs_rules(max_ejection_percent=50))
+    held = sorted(pool.held())
+    assert len(held) == 2
+    for backend in held:
+        assert ejections(pool.end_calls(backend, UNAVAILABLE, 10)) == []  # none at once
+    follow = pool.sweep()
+    assert len(follow.ejected) == 1
+    assert len(pool.handed_out()) == 1
+
+
+def test_a_backend_the_resolver_drops_while_ejected_is_let_go() -> None:
+    pool = serving(2, A, B)
+    pool.eject(A)
+    (a_slot,) = pool.slots(A)
+    follow = pool.apply(None, Resolved((B,)))
+    assert follow.orders == (a_slot.index,)  # its channel moves, though out of the hand-out
+    assert A in pool.table.ejected()  # until the backend is gone, it stays ejected
+    pool.apply(a_slot.index, Swapped(Channel(B), B, "SERVING"))
+    assert pool.handed_out() == [B, B]
+    follow = pool.sweep()
+    assert follow.returned == (Returned(A, 1.0),)  # reported, as every ejection's end
+    assert pool.table.ejected() == {}
+    assert A not in pool.table.ejector.by_backend
+    pool.apply(None, Resolved((A, B)))
+    assert A not in pool.table.ejected()  # back as new
+
+
+def test_a_trip_from_a_backend_let_go_since_is_ignored() -> None:
+    pool = serving(2, A, B)
+    (a_slot,) = pool.slots(A)
+    stale = a_slot.outcomes
+    a_slot.in_flight = 1  # a call still running on it as it leaves
+    pool.apply(None, Resolved((B,)))
+    pool.apply(a_slot.index, Swapped(Channel(B), B, "SERVING"))
+    pool.sweep()
+    assert A not in pool.table.ejector.by_backend
+    follow = pool.apply(None, Tripped(stale))
+    assert follow.ejected == ()
+    a_slot.done(Finished(UNAVAILABLE))
+    assert pool.table.draining == {}
+
+
+def test_a_closing_pool_with_a_backend_ejected_hands_nothing_out() -> None:
+    pool = serving(3, A, B)
+    pool.eject(A)
+    pool.apply(None, Closing())
+    assert pool.handed_out() == []
+    follow = pool.sweep(after=5.0)
+    assert [r.backend for r in follow.returned] == [A]
+    assert pool.handed_out() == []  # back, but the pool is stopping
+    for index in range(3):
+        pool.apply(index, Disconnected("shutdown"))
         pool.apply(index, Stopped())
     assert pool.table.held == {}

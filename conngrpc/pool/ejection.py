@@ -300,12 +300,13 @@ class Ejector:
         found = self.by_backend.get(backend)
         return found is not None and found.ejected_at is not None
 
-    def forget(self, keep: Collection[str]) -> list[Returned]:
-        """Let go of the backends not in ``keep`` (the resolver dropped them)."""
+    def forget(self, keep: Collection[str], now: float) -> list[Returned]:
+        """Let go of the backends not in ``keep`` (the resolver dropped them); those
+        ejected end their ejection now (for whoever counts the ejected ones)."""
         gone = [o for b, o in self.by_backend.items() if b not in keep]
         for outcomes in gone:
             del self.by_backend[outcomes.backend]
-        return [Returned(o.backend, 0.0) for o in gone if o.ejected_at is not None]
+        return [Returned(o.backend, now - o.ejected_at) for o in gone if o.ejected_at is not None]
 
     def may_eject(self, in_service: int, ejected: int) -> bool:
         """Whether one more backend may go, with ``ejected`` of ``in_service`` out.
@@ -317,6 +318,22 @@ class Ejector:
         if percent is None:
             return ejected < in_service // 2
         return ejected == 0 or 100.0 * ejected / max(in_service, 1) < percent
+
+    def over_cap(self, in_service: int, now: float) -> Returned | None:
+        """The default's cap holds as backends leave service, not only when one is
+        ejected: while more are out than half of ``in_service``, the one due back first
+        returns now (so the last backend left is never out). grpc's rule: never."""
+        if self.rules.max_ejection_percent is not None:
+            return None
+        out = list(self.ejected())
+        if len(out) <= in_service // 2:
+            return None
+        rules = self.rules
+        soonest = min(out, key=lambda o: o.returns_at(rules) or 0.0)
+        assert soonest.ejected_at is not None
+        back = Returned(soonest.backend, now - soonest.ejected_at)
+        self._return(soonest, now)
+        return back
 
     def trip(self, outcomes: Outcomes, in_service: int, now: float) -> Ejected | None:
         """``outcomes``' backend failed ``consecutive_failures`` times in a row: eject it

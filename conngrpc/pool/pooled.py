@@ -705,6 +705,9 @@ class _FailedCall:
         return self._raise().__await__()
 
     async def _raise(self) -> Any:
+        # A turn of the event loop first, as grpc's failed call takes: a caller retrying
+        # at once would otherwise starve the loop, and with it the workers that heal.
+        await asyncio.sleep(0)
         raise self.error
 
     def __aiter__(self) -> _FailedCall:

@@ -431,6 +431,7 @@ class PoolTable:
                 f"pool {self.name!r}: expected Resolved, Tick, Sweep, Tripped or Closing, "
                 f"got {change!r}"
             )
+        self._keep_cap(done)
         move = placement.next_move(self, self._clock())
         if move is not None:
             self.moving = move.index
@@ -592,7 +593,17 @@ class PoolTable:
             self._serve_backend(back.backend, True, done)
         keep = set(self.backends)
         keep.update(backend for backend, count in self.holding.items() if count)
-        self.ejector.forget(keep)
+        done.returned.extend(self.ejector.forget(keep, self._clock()))
+
+    def _keep_cap(self, done: _Change) -> None:
+        """Backends that left service may leave too many out: return the soonest due
+        (asked only while one is out: counting those in service reads every channel)."""
+        while not self.closing and next(iter(self.ejector.ejected()), None) is not None:
+            back = self.ejector.over_cap(self._in_service(), self._clock())
+            if back is None:
+                return
+            done.returned.append(back)
+            self._serve_backend(back.backend, True, done)
 
     def _eject(self, ejected: Ejected, done: _Change) -> None:
         done.ejected.append(ejected)

@@ -16,6 +16,7 @@ from contextlib import AbstractAsyncContextManager, suppress
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import grpc
 import grpc.aio
 import pytest
@@ -142,6 +143,38 @@ async def test_a_call_failed_at_once_answers_every_method_as_grpc_does(pool_name
                 )
         assert answers["pool"] == answers["grpc"]
         assert answers["pool"][0] is grpc.StatusCode.UNAVAILABLE
+
+
+async def test_awaiting_a_call_failed_at_once_lets_other_tasks_run_as_grpc_does(
+    pool_name: str,
+) -> None:
+    """A caller that retries at once on UNAVAILABLE must not starve the event loop: the
+    pool's workers, which would bring a channel back, run on it too (the retry loop never
+    ended, with no other task running, before the fix)."""
+    address = f"127.0.0.1:{closed_port()}"
+    async with pool(pool_name, address):
+        facade = Pool.channel(pool_name)
+        await wait_until(lambda: facade.get_state() is grpc.ChannelConnectivity.TRANSIENT_FAILURE)
+        async with grpc.aio.insecure_channel(address) as plain:
+            turns = {}
+            for who, channel in (("grpc", plain), ("pool", facade)):
+                others = 0
+
+                async def other() -> None:
+                    nonlocal others
+                    while True:
+                        others += 1
+                        await anyio.lowlevel.checkpoint()
+
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(other)
+                    for _ in range(20):
+                        with pytest.raises(grpc.aio.AioRpcError):
+                            await _raw(channel, "unary_unary", PEER_METHOD)(b"", timeout=30)
+                    turns[who] = others
+                    tasks.cancel_scope.cancel()
+        assert turns["grpc"] > 0
+        assert turns["pool"] > 0
 
 
 # --- 3: stubs built per call --------------------------------------------------------------------
