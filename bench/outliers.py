@@ -5,7 +5,7 @@ Three replicas (``bench._fleet_server``, each in its own process): two answer ``
 each call with a 1 s deadline, through each client in turn (one at a time, all in one
 run). Each client is made afresh when its run begins, after its connections are up, so
 the time it takes to notice the bad replica counts; and each meets a bad replica started
-afresh, whose faults (drawn from one seed) come in the same order for all:
+afresh, whose faults come in the same order for all:
 
 - conngrpc's PooledChannel over a pool of 6 with no configuration (its default ejection);
 - the same pool given ``CONFIG`` as its ``service_config`` setting (a JSON string);
@@ -14,7 +14,8 @@ afresh, whose faults (drawn from one seed) come in the same order for all:
   detection (gRFC A50) over ``round_robin``.
 
 Scenarios: (1a) the bad replica fails every call at once with INTERNAL, (1b) with
-UNAVAILABLE; (2) it fails 30% of its calls with INTERNAL after 20 ms; (3) it never
+UNAVAILABLE; (2) it fails 30% of its calls with INTERNAL after 20 ms (evenly spread,
+never two in a row: the rules that count failures in a row never see one); (3) it never
 answers, so each call it gets waits for its deadline; (4) no bad replica: three healthy
 ones, the two pools only.
 
@@ -100,17 +101,17 @@ SCENARIOS = (
     Scenario(
         "1a",
         "one replica fails every call at once with INTERNAL",
-        ("--fail-code", "INTERNAL", "--fail-percent", "100"),
+        ("--fail", "INTERNAL"),
     ),
     Scenario(
         "1b",
         "one replica fails every call at once with UNAVAILABLE",
-        ("--fail-code", "UNAVAILABLE", "--fail-percent", "100"),
+        ("--fail", "UNAVAILABLE"),
     ),
     Scenario(
         "2",
         "one replica fails 30% of its calls with INTERNAL after 20 ms",
-        ("--fail-code", "INTERNAL", "--fail-percent", "30", "--fail-after-ms", "20"),
+        ("--fail", "INTERNAL", "--fail-percent", "30", "--fail-after-ms", "20"),
     ),
     Scenario("3", "one replica never answers", ("--hang",)),
     Scenario("4", "the healthy baseline, three healthy replicas", (), POOLS),
