@@ -2,12 +2,16 @@
 
 ``python -m bench._fleet_server --port 0`` prints ``PORT <n>`` once it listens. It
 answers ``Sleep`` (waits the milliseconds given, plus ``--delay-ms``, and returns its
-own port, so the client
-can tally each backend's share), grpcio-health-checking's ``Health`` service (SERVING;
-SIGUSR1 turns it NOT_SERVING, SIGUSR2 SERVING again, as an operator draining a
-replica would), ``Stats`` (JSON: calls received, and calls received while it was
-NOT_SERVING, counted on the server's side) and ``Count`` (a response stream of as many
-messages as the request says, as fast as the client reads them).
+own port, so the client can tally each backend's share), grpcio-health-checking's
+``Health`` service (SERVING; SIGUSR1 turns it NOT_SERVING, SIGUSR2 SERVING again, as an
+operator draining a replica would), ``Stats`` (JSON: calls received, and calls received
+while it was NOT_SERVING, counted on the server's side) and ``Count`` (a response stream
+of as many messages as the request says, as fast as the client reads them).
+
+A replica gone bad takes the flags of ``conngrpc._server`` (by default none): ``--fail
+CODE`` (Sleep fails with that status) or ``--hang`` (it never answers, so each call waits
+for its deadline), for ``--fail-percent`` of the calls (evenly spread), after
+``--fail-after-ms``.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
+from conngrpc._server import Fault, add_fault_arguments, fault_from
+
 SERVICE = "conngrpc.demo.v1.Demo"
 STATS_METHOD = f"/{SERVICE}/Stats"
 COUNT_METHOD = f"/{SERVICE}/Count"
 
 
-async def serve(port: int, delay_ms: float) -> None:
+async def serve(port: int, delay_ms: float, fault: Fault | None = None) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
@@ -40,6 +46,8 @@ async def serve(port: int, delay_ms: float) -> None:
         counts["calls"] += 1
         if not serving[0]:
             counts["not_serving_calls"] += 1
+        if fault is not None and fault.strikes():
+            await fault.strike(context)
         await asyncio.sleep((float(request or b"0") + delay_ms) / 1000)
         return answer
 
@@ -90,8 +98,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench._fleet_server")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--delay-ms", type=float, default=0.0, help="added to every Sleep")
+    add_fault_arguments(parser)
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.delay_ms))
+    asyncio.run(serve(args.port, args.delay_ms, fault_from(args, parser)))
 
 
 if __name__ == "__main__":

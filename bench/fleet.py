@@ -288,13 +288,16 @@ async def fleet(quick: bool) -> list[Section]:
     return [steady, sick, rolling, scale]
 
 
-def no_more_than(section: Section, name: str, ours: int, theirs: int) -> None:
-    """The pool's count of something bad against grpc round_robin + health's, the yardstick:
-    level within 5%, or none at all when round_robin had none."""
+def no_more_than(
+    section: Section, name: str, ours: float, theirs: float, reference: str = RR
+) -> None:
+    """The pool's count of something bad against grpc's (``reference``, by default
+    round_robin + health), the yardstick: level within 5%, or none at all when grpc had
+    none."""
     if theirs:
-        section.target(name, ours, "<=", 1 + LEVEL, RR, theirs)
+        section.target(name, ours, "<=", 1 + LEVEL, reference, theirs)
     else:
-        section.target(f"{name} (round_robin's: 0)", ours, "=", 0)
+        section.target(f"{name} ({reference}: 0)", ours, "=", 0)
 
 
 def _merged(tallies: list[Tally]) -> Tally:

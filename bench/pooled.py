@@ -52,9 +52,12 @@ def _multicallable(channel: grpc.aio.Channel, method: str) -> Callable[..., Awai
 
 
 @asynccontextmanager
-async def _pooled(target: str, size: int, method: str, **pool: object) -> AsyncIterator[Call]:
-    """The PooledChannel over a pool of ``size``: one multicallable, built once."""
-    name = f"bench-pooled-{next(_names)}"
+async def _pooled(
+    target: str, size: int, method: str, name: str = "", **pool: object
+) -> AsyncIterator[Call]:
+    """The PooledChannel over a pool of ``size`` (named ``name``, or a fresh name): one
+    multicallable, built once."""
+    name = name or f"bench-pooled-{next(_names)}"
     spec = Pool.child_spec(name=name, pool_size=size, channel={"address": target}, **pool)  # type: ignore[arg-type]
     async with Supervisor([spec]):
         await Pool.wait_connected(name, timeout=30)
@@ -103,6 +106,8 @@ class Run:
     short: list[float] = field(default_factory=list)  # the short calls' latencies (mixed)
     by_answer: Counter[bytes] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    #: when (time.perf_counter()) each call that hit its deadline began
+    deadline_starts: list[float] = field(default_factory=list)
     seconds: float = 0.0
     client_cpu: float = 0.0  # CPU seconds, this process
     server_cpu: float = 0.0  # CPU seconds, the server's process (when one is given)
@@ -124,8 +129,10 @@ async def _load(
     request: Callable[[], bytes],
     run: Run,
     server_pid: int | None = None,
+    timeout: float = 10.0,
 ) -> None:
-    """``callers`` tasks calling back to back for ``seconds``; add what they saw to ``run``."""
+    """``callers`` tasks calling back to back for ``seconds``, each call with a deadline
+    ``timeout`` seconds away; add what they saw to ``run``."""
     stop = time.monotonic() + seconds
 
     async def caller() -> None:
@@ -133,9 +140,11 @@ async def _load(
             body = request()
             began = time.perf_counter()
             try:
-                answer = await call(body, 10.0)
+                answer = await call(body, timeout)
             except grpc.aio.AioRpcError as error:
                 run.errors[error.code().name] += 1
+                if error.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                    run.deadline_starts.append(began)
                 continue
             took = time.perf_counter() - began
             run.latencies.append(took)

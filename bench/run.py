@@ -2,6 +2,7 @@
 
     python -m bench.run            # the full suite (make bench), a few minutes
     python -m bench.run --quick    # a smoke run (make bench-quick), well under 30 s
+    python -m bench.run --only outliers   # one group of benchmarks, no report written
 
 Targets are set against figures of the same run (one channel, A105, the no-cap
 ceiling); absolute figures vary by machine. The report is tables only: what a run's
@@ -30,6 +31,7 @@ from .connection_cap import connection_cap
 from .fleet import fleet
 from .hot_path import get_channel_cost, real_channel_cost, telemetry_cost
 from .lifecycle import failure_and_recovery, memory, shutdown, startup
+from .outliers import outliers
 from .pooled import overhead as pooled_overhead
 from .pooled import slow_replica, stream_cap
 from .throughput import ceiling, cold_burst, overhead, stream_capped
@@ -37,6 +39,8 @@ from .throughput import ceiling, cold_burst, overhead, stream_capped
 ROOT = Path(__file__).resolve().parent.parent
 #: The simulated network for the cold-burst variant: ms each way.
 LINK_MS = 10
+#: The groups of benchmarks, by module, in the order a run makes them.
+GROUPS = ("hot_path", "throughput", "lifecycle", "fleet", "pooled", "outliers")
 
 
 def _machine() -> list[str]:
@@ -92,7 +96,7 @@ def _document(
     return "\n".join(lines) + "\n" + "\n".join(s.markdown() for s in sections)
 
 
-async def main(quick: bool, output: Path | None) -> int:
+async def main(quick: bool, output: Path | None, only: frozenset[str] = frozenset(GROUPS)) -> int:
     began = time.monotonic()
     loads = [os.getloadavg()[0]]
     sections: list[Section] = []
@@ -102,28 +106,36 @@ async def main(quick: bool, output: Path | None) -> int:
         loads.append(os.getloadavg()[0])
         print(section.text(), flush=True)
 
-    done(await get_channel_cost(quick))
-    done(await real_channel_cost(quick))
-    done(telemetry_cost(quick))
-    section, top = await ceiling(quick)
-    done(section)
-    for section in await stream_capped(quick, top):
+    if "hot_path" in only:
+        done(await get_channel_cost(quick))
+        done(await real_channel_cost(quick))
+        done(telemetry_cost(quick))
+    if "throughput" in only:
+        section, top = await ceiling(quick)
         done(section)
-    done(await connection_cap(quick))
-    done(await overhead(quick))
-    done(await cold_burst(quick))
-    done(await cold_burst(quick, latency_ms=LINK_MS))
-    done(await startup(quick))
-    done(await shutdown(quick))
-    done(await failure_and_recovery(quick))
-    done(await memory(quick))
-    for section in await fleet(quick):
-        done(section)
-    done(await slow_replica(quick))
-    for section in await stream_cap(quick):
-        done(section)
-    for section in await pooled_overhead(quick):
-        done(section)
+        for section in await stream_capped(quick, top):
+            done(section)
+        done(await connection_cap(quick))
+        done(await overhead(quick))
+        done(await cold_burst(quick))
+        done(await cold_burst(quick, latency_ms=LINK_MS))
+    if "lifecycle" in only:
+        done(await startup(quick))
+        done(await shutdown(quick))
+        done(await failure_and_recovery(quick))
+        done(await memory(quick))
+    if "fleet" in only:
+        for section in await fleet(quick):
+            done(section)
+    if "pooled" in only:
+        done(await slow_replica(quick))
+        for section in await stream_cap(quick):
+            done(section)
+        for section in await pooled_overhead(quick):
+            done(section)
+    if "outliers" in only:
+        for section in await outliers(quick):
+            done(section)
     seconds = time.monotonic() - began
     if output is not None:
         load = (min(loads), max(loads))
@@ -141,23 +153,33 @@ async def main(quick: bool, output: Path | None) -> int:
 
 
 def cli() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny durations")
     parser.add_argument(
         "--output",
         type=Path,
         default=None,
-        help="where to write the report (default: docs/benchmarks.md, none with --quick)",
+        help="where to write the report (default: docs/benchmarks.md, none with --quick or --only)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=GROUPS,
+        help="run only this group of benchmarks (named for its module); may be repeated",
     )
     args = parser.parse_args()
     output = args.output
-    if output is None and not args.quick:
-        output = ROOT / "docs" / "benchmarks.md"
+    if output is None and not args.quick and not args.only:
+        output = ROOT / "docs" / "benchmarks.md"  # the whole suite's report, never a part's
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     # The benchmark is an application: keep the library's warnings (lost connections
     # while the server is killed on purpose) out of the tables.
     logging.getLogger("conngrpc").setLevel(logging.ERROR)  # the figures, not the faults
-    return asyncio.run(main(args.quick, output))
+    return asyncio.run(main(args.quick, output, frozenset(args.only or GROUPS)))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,11 @@ TITLES = [
     "Overhead of the PooledChannel",
     "Reading a response stream",
     "The pick and its counting",
+    "Outliers (1a): one replica fails every call at once with INTERNAL",
+    "Outliers (1b): one replica fails every call at once with UNAVAILABLE",
+    "Outliers (2): one replica fails 30% of its calls",
+    "Outliers (3): one replica never answers",
+    "Outliers (4): the healthy baseline",
 ]
 
 #: A row of the targets table: benchmark, target, measured, reference, ratio, required,

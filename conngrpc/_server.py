@@ -84,17 +84,21 @@ class Fault:
         self.calls += 1
         return self.calls * self.percent // 100 > (self.calls - 1) * self.percent // 100
 
+    async def strike(self, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
+        """What a call it strikes gets: after ``after_ms``, its status, or no answer."""
+        await asyncio.sleep(self.after_ms / 1000)
+        if self.code is None:
+            await asyncio.get_running_loop().create_future()  # until the deadline
+        else:
+            await context.abort(self.code, f"the server fails {self.percent}% of calls")
+
 
 def _handlers(fault: Fault | None = None, name: str = "") -> tuple[grpc.GenericRpcHandler, ...]:
     answer = name.encode()
 
     async def sleep(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         if fault is not None and fault.strikes():
-            await asyncio.sleep(fault.after_ms / 1000)
-            if fault.code is None:
-                await asyncio.get_running_loop().create_future()  # until the deadline
-            else:
-                await context.abort(fault.code, f"the server fails {fault.percent}% of calls")
+            await fault.strike(context)
         await asyncio.sleep(float(request or b"0") / 1000)
         return answer
 
@@ -176,22 +180,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--grace", type=float, default=5.0)
     parser.add_argument("--option", type=_option, action="append", default=[])
     parser.add_argument("--name", default="", help="what Sleep answers (default: nothing)")
+    add_fault_arguments(parser)
+    args = parser.parse_args(argv)
+    args.fault = fault_from(args, parser)
+    asyncio.run(_serve(args))
+
+
+def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a replica gone bad: ``--fail CODE`` or ``--hang``, ``--fail-percent``,
+    ``--fail-after-ms`` (read back with :func:`fault_from`)."""
     bad = parser.add_mutually_exclusive_group()
     bad.add_argument("--fail", type=_status_code, metavar="CODE", help="Sleep fails so")
     bad.add_argument("--hang", action="store_true", help="Sleep never answers")
     parser.add_argument("--fail-percent", type=int, help="of the calls (default 100)")
     parser.add_argument("--fail-after-ms", type=float, help="before it fails (default 0)")
-    args = parser.parse_args(argv)
-    args.fault = None
+
+
+def fault_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Fault | None:
+    """The fault the flags of :func:`add_fault_arguments` name, if any; the parser's
+    usage error (it exits) where they make none."""
     if args.fail is not None or args.hang:
         percent = 100 if args.fail_percent is None else args.fail_percent
         try:
-            args.fault = Fault(args.fail, args.hang, percent, args.fail_after_ms or 0.0)
+            return Fault(args.fail, args.hang, percent, args.fail_after_ms or 0.0)
         except ValueError as error:
             parser.error(str(error))
     elif args.fail_percent is not None or args.fail_after_ms is not None:
         parser.error("--fail-percent and --fail-after-ms need --fail or --hang")
-    asyncio.run(_serve(args))
+    return None
 
 
 def _status_code(name: str) -> grpc.StatusCode:

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import pytest
 
 from bench._common import Section, Target, summary
 from bench.fleet import RR, no_more_than
+from bench.outliers import (
+    CONFIGURED,
+    DEFAULT,
+    OD,
+    SCENARIOS,
+    Ejections,
+    Outcome,
+    scenario_table,
+)
+from bench.outliers import RR as OUTLIERS_RR
 from bench.pooled import (
     A105,
     CAPPED_POOL,
@@ -170,7 +181,7 @@ def test_where_round_robin_had_none_the_pool_must_have_none() -> None:
     no_more_than(section, "calls it received while NOT_SERVING, pool", 3, 0)
     met, missed = section.targets
     assert met.against is None
-    assert met.name.endswith("(round_robin's: 0)")
+    assert met.name.endswith(f"({RR}: 0)")
     assert (met.result, missed.result) == ("PASS", "MISS")
 
 
@@ -216,3 +227,52 @@ def test_the_slow_replica_table_checks_calls_per_second_and_both_sides_of_the_sh
     pooled.by_answer = Counter({b"50001": 50, b"50002": 50})
     untried = slow_table({SLOW_POOLED: pooled, SLOW_RR: rr}, slow, 30, 2, 4.0)
     assert [t.result for t in untried.targets] == ["PASS", "PASS", "MISS"]
+
+
+# --- outliers: one bad replica of three ---------------------------------------------------------
+
+BAD = 50003
+
+
+def outcome_of(run: Run, *shares: int, error: str = "") -> Outcome:
+    """A client's run whose replicas (50001, 50002, the bad 50003) received ``shares``."""
+    received = dict(zip((50001, 50002, BAD), shares, strict=True))
+    return Outcome(run=run, bad=BAD, received=received, error=error)
+
+
+def test_a_pool_that_could_not_run_is_a_row_whose_targets_miss() -> None:
+    outcomes = {
+        DEFAULT: outcome_of(run_of(1300.0, 22.5, 26.0, INTERNAL=1), 50, 50, 1),
+        CONFIGURED: outcome_of(Run(), 0, 0, 0, error="TypeError: Pool: unknown setting"),
+        OUTLIERS_RR: outcome_of(run_of(1290.0, 22.0, 28.0, INTERNAL=50), 50, 50, 50),
+        OD: outcome_of(run_of(1250.0, 22.8, 41.0, INTERNAL=8), 50, 50, 8),
+    }
+    section = scenario_table(SCENARIOS[0], outcomes, 12.0)  # fails every call, INTERNAL
+    assert [row[0] for row in section.rows] == list(outcomes)
+    assert section.rows[1][6] == "not run: TypeError: Pool: unknown setting"
+    assert [(t.name.split(",")[0], t.result) for t in section.targets] == [
+        ("failed %", "MISS"),  # the configured pool's, not measured
+        ("successful calls/s", "MISS"),  # ditto
+        ("failed %", "PASS"),  # the default's 1% against grpc's outlier detection's 7.4%
+        ("the bad replica's share %", "PASS"),  # 1% against round_robin's 33%
+    ]
+
+
+def test_deadline_calls_are_told_apart_by_the_pools_ejections() -> None:
+    # The bad replica is out from 1 s to 6 s; another backend's ejection does not count.
+    ejections = Ejections(
+        events=[
+            (1.0, f"127.0.0.1:{BAD}", True),
+            (3.0, "127.0.0.1:50001", True),
+            (6.0, f"127.0.0.1:{BAD}", False),
+        ]
+    )
+    run = Run(deadline_starts=[0.5, 2.0, 7.0])
+    pool = Outcome(run=run, bad=BAD, ejections=ejections)
+    assert (pool.late(), pool.while_ejected()) == (2, 1)
+    grpc = Outcome(run=run, bad=BAD)  # no ejections to read: not measured
+    assert math.isnan(grpc.late())
+    assert math.isnan(grpc.while_ejected())
+    never = Outcome(run=run, bad=BAD, ejections=Ejections())  # a pool that ejected none
+    assert math.isnan(never.late())
+    assert never.while_ejected() == 0
