@@ -129,6 +129,9 @@ class Fleet:
         return self.draw
 
     def _tripped(self, outcomes: Outcomes) -> None:
+        if outcomes.probing and not outcomes.consecutive:  # its probe answered
+            self.ejector.prove(outcomes)
+            return
         decided = self.ejector.trip(outcomes, len(self.outcomes), self.clock())
         if decided is not None:
             self.ejected.append(decided)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import pytest
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.metrics import Counter, NoOpCounter, NoOpMeter, NoOpMeterProvider
@@ -17,12 +18,12 @@ from opentelemetry.metrics import Counter, NoOpCounter, NoOpMeter, NoOpMeterProv
 from conngrpc import Channel, Pool, Supervisor, telemetry
 from conngrpc.otel import HANDLER_ID, ConnGRPCInstrumentor, _server
 from conngrpc.pool.runtime import pools
-from conngrpc.pool.table import Tripped
 from conngrpc.testing import FakeConnector
 from tests._logs import capture_logs
 from tests._otel import Metrics, instrumented
 from tests._pools import fake_channel, running_pool
 from tests._probe import wait_until
+from tests.test_ejection import Finished
 
 pytestmark = pytest.mark.anyio
 
@@ -192,7 +193,8 @@ async def test_an_ejection_is_counted_by_reason_and_the_ejected_backends_are_a_g
         runtime = pools.get(pool_name)
         assert runtime is not None
         outcomes = runtime.table.ejector.by_backend["fake:2"]
-        runtime.report(None, Tripped(outcomes))  # as five failures in a row would
+        for _ in range(5):  # five calls end UNAVAILABLE, as a slot's done callback counts them
+            outcomes.record(Finished(grpc.StatusCode.UNAVAILABLE))
         assert list(Pool.status(pool_name).ejected) == ["fake:2"]
         assert otel.value(EJECTED, pool_name=pool_name) == 1
         assert otel.attribute_sets(EJECTIONS) == [

@@ -522,10 +522,47 @@ def test_a_tripped_backend_leaves_the_hand_out_at_once_and_returns_after_its_tim
         assert pool.handed_out() == [B, B]
     follow = pool.sweep()
     assert follow.returned == (Returned(A, 5.0),)
-    assert follow.room  # calls waiting for room may go to it
+    assert pool.table.ejected() == {}
+    # On probation: one of its channels takes one call at a time, before the others.
+    assert pool.handed_out() == [B, B]
+    (probe,) = pool.table.handout.probes
+    assert probe.backend == A
+    assert pool.table.handout.pick() is probe
+    probe.in_flight += 1  # the probe call runs: the pick goes elsewhere meanwhile
+    assert {pool.table.handout.pick().backend for _ in range(4)} == {B}  # type: ignore[union-attr]
+    probe.in_flight -= 1
+    follows = pool.end_calls(A, grpc.StatusCode.OK)  # it answered: back in full
+    assert [f.room for f in follows] == [True]  # calls waiting for room may go to it
     assert sorted(pool.handed_out()) == [A, A, B, B]
     assert [s.index for s in pool.table.handout.slots] == [0, 1, 2, 3]
-    assert pool.table.ejected() == {}
+    assert pool.table.handout.probes == ()
+
+
+def test_a_probe_that_fails_ejects_its_backend_again_for_longer() -> None:
+    pool = serving(4, A, B)
+    pool.eject(A)
+    while not pool.sweep().returned:
+        pass
+    (follow,) = pool.end_calls(A, grpc.StatusCode.UNAVAILABLE)
+    (ejected,) = follow.ejected
+    assert (ejected.backend, ejected.ejections, ejected.probation) == (A, 2, True)
+    assert ejected.until == pool.clock() + 10.0
+    assert pool.handed_out() == [B, B]
+    assert pool.table.handout.probes == ()
+
+
+def test_a_backend_no_probe_reached_is_back_in_full_a_sweep_later() -> None:
+    """With no call through the PooledChannel (get_channel's users only), nothing probes
+    a backend on probation: after a sweep interval it is handed out in full."""
+    pool = serving(4, A, B)
+    pool.eject(A)
+    while not pool.sweep().returned:
+        pass
+    assert pool.table.handout.probes != ()
+    follow = pool.sweep()
+    assert follow.room
+    assert sorted(pool.handed_out()) == [A, A, B, B]
+    assert pool.table.handout.probes == ()
 
 
 def test_a_channel_that_connects_to_an_ejected_backend_waits_for_its_return() -> None:

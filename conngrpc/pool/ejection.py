@@ -12,7 +12,9 @@ rule take a backend out of the pick:
 
 An ejected backend comes back after ``base_ejection_time`` times how many times it was
 ejected (capped), and that multiplier shrinks again while it behaves. The pool's
-default returns it on probation: its first server failure ejects it again.
+default returns it on probation: one call at a time goes to it (a probe), until one
+succeeds (then it is back in full) or fails (then it is out again, for longer); a
+backend no probe reached within a sweep interval is back in full too.
 
 Two sets of rules: :func:`default_rules` (no configuration: only the server's own
 failures count, at most half the backends in service may be out, never the last) and
@@ -199,6 +201,7 @@ class Outcomes:
         "ignored",
         "kept_since",
         "multiplier",
+        "probing",
         "successes",
         "threshold",
         "tripped",
@@ -218,9 +221,12 @@ class Outcomes:
         self.multiplier = 0
         self.ejections = 0  # in all, for telemetry
         self.kept_since = 0.0  # when the multiplier last shrank, or the backend returned
+        #: back on probation: one call at a time, until one ends (the default's rules)
+        self.probing = False
 
     def __repr__(self) -> str:
         out = "" if self.ejected_at is None else f" ejected_at={self.ejected_at}"
+        out += " probing" if self.probing else ""
         return (
             f"<Outcomes {self.backend} ok={self.successes} failed={self.failures} "
             f"in_a_row={self.consecutive} multiplier={self.multiplier}{out}>"
@@ -239,6 +245,8 @@ class Outcomes:
         else:
             self.successes += 1
             self.consecutive = 0
+            if self.probing:  # its probe answered: back in full
+                self.tripped(self)
 
     def returns_at(self, rules: Rules) -> float | None:
         """When an ejected backend comes back (None: it is in)."""
@@ -249,7 +257,8 @@ class Outcomes:
 
 @dataclass(frozen=True, slots=True)
 class Ejected:
-    """``backend`` left the pick until ``until`` (the ejector's clock), for ``reason``."""
+    """``backend`` left the pick until ``until`` (the ejector's clock), for ``reason``;
+    ``probation``: it was out already, on probation."""
 
     backend: str
     reason: EjectionReason
@@ -258,14 +267,17 @@ class Ejected:
     failures: int
     consecutive: int
     ejections: int
+    probation: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Returned:
-    """``backend`` is back in the pick after ``ejected_for`` seconds."""
+    """``backend`` is back in the pick after ``ejected_for`` seconds; ``probation``: it
+    was back already, on probation, and is now in full (no news: no event)."""
 
     backend: str
     ejected_for: float
+    probation: bool = False
 
 
 class Ejector:
@@ -296,9 +308,38 @@ class Ejector:
     def ejected(self) -> Iterable[Outcomes]:
         return (o for o in self.by_backend.values() if o.ejected_at is not None)
 
+    def out(self) -> Iterable[Outcomes]:
+        """The backends out of the hand-out: ejected, or on probation."""
+        return (o for o in self.by_backend.values() if o.ejected_at is not None or o.probing)
+
     def is_ejected(self, backend: str) -> bool:
         found = self.by_backend.get(backend)
         return found is not None and found.ejected_at is not None
+
+    def is_out(self, backend: str) -> bool:
+        """Whether ``backend``'s channels are kept out of the hand-out."""
+        found = self.by_backend.get(backend)
+        return found is not None and (found.ejected_at is not None or found.probing)
+
+    def prove(self, outcomes: Outcomes) -> bool:
+        """``outcomes``' probe answered: its backend is back in full (False: it was not
+        on probation)."""
+        if not outcomes.probing:
+            return False
+        outcomes.probing = False
+        return True
+
+    def settle_probes(self, now: float) -> list[str]:
+        """The backends on probation that no probe reached for a sweep interval (nobody
+        calls through the PooledChannel): back in full, for ``get_channel``."""
+        due = [
+            o
+            for o in self.by_backend.values()
+            if o.probing and now - o.kept_since >= self.rules.interval
+        ]
+        for outcomes in due:
+            outcomes.probing = False
+        return [o.backend for o in due]
 
     def forget(self, keep: Collection[str], now: float) -> list[Returned]:
         """Let go of the backends not in ``keep`` (the resolver dropped them); those
@@ -325,22 +366,26 @@ class Ejector:
         returns now (so the last backend left is never out). grpc's rule: never."""
         if self.rules.max_ejection_percent is not None:
             return None
-        out = list(self.ejected())
+        out = list(self.out())
         if len(out) <= in_service // 2:
             return None
         rules = self.rules
-        soonest = min(out, key=lambda o: o.returns_at(rules) or 0.0)
+        # on probation first (back already, but for the probe), then the soonest due
+        soonest = min(out, key=lambda o: (not o.probing, o.returns_at(rules) or 0.0))
+        if soonest.probing:
+            soonest.probing = False
+            return Returned(soonest.backend, 0.0, probation=True)
         assert soonest.ejected_at is not None
         back = Returned(soonest.backend, now - soonest.ejected_at)
-        self._return(soonest, now)
+        self._return(soonest, now, probe=False)
         return back
 
     def trip(self, outcomes: Outcomes, in_service: int, now: float) -> Ejected | None:
         """``outcomes``' backend failed ``consecutive_failures`` times in a row: eject it
         now, unless the cap says no (it is asked again at its next failure)."""
-        if outcomes.ejected_at is not None:
-            return None
-        ejected = sum(1 for _ in self.ejected())
+        if outcomes.ejected_at is not None or outcomes.consecutive < outcomes.threshold:
+            return None  # out already, or a stale report (a success came since)
+        ejected = sum(1 for o in self.out() if o is not outcomes)
         if not self.may_eject(in_service, ejected):
             return None
         counts = (outcomes.successes, outcomes.failures)
@@ -356,8 +401,11 @@ class Ejector:
         outcomes.ejections += 1
         in_a_row, outcomes.consecutive = outcomes.consecutive, 0
         outcomes.successes = outcomes.failures = 0
+        probation, outcomes.probing = outcomes.probing, False
         until = now + min(self.rules.base_ejection_time * outcomes.multiplier, self.rules.longest)
-        return Ejected(outcomes.backend, reason, until, *counts, in_a_row, outcomes.ejections)
+        return Ejected(
+            outcomes.backend, reason, until, *counts, in_a_row, outcomes.ejections, probation
+        )
 
     def sweep(self, in_service: int, now: float) -> tuple[list[Ejected], list[Returned]]:
         """An interval passed: eject by the share of failed calls, return the backends
@@ -370,7 +418,7 @@ class Ejector:
         ]
         for outcomes, _, _ in counted:
             outcomes.successes = outcomes.failures = 0
-        out = sum(1 for _ in self.ejected())
+        out = sum(1 for _ in self.out())
         ejections: list[Ejected] = []
         for reason, rule, candidates in self._candidates(counted):
             for outcomes, counts in candidates:
@@ -379,9 +427,10 @@ class Ejector:
                     continue
                 if 1 + int(self._random() * 99) >= rule.enforcement_percentage:
                     continue
-                if self.may_eject(in_service, out):
+                others = out - outcomes.probing  # on probation, it is out already
+                if self.may_eject(in_service, others):
                     ejections.append(self._eject(outcomes, reason, now, counts))
-                    out += 1
+                    out = others + 1
         returned: list[Returned] = []
         for outcomes in self.by_backend.values():
             until = outcomes.returns_at(rules)
@@ -432,13 +481,15 @@ class Ejector:
                         high.append((outcomes, (s, f)))
                 yield "failure_percentage", share, high
 
-    def _return(self, outcomes: Outcomes, now: float) -> None:
-        """Back in the pick, on probation: one server failure ejects it again."""
+    def _return(self, outcomes: Outcomes, now: float, probe: bool = True) -> None:
+        """Back, on the default's probation: its first server failure ejects it again,
+        and (``probe``) one call at a time goes to it until a call ends."""
         outcomes.ejected_at = None
         outcomes.kept_since = now
         outcomes.successes = outcomes.failures = 0
         if self.rules.consecutive_failures is not None:
             outcomes.consecutive = self.rules.consecutive_failures - 1
+            outcomes.probing = probe
 
 
 def _rest(counted: list[tuple[Outcomes, int, int]], this: Outcomes) -> float:

@@ -104,7 +104,17 @@ def _least_loaded(slots: tuple[Slot, ...], start: int) -> Slot:
 class HandOut:
     """The serving channels in index order, and the two ways to take one."""
 
-    __slots__ = ("_channels", "_choices", "_slots", "channels", "counter", "pick", "slots")
+    __slots__ = (
+        "_channels",
+        "_choices",
+        "_mode",
+        "_slots",
+        "channels",
+        "counter",
+        "pick",
+        "probes",
+        "slots",
+    )
 
     def __init__(self, pick: Pick = "least_loaded", choice_count: int = 2) -> None:
         self.slots: tuple[Slot, ...] = ()
@@ -113,12 +123,17 @@ class HandOut:
         self._slots: list[Slot] = []  # what slots is a copy of, kept in index order
         self._channels: list[grpc.aio.Channel] = []
         self._choices = choice_count
-        #: the serving channel a PooledChannel call goes to now that is READY, or None
-        self.pick: Callable[[], Slot | None] = {
+        #: the pick the pool's service config names
+        self._mode: Callable[[], Slot | None] = {
             "least_loaded": self.least_loaded,
             "round_robin": self.round_robin,
             "least_request": self.least_request,
         }[pick]
+        #: the serving channel a PooledChannel call goes to now that is READY, or None:
+        #: the mode's pick, or a probe first while a backend is on probation
+        self.pick = self._mode
+        #: one channel of each backend on probation, each taking one call at a time
+        self.probes: tuple[Slot, ...] = ()
 
     def __repr__(self) -> str:
         return f"<HandOut {list(self.slots)}>"
@@ -143,6 +158,20 @@ class HandOut:
         self._slots.clear()
         self._channels.clear()
         self._publish()
+        self.set_probes(())
+
+    def set_probes(self, probes: tuple[Slot, ...]) -> None:
+        """Send a call to each of ``probes`` whenever it has none in flight (a backend
+        back on probation), before picking among the channels handed out. Without
+        probes the pick is the mode's own, at no cost."""
+        self.probes = probes
+        self.pick = self._probe_first if probes else self._mode
+
+    def _probe_first(self) -> Slot | None:
+        for probe in self.probes:
+            if not probe.in_flight and probe.channel.get_state() is _READY:
+                return probe
+        return self._mode()
 
     def _publish(self) -> None:
         # Copies in C, at most a few microseconds for a thousand channels: the hand-out

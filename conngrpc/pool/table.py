@@ -354,8 +354,9 @@ class PoolTable:
                 yield index
 
     def _out(self, state: Serving) -> bool:
-        """Whether a serving channel is handed out: its backend is not ejected."""
-        return not self.ejector.is_ejected(state.slot.backend)
+        """Whether a serving channel is handed out: its backend is neither ejected nor on
+        probation (when one of its channels takes one call at a time: the probe)."""
+        return not self.ejector.is_out(state.slot.backend)
 
     def ejected(self) -> dict[str, float]:
         """Backend -> when it returns to the pick (this table's clock), for the ejected."""
@@ -432,6 +433,8 @@ class PoolTable:
                 f"got {change!r}"
             )
         self._keep_cap(done)
+        if self.handout.probes or any(o.probing for o in self.ejector.by_backend.values()):
+            self._probe()
         move = placement.next_move(self, self._clock())
         if move is not None:
             self.moving = move.index
@@ -574,12 +577,16 @@ class PoolTable:
         which has a connection; a pool smaller than its backends holds none to some,
         and ejecting by their number could take out every backend it serves."""
         serving = {slot.backend for slot in self.handout.slots}
-        serving.update(o.backend for o in self.ejector.ejected())
+        serving.update(o.backend for o in self.ejector.out())
         return len(serving)
 
     def _trip(self, outcomes: Outcomes, done: _Change) -> None:
         if self.ejector.by_backend.get(outcomes.backend) is not outcomes:
             return  # a backend forgotten since
+        if outcomes.probing and not outcomes.consecutive:  # its probe answered
+            if self.ejector.prove(outcomes):
+                self._serve_backend(outcomes.backend, True, done)
+            return
         ejected = self.ejector.trip(outcomes, self._in_service(), self._clock())
         if ejected is not None:
             self._eject(ejected, done)
@@ -590,7 +597,10 @@ class PoolTable:
             self._eject(decided, done)
         for back in returned:
             done.returned.append(back)
-            self._serve_backend(back.backend, True, done)
+            if not self.ejector.is_out(back.backend):  # else on probation: probed first
+                self._serve_backend(back.backend, True, done)
+        for backend in self.ejector.settle_probes(self._clock()):
+            self._serve_backend(backend, True, done)
         keep = set(self.backends)
         keep.update(backend for backend, count in self.holding.items() if count)
         done.returned.extend(self.ejector.forget(keep, self._clock()))
@@ -598,16 +608,31 @@ class PoolTable:
     def _keep_cap(self, done: _Change) -> None:
         """Backends that left service may leave too many out: return the soonest due
         (asked only while one is out: counting those in service reads every channel)."""
-        while not self.closing and next(iter(self.ejector.ejected()), None) is not None:
+        while not self.closing and next(iter(self.ejector.out()), None) is not None:
             back = self.ejector.over_cap(self._in_service(), self._clock())
             if back is None:
                 return
-            done.returned.append(back)
+            if not back.probation:  # news: it was ejected
+                done.returned.append(back)
             self._serve_backend(back.backend, True, done)
 
     def _eject(self, ejected: Ejected, done: _Change) -> None:
         done.ejected.append(ejected)
-        self._serve_backend(ejected.backend, False, done)
+        if not ejected.probation:  # else its channels were out already
+            self._serve_backend(ejected.backend, False, done)
+
+    def _probe(self) -> None:
+        """One serving channel of each backend on probation takes one call at a time."""
+        probing = {o.backend for o in self.ejector.by_backend.values() if o.probing}
+        probes: dict[str, Slot] = {}
+        if probing and not self.closing:
+            for record in self.records:
+                state = record.state
+                if isinstance(state, Serving) and state.slot.backend in probing:
+                    probes.setdefault(state.slot.backend, state.slot)
+        chosen = tuple(probes.values())
+        if chosen != self.handout.probes:
+            self.handout.set_probes(chosen)
 
     def _serve_backend(self, backend: str, serve: bool, done: _Change) -> None:
         """Hand out the serving channels to ``backend`` (``serve``), or stop to."""
@@ -775,6 +800,12 @@ class PoolTable:
         if self.closing:
             serving = ()
         assert self.handout.slots == serving, (self.handout.slots, serving)
+        for probe in self.handout.probes:
+            assert self.ejector.by_backend[probe.backend].probing, probe
+            assert isinstance(self.records[probe.index].state, Serving), probe
+            assert self.records[probe.index].slot is probe, probe
+        probed = [probe.backend for probe in self.handout.probes]
+        assert len(probed) == len(set(probed)), probed
         assert self.handout.channels == tuple(s.channel for s in serving)
         placed = Counter(self.going.get(i) or a for i, a in self.held.items())
         placed.update(a for i, a in self.going.items() if i not in self.held)

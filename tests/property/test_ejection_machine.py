@@ -79,6 +79,7 @@ class EjectionMachine(RuleBasedStateMachine):
         self.policy: Rules  # not rules: the state machine's own
         self.backends: list[str] = []
         self.ejected: set[str] = set()  # the model, from the follow-ups
+        self.on_probation: set[str] = set()  # returned since last ejected (the default)
         self.failed: dict[str, int] = {}  # failures that count, since the last sweep
         self.streak: dict[str, int] = {}  # failures that count, in a row
 
@@ -120,7 +121,8 @@ class EjectionMachine(RuleBasedStateMachine):
                 self.streak[backend] = 0
             due = counts and self.streak[backend] >= self._threshold()
             due = due and backend not in self.ejected
-            may = len(self.ejected) < self._cap(self._in_service())
+            out = (self.ejected | self._probing()) - {backend}  # on probation: out too
+            may = len(out) < self._cap(self._in_service())
             slot.in_flight += 1
             slot.done(Finished(code))
             self.failed[backend] += counts
@@ -177,6 +179,8 @@ class EjectionMachine(RuleBasedStateMachine):
                 slot.in_flight += 5
                 for _ in range(5):
                     slot.done(Finished(Code.OK))
+                    while self.pool.tripped:  # a probe answered: back in full
+                        self._apply(Tripped(self.pool.tripped.pop(0)))
             self.sweep(seconds)
             assert backend not in self.ejected
         self.streak[backend] = 0
@@ -211,7 +215,7 @@ class EjectionMachine(RuleBasedStateMachine):
             # Only the default returns a backend before its time: when backends left
             # service, so that more than half of those left were out; no more than that.
             assert self.policy.max_ejection_percent is None, early
-            left = (was | set(new)) - set(back)
+            left = ((was | set(new)) - set(back)) | self._probing()
             assert len(left) == self._in_service() // 2, (early, left, self._in_service())
         if not isinstance(change, Sweep):
             if isinstance(change, Tripped):
@@ -220,17 +224,25 @@ class EjectionMachine(RuleBasedStateMachine):
             else:
                 assert not new
         if new:
-            assert len(was | set(new)) <= self._cap(in_service), (was, new, in_service)
+            out = was | set(new) | self._probing()
+            assert len(out) <= self._cap(in_service), (was, new, out, in_service)
         self.ejected = (was | set(new)) - set(back)
+        if self.policy.consecutive_failures is not None:  # the default's probation
+            self.on_probation = (self.on_probation | set(back)) - set(new)
         for b in new:
             self.streak[b] = 0
         for b in back:  # the default's probation: one failure ejects it again
             self.streak[b] = self._threshold() - 1 if self.policy.consecutive_failures else 0
 
     def _in_service(self) -> int:
-        """The backends the pool balances over: serving a channel, or ejected."""
+        """The backends the pool balances over: serving a channel, ejected, or on
+        probation."""
         table = self.pool.table
-        return len({s.backend for s in table.handout.slots} | set(table.ejected()))
+        out = set(table.ejected()) | self._probing()
+        return len({s.backend for s in table.handout.slots} | out)
+
+    def _probing(self) -> set[str]:
+        return {o.backend for o in self.pool.table.ejector.by_backend.values() if o.probing}
 
     def _cap(self, in_service: int) -> int:
         """The most backends out at once, once one more is ejected."""
@@ -257,12 +269,24 @@ class EjectionMachine(RuleBasedStateMachine):
         table.check()
         assert set(table.ejected()) == self.ejected
         assert set(table.ejector.by_backend) == set(self.backends)
+        # Back on the default's probation: out of the hand-out but for one probe call at
+        # a time, on one of its serving channels.
+        probing = {o.backend for o in table.ejector.by_backend.values() if o.probing}
+        assert not probing & self.ejected, (probing, self.ejected)
+        assert probing <= self.on_probation, (probing, self.on_probation)
+        out = self.ejected | probing
         serving = [
             r.state.slot
             for r in table.records
-            if isinstance(r.state, Serving) and r.state.slot.backend not in self.ejected
+            if isinstance(r.state, Serving) and r.state.slot.backend not in out
         ]
         assert table.handout.slots == tuple(serving)
+        probed = {
+            r.state.slot.backend
+            for r in table.records
+            if isinstance(r.state, Serving) and r.state.slot.backend in probing
+        }
+        assert {probe.backend for probe in table.handout.probes} == probed
 
     @invariant()
     def the_default_never_ejects_every_backend(self) -> None:
@@ -271,7 +295,8 @@ class EjectionMachine(RuleBasedStateMachine):
         # At most half of those in service are out, as backends leave service too (an
         # ejected one returns early), and no more are in service than there are
         # backends: never all.
-        assert len(self.ejected) <= self._in_service() // 2, (self.ejected, self._in_service())
+        out = self.ejected | self._probing()
+        assert len(out) <= self._in_service() // 2, (out, self._in_service())
         assert len(self.ejected) <= len(self.backends) // 2
 
 
