@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import statistics
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ import grpc
 import grpc.aio
 import pytest
 
+from conngrpc import Pool
 from conngrpc.pool.ejection import (
     SERVER_FAILURES,
     Ejected,
@@ -34,11 +36,14 @@ from conngrpc.pool.ejection import (
     rules_from,
     status_code,
 )
+from conngrpc.pool.runtime import pools
 from conngrpc.pool.service_config import (
     FailurePercentageEjection,
     OutlierDetection,
     SuccessRateEjection,
 )
+from conngrpc.testing import FakeConnector
+from tests._pools import fake_channel, running_pool
 from tests._probe import FakeClock
 
 Code = grpc.StatusCode
@@ -293,15 +298,25 @@ def test_a_cancelled_call_counts_neither_way_in_the_default() -> None:
     assert fleet.out() == {A}
 
 
-def test_a_failure_tripped_while_the_cap_says_no_asks_again_at_the_next() -> None:
+def test_a_backend_the_cap_kept_in_is_asked_again_after_as_many_failures() -> None:
+    """Not at every failure past the fifth: in an outage every call fails, and each ask
+    costs a pass over the pool."""
     fleet = Fleet(default_rules(), A, B)
+    asked = []
+    fleet.outcomes[B].tripped = lambda outcomes: (
+        asked.append(outcomes.consecutive),
+        fleet._tripped(outcomes),
+    )[1]
     fleet.call(A, INTERNAL, 5)
     fleet.call(B, INTERNAL, 5)
     assert fleet.out() == {A}  # at most one of two
     fleet.sweep_until_returned(A)
-    fleet.call(A, OK)  # off probation, behaving
+    fleet.call(A, OK)  # its probe answered: back in full, behaving
+    fleet.call(B, INTERNAL, 4)
+    assert fleet.out() == set()
     fleet.call(B, INTERNAL)
     assert fleet.out() == {B}
+    assert asked == [5, 10]
 
 
 # --- the default: failure percentage, at each sweep ------------------------------------------
@@ -887,3 +902,24 @@ def test_helpers_spread_failures_without_five_in_a_row() -> None:
         assert calls.count(OK) == successes
         runs = [len(list(g)) for k, g in itertools.groupby(calls) if k is INTERNAL]
         assert max(runs) <= 4
+
+
+@pytest.mark.anyio
+async def test_a_call_whose_deadline_passed_while_it_waited_is_neither_sent_nor_counted(
+    pool_name: str,
+) -> None:
+    """Calls waiting for room expire in bunches under overload: were they sent with no
+    time left, each would end DEADLINE_EXCEEDED and count as its backend's failure."""
+    async with running_pool(pool_name, 1, fake_channel(FakeConnector())):
+        runtime = pools.get(pool_name)
+        assert runtime is not None
+        slot = runtime.handout.pick()
+        assert slot is not None
+        method = Pool.channel(pool_name).unary_unary("/conngrpc.test.v1.Test/Call")
+        expired = time.monotonic() - 0.001
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            method._start_on(runtime.admission, (b"",), {}, expired, slot)  # type: ignore[attr-defined]
+        assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "deadline passed while the call waited" in (raised.value.details() or "")
+        assert (slot.in_flight, runtime.admission.in_flight) == (0, 0)
+        assert (slot.outcomes.failures, slot.outcomes.consecutive) == (0, 0)

@@ -767,6 +767,27 @@ def test_a_bad_document_is_refused_where_the_pool_is_declared() -> None:
             pass
 
 
+def test_a_service_config_at_odds_with_the_channel_is_refused_in_the_class_statement() -> None:
+    options = [("grpc.service_config", "{}")]
+    with pytest.raises(ValueError, match=re.escape("channel options give 'grpc.service_config'")):
+
+        class TwicePool(
+            Pool,
+            pool_size=1,
+            channel={"address": "127.0.0.1:1", "options": options},
+            service_config={"loadBalancingConfig": ROUND_ROBIN},
+        ):
+            pass
+
+    health = {"healthCheckConfig": {"serviceName": "inventory"}}
+    with pytest.raises(ValueError, match=re.escape("healthCheckConfig.serviceName")):
+
+        class OtherHealthPool(
+            Pool, pool_size=1, channel={"health_check": "billing"}, service_config=health
+        ):
+            pass
+
+
 def test_a_service_config_given_twice_is_refused() -> None:
     options = [("grpc.service_config", json.dumps({"methodConfig": []}))]
     with pytest.raises(

@@ -551,6 +551,32 @@ def test_a_probe_that_fails_ejects_its_backend_again_for_longer() -> None:
     assert pool.table.handout.probes == ()
 
 
+def test_a_probe_still_running_keeps_its_backend_on_probation() -> None:
+    """A probe that hangs must not let every caller follow it at the next sweep; a probe
+    that never ends (a stream) holds probation for the longest ejection at most."""
+    pool = serving(4, A, B)
+    pool.eject(A)
+    while not pool.sweep().returned:
+        pass
+    (probe,) = pool.table.handout.probes
+    probe.in_flight += 1
+    for _ in range(3):
+        pool.sweep()
+        assert pool.handed_out() == [B, B]
+        assert pool.table.handout.pick() is not probe
+    pool.sweep(after=60.0)  # default_rules(): 60 s at most
+    assert sorted(pool.handed_out()) == [A, A, B, B]
+    probe.in_flight -= 1
+
+
+def test_a_trip_while_the_pool_stops_ejects_nothing() -> None:
+    pool = serving(4, A, B)
+    pool.apply(None, Closing())
+    follows = pool.end_calls(A, grpc.StatusCode.UNAVAILABLE, 5)
+    assert [f.ejected for f in follows] == [()]
+    assert pool.table.ejected() == {}
+
+
 def test_a_backend_no_probe_reached_is_back_in_full_a_sweep_later() -> None:
     """With no call through the PooledChannel (get_channel's users only), nothing probes
     a backend on probation: after a sweep interval it is handed out in full."""
@@ -621,7 +647,7 @@ def test_the_default_cap_counts_backends_serving_or_ejected() -> None:
     for backend in (C, D):
         (slot,) = pool.slots(backend)
         pool.apply(slot.index, HealthChanged(True, "SERVING"))
-    follows = pool.end_calls(B, UNAVAILABLE)  # still failing: asked again, and now
+    follows = pool.end_calls(B, UNAVAILABLE, 5)  # still failing: asked again, and now
     assert ejections(follows) == [B]
     assert sorted(pool.handed_out()) == [C, D]
     assert ejections(pool.end_calls(C, UNAVAILABLE, 5)) == []

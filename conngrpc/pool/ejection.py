@@ -212,7 +212,7 @@ class Outcomes:
         self.failure_codes = rules.failure_codes
         self.ignored = rules.ignored
         self.threshold = rules.consecutive_failures or _NO_STREAK
-        #: called at the threshold'th failure in a row while not ejected
+        #: called at each threshold'th failure in a row while not ejected
         self.tripped = tripped
         self.successes = 0
         self.failures = 0
@@ -240,7 +240,9 @@ class Outcomes:
         if code in self.failure_codes:
             self.failures += 1
             self.consecutive += 1
-            if self.consecutive >= self.threshold and self.ejected_at is None:
+            # at each threshold'th in a row: once refused by the cap, it is asked again
+            # after as many more, not at every failure (an outage fails them all)
+            if not self.consecutive % self.threshold and self.ejected_at is None:
                 self.tripped(self)
         else:
             self.successes += 1
@@ -329,13 +331,18 @@ class Ejector:
         outcomes.probing = False
         return True
 
-    def settle_probes(self, now: float) -> list[str]:
+    def settle_probes(self, now: float, busy: Collection[str]) -> list[str]:
         """The backends on probation that no probe reached for a sweep interval (nobody
-        calls through the PooledChannel): back in full, for ``get_channel``."""
+        calls through the PooledChannel): back in full, for ``get_channel``. A probe
+        still running (``busy``) keeps its backend on probation until it ends, or for
+        the longest ejection time at most (a stream that never ends)."""
+        rules = self.rules
         due = [
             o
             for o in self.by_backend.values()
-            if o.probing and now - o.kept_since >= self.rules.interval
+            if o.probing
+            and now - o.kept_since >= rules.interval
+            and (o.backend not in busy or now - o.kept_since >= rules.longest)
         ]
         for outcomes in due:
             outcomes.probing = False
@@ -382,7 +389,7 @@ class Ejector:
 
     def trip(self, outcomes: Outcomes, in_service: int, now: float) -> Ejected | None:
         """``outcomes``' backend failed ``consecutive_failures`` times in a row: eject it
-        now, unless the cap says no (it is asked again at its next failure)."""
+        now, unless the cap says no (it is asked again after as many more)."""
         if outcomes.ejected_at is not None or outcomes.consecutive < outcomes.threshold:
             return None  # out already, or a stale report (a success came since)
         ejected = sum(1 for o in self.out() if o is not outcomes)
@@ -435,7 +442,8 @@ class Ejector:
         for outcomes in self.by_backend.values():
             until = outcomes.returns_at(rules)
             if until is None:
-                if outcomes.multiplier and now - outcomes.kept_since >= rules.decay_every:
+                behaves = outcomes.multiplier and not outcomes.probing  # not yet, on probation
+                if behaves and now - outcomes.kept_since >= rules.decay_every:
                     outcomes.multiplier -= 1
                     outcomes.kept_since = now
             elif until <= now:

@@ -375,7 +375,19 @@ class _Multicallable:
         deadline: float | None,
         slot: Slot,
     ) -> Any:
-        """Start the call on ``slot`` with what is left of ``deadline``."""
+        """Start the call on ``slot`` with what is left of ``deadline``.
+
+        :raises grpc.aio.AioRpcError: DEADLINE_EXCEEDED, the deadline passed while the
+            call waited: it is not sent, nor counted against the backend (it would
+            count as the backend's failure, and waiting calls expire in bunches).
+        """
+        if deadline is not None and deadline <= time.monotonic():
+            facade = self._facade
+            details = (
+                f"conngrpc {facade.kind} {facade.name!r}: the deadline passed while the call "
+                "waited for a channel"
+            )
+            raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, details=details)
         return self._start(admission, slot, request, _within(options, deadline))
 
     async def _start_when_room(

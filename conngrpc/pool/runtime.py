@@ -85,8 +85,11 @@ class PoolStatus:
     #: on any of its channels that left the hand-out while calls run on it (a health
     #: flap, a replacement draining). They add up to ``in_flight``.
     in_flight_by_channel: Mapping[int, int] = field(default_factory=dict)
-    #: The backends out of the pick now (their calls failed), each with when it comes
-    #: back (``time.time()`` seconds, at the earliest: a sweep returns it).
+    #: The backends ejected now (their calls failed), each with when it comes back
+    #: (``time.time()`` seconds, at the earliest: a sweep returns it). Their channels
+    #: stay connected but are not handed out, nor counted in ``current_size`` or
+    #: ``backends``. A backend back on probation is no longer listed, though until its
+    #: probe answers only that one call at a time goes to it.
     ejected: Mapping[str, float] = field(default_factory=dict)
 
 
@@ -181,8 +184,12 @@ class PoolRuntime:
         return follow.reply
 
     def _tripped(self, outcomes: Outcomes) -> None:
-        """A backend failed enough calls in a row (a call's done callback): eject it now."""
-        self.report(None, Tripped(outcomes))
+        """A backend failed enough calls in a row, or its probe answered (a call's done
+        callback, which grpc does not guard: nothing may escape it)."""
+        try:
+            self.report(None, Tripped(outcomes))
+        except Exception as error:
+            self.log.error("ejection failed", backend=outcomes.backend, exc_info=error)
 
     def _ejected(self, ejected: Ejected) -> None:
         seconds = ejected.until - time.monotonic()

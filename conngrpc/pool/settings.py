@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from .._checks import check_count, check_seconds
@@ -44,22 +44,21 @@ class ResolvedSettings:
     max_calls_per_channel: int | None = None
     #: grpc's service config as given (a JSON string or a dict), None when none was
     service_config: str | Mapping[str, Any] | None = None
+    #: what the pool does itself of its service config, read once (the defaults when
+    #: none): a dict changed after the settings were made changes nothing
+    balancing: PoolServiceConfig = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for key in SETTINGS:
             value = getattr(self, key)
             if not (key in _MAY_BE_NONE and value is None):
                 check_setting(key, value)
-        if self.service_config is not None:
-            channel = _with_service_config(self.channel, self.balancing)
-            object.__setattr__(self, "channel", channel)
-
-    @property
-    def balancing(self) -> PoolServiceConfig:
-        """What the pool does itself of its service config (the defaults when none)."""
         if self.service_config is None:
-            return PoolServiceConfig()
-        return parse_service_config(self.service_config)
+            object.__setattr__(self, "balancing", PoolServiceConfig())
+            return
+        balancing = parse_service_config(self.service_config)
+        object.__setattr__(self, "balancing", balancing)
+        object.__setattr__(self, "channel", _with_service_config(self.channel, balancing))
 
 
 def _with_service_config(channel: ChannelConfig, parsed: PoolServiceConfig) -> ChannelConfig:
@@ -69,25 +68,34 @@ def _with_service_config(channel: ChannelConfig, parsed: PoolServiceConfig) -> C
     :raises ValueError: ``grpc.service_config`` is in the channel's options too, or
         ``healthCheckConfig`` names another service than the channel's ``health_check``.
     """
-    if any(key == _GRPC_SERVICE_CONFIG for key, _ in channel.options):
-        raise ValueError(
-            f"Pool service_config: expected grpc's service config in one place, but "
-            f"channel options give {_GRPC_SERVICE_CONFIG!r} too; give it as the pool's "
-            "service_config alone (the pool balances across its connections itself)"
-        )
+    _check_channel(channel.options, channel.health_check, parsed)
     changes: dict[str, Any] = {}
     if parsed.health_service is not None:
-        if channel.health_check not in (None, parsed.health_service):
-            raise ValueError(
-                "Pool service_config: healthCheckConfig.serviceName: expected the service "
-                f"the channel's health_check names ({channel.health_check!r}) or no "
-                f"health_check, got {parsed.health_service!r}"
-            )
         changes["health_check"] = parsed.health_service
     if parsed.channel_service_config is not None:
         options = (*channel.options, (_GRPC_SERVICE_CONFIG, parsed.channel_service_config))
         changes["options"] = options
     return channel.merged(changes) if changes else channel
+
+
+def _check_channel(options: Any, health_check: object, parsed: PoolServiceConfig) -> None:
+    """Raise where the service config and the channel's settings say different things."""
+    if any(
+        isinstance(option, tuple | list)
+        and option[:1] in ((_GRPC_SERVICE_CONFIG,), [_GRPC_SERVICE_CONFIG])
+        for option in options
+    ):
+        raise ValueError(
+            f"Pool service_config: expected grpc's service config in one place, but "
+            f"channel options give {_GRPC_SERVICE_CONFIG!r} too; give it as the pool's "
+            "service_config alone (the pool balances across its connections itself)"
+        )
+    if parsed.health_service is not None and health_check not in (None, parsed.health_service):
+        raise ValueError(
+            "Pool service_config: healthCheckConfig.serviceName: expected the service "
+            f"the channel's health_check names ({health_check!r}) or no "
+            f"health_check, got {parsed.health_service!r}"
+        )
 
 
 _GRPC_SERVICE_CONFIG = "grpc.service_config"
@@ -153,6 +161,15 @@ def merge(settings: dict[str, Any], changes: Mapping[str, Any], where: str) -> N
                 value = {**base, **value}
             value = _channel_or_partial(value, where)
         settings[key] = value
+    channel, service_config = settings.get("channel"), settings.get("service_config")
+    if channel is not None and service_config is not None:  # checked together, at once
+        if isinstance(channel, ChannelConfig):
+            _check_channel(
+                channel.options, channel.health_check, parse_service_config(service_config)
+            )
+        elif isinstance(channel, Mapping):
+            parsed = parse_service_config(service_config)
+            _check_channel(channel.get("options", ()), channel.get("health_check"), parsed)
 
 
 def _channel_or_partial(value: Any, where: str) -> ChannelConfig | Mapping[str, Any]:

@@ -361,7 +361,9 @@ class PoolTable:
     def ejected(self) -> dict[str, float]:
         """Backend -> when it returns to the pick (this table's clock), for the ejected."""
         rules = self.ejector.rules
-        return {o.backend: o.returns_at(rules) or 0.0 for o in self.ejector.ejected()}
+        everyone = list(self.ejector.by_backend.values())  # one step: status() may run in
+        # another thread while the loop adds a backend
+        return {o.backend: o.returns_at(rules) or 0.0 for o in everyone if o.ejected_at is not None}
 
     def connected_count(self) -> int:
         """How many are counted as connected (at no cost: a pool of 1,000 asks it often)."""
@@ -581,8 +583,8 @@ class PoolTable:
         return len(serving)
 
     def _trip(self, outcomes: Outcomes, done: _Change) -> None:
-        if self.ejector.by_backend.get(outcomes.backend) is not outcomes:
-            return  # a backend forgotten since
+        if self.closing or self.ejector.by_backend.get(outcomes.backend) is not outcomes:
+            return  # stopping (its calls fail as the channels close), or forgotten since
         if outcomes.probing and not outcomes.consecutive:  # its probe answered
             if self.ejector.prove(outcomes):
                 self._serve_backend(outcomes.backend, True, done)
@@ -599,7 +601,8 @@ class PoolTable:
             done.returned.append(back)
             if not self.ejector.is_out(back.backend):  # else on probation: probed first
                 self._serve_backend(back.backend, True, done)
-        for backend in self.ejector.settle_probes(self._clock()):
+        busy = {probe.backend for probe in self.handout.probes if probe.in_flight}
+        for backend in self.ejector.settle_probes(self._clock(), busy):
             self._serve_backend(backend, True, done)
         keep = set(self.backends)
         keep.update(backend for backend, count in self.holding.items() if count)

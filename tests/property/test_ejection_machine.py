@@ -119,7 +119,8 @@ class EjectionMachine(RuleBasedStateMachine):
                 self.streak[backend] += 1
             elif value not in self.policy.ignored:
                 self.streak[backend] = 0
-            due = counts and self.streak[backend] >= self._threshold()
+            # asked at each threshold'th failure in a row (again after as many more)
+            due = counts and self.streak[backend] % self._threshold() == 0
             due = due and backend not in self.ejected
             out = (self.ejected | self._probing()) - {backend}  # on probation: out too
             may = len(out) < self._cap(self._in_service())
