@@ -17,6 +17,7 @@ import grpc
 import grpc.aio
 import pytest
 
+from bench.outliers import CONFIG as OUTLIERS_CONFIG
 from conngrpc import ChannelConfig, Pool
 from conngrpc._server import PEER_METHOD, SLEEP_METHOD
 from conngrpc.channel.connector import raw_unary
@@ -63,24 +64,8 @@ A50_EXAMPLE = {
     ]
 }
 
-# The JSON issue 16's benchmarks give grpc and the pool alike.
-BENCHMARK = {
-    "loadBalancingConfig": [
-        {
-            "outlier_detection_experimental": {
-                "interval": "1s",
-                "baseEjectionTime": "5s",
-                "maxEjectionPercent": 50,
-                "failurePercentageEjection": {
-                    "threshold": 25,
-                    "requestVolume": 20,
-                    "minimumHosts": 3,
-                },
-                "childPolicy": ROUND_ROBIN,
-            }
-        }
-    ]
-}
+# The JSON issue 16's benchmarks give grpc and the pool alike (bench/outliers.py).
+BENCHMARK = OUTLIERS_CONFIG
 
 METHOD_CONFIG = [{"name": [{"service": "conngrpc.demo.v1.Demo"}], "timeout": "2s"}]
 
