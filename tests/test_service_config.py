@@ -21,6 +21,7 @@ from bench.outliers import CONFIG as OUTLIERS_CONFIG
 from conngrpc import ChannelConfig, Pool
 from conngrpc._server import PEER_METHOD, SLEEP_METHOD
 from conngrpc.channel.connector import raw_unary
+from conngrpc.pool.ejection import rules_from
 from conngrpc.pool.runtime import pools
 from conngrpc.pool.service_config import (
     POOL_FIELDS,
@@ -304,10 +305,10 @@ def test_any_mapping_and_tuples_read_as_json_objects_and_lists() -> None:
 
 
 def test_ejection_time_grows_and_is_capped_at_the_larger_of_base_and_max() -> None:
-    rules = OutlierDetection(base_ejection_time=30.0, max_ejection_time=300.0)
+    rules = rules_from(OutlierDetection(base_ejection_time=30.0, max_ejection_time=300.0))
     assert [rules.ejection_time(n) for n in (1, 2, 10, 11)] == [30.0, 60.0, 300.0, 300.0]
     # A max below the base never shortens an ejection below the base, as in grpc.
-    short_max = OutlierDetection(base_ejection_time=30.0, max_ejection_time=10.0)
+    short_max = rules_from(OutlierDetection(base_ejection_time=30.0, max_ejection_time=10.0))
     assert [short_max.ejection_time(n) for n in (1, 3)] == [30.0, 30.0]
 
 

@@ -109,6 +109,11 @@ class Rules:
         """The longest ejection: ``max_ejection_time``, but never below the base (A50)."""
         return max(self.base_ejection_time, self.max_ejection_time)
 
+    def ejection_time(self, multiplier: int) -> float:
+        """How long a backend ejected with ``multiplier`` stays out: the base times the
+        multiplier, capped at :attr:`longest` (so never below the base), as grpc does."""
+        return min(self.base_ejection_time * multiplier, self.longest)
+
     @property
     def sweeps(self) -> bool:
         """Whether anything can eject a backend (grpc runs no timer when nothing can)."""
@@ -254,7 +259,7 @@ class Outcomes:
         """When an ejected backend comes back (None: it is in)."""
         if self.ejected_at is None:
             return None
-        return self.ejected_at + min(rules.base_ejection_time * self.multiplier, rules.longest)
+        return self.ejected_at + rules.ejection_time(self.multiplier)
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,7 +414,7 @@ class Ejector:
         in_a_row, outcomes.consecutive = outcomes.consecutive, 0
         outcomes.successes = outcomes.failures = 0
         probation, outcomes.probing = outcomes.probing, False
-        until = now + min(self.rules.base_ejection_time * outcomes.multiplier, self.rules.longest)
+        until = now + self.rules.ejection_time(outcomes.multiplier)
         return Ejected(
             outcomes.backend, reason, until, *counts, in_a_row, outcomes.ejections, probation
         )

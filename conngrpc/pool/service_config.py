@@ -141,7 +141,7 @@ class OutlierDetection:
     """gRFC A50's ``outlier_detection_experimental``, durations in seconds, grpc's defaults.
 
     Every ``interval`` the rules run over the calls counted since the last run; an
-    ejected backend comes back after :meth:`ejection_time`. With neither rule set,
+    ejected backend comes back after the ejection time (``ejection.Rules``). With neither rule set,
     nothing is ever ejected (A50). ``max_ejection_time`` is stored as written; the
     cap that applies is ``max(base_ejection_time, max_ejection_time)``, as in grpc.
 
@@ -169,18 +169,6 @@ class OutlierDetection:
             self.failure_percentage_ejection,
             FailurePercentageEjection,
         )
-
-    def ejection_time(self, multiplier: int) -> float:
-        """How long a backend stays out when ejected with this multiplier (A50).
-
-        The multiplier counts ejections in a row: it grows by one at each ejection and
-        shrinks by one each interval the backend is back and not ejected. The time is
-        ``base_ejection_time * multiplier``, capped at ``max(base_ejection_time,
-        max_ejection_time)`` as grpc caps it, so a ``max_ejection_time`` below
-        ``base_ejection_time`` never shortens an ejection below the base.
-        """
-        cap = max(self.base_ejection_time, self.max_ejection_time)
-        return min(self.base_ejection_time * multiplier, cap)
 
 
 @dataclass(frozen=True, slots=True)

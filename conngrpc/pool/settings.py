@@ -51,7 +51,8 @@ class ResolvedSettings:
     def __post_init__(self) -> None:
         for key in SETTINGS:
             value = getattr(self, key)
-            if not (key in _MAY_BE_NONE and value is None):
+            # service_config: parsed below, once (parsing is its check)
+            if not (key in _MAY_BE_NONE and value is None) and key != "service_config":
                 check_setting(key, value)
         if self.service_config is None:
             object.__setattr__(self, "balancing", PoolServiceConfig())
@@ -164,12 +165,10 @@ def merge(settings: dict[str, Any], changes: Mapping[str, Any], where: str) -> N
     channel, service_config = settings.get("channel"), settings.get("service_config")
     if channel is not None and service_config is not None:  # checked together, at once
         if isinstance(channel, ChannelConfig):
-            _check_channel(
-                channel.options, channel.health_check, parse_service_config(service_config)
-            )
-        elif isinstance(channel, Mapping):
-            parsed = parse_service_config(service_config)
-            _check_channel(channel.get("options", ()), channel.get("health_check"), parsed)
+            options, health_check = channel.options, channel.health_check
+        else:  # a partial dict, checked field by field already
+            options, health_check = channel.get("options", ()), channel.get("health_check")
+        _check_channel(options, health_check, parse_service_config(service_config))
 
 
 def _channel_or_partial(value: Any, where: str) -> ChannelConfig | Mapping[str, Any]:
