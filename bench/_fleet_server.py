@@ -9,9 +9,11 @@ while it was NOT_SERVING, counted on the server's side) and ``Count`` (a respons
 of as many messages as the request says, as fast as the client reads them).
 
 A replica gone bad takes the flags of ``conngrpc._server`` (by default none): ``--fail
-CODE`` (Sleep fails with that status) or ``--hang`` (it never answers, so each call waits
-for its deadline), for ``--fail-percent`` of the calls (evenly spread), after
-``--fail-after-ms``.
+CODE`` (Sleep fails with that status), ``--hang`` (it never answers, so each call waits
+for its deadline) or ``--stall`` (it answers as usual, ``--fail-after-ms`` late: a slow
+replica's tail), for ``--fail-percent`` of the calls (evenly spread), after
+``--fail-after-ms``. ``--stall --fail-after-ms 250 --fail-percent 10`` answers one call in
+ten 250 ms late.
 """
 
 from __future__ import annotations

@@ -34,13 +34,14 @@ from .lifecycle import failure_and_recovery, memory, shutdown, startup
 from .outliers import outliers
 from .pooled import overhead as pooled_overhead
 from .pooled import slow_replica, stream_cap
+from .retries import retries
 from .throughput import ceiling, cold_burst, overhead, stream_capped
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The simulated network for the cold-burst variant: ms each way.
 LINK_MS = 10
 #: The groups of benchmarks, by module, in the order a run makes them.
-GROUPS = ("hot_path", "throughput", "lifecycle", "fleet", "pooled", "outliers")
+GROUPS = ("hot_path", "throughput", "lifecycle", "fleet", "pooled", "outliers", "retries")
 
 
 def _machine() -> list[str]:
@@ -135,6 +136,9 @@ async def main(quick: bool, output: Path | None, only: frozenset[str] = frozense
             done(section)
     if "outliers" in only:
         for section in await outliers(quick):
+            done(section)
+    if "retries" in only:
+        for section in await retries(quick):
             done(section)
     seconds = time.monotonic() - began
     if output is not None:

@@ -47,6 +47,9 @@ TITLES = [
     "Outliers (2): one replica fails 30% of its calls",
     "Outliers (3): one replica never answers",
     "Outliers (4): the healthy baseline",
+    "Rolling restart with retries",
+    "Hedging: one replica of three stalls",
+    "Cost of a retry policy, nothing failing",
 ]
 
 #: A row of the targets table: benchmark, target, measured, reference, ratio, required,

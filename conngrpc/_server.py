@@ -6,10 +6,11 @@ caller's address as the server sees it, so a test can tell connections apart) an
 
 ``python -m conngrpc._server --port 0`` prints ``PORT <n>`` once it listens and
 stops on SIGTERM (gracefully, within ``--grace`` seconds) or SIGINT. A replica that
-goes bad, for the tests of ejection: ``--fail CODE`` (Sleep fails with that status) or
-``--hang`` (Sleep never answers), for ``--fail-percent`` of the calls, after
-``--fail-after-ms``; SIGUSR2 turns the fault off (the replica recovers), SIGUSR1 on again
-(as bench/_fleet_server.py's SIGUSR1 takes a replica out and SIGUSR2 brings it back).
+goes bad, for the tests of ejection and retries: ``--fail CODE`` (Sleep fails with that
+status), ``--hang`` (Sleep never answers) or ``--stall`` (Sleep answers, but late), for
+``--fail-percent`` of the calls, after ``--fail-after-ms``; SIGUSR2 turns the fault off
+(the replica recovers), SIGUSR1 on again (as bench/_fleet_server.py's SIGUSR1 takes a
+replica out and SIGUSR2 brings it back).
 :class:`ServerProcess` runs it in a child process that a test or the demo can kill,
 pause and restart on the same port.
 """
@@ -54,39 +55,49 @@ class Fault:
     """What ``Sleep`` does instead of answering, to some of its calls.
 
     ``code``: it fails with that status; ``hang``: it never answers (the call ends at
-    its deadline). ``percent``: exactly that many of every 100 calls, evenly spread (for
-    30: the 4th, 7th, 10th, ...), so that a test's counts are exact; ``after_ms``: how
-    long it waits first. ``on``: whether it strikes now (SIGUSR1 sets it, SIGUSR2
-    clears it).
+    its deadline); ``stall``: it answers as usual, but ``after_ms`` late (a slow
+    replica's tail, for hedging). One of the three. ``percent``: exactly that many of
+    every 100 calls, evenly spread (for 30: the 4th, 7th, 10th, ...), so that a test's
+    counts are exact; ``after_ms``: how long it waits first. ``on``: whether it strikes
+    now (SIGUSR1 sets it, SIGUSR2 clears it).
     """
 
     code: grpc.StatusCode | None = None
     hang: bool = False
+    stall: bool = False
     percent: int = 100
     after_ms: float = 0.0
     on: bool = True
     calls: int = field(default=0, init=False)  # struck at, while on
 
     def __post_init__(self) -> None:
-        if (self.code is None) == (not self.hang):
-            raise ValueError(f"expected a status code or hang, got {self.code!r}, {self.hang!r}")
+        if (self.code is not None) + self.hang + self.stall != 1:
+            raise ValueError(
+                "expected one of a status code, hang or stall, got "
+                f"code={self.code!r}, hang={self.hang!r}, stall={self.stall!r}"
+            )
         if self.code is grpc.StatusCode.OK:
             raise ValueError("expected a status code other than OK to fail with")
         if not 0 <= self.percent <= 100:
             raise ValueError(f"expected a percentage from 0 to 100, got {self.percent!r}")
         if self.after_ms < 0:
             raise ValueError(f"expected milliseconds >= 0, got {self.after_ms!r}")
+        if self.stall and not self.after_ms:
+            raise ValueError("expected milliseconds > 0 for a stall, got 0: it would stall nothing")
 
     def strikes(self) -> bool:
-        """Whether the call that came now fails (or hangs)."""
+        """Whether the call that came now fails (or hangs, or stalls)."""
         if not self.on:
             return False
         self.calls += 1
         return self.calls * self.percent // 100 > (self.calls - 1) * self.percent // 100
 
     async def strike(self, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
-        """What a call it strikes gets: after ``after_ms``, its status, or no answer."""
+        """What a call it strikes gets: after ``after_ms``, its status, no answer, or
+        (a stall) nothing more: the call then goes on as any other."""
         await asyncio.sleep(self.after_ms / 1000)
+        if self.stall:
+            return
         if self.code is None:
             await asyncio.get_running_loop().create_future()  # until the deadline
         else:
@@ -187,26 +198,32 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of a replica gone bad: ``--fail CODE`` or ``--hang``, ``--fail-percent``,
-    ``--fail-after-ms`` (read back with :func:`fault_from`)."""
+    """The flags of a replica gone bad: ``--fail CODE``, ``--hang`` or ``--stall``,
+    ``--fail-percent``, ``--fail-after-ms`` (read back with :func:`fault_from`)."""
     bad = parser.add_mutually_exclusive_group()
     bad.add_argument("--fail", type=_status_code, metavar="CODE", help="Sleep fails so")
     bad.add_argument("--hang", action="store_true", help="Sleep never answers")
+    bad.add_argument(
+        "--stall", action="store_true", help="Sleep answers, --fail-after-ms late (needs it)"
+    )
     parser.add_argument("--fail-percent", type=int, help="of the calls (default 100)")
-    parser.add_argument("--fail-after-ms", type=float, help="before it fails (default 0)")
+    parser.add_argument(
+        "--fail-after-ms", type=float, help="before it fails, or how late it answers (default 0)"
+    )
 
 
 def fault_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Fault | None:
     """The fault the flags of :func:`add_fault_arguments` name, if any; the parser's
     usage error (it exits) where they make none."""
-    if args.fail is not None or args.hang:
+    if args.fail is not None or args.hang or args.stall:
         percent = 100 if args.fail_percent is None else args.fail_percent
+        after_ms = args.fail_after_ms or 0.0
         try:
-            return Fault(args.fail, args.hang, percent, args.fail_after_ms or 0.0)
+            return Fault(args.fail, args.hang, args.stall, percent, after_ms)
         except ValueError as error:
             parser.error(str(error))
     elif args.fail_percent is not None or args.fail_after_ms is not None:
-        parser.error("--fail-percent and --fail-after-ms need --fail or --hang")
+        parser.error("--fail-percent and --fail-after-ms need --fail, --hang or --stall")
     return None
 
 

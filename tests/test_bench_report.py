@@ -30,6 +30,17 @@ from bench.pooled import (
     mixed_table,
     slow_table,
 )
+from bench.retries import (
+    POOL_HEDGE,
+    POOL_PLAIN,
+    POOL_RETRY,
+    RR_HEDGE,
+    RR_PLAIN,
+    RR_RETRY,
+    cost_table,
+    hedging_table,
+    rolling_table,
+)
 from bench.throughput import CAPPED_COLUMNS, capped_targets
 
 
@@ -276,3 +287,74 @@ def test_deadline_calls_are_told_apart_by_the_pools_ejections() -> None:
     never = Outcome(run=run, bad=BAD, ejections=Ejections())  # a pool that ejected none
     assert math.isnan(never.late())
     assert never.while_ejected() == 0
+
+
+# --- retries and hedging: the pool and grpc given the same service config ----------------------
+
+
+def test_the_rolling_restart_wants_no_failed_call_through_the_pool_at_grpcs_rate() -> None:
+    runs = {  # two rounds each; the pool retries on the connection that died
+        RR_RETRY: [run_of(1841.0, 6.0, 20.0)] * 2,
+        RR_PLAIN: [run_of(1800.0, 6.0, 20.0, UNAVAILABLE=123)] * 2,
+        POOL_RETRY: [
+            run_of(1500.0, 6.0, 20.0, UNAVAILABLE=128),
+            run_of(1706.0, 6.0, 20.0, UNAVAILABLE=2),
+        ],
+        POOL_PLAIN: [run_of(1600.0, 6.0, 20.0, UNAVAILABLE=131)] * 2,
+    }
+    section = rolling_table(runs, 6, 10.0)
+    assert "6 kills in 10 s, 2 round(s) per client" in section.title
+    assert [row[0] for row in section.rows] == list(runs)
+    assert section.rows[2][1:4] == ["130", "UNAVAILABLE 130", "128 / 2"]
+    failed, rate = section.targets
+    assert (failed.measured, failed.result) == (130, "MISS")
+    # 200 calls in 0.0667 + 0.0586 s: 1,596/s, against 1,841/s
+    assert (rate.reference, rate.result) == (RR_RETRY, "MISS")
+    assert rate.value == pytest.approx(0.867, abs=1e-3)
+    runs[POOL_RETRY] = [run_of(1760.0, 6.0, 20.0)] * 2  # none failed, at 0.956 of grpc's rate
+    assert [t.result for t in rolling_table(runs, 6, 10.0).targets] == ["PASS", "PASS"]
+
+
+def hedged(p99_ms: float, received: int, **errors: int) -> Outcome:
+    """A client's run of 100 answered calls (and ``errors``) with this p99, of which the
+    replicas received ``received``."""
+    run = run_of(1000.0, 21.0, p99_ms, **errors)
+    return Outcome(run=run, received={50001: received // 2, 50002: received - received // 2})
+
+
+def test_hedging_halves_the_pools_p99_against_both_at_a_bounded_share_of_extra_calls() -> None:
+    outcomes = {
+        POOL_HEDGE: hedged(74.0, 112),
+        POOL_PLAIN: hedged(273.5, 100),
+        RR_HEDGE: hedged(272.0, 100),
+    }
+    section = hedging_table(outcomes, 2, 6.0)
+    assert section.rows[0][5:] == ["100", "112", "12.0"]  # made, received, extra %
+    assert [(t.reference, t.result) for t in section.targets] == [
+        (POOL_PLAIN, "PASS"),  # 74 ms against 273.5 ms: 0.27
+        (RR_HEDGE, "PASS"),
+        ("", "PASS"),  # no failed call
+        ("calls its callers made", "PASS"),  # 1.12
+    ]
+    outcomes[POOL_HEDGE] = hedged(272.3, 120, DEADLINE_EXCEEDED=1)  # hedges ignored
+    section = hedging_table(outcomes, 2, 6.0)
+    assert section.rows[0][5:] == ["101", "120", "18.8"]
+    assert [t.result for t in section.targets] == ["MISS"] * 4
+
+
+def test_a_retry_policys_cost_is_the_median_round_not_one_slow_round() -> None:
+    def rounds(ours: list[float], theirs: list[float]) -> dict[str, list[Run]]:
+        return {
+            POOL_RETRY: [run_of(rate, 20.0, 30.0) for rate in ours],
+            POOL_PLAIN: [run_of(rate, 20.0, 30.0) for rate in theirs],
+        }
+
+    section = cost_table(rounds([4700.0, 3000.0, 4800.0], [4900.0, 4850.0, 4950.0]), 3.0)
+    assert [row[:3] for row in section.rows] == [
+        [POOL_RETRY, "4,700.0", "20.0"],
+        [POOL_PLAIN, "4,900.0", "20.0"],
+    ]
+    (rate,) = section.targets
+    assert (rate.reference, rate.result) == (POOL_PLAIN, "PASS")  # 0.96
+    slower = cost_table(rounds([4500.0, 4600.0, 4400.0], [4900.0, 4850.0, 4950.0]), 3.0)
+    assert slower.targets[0].result == "MISS"  # 0.92

@@ -2,7 +2,8 @@
 
 Each replica is conngrpc._server in its own process on 127.0.0.1, named by what its Sleep
 answers (``r0``, ``r1``, ...); the bad ones run with a fault (``--fail CODE``,
-``--fail-percent``, ``--fail-after-ms``, ``--hang``; SIGUSR2 heals one). Callers go
+``--fail-percent``, ``--fail-after-ms``, ``--hang``; SIGUSR2 heals one), and the fault
+modes are tested first (``--stall`` too, which the benchmarks of hedging use). Callers go
 through ``Pool.channel``. Only the pool's default rules are under test
 (conngrpc/pool/ejection.py): five server failures in a row eject a backend at once; a
 sweep every second ejects one failing 20 points more than the rest; out for 5 s, then
@@ -291,6 +292,26 @@ async def test_a_hanging_replica_answers_no_call_before_its_deadline() -> None:
     assert failure.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+async def test_a_stalling_replica_answers_its_share_of_calls_in_full_but_late() -> None:
+    # Every other call stalls 1 s. An unstalled call must answer within 0.9 s (generous
+    # for a call that waits 0 ms, on a busy machine), which a stalled one cannot.
+    server, port = await start_server(fault=Fault(stall=True, percent=50, after_ms=1000), name="r0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            sleep = raw_unary(channel, SLEEP_METHOD)
+            assert await sleep(b"0", timeout=0.9) == b"r0"
+            began = time.monotonic()
+            assert await sleep(b"0", timeout=10) == b"r0"  # the 2nd of 2: stalled
+            took = time.monotonic() - began
+            assert await sleep(b"0", timeout=0.9) == b"r0"
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await sleep(b"0", timeout=0.5)  # the 4th: stalled past its deadline
+    finally:
+        await server.stop(None)
+    assert took >= 1.0
+    assert failure.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 async def test_sigusr2_heals_a_replica_and_sigusr1_breaks_it_again() -> None:
     async with replicas(FAIL) as (server,), grpc.aio.insecure_channel(server.address) as channel:
         sleep = raw_unary(channel, SLEEP_METHOD)
@@ -314,7 +335,9 @@ async def test_sigusr2_heals_a_replica_and_sigusr1_breaks_it_again() -> None:
         (["--fail", "OK"], "other than OK"),
         (["--fail", "INTERNAL", "--hang"], "not allowed with"),
         (["--hang", "--fail-percent", "101"], "from 0 to 100, got 101"),
-        (["--fail-after-ms", "5"], "need --fail or --hang"),
+        (["--fail-after-ms", "5"], "need --fail, --hang or --stall"),
+        (["--stall"], "milliseconds > 0 for a stall"),
+        (["--stall", "--hang"], "not allowed with"),
     ],
 )
 def test_a_bad_fault_is_refused_saying_why(
