@@ -495,6 +495,8 @@ def test_a_dict_that_is_not_json_is_refused_naming_the_path(
         ('{"a": 1, "a": 2}', "expected each key once in an object, got 'a' twice"),
         ('{"x": {"y": NaN}}', "expected JSON, got NaN (not a JSON number)"),
         ('{"x": -Infinity}', "expected JSON, got -Infinity (not a JSON number)"),
+        # Python reads it as inf, which each channel would get as Infinity, not JSON
+        ('{"x": [1e309]}', "expected numbers a float holds, got 1e309"),
         ("[1]", "expected a JSON object, got [1]"),
     ],
 )
@@ -717,6 +719,18 @@ async def test_where_the_pool_is_stricter_than_grpc(
     with pytest.raises(ValueError, match=f"^{WHERE}: "):
         parse_service_config(document)
     assert await _grpc_call(grpc_server[1], json.dumps(document)) is None
+
+
+@pytest.mark.anyio
+async def test_a_number_too_large_for_a_float_is_refused_though_grpc_reads_it(
+    grpc_server: tuple[grpc.aio.Server, str],
+) -> None:
+    text = '{"somethingNew": 1e309}'
+    with pytest.raises(ValueError, match="expected numbers a float holds, got 1e309"):
+        parse_service_config(text)
+    assert await _grpc_call(grpc_server[1], text) is None
+    # What each channel would have got from Python's reading: grpc refuses it.
+    assert _refused(await _grpc_call(grpc_server[1], json.dumps(json.loads(text))))
 
 
 @pytest.mark.anyio

@@ -24,6 +24,8 @@ grpcio lacks:
 - An ``interval`` of ``0s`` is an error: the pool's sweep would never pause.
 - Durations are written as protobuf's JSON writes them (``"10s"``, ``"0.5s"``): grpc's
   parser also lets through blanks, a ``+`` and ``"-0.5s"``, which the pool refuses.
+- A number too large for a float (``1e309``) is an error: grpc reads it, but Python reads
+  it as infinity, which each channel would get as ``Infinity``, not JSON.
 """
 
 from __future__ import annotations
@@ -243,9 +245,18 @@ def _document(where: str, value: object) -> dict[str, Any]:
         def no_constant(name: str) -> Any:
             raise ValueError(f"{where}: expected JSON, got {name} (not a JSON number)")
 
+        def finite(text: str) -> float:
+            number = float(text)
+            if not math.isfinite(number):  # each channel would get it as Infinity
+                raise ValueError(f"{where}: expected numbers a float holds, got {text}")
+            return number
+
         try:
             document = json.loads(
-                value, object_pairs_hook=no_duplicates, parse_constant=no_constant
+                value,
+                object_pairs_hook=no_duplicates,
+                parse_constant=no_constant,
+                parse_float=finite,
             )
         except json.JSONDecodeError as exc:
             raise ValueError(
