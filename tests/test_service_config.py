@@ -1,4 +1,5 @@
-"""A pool reads grpc's service config as grpc does: its pick, A50's ejection, its health.
+"""A pool reads grpc's service config as grpc does: its pick, A50's ejection, its health,
+A6's retries, hedging and throttling, and the timeouts and waitForReady of its methods.
 
 The parser's reading is checked against grpc's own: each good document is given to a
 real grpc.aio channel as ``grpc.service_config`` and a call goes through; each bad one
@@ -8,11 +9,11 @@ that grpc also refuses fails grpc's calls too; where the two differ, a test says
 from __future__ import annotations
 
 import json
+import math
 import re
 import types
 from typing import Any
 
-import anyio
 import grpc
 import grpc.aio
 import pytest
@@ -26,8 +27,12 @@ from conngrpc.pool.runtime import pools
 from conngrpc.pool.service_config import (
     POOL_FIELDS,
     FailurePercentageEjection,
+    HedgingPolicy,
+    MethodPolicy,
     OutlierDetection,
     PoolServiceConfig,
+    RetryPolicy,
+    RetryThrottling,
     SuccessRateEjection,
     parse_service_config,
 )
@@ -68,7 +73,7 @@ A50_EXAMPLE = {
 # The JSON issue 16's benchmarks give grpc and the pool alike (bench/outliers.py).
 BENCHMARK = OUTLIERS_CONFIG
 
-METHOD_CONFIG = [{"name": [{"service": "conngrpc.demo.v1.Demo"}], "timeout": "2s"}]
+METHOD_CONFIG = [{"name": [{"service": "conngrpc.demo.v1.Demo"}], "timeout": "30s"}]
 
 
 def _outlier(**fields: Any) -> dict[str, Any]:
@@ -85,6 +90,60 @@ def _lb(*entries: Any) -> dict[str, Any]:
 
 
 OD = "loadBalancingConfig[0].outlier_detection_experimental"
+
+DEMO = "conngrpc.demo.v1.Demo"
+SLEEP = {"service": DEMO, "method": "Sleep"}
+# gRFC A6's examples of a retryPolicy, a hedgingPolicy and retryThrottling, in entries
+# named in grpc's three forms (a method, a whole service, the default).
+A6_RETRY = {
+    "maxAttempts": 4,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+A6_HEDGING = {
+    "maxAttempts": 4,
+    "hedgingDelay": "0.5s",
+    "nonFatalStatusCodes": ["UNAVAILABLE", "INTERNAL", "ABORTED"],
+}
+A6_EXAMPLE = {
+    "methodConfig": [
+        {"name": [SLEEP], "retryPolicy": A6_RETRY},
+        {"name": [{"service": DEMO}], "hedgingPolicy": A6_HEDGING},
+        {"name": [{}], "waitForReady": True, "timeout": "30s"},
+    ],
+    "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+}
+A6_RETRY_POLICY = RetryPolicy(
+    max_attempts=4,
+    initial_backoff=0.1,
+    max_backoff=1.0,
+    backoff_multiplier=2.0,
+    retryable_status_codes=frozenset({grpc.StatusCode.UNAVAILABLE}),
+)
+NOT_OK = [code.name for code in grpc.StatusCode if code is not grpc.StatusCode.OK]
+
+
+def _methods(*entries: Any) -> dict[str, Any]:
+    return {"methodConfig": list(entries)}
+
+
+def _retry(**fields: Any) -> dict[str, Any]:
+    """A document whose default entry has A6's example retryPolicy, ``fields`` changed."""
+    return _methods({"name": [{}], "retryPolicy": {**A6_RETRY, **fields}})
+
+
+def _hedging(**fields: Any) -> dict[str, Any]:
+    return _methods({"name": [{}], "hedgingPolicy": {"maxAttempts": 3, **fields}})
+
+
+def _throttling(**fields: Any) -> dict[str, Any]:
+    return {"retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1, **fields}}
+
+
+RP = "methodConfig[0].retryPolicy"
+HP = "methodConfig[0].hedgingPolicy"
 
 # Documents the pool reads and grpcio accepts too (grpcio has no least_request).
 GOOD = [
@@ -104,6 +163,70 @@ GOOD = [
         {"retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}, "methodConfig": METHOD_CONFIG},
         id="passthrough-only",
     ),
+    pytest.param(A6_EXAMPLE, id="a6-example"),
+    pytest.param(
+        _retry(maxAttempts="7", backoffMultiplier="1.5", retryableStatusCodes=NOT_OK),
+        id="retry-clamped-strings-every-code",
+    ),
+    pytest.param(
+        _retry(initialBackoff="0.001s", maxBackoff="0.0015s", backoffMultiplier=1e-40),
+        id="retry-smallest",
+    ),
+    pytest.param(
+        _retry(
+            maxAttempts=2147483647,
+            maxBackoff="315576000000.999999999s",
+            backoffMultiplier=" 1e1 ",
+            retryableStatusCodes=["UNAVAILABLE", "UNAVAILABLE"],
+        ),
+        id="retry-largest",
+    ),
+    pytest.param(_hedging(maxAttempts=9, hedgingDelay="0s", nonFatalStatusCodes=[]), id="hedging"),
+    pytest.param(
+        _methods(
+            {"name": [{}], "timeout": "0s", "waitForReady": False},
+            {"name": [{"service": DEMO}], "timeout": "0.0005s"},
+        ),
+        id="timeouts-of-none",
+    ),
+    pytest.param(
+        _methods(
+            {
+                "name": [{"service": DEMO}, SLEEP, {"service": "b.B", "method": ""}],
+                "timeout": "30s",
+            },
+            {"name": [{"service": "", "method": "Other"}], "waitForReady": True},
+        ),
+        id="names",
+    ),
+    pytest.param(
+        _methods(
+            {"timeout": "30s"},
+            {"name": [], "retryPolicy": A6_RETRY},
+            {"name": None, "waitForReady": True},
+            {
+                "name": [{"service": None, "method": None}, {"service": DEMO, "unknown": 1}],
+                "retryPolicy": None,
+                "hedgingPolicy": None,
+                "timeout": None,
+                "waitForReady": None,
+                "maxRequestMessageBytes": 1000,
+            },
+        ),
+        id="unnamed-and-nulls",
+    ),
+    pytest.param(
+        _methods(
+            {"name": [{}], "timeout": "30s", "maxRequestMessageBytes": 1000},
+            {"name": [{"service": DEMO}], "retryPolicy": A6_RETRY},
+        ),
+        id="hiding",
+    ),
+    pytest.param({"methodConfig": [], "retryThrottling": None}, id="empty-and-null"),
+    pytest.param(
+        _throttling(maxTokens="4294967295", tokenRatio="4294967.2956"), id="throttling-largest"
+    ),
+    pytest.param(_throttling(maxTokens=1, tokenRatio=" +0.0019"), id="throttling-smallest"),
 ]
 
 
@@ -272,8 +395,9 @@ def test_health_check_config_names_the_health_service(
 
 
 def test_what_the_pool_does_not_handle_passes_through_unchanged() -> None:
+    sizes = {"maxRequestMessageBytes": 1000, "maxResponseMessageBytes": 2000}
     document = {
-        "methodConfig": METHOD_CONFIG,
+        "methodConfig": [{"name": [SLEEP], "timeout": "1s", **sizes, "retryPolicy": A6_RETRY}],
         **A50_EXAMPLE,
         "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
         "loadBalancingPolicy": "round_robin",
@@ -283,13 +407,289 @@ def test_what_the_pool_does_not_handle_passes_through_unchanged() -> None:
     parsed = parse_service_config(document)
     assert parsed.channel_service_config is not None
     passed = json.loads(parsed.channel_service_config)
-    assert passed == {key: value for key, value in document.items() if key not in POOL_FIELDS}
-    assert list(passed) == ["methodConfig", "retryThrottling", "somethingNew"]  # in order
+    assert passed == {
+        "methodConfig": [{"name": [SLEEP], **sizes}],
+        "somethingNew": {"a": [1, 2.5, None, True]},
+    }
+    assert list(passed) == ["methodConfig", "somethingNew"]  # in order
+    assert "retryThrottling" in POOL_FIELDS
 
 
 def test_nothing_left_for_the_channels_is_none() -> None:
     assert parse_service_config(A50_EXAMPLE).channel_service_config is None
     assert parse_service_config({"healthCheckConfig": {}}).channel_service_config is None
+    assert parse_service_config(A6_EXAMPLE).channel_service_config is None
+    assert parse_service_config({"methodConfig": []}).channel_service_config is None
+
+
+# (the methodConfig given, what each channel gets of it: None for no methodConfig at all)
+STRIPPED = [
+    pytest.param(
+        [{"name": [SLEEP], "timeout": "30s", "retryPolicy": A6_RETRY, "maxRequestMessageBytes": 5}],
+        [{"name": [SLEEP], "maxRequestMessageBytes": 5}],
+        id="other-fields-stay",
+    ),
+    pytest.param(
+        [{"name": [SLEEP], "timeout": "30s", "waitForReady": True, "hedgingPolicy": A6_HEDGING}],
+        None,
+        id="name-alone-is-dropped",
+    ),
+    pytest.param(
+        [{"timeout": "30s", "maxResponseMessageBytes": 5}, {"waitForReady": True}],
+        [{"maxResponseMessageBytes": 5}],
+        id="unnamed",
+    ),
+    pytest.param(
+        [
+            {"name": [{}], "maxRequestMessageBytes": 5},
+            {"name": [{"service": DEMO}], "timeout": "30s"},
+        ],
+        [{"name": [{}], "maxRequestMessageBytes": 5}, {"name": [{"service": DEMO}]}],
+        id="name-alone-stays-where-it-hides-one",
+    ),
+    pytest.param(
+        [
+            {"name": [{"service": DEMO}], "maxRequestMessageBytes": 5},
+            {"name": [SLEEP, {"service": "b.B"}], "retryPolicy": A6_RETRY},
+        ],
+        [
+            {"name": [{"service": DEMO}], "maxRequestMessageBytes": 5},
+            {"name": [SLEEP, {"service": "b.B"}]},
+        ],
+        id="a-method-hides-its-service",
+    ),
+    pytest.param(
+        [
+            {"name": [{"service": DEMO}], "maxRequestMessageBytes": 5},
+            {"name": [{}], "timeout": "30s"},
+        ],
+        [{"name": [{"service": DEMO}], "maxRequestMessageBytes": 5}],
+        id="the-default-hides-nothing",
+    ),
+    pytest.param(
+        [{"name": [{}], "timeout": "60s"}, {"name": [{"service": DEMO}], "timeout": "30s"}],
+        None,
+        id="nothing-left-to-hide",
+    ),
+]
+
+
+@pytest.mark.parametrize(("given", "passed"), STRIPPED)
+def test_each_channel_gets_method_config_without_what_the_pool_applies(
+    given: list[Any], passed: list[Any] | None
+) -> None:
+    parsed = parse_service_config({"methodConfig": given, "somethingNew": 1})
+    assert parsed.channel_service_config is not None
+    assert json.loads(parsed.channel_service_config).get("methodConfig") == passed
+
+
+def test_a6s_example_reads_field_by_field() -> None:
+    hedging = HedgingPolicy(
+        max_attempts=4,
+        hedging_delay=0.5,
+        non_fatal_status_codes=frozenset(
+            {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.ABORTED}
+        ),
+    )
+    parsed = parse_service_config(A6_EXAMPLE)
+    assert parsed.methods == {
+        f"/{DEMO}/Sleep": MethodPolicy(retry=A6_RETRY_POLICY),
+        f"/{DEMO}/": MethodPolicy(hedging=hedging),
+        "": MethodPolicy(timeout=30.0, wait_for_ready=True),
+    }
+    assert parsed.retry_throttling == RetryThrottling(max_tokens=10, token_ratio=0.1)
+    assert parsed.method_policy(f"/{DEMO}/Sleep") == MethodPolicy(retry=A6_RETRY_POLICY)
+    assert parsed.method_policy(f"/{DEMO}/Peer") == MethodPolicy(hedging=hedging)
+    assert parsed.method_policy("/b.B/M") == MethodPolicy(timeout=30.0, wait_for_ready=True)
+    # The rest of the document is read as before.
+    assert (parsed.pick, parsed.outlier_detection, parsed.health_service) == (
+        "least_loaded",
+        None,
+        None,
+    )
+
+
+MOST_SPECIFIC = _methods(
+    {"name": [{}], "timeout": "1s"},
+    {"name": [{"service": "a.A"}], "waitForReady": True},
+    {"name": [{"service": "a.A", "method": "M"}], "maxRequestMessageBytes": 10},
+    {"name": [{"service": "b.B", "method": "M"}], "retryPolicy": A6_RETRY},
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "policy"),
+    [
+        # The method's own entry sets nothing the pool applies: grpc applies it whole,
+        # not the service's or the default's.
+        ("/a.A/M", None),
+        ("/a.A/N", MethodPolicy(wait_for_ready=True)),  # the service's, not merged
+        ("/b.B/M", MethodPolicy(retry=A6_RETRY_POLICY)),
+        ("/b.B/N", MethodPolicy(timeout=1.0)),
+        ("/c.C/M", MethodPolicy(timeout=1.0)),
+    ],
+)
+def test_the_most_specific_entry_wins_whole_as_in_grpc(
+    method: str, policy: MethodPolicy | None
+) -> None:
+    assert parse_service_config(MOST_SPECIFIC).method_policy(method) == policy
+
+
+def test_an_entry_that_sets_nothing_the_pool_applies_is_kept_where_it_hides_one() -> None:
+    assert parse_service_config(MOST_SPECIFIC).methods["/a.A/M"] == MethodPolicy()
+    hides_nothing = _methods({"name": [{"service": "a.A"}], "maxRequestMessageBytes": 10})
+    assert parse_service_config(hides_nothing).methods == {}
+    # A timeout of 0 is none, as in grpc, and hides the default's as grpc's does.
+    zero = _methods({"name": [{}], "timeout": "1s"}, {"name": [SLEEP], "timeout": "0s"})
+    assert parse_service_config(zero).methods[f"/{DEMO}/Sleep"] == MethodPolicy()
+    assert parse_service_config(zero).method_policy(f"/{DEMO}/Sleep") is None
+    assert parse_service_config(zero).method_policy(f"/{DEMO}/Peer") == MethodPolicy(timeout=1.0)
+
+
+def test_no_method_config_gives_no_policy() -> None:
+    assert PoolServiceConfig().methods == {}
+    assert PoolServiceConfig().method_policy("/a.A/M") is None
+    assert (
+        parse_service_config(_methods({"name": [{"service": "a.A"}]})).method_policy("/b.B/M")
+        is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ({}, ""),
+        ({"service": ""}, ""),
+        ({"service": None, "method": None}, ""),
+        ({"service": "", "method": ""}, ""),
+        ({"service": "", "method": "M"}, ""),  # grpc reads it as the default too
+        ({"service": "a.A"}, "/a.A/"),
+        ({"service": "a.A", "method": ""}, "/a.A/"),
+        ({"service": "a.A", "method": None}, "/a.A/"),
+        ({"service": "a.A", "unknown": 1}, "/a.A/"),
+        ({"service": "a.A", "method": "M"}, "/a.A/M"),
+    ],
+)
+def test_method_names_read_as_grpcs_method_paths(name: dict[str, Any], key: str) -> None:
+    parsed = parse_service_config(_methods({"name": [name], "timeout": "1s"}))
+    assert parsed.methods == {key: MethodPolicy(timeout=1.0)}
+
+
+def test_an_entry_applies_to_each_name_it_gives() -> None:
+    names = [{}, {"service": "a.A"}, {"service": "b.B", "method": "M"}]
+    parsed = parse_service_config(_methods({"name": names, "waitForReady": False}))
+    assert parsed.methods == dict.fromkeys(
+        ["", "/a.A/", "/b.B/M"], MethodPolicy(wait_for_ready=False)
+    )
+
+
+@pytest.mark.parametrize("names", [{}, {"name": []}, {"name": None}], ids=["absent", "[]", "null"])
+def test_an_entry_without_names_applies_to_no_method_but_is_read(names: dict[str, Any]) -> None:
+    assert parse_service_config(_methods({**names, "timeout": "1s"})).methods == {}
+    with pytest.raises(ValueError, match=re.escape(f"{RP}.maxAttempts: expected an integer")):
+        parse_service_config(_methods({**names, "retryPolicy": {**A6_RETRY, "maxAttempts": 1}}))
+
+
+@pytest.mark.parametrize("written", [6, "7", " +9 ", 2147483647])
+def test_max_attempts_above_5_reads_as_5_as_grpc_clamps_it(written: object) -> None:
+    retry = parse_service_config(_retry(maxAttempts=written)).methods[""].retry
+    hedging = parse_service_config(_hedging(maxAttempts=written)).methods[""].hedging
+    assert (retry and retry.max_attempts, hedging and hedging.max_attempts) == (5, 5)
+
+
+@pytest.mark.parametrize(
+    ("fields", "backoffs"),
+    [
+        ({"initialBackoff": "0.0015s", "maxBackoff": "1.0009999s"}, (0.001, 1.0)),
+        (
+            {"initialBackoff": "0.001s", "maxBackoff": "315576000000.999999999s"},
+            (0.001, 315576000000.999),
+        ),
+    ],
+)
+def test_backoffs_are_read_in_whole_milliseconds_as_grpc_reads_them(
+    fields: dict[str, str], backoffs: tuple[float, float]
+) -> None:
+    retry = parse_service_config(_retry(**fields)).methods[""].retry
+    assert retry is not None
+    assert (retry.initial_backoff, retry.max_backoff) == pytest.approx(backoffs, rel=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("written", "timeout"),
+    [("2.0005s", 2.0), ("0.001s", 0.001), ("0.0009s", None), ("0s", None), ("30s", 30.0)],
+)
+def test_a_timeout_is_read_in_whole_milliseconds_and_0_is_none(
+    written: str, timeout: float | None
+) -> None:
+    document = _methods({"name": [{}], "timeout": written}, {"name": [SLEEP], "waitForReady": True})
+    assert parse_service_config(document).method_policy("/a.A/M") == (
+        None if timeout is None else MethodPolicy(timeout=timeout)
+    )
+
+
+def test_the_hedging_delay_is_read_to_the_nanosecond_and_0_when_absent() -> None:
+    hedging = parse_service_config(_hedging(hedgingDelay="0.0000005s")).methods[""].hedging
+    assert hedging == HedgingPolicy(max_attempts=3, hedging_delay=5e-7)
+    assert parse_service_config(_hedging()).methods[""].hedging == HedgingPolicy(max_attempts=3)
+
+
+@pytest.mark.parametrize(
+    ("written", "multiplier"),
+    [(2, 2.0), (1.5, 1.5), ("1.5", 1.5), (" 2 ", 2.0), ("1e1", 10.0), ("+.5", 0.5), (1e-40, 1e-40)],
+)
+def test_the_backoff_multiplier_is_a_number_or_a_string_of_one(
+    written: object, multiplier: float
+) -> None:
+    retry = parse_service_config(_retry(backoffMultiplier=written)).methods[""].retry
+    assert retry is not None
+    assert retry.backoff_multiplier == multiplier
+
+
+@pytest.mark.parametrize(
+    ("written", "ratio"),
+    [
+        (0.1, 0.1),
+        ("0.5", 0.5),
+        (5, 5.0),
+        (1.2345678, 1.234),  # the rest cut, not rounded, as grpc does
+        ("1.2349", 1.234),
+        (" +0.001 ", 0.001),
+        ("4294967.295", 4294967.295),
+    ],
+)
+def test_the_token_ratio_is_read_from_its_text_to_3_decimals(written: object, ratio: float) -> None:
+    throttling = parse_service_config(_throttling(tokenRatio=written)).retry_throttling
+    assert throttling == RetryThrottling(max_tokens=10, token_ratio=ratio)
+
+
+def test_the_token_ratio_of_a_json_text_is_read_as_written() -> None:
+    as_written = parse_service_config('{"retryThrottling": {"maxTokens": 5, "tokenRatio": 1.50}}')
+    assert as_written.retry_throttling == RetryThrottling(max_tokens=5, token_ratio=1.5)
+    # grpc refuses an exponent here, though Python's json reads the same number as 0.1.
+    with pytest.raises(ValueError, match=r"retryThrottling\.tokenRatio: .*, got 1\.0e-1$"):
+        parse_service_config('{"retryThrottling": {"maxTokens": 5, "tokenRatio": 1.0e-1}}')
+
+
+def test_status_codes_are_read_by_their_names() -> None:
+    every = parse_service_config(_retry(retryableStatusCodes=NOT_OK)).methods[""].retry
+    assert every is not None
+    assert every.retryable_status_codes == frozenset(grpc.StatusCode) - {grpc.StatusCode.OK}
+
+
+def test_a_null_method_field_reads_as_an_absent_one_as_in_grpc() -> None:
+    nulls = dict.fromkeys(["retryPolicy", "hedgingPolicy", "timeout", "waitForReady"])
+    assert parse_service_config(_methods({"name": [{}], **nulls})).methods == {}
+    assert parse_service_config({"retryThrottling": None}).retry_throttling is None
+
+
+def test_the_methods_mapping_cannot_change() -> None:
+    given = {"/a.A/": MethodPolicy(timeout=1.0)}
+    config = PoolServiceConfig(methods=given)
+    given["/b.B/"] = MethodPolicy(timeout=2.0)
+    assert list(config.methods) == ["/a.A/"]
+    with pytest.raises(TypeError):
+        config.methods["/b.B/"] = MethodPolicy()  # type: ignore[index]
 
 
 @pytest.mark.parametrize("document", GOOD)
@@ -454,6 +854,118 @@ BAD = [
         "healthCheckConfig.serviceName",
         "expected a str, got 5",
     ),
+    ({"methodConfig": None}, "methodConfig", "expected a list of method config objects, got None"),
+    ({"methodConfig": [5]}, "methodConfig[0]", "expected an object, got 5"),
+    (_methods({"name": {}}), "methodConfig[0].name", 'expected a list of {"service": ..., '),
+    (_methods({"name": ["a.A"]}), "methodConfig[0].name[0]", "expected an object"),
+    (_methods({"name": [{"service": 5}]}), "methodConfig[0].name[0].service", "expected a str"),
+    (
+        _methods({"name": [{"service": "a.A", "method": 5}]}),
+        "methodConfig[0].name[0].method",
+        "expected a str, got 5",
+    ),
+    (
+        _methods({"name": [{"method": "M"}]}),
+        "methodConfig[0].name[0]",
+        "expected a service beside the method (grpc requires one), got {'method': 'M'}",
+    ),
+    (
+        _methods({"name": [{"service": "a.A"}]}, {"name": [{"service": "a.A", "method": ""}]}),
+        "methodConfig[1].name[0]",
+        "expected each method name once in methodConfig, got '/a.A/' again "
+        "(as methodConfig[0].name[0])",
+    ),
+    (
+        _methods({"name": [{"service": "a.A", "method": "M"}, {"service": "a.A", "method": "M"}]}),
+        "methodConfig[0].name[1]",
+        "got '/a.A/M' again (as methodConfig[0].name[0])",
+    ),
+    (
+        _methods({"name": [{}]}, {"name": [{"service": "", "method": "M"}]}),
+        "methodConfig[1].name[0]",
+        "got the default name again (as methodConfig[0].name[0])",
+    ),
+    (
+        _methods({"name": [{}], "retryPolicy": A6_RETRY, "hedgingPolicy": A6_HEDGING}),
+        "methodConfig[0]",
+        "expected a retryPolicy or a hedgingPolicy (A6: only one of them), got both",
+    ),
+    (_methods({"waitForReady": "true"}), "methodConfig[0].waitForReady", "expected a bool"),
+    (_methods({"timeout": 10}), "methodConfig[0].timeout", 'such as "10s" or "0.5s"'),
+    (_methods({"timeout": "-1s"}), "methodConfig[0].timeout", "got '-1s'"),
+    (_methods({"timeout": "1"}), "methodConfig[0].timeout", "got '1'"),
+    (_methods({"timeout": "315576000001s"}), "methodConfig[0].timeout", "at most"),
+    (_methods({"retryPolicy": []}), RP, "expected an object, got []"),
+    (
+        _methods({"retryPolicy": {}}),
+        f"{RP}.maxAttempts",
+        "expected an integer 2..2147483647, got none (grpc requires it)",
+    ),
+    (_retry(maxAttempts=1), f"{RP}.maxAttempts", "expected an integer 2..2147483647, got 1"),
+    (_retry(maxAttempts=3.0), f"{RP}.maxAttempts", "got 3.0"),
+    (_retry(maxAttempts="2147483648"), f"{RP}.maxAttempts", "got '2147483648'"),
+    (
+        _retry(initialBackoff="0.0009s"),
+        f"{RP}.initialBackoff",
+        "expected a duration >= 0.001s (grpc reads whole milliseconds)",
+    ),
+    (_retry(initialBackoff="1.5"), f"{RP}.initialBackoff", "got '1.5'"),
+    (_retry(maxBackoff=None), f"{RP}.maxBackoff", "got none (grpc requires it)"),
+    (_retry(maxBackoff="0s"), f"{RP}.maxBackoff", "got '0s'"),
+    (_retry(backoffMultiplier=None), f"{RP}.backoffMultiplier", "got none (grpc requires it)"),
+    (_retry(backoffMultiplier=0), f"{RP}.backoffMultiplier", "expected a finite number > 0"),
+    (_retry(backoffMultiplier=-1.5), f"{RP}.backoffMultiplier", "got -1.5"),
+    (_retry(backoffMultiplier=1e-46), f"{RP}.backoffMultiplier", "got 1e-46"),  # a C float's 0
+    (_retry(backoffMultiplier="abc"), f"{RP}.backoffMultiplier", "got 'abc'"),
+    (_retry(backoffMultiplier=True), f"{RP}.backoffMultiplier", "got True"),
+    (_retry(backoffMultiplier="nan"), f"{RP}.backoffMultiplier", "got 'nan'"),
+    (_retry(backoffMultiplier="0x10"), f"{RP}.backoffMultiplier", "got '0x10'"),
+    (
+        _retry(retryableStatusCodes=[]),
+        f"{RP}.retryableStatusCodes",
+        'expected a non-empty list of status code names such as ["UNAVAILABLE"], without OK, '
+        "got []",
+    ),
+    (_retry(retryableStatusCodes=None), f"{RP}.retryableStatusCodes", "got none"),
+    (_retry(retryableStatusCodes="UNAVAILABLE"), f"{RP}.retryableStatusCodes", "non-empty list"),
+    (
+        _retry(retryableStatusCodes=["unavailable"]),
+        f"{RP}.retryableStatusCodes[0]",
+        'expected a status code\'s name, in capitals and not OK, such as "UNAVAILABLE", '
+        "got 'unavailable'",
+    ),
+    (_retry(retryableStatusCodes=["ABORTED", 14]), f"{RP}.retryableStatusCodes[1]", "got 14"),
+    (_retry(retryableStatusCodes=["OK"]), f"{RP}.retryableStatusCodes[0]", "got 'OK'"),
+    (_methods({"hedgingPolicy": 5}), HP, "expected an object, got 5"),
+    (_hedging(maxAttempts=None), f"{HP}.maxAttempts", "got none (grpc requires it)"),
+    (_hedging(maxAttempts=1), f"{HP}.maxAttempts", "expected an integer 2..2147483647"),
+    (_hedging(hedgingDelay="-1s"), f"{HP}.hedgingDelay", "expected a duration >= 0s"),
+    (_hedging(nonFatalStatusCodes=["OK"]), f"{HP}.nonFatalStatusCodes[0]", "got 'OK'"),
+    (_hedging(nonFatalStatusCodes={}), f"{HP}.nonFatalStatusCodes", "expected a list"),
+    ({"retryThrottling": []}, "retryThrottling", "expected an object, got []"),
+    (
+        {"retryThrottling": {"tokenRatio": 1}},
+        "retryThrottling.maxTokens",
+        "expected an integer 1..4294967295, got none (grpc requires it)",
+    ),
+    (_throttling(maxTokens=0), "retryThrottling.maxTokens", "1..4294967295, got 0"),
+    (_throttling(maxTokens=4294967296), "retryThrottling.maxTokens", "got 4294967296"),
+    (_throttling(maxTokens=10.0), "retryThrottling.maxTokens", "got 10.0"),
+    (_throttling(tokenRatio=None), "retryThrottling.tokenRatio", "got none (grpc requires it)"),
+    (
+        _throttling(tokenRatio=0.0009),
+        "retryThrottling.tokenRatio",
+        "expected a number 0.001..4294967.295 written in digits, with or without a point "
+        "(grpc reads 3 decimals and cuts the rest), got 0.0009",
+    ),
+    (_throttling(tokenRatio=-0.5), "retryThrottling.tokenRatio", "got -0.5"),
+    (_throttling(tokenRatio="1e-3"), "retryThrottling.tokenRatio", "got '1e-3'"),
+    (_throttling(tokenRatio=1e-5), "retryThrottling.tokenRatio", "got 1e-05"),
+    (_throttling(tokenRatio="5."), "retryThrottling.tokenRatio", "got '5.'"),
+    (_throttling(tokenRatio="4294967.296"), "retryThrottling.tokenRatio", "got '4294967.296'"),
+    (_throttling(tokenRatio="4294968"), "retryThrottling.tokenRatio", "got '4294968'"),
+    (_throttling(tokenRatio="0.+5"), "retryThrottling.tokenRatio", "got '0.+5'"),
+    (_throttling(tokenRatio=True), "retryThrottling.tokenRatio", "got True"),
 ]
 
 
@@ -495,6 +1007,8 @@ def test_a_dict_that_is_not_json_is_refused_naming_the_path(
         ('{"a": 1, "a": 2}', "expected each key once in an object, got 'a' twice"),
         ('{"x": {"y": NaN}}', "expected JSON, got NaN (not a JSON number)"),
         ('{"x": -Infinity}', "expected JSON, got -Infinity (not a JSON number)"),
+        # Python reads it as inf, which each channel would get as Infinity, not JSON
+        ('{"x": [1e309]}', "expected numbers a float holds, got 1e309"),
         ("[1]", "expected a JSON object, got [1]"),
     ],
 )
@@ -530,6 +1044,64 @@ def test_where_names_the_setting_in_every_message() -> None:
         (lambda: PoolServiceConfig(pick="pick_first"), ValueError, "expected one of"),
         (lambda: PoolServiceConfig(choice_count=11), ValueError, "2..10"),
         (lambda: PoolServiceConfig(health_service=5), TypeError, "str or None"),
+        (
+            lambda: _retry_policy(max_attempts=6),
+            ValueError,
+            "max_attempts: expected an integer 2..5",
+        ),
+        (lambda: _retry_policy(max_attempts=1), ValueError, "2..5"),
+        (lambda: _retry_policy(max_attempts=2.0), TypeError, "expected an int"),
+        (lambda: _retry_policy(initial_backoff=0), ValueError, "expected a duration > 0s"),
+        (lambda: _retry_policy(max_backoff="1s"), TypeError, "seconds"),
+        (lambda: _retry_policy(backoff_multiplier=math.inf), ValueError, "a finite number > 0"),
+        (lambda: _retry_policy(backoff_multiplier=-1), ValueError, "a finite number > 0"),
+        (lambda: _retry_policy(backoff_multiplier="2"), TypeError, "expected a number"),
+        (lambda: _retry_policy(retryable_status_codes=frozenset()), ValueError, "non-empty"),
+        (
+            lambda: _retry_policy(retryable_status_codes=frozenset({grpc.StatusCode.OK})),
+            ValueError,
+            "without OK",
+        ),
+        (
+            lambda: _retry_policy(retryable_status_codes={grpc.StatusCode.UNAVAILABLE}),
+            TypeError,
+            "expected a frozenset of grpc.StatusCode",
+        ),
+        (
+            lambda: _retry_policy(retryable_status_codes=frozenset({"UNAVAILABLE"})),
+            TypeError,
+            "expected a frozenset of grpc.StatusCode",
+        ),
+        (lambda: HedgingPolicy(max_attempts=1), ValueError, "2..5"),
+        (lambda: HedgingPolicy(max_attempts=2, hedging_delay=-1), ValueError, ">= 0s"),
+        (
+            lambda: HedgingPolicy(2, non_fatal_status_codes=frozenset({grpc.StatusCode.OK})),
+            ValueError,
+            "without OK",
+        ),
+        (
+            lambda: MethodPolicy(timeout=0),
+            ValueError,
+            "MethodPolicy.timeout: expected a duration > 0s",
+        ),
+        (lambda: MethodPolicy(wait_for_ready=1), TypeError, "bool or None"),
+        (lambda: MethodPolicy(retry=A6_RETRY), TypeError, "RetryPolicy or None"),
+        (
+            lambda: MethodPolicy(retry=A6_RETRY_POLICY, hedging=HedgingPolicy(2)),
+            ValueError,
+            "only one of retryPolicy or hedgingPolicy",
+        ),
+        (lambda: RetryThrottling(max_tokens=0, token_ratio=1), ValueError, "1..4294967295"),
+        (lambda: RetryThrottling(max_tokens=1, token_ratio=0), ValueError, "a finite number > 0"),
+        (lambda: RetryThrottling(max_tokens=1, token_ratio=True), TypeError, "a number"),
+        (lambda: PoolServiceConfig(retry_throttling={}), TypeError, "RetryThrottling or None"),
+        (lambda: PoolServiceConfig(methods=[]), TypeError, "expected a Mapping"),
+        (lambda: PoolServiceConfig(methods={"": None}), TypeError, "expected a MethodPolicy"),
+        (
+            lambda: PoolServiceConfig(methods={"a.A/M": MethodPolicy()}),
+            ValueError,
+            'expected keys such as "/pkg.Service/Method"',
+        ),
     ],
 )
 def test_the_dataclasses_refuse_bad_fields_where_they_are_written(
@@ -537,6 +1109,19 @@ def test_the_dataclasses_refuse_bad_fields_where_they_are_written(
 ) -> None:
     with pytest.raises(error, match=re.escape(says)):
         build()
+
+
+def _retry_policy(**fields: Any) -> RetryPolicy:
+    return RetryPolicy(
+        **{
+            "max_attempts": 3,
+            "initial_backoff": 0.1,
+            "max_backoff": 1.0,
+            "backoff_multiplier": 2.0,
+            "retryable_status_codes": frozenset({grpc.StatusCode.UNAVAILABLE}),
+            **fields,
+        }
+    )
 
 
 # --- agreement with grpc itself -------------------------------------------------------
@@ -592,24 +1177,123 @@ async def test_grpc_accepts_what_each_channel_gets(
 async def test_the_method_config_each_channel_gets_is_in_force(
     grpc_server: tuple[grpc.aio.Server, str],
 ) -> None:
-    sleep = {"service": "conngrpc.demo.v1.Demo", "method": "Sleep"}
     document = {
         **A50_EXAMPLE,
         "healthCheckConfig": {"serviceName": ""},
-        "methodConfig": [{"name": [sleep], "timeout": "0.2s"}],
+        "methodConfig": [{"name": [SLEEP], "timeout": "0.01s", "maxRequestMessageBytes": 3}],
     }
     passed = parse_service_config(json.dumps(document)).channel_service_config
     assert passed is not None
     channel = grpc.aio.insecure_channel(grpc_server[1], options=[("grpc.service_config", passed)])
     try:
-        # The server would sleep 30 s; only the passed methodConfig's 0.2 s timeout ends
-        # the call, so a DEADLINE_EXCEEDED well before 20 s shows grpc applied it.
-        with anyio.fail_after(20), pytest.raises(grpc.aio.AioRpcError) as raised:
-            await raw_unary(channel, SLEEP_METHOD)(b"30000")
-        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # A request of 4 bytes is over the passed methodConfig's limit: grpc applied it.
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await raw_unary(channel, SLEEP_METHOD)(b"1000", timeout=10)
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # The pool's timeout is not the channel's: a sleep of 300 ms, 30 times the
+        # timeout, is answered (a timeout the channel kept would end it at 10 ms).
+        assert await raw_unary(channel, SLEEP_METHOD)(b"300", timeout=10) == b""
         assert await raw_unary(channel, PEER_METHOD)(b"", timeout=10)  # other methods: none
     finally:
         await channel.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("given", "passed"), STRIPPED)
+async def test_grpc_accepts_the_method_config_each_channel_gets(
+    grpc_server: tuple[grpc.aio.Server, str], given: list[Any], passed: list[Any] | None
+) -> None:
+    document = json.dumps({"methodConfig": given})
+    assert await _grpc_call(grpc_server[1], document) is None
+    assert await _grpc_call(grpc_server[1], json.dumps({"methodConfig": passed or []})) is None
+
+
+# Documents whose entries give Sleep a timeout of 10 ms, or not, in each of grpc's ways.
+TIMED = {"timeout": "0.01s"}
+LOOKUPS = [
+    pytest.param(_methods({"name": [SLEEP], **TIMED}), id="method"),
+    pytest.param(_methods({"name": [{"service": DEMO}], **TIMED}), id="service"),
+    pytest.param(_methods({"name": [{}], **TIMED}), id="default"),
+    pytest.param(_methods({"name": [{"service": "", "method": "Other"}], **TIMED}), id="default-2"),
+    pytest.param(_methods({"name": [{"service": DEMO, "method": "Peer"}], **TIMED}), id="another"),
+    pytest.param(_methods({"name": [{"service": "b.B"}], **TIMED}), id="another-service"),
+    pytest.param(_methods(TIMED), id="unnamed"),
+    pytest.param(_methods({"name": [SLEEP], "timeout": "0.0009s"}), id="less-than-1-ms"),
+    pytest.param(
+        _methods(
+            {"name": [{}], **TIMED}, {"name": [{"service": DEMO}], "maxResponseMessageBytes": 99}
+        ),
+        id="hidden-by-the-service",
+    ),
+    pytest.param(
+        _methods({"name": [{"service": DEMO}], **TIMED}, {"name": [SLEEP], "waitForReady": True}),
+        id="hidden-by-the-method",
+    ),
+    pytest.param(
+        _methods({"name": [{}], **TIMED}, {"name": [{"service": DEMO}], "timeout": "0s"}),
+        id="hidden-by-a-timeout-of-0",
+    ),
+    pytest.param(
+        _methods({"name": [{"service": DEMO}], **TIMED}, {"name": [{}], "timeout": "60s"}),
+        id="the-service-over-the-default",
+    ),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("document", LOOKUPS)
+async def test_grpc_applies_the_entry_the_pool_picks_for_a_method(
+    grpc_server: tuple[grpc.aio.Server, str], document: dict[str, Any]
+) -> None:
+    """A channel given the whole document times a call of 300 ms out exactly where the
+    pool's method_policy gives the method a timeout (10 ms: 30 times shorter, so neither
+    outcome depends on the machine's speed; grpcio 1.85 even ends the call at once, as
+    it does with any service config timeout below 1 to 2 s)."""
+    policy = parse_service_config(document).method_policy(SLEEP_METHOD)
+    timeout = policy and policy.timeout
+    assert timeout in (None, 0.01, 60.0)
+    channel = grpc.aio.insecure_channel(
+        grpc_server[1], options=[("grpc.service_config", json.dumps(document))]
+    )
+    try:
+        if timeout == 0.01:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await raw_unary(channel, SLEEP_METHOD)(b"300")
+            assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        else:
+            assert await raw_unary(channel, SLEEP_METHOD)(b"300", timeout=20) == b""
+    finally:
+        await channel.close()
+
+
+@pytest.mark.anyio
+async def test_an_entry_left_with_its_name_alone_still_hides_a_less_specific_one(
+    grpc_server: tuple[grpc.aio.Server, str],
+) -> None:
+    """The default entry limits requests to 1 byte; Demo's entry, which grpc applies
+    whole to Sleep, sets no limit, and only a timeout, which each channel does not get.
+    The channels' methodConfig keeps Demo's name, so Sleep's request of 3 bytes goes
+    through; without it, grpc would apply the default's limit to Sleep."""
+    document = _methods(
+        {"name": [{}], "maxRequestMessageBytes": 1},
+        {"name": [{"service": DEMO}], "timeout": "60s"},
+    )
+    passed = parse_service_config(document).channel_service_config
+    assert passed is not None
+    dropped = json.dumps(_methods({"name": [{}], "maxRequestMessageBytes": 1}))
+    outcomes = []
+    for service_config in (passed, dropped):
+        channel = grpc.aio.insecure_channel(
+            grpc_server[1], options=[("grpc.service_config", service_config)]
+        )
+        try:
+            await raw_unary(channel, SLEEP_METHOD)(b"100", timeout=10)
+            outcomes.append(grpc.StatusCode.OK)
+        except grpc.aio.AioRpcError as error:
+            outcomes.append(error.code())
+        finally:
+            await channel.close()
+    assert outcomes == [grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED]
 
 
 def _bad(document: Any, grpc_says: str, path: str) -> Any:
@@ -667,6 +1351,150 @@ BOTH_REFUSE = [
         "field:healthCheckConfig.serviceName",
         "healthCheckConfig.serviceName",
     ),
+    _bad({"methodConfig": None}, "field:methodConfig error:is not an array", "methodConfig"),
+    _bad({"methodConfig": [5]}, "field:methodConfig[0] error:is not an object", "methodConfig[0]"),
+    _bad(
+        _methods({"name": {}}),
+        "field:methodConfig[0].name error:is not an array",
+        "methodConfig[0].name",
+    ),
+    _bad(
+        _methods({"name": [{"service": 5}]}),
+        "field:methodConfig[0].name[0].service error:is not a string",
+        "methodConfig[0].name[0].service",
+    ),
+    _bad(
+        _methods({"name": [{"method": "M"}]}),
+        "method name populated without service name",
+        "methodConfig[0].name[0]",
+    ),
+    _bad(
+        _methods({"name": [{"service": "a.A"}]}, {"name": [{"service": "a.A", "method": ""}]}),
+        "field:methodConfig[1].name[0] error:multiple method configs for path /a.A/",
+        "methodConfig[1].name[0]",
+    ),
+    _bad(
+        _methods({"name": [{}]}, {"name": [{"service": "", "method": "M"}]}),
+        "field:methodConfig[1].name[0] error:duplicate default method config",
+        "methodConfig[1].name[0]",
+    ),
+    _bad(
+        _methods({"waitForReady": "true"}),
+        "field:methodConfig[0].waitForReady error:is not a boolean",
+        "methodConfig[0].waitForReady",
+    ),
+    _bad(_methods({"timeout": 10}), "field:methodConfig[0].timeout", "methodConfig[0].timeout"),
+    _bad(_methods({"timeout": "-1s"}), "field:methodConfig[0].timeout", "methodConfig[0].timeout"),
+    _bad(
+        _methods({"timeout": "315576000001s"}),
+        "field:methodConfig[0].timeout",
+        "methodConfig[0].timeout",
+    ),
+    _bad(_methods({"retryPolicy": []}), f"field:{RP} error:is not an object", RP),
+    # an entry without names is read too, as in grpc
+    _bad(
+        _methods({"retryPolicy": {}}),
+        f"field:{RP}.maxAttempts error:field not present",
+        f"{RP}.maxAttempts",
+    ),
+    _bad(
+        _retry(maxAttempts=1),
+        f"field:{RP}.maxAttempts error:must be at least 2",
+        f"{RP}.maxAttempts",
+    ),
+    _bad(_retry(maxAttempts=3.0), f"field:{RP}.maxAttempts", f"{RP}.maxAttempts"),
+    _bad(_retry(maxAttempts=2147483648), f"field:{RP}.maxAttempts", f"{RP}.maxAttempts"),
+    _bad(
+        _retry(initialBackoff="0.0009s"),
+        f"field:{RP}.initialBackoff error:must be greater than 0",
+        f"{RP}.initialBackoff",
+    ),
+    _bad(
+        _retry(maxBackoff=None),
+        f"field:{RP}.maxBackoff error:field not present",
+        f"{RP}.maxBackoff",
+    ),
+    _bad(
+        _retry(backoffMultiplier=0),
+        f"field:{RP}.backoffMultiplier error:must be greater than 0",
+        f"{RP}.backoffMultiplier",
+    ),
+    _bad(
+        _retry(backoffMultiplier=1e-46),
+        f"field:{RP}.backoffMultiplier error:must be greater than 0",
+        f"{RP}.backoffMultiplier",
+    ),
+    _bad(
+        _retry(backoffMultiplier="abc"), f"field:{RP}.backoffMultiplier", f"{RP}.backoffMultiplier"
+    ),
+    _bad(
+        _retry(backoffMultiplier=True),
+        f"field:{RP}.backoffMultiplier error:is not a number",
+        f"{RP}.backoffMultiplier",
+    ),
+    _bad(
+        _retry(retryableStatusCodes=[]),
+        f"field:{RP}.retryableStatusCodes error:must be non-empty",
+        f"{RP}.retryableStatusCodes",
+    ),
+    _bad(
+        _retry(retryableStatusCodes=["unavailable"]),
+        f"field:{RP}.retryableStatusCodes[0] error:failed to parse status code",
+        f"{RP}.retryableStatusCodes[0]",
+    ),
+    _bad(
+        _retry(retryableStatusCodes=[14]),
+        f"field:{RP}.retryableStatusCodes[0] error:is not a string",
+        f"{RP}.retryableStatusCodes[0]",
+    ),
+    _bad(
+        {"retryThrottling": []}, "field:retryThrottling error:is not an object", "retryThrottling"
+    ),
+    _bad(
+        {"retryThrottling": {"tokenRatio": 1}},
+        "field:retryThrottling.maxTokens error:field not present",
+        "retryThrottling.maxTokens",
+    ),
+    _bad(
+        _throttling(maxTokens=0),
+        "field:retryThrottling.maxTokens error:must be greater than 0",
+        "retryThrottling.maxTokens",
+    ),
+    _bad(
+        _throttling(maxTokens=4294967296),
+        "field:retryThrottling.maxTokens",
+        "retryThrottling.maxTokens",
+    ),
+    _bad(
+        _throttling(tokenRatio=None),
+        "field:retryThrottling.tokenRatio",
+        "retryThrottling.tokenRatio",
+    ),
+    _bad(
+        _throttling(tokenRatio=0.0009),
+        "field:retryThrottling.tokenRatio error:must be greater than 0",
+        "retryThrottling.tokenRatio",
+    ),
+    _bad(
+        _throttling(tokenRatio="4294967.296"),  # grpc's thousandths wrap around to 0
+        "field:retryThrottling.tokenRatio error:must be greater than 0",
+        "retryThrottling.tokenRatio",
+    ),
+    _bad(
+        _throttling(tokenRatio=-0.5),
+        "field:retryThrottling.tokenRatio error:could not parse",
+        "retryThrottling.tokenRatio",
+    ),
+    _bad(
+        _throttling(tokenRatio="1e-3"),
+        "field:retryThrottling.tokenRatio error:could not parse",
+        "retryThrottling.tokenRatio",
+    ),
+    _bad(
+        _throttling(tokenRatio="5."),
+        "field:retryThrottling.tokenRatio error:could not parse",
+        "retryThrottling.tokenRatio",
+    ),
 ]
 
 
@@ -706,6 +1534,28 @@ POOL_ONLY_REFUSES = [
     pytest.param(_outlier(interval="-0.5s"), id="minus-zero-seconds"),
     pytest.param(_outlier(interval="+1s"), id="plus-sign"),
     pytest.param(_outlier(interval=" 1s"), id="blank"),
+    pytest.param(_methods({"timeout": "+1s"}), id="timeout-plus-sign"),
+    pytest.param(_retry(initialBackoff="-0.5s"), id="backoff-minus-zero-seconds"),
+    pytest.param(_retry(retryableStatusCodes=["OK"]), id="retry-on-ok"),
+    pytest.param(_retry(retryableStatusCodes=["UNAVAILABLE", "OK"]), id="retry-on-ok-too"),
+    pytest.param(_retry(backoffMultiplier="inf"), id="multiplier-inf"),
+    pytest.param(_retry(backoffMultiplier="nan"), id="multiplier-nan"),
+    pytest.param(_retry(backoffMultiplier="0x10"), id="multiplier-hexadecimal"),
+    # grpc core does not read hedgingPolicy at all
+    pytest.param(
+        _methods({"name": [{}], "retryPolicy": A6_RETRY, "hedgingPolicy": A6_HEDGING}),
+        id="retry-and-hedging",
+    ),
+    pytest.param(_methods({"hedgingPolicy": 5}), id="hedging-not-an-object"),
+    pytest.param(_hedging(maxAttempts=1), id="hedging-one-attempt"),
+    pytest.param(_hedging(maxAttempts=None), id="hedging-no-attempts"),
+    pytest.param(_hedging(hedgingDelay="x"), id="hedging-delay"),
+    pytest.param(_hedging(nonFatalStatusCodes=["unavailable"]), id="hedging-codes"),
+    # grpc's tokenRatio reading
+    pytest.param(_throttling(tokenRatio="0.+5"), id="ratio-sign-after-the-point"),
+    pytest.param(_throttling(tokenRatio="1 .5"), id="ratio-blank-before-the-point"),
+    pytest.param(_throttling(tokenRatio="0.123abc"), id="ratio-letters-after-3-decimals"),
+    pytest.param(_throttling(tokenRatio="4294968"), id="ratio-wrapping-around"),
 ]
 
 
@@ -717,6 +1567,18 @@ async def test_where_the_pool_is_stricter_than_grpc(
     with pytest.raises(ValueError, match=f"^{WHERE}: "):
         parse_service_config(document)
     assert await _grpc_call(grpc_server[1], json.dumps(document)) is None
+
+
+@pytest.mark.anyio
+async def test_a_number_too_large_for_a_float_is_refused_though_grpc_reads_it(
+    grpc_server: tuple[grpc.aio.Server, str],
+) -> None:
+    text = '{"somethingNew": 1e309}'
+    with pytest.raises(ValueError, match="expected numbers a float holds, got 1e309"):
+        parse_service_config(text)
+    assert await _grpc_call(grpc_server[1], text) is None
+    # What each channel would have got from Python's reading: grpc refuses it.
+    assert _refused(await _grpc_call(grpc_server[1], json.dumps(json.loads(text))))
 
 
 @pytest.mark.anyio
@@ -804,12 +1666,20 @@ def test_health_check_config_sets_the_channels_health_check() -> None:
 
 
 def test_what_the_pool_leaves_alone_reaches_each_channel_and_what_it_handles_does_not() -> None:
-    method_config = [{"name": [{"service": "s"}], "timeout": "1s"}]
+    method_config = [{"name": [{"service": "s"}], "timeout": "1s", "maxRequestMessageBytes": 9}]
     settings = _resolved(
-        service_config={"loadBalancingConfig": ROUND_ROBIN, "methodConfig": method_config}
+        service_config={
+            "loadBalancingConfig": ROUND_ROBIN,
+            "methodConfig": method_config,
+            "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+        }
     )
     given = dict(settings.channel.options)["grpc.service_config"]
-    assert json.loads(given) == {"methodConfig": method_config}
+    assert json.loads(given) == {
+        "methodConfig": [{"name": [{"service": "s"}], "maxRequestMessageBytes": 9}]
+    }
+    assert settings.balancing.method_policy("/s/M") == MethodPolicy(timeout=1.0)
+    assert settings.balancing.retry_throttling == RetryThrottling(max_tokens=10, token_ratio=0.1)
     handled_only = _resolved(service_config={"loadBalancingConfig": ROUND_ROBIN})
     assert "grpc.service_config" not in dict(handled_only.channel.options)
 
