@@ -37,6 +37,7 @@ from . import __version__, telemetry
 from ._log import get_logger
 from .channel.target import parse_target
 from .channel.worker import CONNECTED, CONNECTION_FAILED, DISCONNECTED
+from .pool.retry import HEDGE, RETRY
 from .pool.runtime import BACKEND_EJECTED, PoolStatus, channels, pools
 from .supervisor.supervisor import CHILD_RESTARTED
 
@@ -52,7 +53,15 @@ CONNECT_DURATION_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 
-_EVENTS = (CONNECTED, CONNECTION_FAILED, DISCONNECTED, CHILD_RESTARTED, BACKEND_EJECTED)
+_EVENTS = (
+    CONNECTED,
+    CONNECTION_FAILED,
+    DISCONNECTED,
+    CHILD_RESTARTED,
+    BACKEND_EJECTED,
+    RETRY,
+    HEDGE,
+)
 _log = get_logger("conngrpc.otel")
 
 Attributes = dict[str, AttributeValue]
@@ -180,6 +189,18 @@ class _Session:
             description="Backends taken out of a pool's pick because their calls failed, "
             "by reason.",
         )
+        self.retries = meter.create_counter(
+            "conngrpc.pool.call.retries",
+            unit="{attempt}",
+            description="Attempts a pool sent again after an attempt failed (its service "
+            "config's retryPolicy), by method, status code and the backend it went to.",
+        )
+        self.hedges = meter.create_counter(
+            "conngrpc.pool.call.hedges",
+            unit="{attempt}",
+            description="Attempts a pool sent while earlier ones still ran (its service "
+            "config's hedgingPolicy), by method and the backend it went to.",
+        )
         meter.create_observable_gauge(
             "conngrpc.pool.backends.ejected",
             callbacks=[self._guarded(_observe_ejected)],
@@ -260,6 +281,13 @@ class _Session:
         elif event == BACKEND_EJECTED:
             attributes["reason"] = str(metadata.get("reason"))
             self.ejections.add(1, attributes)
+        elif event in (RETRY, HEDGE):
+            service, _, method = str(metadata.get("method")).lstrip("/").partition("/")
+            attributes["rpc.service"], attributes["rpc.method"] = service, method
+            code = metadata.get("code")
+            if code is not None:
+                attributes["rpc.grpc.status_code"] = code.value[0]
+            (self.retries if event == RETRY else self.hedges).add(1, attributes)
 
     def _failed(self, exc: Exception, what: str, where: object) -> None:
         """Log the first failure of this session at warning level, later ones at debug."""

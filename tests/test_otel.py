@@ -16,7 +16,8 @@ from opentelemetry import metrics as otel_metrics
 from opentelemetry.metrics import Counter, NoOpCounter, NoOpMeter, NoOpMeterProvider
 
 from conngrpc import Channel, Pool, Supervisor, telemetry
-from conngrpc.otel import HANDLER_ID, ConnGRPCInstrumentor, _server
+from conngrpc.otel import _EVENTS, HANDLER_ID, ConnGRPCInstrumentor, _server
+from conngrpc.pool.retry import HEDGE, RETRY
 from conngrpc.pool.runtime import pools
 from conngrpc.testing import FakeConnector
 from tests._logs import capture_logs
@@ -32,6 +33,8 @@ CONNECTED = "conngrpc.pool.channels.connected"
 EXPECTED = "conngrpc.pool.channels.expected"
 EJECTIONS = "conngrpc.pool.backend.ejections"
 EJECTED = "conngrpc.pool.backends.ejected"
+RETRIES = "conngrpc.pool.call.retries"
+HEDGES = "conngrpc.pool.call.hedges"
 
 
 @pytest.fixture
@@ -56,7 +59,7 @@ async def test_instrumenting_twice_counts_each_connect_once(pool_name: str, otel
     assert [log["event"] for log in logs] == [
         "conngrpc is instrumented already; instrument() ignored"
     ]
-    assert [h.id for h in telemetry.list_handlers()].count(HANDLER_ID) == 5  # five events
+    assert [h.id for h in telemetry.list_handlers()].count(HANDLER_ID) == len(_EVENTS)
     async with running_pool(pool_name, 3, fake_channel(FakeConnector())):
         assert otel.value(CONNECTS, pool_name=pool_name) == 3
         assert otel.value(EXPECTED, pool_name=pool_name) == 3
@@ -138,7 +141,7 @@ async def test_a_failing_instrument_never_reaches_the_pool_nor_gets_detached(
             async with running_pool(pool_name, 2, fake_channel(connector)):
                 connector.drop(0)
                 await wait_until(lambda: reconnected(connector, pool_name))
-        assert len([h for h in telemetry.list_handlers() if h.id == HANDLER_ID]) == 5
+        assert len([h for h in telemetry.list_handlers() if h.id == HANDLER_ID]) == len(_EVENTS)
     finally:
         instrumentor.uninstrument()
     failures = [log for log in logs if log["event"] == "conngrpc.otel could not record a metric"]
@@ -206,3 +209,24 @@ async def test_an_ejection_is_counted_by_reason_and_the_ejected_backends_are_a_g
             }
         ]
         assert otel.value(EJECTIONS) == 1
+
+
+def test_retries_and_hedges_are_counted_by_method_code_and_backend(otel: Metrics) -> None:
+    # The events as a call's attempts report them (tests/live/test_retries.py checks that
+    # they do); one of each, and a hedge sent on its delay carries no code.
+    method = "/conngrpc.demo.v1.Demo/Sleep"
+    retried = {"pool_name": "p", "method": method, "code": grpc.StatusCode.UNAVAILABLE}
+    telemetry.execute(RETRY, {"attempt": 2}, {**retried, "backend": "127.0.0.1:5001"})
+    hedged = {"pool_name": "p", "method": method, "code": None, "backend": "127.0.0.1:5002"}
+    telemetry.execute(HEDGE, {"attempt": 2}, hedged)
+    where = {
+        "pool.name": "p",
+        "server.address": "127.0.0.1",
+        "rpc.service": "conngrpc.demo.v1.Demo",
+    }
+    assert otel.attribute_sets(RETRIES) == [
+        {**where, "server.port": 5001, "rpc.method": "Sleep", "rpc.grpc.status_code": 14}
+    ]
+    assert otel.attribute_sets(HEDGES) == [{**where, "server.port": 5002, "rpc.method": "Sleep"}]
+    assert otel.value(RETRIES) == 1
+    assert otel.value(HEDGES) == 1

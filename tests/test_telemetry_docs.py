@@ -13,7 +13,7 @@ import grpc.aio
 import pytest
 
 from conngrpc import Channel, ExponentialBackoff, Pool, Supervisor, SupervisorGaveUpError, telemetry
-from conngrpc._server import start_server
+from conngrpc._server import DEMO_SERVICE, PEER_METHOD, SLEEP_METHOD, Fault, start_server
 from conngrpc.channel.connector import raw_unary
 from conngrpc.testing import FakeConnector
 from tests._probe import recording, wait_until
@@ -92,6 +92,48 @@ async def _eject_and_return(log: Any) -> None:
             await server.stop(None)
 
 
+async def _retry_and_hedge(log: Any) -> None:
+    """A call retried (its first attempt fails UNAVAILABLE on a server that fails every
+    Sleep) and a call hedged (two copies at once), through a pool's PooledChannel."""
+    servers = [
+        await start_server(fault=Fault(code=grpc.StatusCode.UNAVAILABLE)),
+        await start_server(),
+    ]
+    retry = {
+        "maxAttempts": 2,
+        "initialBackoff": "0.001s",
+        "maxBackoff": "0.001s",
+        "backoffMultiplier": 1,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    hedging = {"maxAttempts": 2, "hedgingDelay": "0s"}
+    config = {
+        "methodConfig": [
+            {"name": [{"service": DEMO_SERVICE, "method": "Sleep"}], "retryPolicy": retry},
+            {"name": [{"service": DEMO_SERVICE, "method": "Peer"}], "hedgingPolicy": hedging},
+        ]
+    }
+    try:
+        addresses = [f"127.0.0.1:{port}" for _, port in servers]
+        spec = Pool.child_spec(
+            name="docs-retrying",
+            pool_size=2,
+            channel={"address": "ipv4:" + ",".join(addresses)},
+            service_config=config,
+        )
+        async with Supervisor([spec]):
+            await Pool.wait_connected("docs-retrying", timeout=5)
+            await wait_until(lambda: Pool.status("docs-retrying").current_size == 2)
+            facade = Pool.channel("docs-retrying")
+            with anyio.fail_after(10):
+                while not log.of("retry"):
+                    await raw_unary(facade, SLEEP_METHOD)(b"0", timeout=5)
+            await raw_unary(facade, PEER_METHOD)(b"", timeout=5)
+    finally:
+        for server, _ in servers:
+            await server.stop(None)
+
+
 def events_in_the_code() -> set[Event]:
     found = set()
     for path in (ROOT / "conngrpc").rglob("*.py"):
@@ -165,6 +207,7 @@ async def test_every_documented_event_is_emitted() -> None:
                         await anyio.sleep_forever()
                 assert sup.count_children().active == 2
             await _eject_and_return(log)
+            await _retry_and_hedge(log)
     finally:
         telemetry.detach("docs-broken-handler")
     assert set(log.names()) == documented_events()

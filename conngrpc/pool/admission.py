@@ -20,6 +20,13 @@ __all__ = ["Admission"]
 _now = time.monotonic
 
 
+def _limit(cap: int | None, slot: Slot) -> int | None:
+    """The most calls ``slot`` takes: ``max_calls_per_channel`` (``cap``), or the stream
+    cap the slot learnt from its server, the lower; None when neither is set."""
+    limit = slot.limit
+    return cap if limit is None or (cap is not None and cap <= limit) else limit
+
+
 class _Waiter:
     """A call waiting for room under ``max_calls_per_channel``.
 
@@ -56,10 +63,11 @@ class Admission:
     def has_room(self, slot: Slot) -> bool:
         """Whether a new call may start on ``slot`` now (the least loaded) without waiting.
 
-        Always, without ``max_calls_per_channel``; else while the slot is under it and
-        no earlier call waits.
+        Always, without ``max_calls_per_channel`` or a stream cap the slot learnt from
+        its server; else while the slot is under the lower of the two and no earlier
+        call waits.
         """
-        cap = self.cap
+        cap = _limit(self.cap, slot)
         return cap is None or (slot.in_flight < cap and not self.waiting)
 
     def track(self, slot: Slot, call: Any) -> Any:
@@ -131,10 +139,12 @@ class Admission:
             return
         self.dispatching = True
         try:
-            cap = self.cap
             while self.waiting:
                 slot = self.handout.pick()
-                if slot is None or (cap is not None and slot.in_flight >= cap):
+                if slot is None:
+                    return
+                cap = _limit(self.cap, slot)
+                if cap is not None and slot.in_flight >= cap:
                     return
                 waiter = self.waiting.popleft()
                 if waiter.future.done():  # cancelled, its task not yet told: nothing to start

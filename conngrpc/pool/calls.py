@@ -12,7 +12,7 @@ import contextlib
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import grpc.aio
@@ -20,6 +20,7 @@ import grpc.aio
 from .._tasks import reraise_if_cancelled
 
 __all__ = [
+    "Attempted",
     "CancelledCall",
     "DeferredCall",
     "FailedCall",
@@ -143,6 +144,12 @@ class Responses:
         return self._messages.__anext__()  # type: ignore[no-any-return]
 
 
+class Attempted(Protocol):
+    """What counts a call's attempts (:class:`~conngrpc.pool.retry.Attempts`)."""
+
+    sent: int
+
+
 Start = Callable[[tuple[Any, ...], dict[str, Any], "float | None"], Awaitable[Any]]
 
 
@@ -163,10 +170,17 @@ class DeferredCall:
     as for a grpc.aio call being awaited.
     """
 
-    __slots__ = ("_call", "_callbacks", "_deadline", "_task")
+    __slots__ = ("_attempts", "_call", "_callbacks", "_deadline", "_task")
 
-    def __init__(self, start: Start, request: tuple[Any, ...], options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        start: Start,
+        request: tuple[Any, ...],
+        options: dict[str, Any],
+        attempts: Attempted | None = None,
+    ) -> None:
         self._deadline = deadline_of(options)
+        self._attempts = attempts
         #: the real call once started, or a stand-in for how the wait ended
         self._call: Any = None
         self._callbacks: list[Callable[[Any], None]] = []
@@ -181,6 +195,13 @@ class DeferredCall:
         if self._call is not None:
             return f"<pooled call {self._call!r}>"
         return "<pooled call waiting>"
+
+    @property
+    def attempts(self) -> int:
+        """How many attempts the call sent (more than 1 only under a retry or a hedging
+        policy): readable in its done callbacks, which get this object."""
+        attempts = self._attempts
+        return 1 if attempts is None else attempts.sent
 
     async def _started(self) -> Any:
         """The real call (or how the wait ended), once the wait is over."""

@@ -38,6 +38,7 @@ import grpc.aio
 from .service_config import FailurePercentageEjection, OutlierDetection, SuccessRateEjection
 
 __all__ = [
+    "REFUSED_STREAM",
     "SERVER_FAILURES",
     "Ejected",
     "Ejector",
@@ -45,6 +46,7 @@ __all__ = [
     "Returned",
     "Rules",
     "default_rules",
+    "refused",
     "rules_from",
     "status_code",
 ]
@@ -189,6 +191,24 @@ def status_code(call: Any) -> int | None:
     return None if inner is call else status_code(inner)
 
 
+#: What grpc core writes in the details of a stream the server refused before it
+#: began (HTTP/2 RST_STREAM with REFUSED_STREAM, 7): the only sign of one in Python.
+REFUSED_STREAM = "RST_STREAM with error code 7"
+_UNAVAILABLE_CODE = _code(grpc.StatusCode.UNAVAILABLE)
+
+
+def refused(call: Any, code: int | None) -> bool:
+    """Whether a finished call (of status ``code``) was refused by its server before it
+    began: the server was at its stream cap (grpc's overload protection)."""
+    if code != _UNAVAILABLE_CODE:
+        return False
+    try:
+        details: str = call._cython_call._status.details()
+    except AttributeError:
+        return False
+    return REFUSED_STREAM in details
+
+
 class Outcomes:
     """One backend's calls, counted as they end, and its ejection.
 
@@ -239,7 +259,10 @@ class Outcomes:
 
     def record(self, call: Any) -> None:
         """A call on this backend ended: count how (grpc's done callback, via the slot)."""
-        code = status_code(call)
+        self.count(status_code(call))
+
+    def count(self, code: int | None) -> None:
+        """A call on this backend ended with status ``code`` (grpc's number): count it."""
         if code is None or code in self.ignored:
             return
         if code in self.failure_codes:

@@ -11,23 +11,29 @@ from __future__ import annotations
 import bisect
 import itertools
 import random
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
 
+from .ejection import refused, status_code
+
 if TYPE_CHECKING:
     from .ejection import Outcomes
     from .service_config import Pick
 
-__all__ = ["EXACT_PICK_UP_TO", "HandOut", "Slot"]
+__all__ = ["EXACT_PICK_UP_TO", "LEARNT_LIMIT_SECONDS", "HandOut", "Slot"]
 
 _READY = grpc.ChannelConnectivity.READY
 
 #: Up to this many channels, the least-loaded pick scans them all; above, it compares
 #: two picked at random (the power of two choices), which costs the same at any size.
 EXACT_PICK_UP_TO = 8
+
+#: How long a stream cap learnt from a refusal holds before the server is asked again.
+LEARNT_LIMIT_SECONDS = 30.0
 
 _random = random.Random().random
 
@@ -50,6 +56,8 @@ class Slot:
         "ended",
         "in_flight",
         "index",
+        "limit",
+        "limit_until",
         "outcomes",
     )
 
@@ -73,16 +81,36 @@ class Slot:
         self.drained: Callable[[Slot], None] | None = None
         #: the channel's own multicallables, by what makes one (kind, method, serializers)
         self.callables: dict[tuple[object, ...], Any] = {}
+        #: the stream cap learnt from its server: it refused a stream while this many
+        #: other calls ran on it; None until it does, and again once ``limit_until``
+        #: (monotonic) passes, so that a server whose cap rose is asked again
+        self.limit: int | None = None
+        self.limit_until = 0.0
 
     def __repr__(self) -> str:
         return f"<Slot {self.index} {self.backend} in_flight={self.in_flight}>"
 
     def done(self, call: object = None) -> None:
         """A call on this slot ended (grpc's done callback): count how, before its room
-        goes to a waiting call (which must not go to a backend it just ejected)."""
+        goes to a waiting call (which must not go to a backend it just ejected).
+
+        A call its server refused before it began (at the server's stream cap) is no
+        failure of the backend: the slot learns the cap instead.
+        """
         self.in_flight -= 1
+        if self.limit is not None and time.monotonic() >= self.limit_until:
+            self.limit = None
         if call is not None:
-            self.outcomes.record(call)
+            code = status_code(call)
+            if refused(call, code):
+                # the calls still in flight, of which those refused too end soon after:
+                # the least seen while the cap holds is the nearest to it
+                limit = max(1, self.in_flight)
+                if self.limit is None or limit < self.limit:
+                    self.limit = limit
+                self.limit_until = time.monotonic() + LEARNT_LIMIT_SECONDS
+            else:
+                self.outcomes.count(code)
         if self.drained is not None and not self.in_flight:
             self.drained(self)
         self.ended()
@@ -172,6 +200,30 @@ class HandOut:
             if not probe.in_flight and probe.channel.get_state() is _READY:
                 return probe
         return self._mode()
+
+    def pick_avoiding(self, tried: list[Slot]) -> Slot | None:
+        """The serving channel for a call's next attempt, READY, or None: the least loaded
+        on a backend the call has not tried, else on a channel it has not tried, else
+        the pick (it tried them all)."""
+        if not tried:
+            return self.pick()
+        backends = {slot.backend for slot in tried}
+        slots = self.slots
+        size = len(slots)
+        start = next(self.counter) % size if size else 0
+        other_backend: Slot | None = None
+        other_channel: Slot | None = None
+        for slot in slots[start:] + slots[:start]:  # from a turning start: ties take turns
+            if slot.channel.get_state() is not _READY:
+                continue
+            if slot.backend not in backends:
+                if other_backend is None or slot.in_flight < other_backend.in_flight:
+                    other_backend = slot
+            elif slot not in tried and (
+                other_channel is None or slot.in_flight < other_channel.in_flight
+            ):
+                other_channel = slot
+        return other_backend or other_channel or self.pick()
 
     def _publish(self) -> None:
         # Copies in C, at most a few microseconds for a thousand channels: the hand-out

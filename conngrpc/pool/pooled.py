@@ -51,7 +51,9 @@ from ..supervisor import Registry
 from .admission import Admission
 from .calls import DeferredCall, FailedCall, StreamCall, deadline_of, within
 from .handout import Slot
+from .retry import Attempts
 from .runtime import Kind, PoolRuntime, channels, pools, wait_registered
+from .service_config import MethodPolicy
 
 __all__ = ["PooledChannel"]
 
@@ -59,6 +61,8 @@ _READY = grpc.ChannelConnectivity.READY
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 #: the kinds of call whose responses stream: wrapped, so that an abandoned one is cancelled
 _STREAMING = frozenset({"unary_stream", "stream_stream"})
+#: the kinds of call whose request is one message: sent as attempts under a policy
+_UNARY_REQUEST = frozenset({"unary_unary", "unary_stream"})
 _running_loop = asyncio._get_running_loop
 #: A channel keeps its own multicallable for each method called through it, by what makes
 #: one; serializers made anew per call (a lambda, a partial) would add one per call, so
@@ -263,7 +267,7 @@ class PooledChannel(grpc.aio.Channel):
 class _Multicallable:
     """One method of the facade: each call goes to the slot the pool picks now."""
 
-    __slots__ = ("_facade", "_key", "_kind", "_make", "_method", "_streaming")
+    __slots__ = ("_facade", "_key", "_kind", "_make", "_method", "_streaming", "_unary_request")
 
     def __init__(
         self,
@@ -278,6 +282,7 @@ class _Multicallable:
         self._kind = kind
         self._method = method
         self._streaming = kind in _STREAMING
+        self._unary_request = kind in _UNARY_REQUEST
         self._make: dict[str, Any] = {
             "request_serializer": serializer,
             "response_deserializer": deserializer,
@@ -333,13 +338,25 @@ class _Multicallable:
             raise runtime.wrong_loop(f"a call of {self._method}", here)
         if runtime.mock is not None and runtime.table.connected_count():
             return self._mocked(runtime, request, options)
+        if runtime.policies is not None:  # the pool's service config has a methodConfig
+            policy = runtime.method_policy(self._method)
+            if policy is not None:
+                options, _ = _applied(policy, options, None)
+                if self._attempted(policy):
+                    attempts = self._attempts(runtime, policy, request)
+                    return DeferredCall(
+                        lambda _, options, deadline: attempts.run(options, deadline),
+                        request,
+                        options,
+                        attempts,
+                    )
         slot = runtime.handout.pick()
         if slot is None:
             if options.get("wait_for_ready") or not runtime.table.settled:
                 return DeferredCall(self._start_when_ready, request, options)
             return facade.unavailable(runtime, deadline_of(options))
         if not runtime.admission.has_room(slot):  # every channel is at max_calls_per_channel
-            return DeferredCall(functools.partial(self._start_when_room, runtime), request, options)
+            return DeferredCall(functools.partial(self._when_room, runtime), request, options)
         return self._start(runtime.admission, slot, request, options)
 
     def _mocked(
@@ -350,12 +367,29 @@ class _Multicallable:
         make = getattr(runtime.mock(), self._kind)
         return make(self._method, **self._make)(*request, **options)
 
-    def _start(
-        self, admission: Admission, slot: Slot, request: tuple[Any, ...], options: dict[str, Any]
+    async def _when_room(
+        self,
+        runtime: PoolRuntime,
+        request: tuple[Any, ...],
+        options: dict[str, Any],
+        deadline: float | None,
     ) -> Any:
-        """Start the call on ``slot``, counted against it; a stream is wrapped."""
+        """The call, started once a channel has room under the cap (until ``deadline``)."""
+        call, _ = await self._start_when_room(runtime, request, options, deadline)
+        return call
+
+    def _start(
+        self,
+        admission: Admission,
+        slot: Slot,
+        request: tuple[Any, ...],
+        options: dict[str, Any],
+        raw: bool = False,
+    ) -> Any:
+        """Start the call on ``slot``, counted against it; a stream is wrapped unless ``raw``
+        (an attempt's, which its call wraps)."""
         call = admission.track(slot, self._real(slot)(*request, **options))
-        return StreamCall(call) if self._streaming else call
+        return StreamCall(call) if self._streaming and not raw else call
 
     def _start_on(
         self,
@@ -364,6 +398,7 @@ class _Multicallable:
         options: dict[str, Any],
         deadline: float | None,
         slot: Slot,
+        raw: bool = False,
     ) -> Any:
         """Start the call on ``slot`` with what is left of ``deadline``.
 
@@ -378,7 +413,7 @@ class _Multicallable:
                 "waited for a channel"
             )
             raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, details=details)
-        return self._start(admission, slot, request, within(options, deadline))
+        return self._start(admission, slot, request, within(options, deadline), raw)
 
     async def _start_when_room(
         self,
@@ -386,18 +421,30 @@ class _Multicallable:
         request: tuple[Any, ...],
         options: dict[str, Any],
         deadline: float | None,
-    ) -> Any:
+        raw: bool = False,
+    ) -> tuple[Any, Slot]:
         """Wait (until ``deadline``) for a channel under the cap; the pool starts the call
-        on it the moment it has room."""
+        on it the moment it has room. The call, and the slot it went to."""
         admission = runtime.admission
-        start = functools.partial(self._start_on, admission, request, options, deadline)
+        taken: list[Slot] = []
+
+        def start(slot: Slot) -> Any:
+            call = self._start_on(admission, request, options, deadline, slot, raw)
+            taken.append(slot)
+            return call
+
         facade = self._facade
         try:
             call = await admission.room(start, deadline)
         except TimeoutError:
+            cap = (
+                "the stream cap its server showed"
+                if admission.cap is None
+                else f"max_calls_per_channel={admission.cap}"
+            )
             details = (
-                f"conngrpc {facade.kind} {facade.name!r}: every channel had "
-                f"max_calls_per_channel={admission.cap} calls in flight until the deadline"
+                f"conngrpc {facade.kind} {facade.name!r}: every channel had {cap} calls in "
+                "flight until the deadline"
             )
             raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, details=details) from None
         if call is None:
@@ -406,15 +453,15 @@ class _Multicallable:
                 f"for room ({runtime.stopped})"
             )
             raise grpc.aio.AioRpcError(_UNAVAILABLE, details=details)
-        return call
+        return call, taken[0]
 
-    async def _start_when_ready(
-        self, request: tuple[Any, ...], options: dict[str, Any], deadline: float | None
-    ) -> Any:
-        """Wait (until ``deadline``) for a channel to join, then start the call on it.
+    async def _when_ready(self, options: dict[str, Any], deadline: float | None) -> PoolRuntime:
+        """The pool, once it hands a channel out (until ``deadline``).
 
         Without ``wait_for_ready``, only while the pool starts: once its channels have
         failed, the call fails as UNAVAILABLE.
+
+        :raises grpc.aio.AioRpcError: DEADLINE_EXCEEDED or UNAVAILABLE, as said.
         """
         facade = self._facade
         try:
@@ -424,9 +471,84 @@ class _Multicallable:
             raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, details=details) from None
         if runtime is None:
             raise facade.unavailable(facade.runtime(), deadline).error
+        return runtime
+
+    async def _start_when_ready(
+        self, request: tuple[Any, ...], options: dict[str, Any], deadline: float | None
+    ) -> Any:
+        """Wait (until ``deadline``) for a channel to join, then start the call on it
+        (under its method's policy, if it has one)."""
+        runtime = await self._when_ready(options, deadline)
         if runtime.mock is not None:
             return self._mocked(runtime, request, within(options, deadline))
+        policy = runtime.method_policy(self._method)
+        if policy is not None:
+            options, deadline = _applied(policy, options, deadline)
+            if self._attempted(policy):
+                return await self._attempts(runtime, policy, request).run(options, deadline)
         slot = runtime.handout.pick()
         if slot is None or not runtime.admission.has_room(slot):  # joined, but at the cap
-            return await self._start_when_room(runtime, request, options, deadline)
+            call, _ = await self._start_when_room(runtime, request, options, deadline)
+            return call
         return self._start_on(runtime.admission, request, options, deadline, slot)
+
+    # --- a method with a retry or a hedging policy ------------------------------------------
+
+    def _attempted(self, policy: MethodPolicy) -> bool:
+        """Whether this method's calls go out as attempts under ``policy``."""
+        return (policy.retry is not None or policy.hedging is not None) and self._unary_request
+
+    def _attempts(
+        self, runtime: PoolRuntime, policy: MethodPolicy, request: tuple[Any, ...]
+    ) -> Attempts:
+        """The attempts of one call of this method, sent under ``policy``."""
+        return Attempts(
+            functools.partial(self._attempt, runtime, request),
+            pool=runtime.name,
+            method=self._method,
+            retry=policy.retry,
+            hedging=policy.hedging,
+            throttle=runtime.throttle,
+            streaming=self._streaming,
+        )
+
+    async def _attempt(
+        self,
+        runtime: PoolRuntime,
+        request: tuple[Any, ...],
+        tried: list[Slot],
+        options: dict[str, Any],
+        deadline: float | None,
+    ) -> tuple[Any, Slot]:
+        """Send one attempt of a call, on a connection it has not tried where there is
+        one (another backend first), the least loaded; add that one to ``tried``.
+
+        :raises grpc.aio.AioRpcError: it could not go out (no channel, or none in time).
+        """
+        slot = runtime.handout.pick_avoiding(tried)
+        if slot is None:
+            runtime = await self._when_ready(options, deadline)
+            slot = runtime.handout.pick_avoiding(tried)
+        admission = runtime.admission
+        if slot is None or not admission.has_room(slot):
+            call, slot = await self._start_when_room(runtime, request, options, deadline, True)
+        else:
+            call = self._start_on(admission, request, options, deadline, slot, True)
+        tried.append(slot)
+        return call, slot
+
+
+def _applied(
+    policy: MethodPolicy, options: dict[str, Any], deadline: float | None
+) -> tuple[dict[str, Any], float | None]:
+    """A call's ``options`` and deadline under its methodConfig entry: the entry's
+    ``timeout`` when the call has none or a longer one, and its ``waitForReady`` when the
+    call does not say, as grpc applies them (to the whole call, across its attempts)."""
+    timeout = policy.timeout
+    if timeout is not None:
+        due = time.monotonic() + timeout
+        if deadline is None or due < deadline:
+            options, deadline = {**options, "timeout": timeout}, due
+    if policy.wait_for_ready is not None and options.get("wait_for_ready") is None:
+        options = {**options, "wait_for_ready": policy.wait_for_ready}
+    return options, deadline

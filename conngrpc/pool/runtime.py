@@ -31,6 +31,8 @@ from .ejection import Ejected, Outcomes, Returned, default_rules, rules_from
 from .fleet import backend_backoff, follow_resolver
 from .handout import HandOut
 from .resolver import default_resolver
+from .retry import Throttle
+from .service_config import MethodPolicy
 from .settings import ResolvedSettings
 from .table import (
     ChannelWorker,
@@ -114,9 +116,12 @@ class PoolRuntime:
         "loop",
         "mock",
         "name",
+        "policies",
+        "service_config",
         "stopped",
         "table",
         "thread",
+        "throttle",
     )
 
     def __init__(self, kind: Kind, settings: ResolvedSettings) -> None:
@@ -149,6 +154,13 @@ class PoolRuntime:
         #: calls would each hear
         self._ready = anyio.Event()
         self._orders: dict[int, anyio.Event] = {}  # a worker waiting for an order
+        self.service_config = balancing
+        #: the methodConfig entries the pool applies, by method as calls name it, found
+        #: once per method (None when the service config has none)
+        self.policies: dict[str, MethodPolicy | None] | None = {} if balancing.methods else None
+        #: retryThrottling's token bucket, for every retried or hedged call of the pool
+        throttling = balancing.retry_throttling
+        self.throttle = None if throttling is None else Throttle(throttling)
 
     def __repr__(self) -> str:
         return (
@@ -221,6 +233,17 @@ class PoolRuntime:
             {"pool_name": self.name, "backend": back.backend},
         )
         self.log.info("backend returned", backend=back.backend, after=round(back.ejected_for, 3))
+
+    def method_policy(self, method: str) -> MethodPolicy | None:
+        """The methodConfig entry that applies to calls of ``method``, or None."""
+        policies = self.policies
+        if policies is None:
+            return None
+        try:
+            return policies[method]
+        except KeyError:
+            policy = policies[method] = self.service_config.method_policy(method)
+            return policy
 
     async def next_order(self, index: int) -> Dial:
         """Wait until the table has an order for worker ``index``; return it."""

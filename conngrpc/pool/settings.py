@@ -73,19 +73,27 @@ def _with_service_config(channel: ChannelConfig, parsed: PoolServiceConfig) -> C
     changes: dict[str, Any] = {}
     if parsed.health_service is not None:
         changes["health_check"] = parsed.health_service
+    options = tuple(channel.options)
     if parsed.channel_service_config is not None:
-        options = (*channel.options, (_GRPC_SERVICE_CONFIG, parsed.channel_service_config))
+        options = (*options, (_GRPC_SERVICE_CONFIG, parsed.channel_service_config))
+    retried = any(policy.retry or policy.hedging for policy in parsed.methods.values())
+    if retried and not any(_named(option, _ENABLE_RETRIES) for option in options):
+        # The pool retries across its connections; grpc's own retry layer would also
+        # strip the grpc-previous-rpc-attempts the pool's attempts carry.
+        options = (*options, (_ENABLE_RETRIES, 0))
+    if options != tuple(channel.options):
         changes["options"] = options
     return channel.merged(changes) if changes else channel
 
 
+def _named(option: object, name: str) -> bool:
+    """Whether a channel option (a ``(name, value)`` pair) is ``name``'s."""
+    return isinstance(option, tuple | list) and option[:1] in ((name,), [name])
+
+
 def _check_channel(options: Any, health_check: object, parsed: PoolServiceConfig) -> None:
     """Raise where the service config and the channel's settings say different things."""
-    if any(
-        isinstance(option, tuple | list)
-        and option[:1] in ((_GRPC_SERVICE_CONFIG,), [_GRPC_SERVICE_CONFIG])
-        for option in options
-    ):
+    if any(_named(option, _GRPC_SERVICE_CONFIG) for option in options):
         raise ValueError(
             f"Pool service_config: expected grpc's service config in one place, but "
             f"channel options give {_GRPC_SERVICE_CONFIG!r} too; give it as the pool's "
@@ -100,6 +108,7 @@ def _check_channel(options: Any, health_check: object, parsed: PoolServiceConfig
 
 
 _GRPC_SERVICE_CONFIG = "grpc.service_config"
+_ENABLE_RETRIES = "grpc.enable_retries"
 
 
 _MAY_BE_NONE = ("resolver", "max_calls_per_channel", "service_config")

@@ -1,0 +1,418 @@
+"""Retries and hedging across a pool's connections, as gRFC A6 sets them out (private).
+
+A method whose ``methodConfig`` entry in the pool's ``service_config`` has a
+``retryPolicy`` or a ``hedgingPolicy`` sends each call as one or more attempts, each
+picked anew by the pool, on a connection the call has not tried where there is one (on
+a backend it has not tried, first). grpc does the same through its load balancer; a
+pool's channels are one connection each, so grpc's own retries would go back to the
+connection that just failed, and the pool takes them over (the channels never see the
+policies).
+
+Retries (``retryPolicy``) send one attempt at a time: after an attempt fails with one
+of ``retryableStatusCodes`` while the call is uncommitted, the next goes out after a
+backoff of ``random(0, min(initialBackoff * backoffMultiplier**(n-1), maxBackoff))``,
+or after the server's pushback (``grpc-retry-pushback-ms``: a number of milliseconds;
+a negative or unreadable one stops the retries), within ``maxAttempts`` and the call's
+deadline. Hedging (``hedgingPolicy``) sends the first attempt at once and another each
+``hedgingDelay`` while none has answered (at once after one fails with one of
+``nonFatalStatusCodes``), within ``maxAttempts``; the first attempt that ends otherwise
+(success included) is the call's answer and the others are cancelled; when all end
+with non-fatal codes, the last one's status is the answer. ``retryThrottling`` is one
+token bucket per pool: each attempt that fails with a retryable (non-fatal) code takes
+a token, each success gives back ``tokenRatio``, and no retry or hedge goes out while
+half the tokens or fewer are left.
+
+A call commits, and is never retried again, once the pool has given its caller
+something of the answer: a response message, or response headers. grpc.aio shows
+Python no difference between a Trailers-Only error and headers with no metadata in them
+followed by the error (``initial_metadata()`` is empty in both), so the pool reads an
+error whose response brought initial metadata as committed and one that brought none
+as Trailers-Only: a server that fails a call it has begun to answer should send a
+metadata entry in its headers, or a message. A response stream commits at its first
+message, which the pool reads ahead for its caller.
+
+Every attempt carries ``grpc-previous-rpc-attempts`` (the attempts sent before it)
+from the second on, goes through the channel's interceptors, and counts against its
+connection (the pick, ``max_calls_per_channel``, ejection) as any call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final
+
+import grpc
+import grpc.aio
+
+from .. import telemetry
+from .calls import FailedCall, StreamCall
+from .ejection import REFUSED_STREAM
+
+if TYPE_CHECKING:
+    from .handout import Slot
+    from .service_config import HedgingPolicy, RetryPolicy, RetryThrottling
+
+__all__ = [
+    "HEDGE",
+    "PREVIOUS_ATTEMPTS",
+    "PUSHBACK",
+    "RETRY",
+    "STOP",
+    "Attempts",
+    "Ended",
+    "ReadAhead",
+    "Throttle",
+    "backoff",
+    "is_refused",
+    "pushback",
+    "with_previous",
+]
+
+#: Telemetry: an attempt after the first went out under a retry policy ...
+RETRY = ("conngrpc", "pool", "retry")
+#: ... or under a hedging policy.
+HEDGE = ("conngrpc", "pool", "hedge")
+#: The server's pushback, in milliseconds, in an attempt's trailing metadata (A6).
+PUSHBACK: Final = "grpc-retry-pushback-ms"
+#: How many attempts went out before this one, in its metadata (A6; absent on the first).
+PREVIOUS_ATTEMPTS: Final = "grpc-previous-rpc-attempts"
+
+_OK = grpc.StatusCode.OK
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+_DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
+#: pushback() of a server that asked for no more attempts
+STOP: Final = -1.0
+
+
+class Throttle:
+    """``retryThrottling``: one token bucket per pool, counted in grpc core's milli-tokens.
+
+    It starts full (``maxTokens``); an attempt that fails with a retryable (or
+    non-fatal) code takes one token, a call that succeeds gives ``tokenRatio`` back, and
+    retries and hedges go out only while more than half the tokens are left.
+    """
+
+    __slots__ = ("_half", "_most", "_ratio", "tokens")
+
+    def __init__(self, config: RetryThrottling) -> None:
+        self._most = config.max_tokens * 1000
+        self._half = self._most // 2
+        self._ratio = round(config.token_ratio * 1000)
+        self.tokens = self._most
+
+    def __repr__(self) -> str:
+        return f"<Throttle {self.tokens / 1000:g} of {self._most // 1000} tokens>"
+
+    def failed(self) -> bool:
+        """An attempt failed with a retryable code: take a token; may more go out?"""
+        self.tokens = max(0, self.tokens - 1000)
+        return self.tokens > self._half
+
+    def succeeded(self) -> None:
+        """A call succeeded: give back ``tokenRatio`` tokens."""
+        self.tokens = min(self._most, self.tokens + self._ratio)
+
+    def allows(self) -> bool:
+        """Whether a retry or a hedge may go out now."""
+        return self.tokens > self._half
+
+
+def backoff(policy: RetryPolicy, retry: int, draw: Callable[[], float] = random.random) -> float:
+    """Seconds to wait before retry number ``retry`` (1 for the first) since the last
+    pushback: ``random(0, min(initialBackoff * backoffMultiplier**(retry-1), maxBackoff))``."""
+    try:
+        ceiling = policy.initial_backoff * policy.backoff_multiplier ** (retry - 1)
+    except OverflowError:
+        ceiling = policy.max_backoff
+    return draw() * min(ceiling, policy.max_backoff)
+
+
+def pushback(metadata: Iterable[tuple[str, str | bytes]] | None) -> float | None:
+    """The server's pushback in ``metadata`` (an attempt's trailing metadata), in seconds:
+    None when there is none, :data:`STOP` when it asks for no more attempts (a negative
+    or unreadable value, as A6 reads one)."""
+    for key, value in metadata or ():
+        if key == PUSHBACK:
+            text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+            return int(text) / 1000 if text.isdigit() else STOP
+    return None
+
+
+def is_refused(code: grpc.StatusCode | None, details: str | None) -> bool:
+    """Whether a call's status says the server refused its stream before it began."""
+    return code is _UNAVAILABLE and details is not None and REFUSED_STREAM in details
+
+
+def with_previous(options: dict[str, Any], previous: int) -> dict[str, Any]:
+    """``options`` whose metadata says ``previous`` attempts went out before this one."""
+    if not previous:
+        return options
+    metadata = tuple(options.get("metadata") or ())
+    metadata = tuple(item for item in metadata if item[0] != PREVIOUS_ATTEMPTS)
+    return {**options, "metadata": (*metadata, (PREVIOUS_ATTEMPTS, str(previous)))}
+
+
+class Ended:
+    """How one attempt ended, as far as the call is concerned."""
+
+    __slots__ = ("call", "code", "committed", "details", "metadata", "slot")
+
+    def __init__(
+        self,
+        call: Any,
+        slot: Slot | None,
+        code: grpc.StatusCode,
+        *,
+        committed: bool = False,
+        details: str | None = None,
+        metadata: Iterable[tuple[str, str | bytes]] | None = None,
+    ) -> None:
+        self.call = call
+        self.slot = slot
+        self.code = code
+        self.committed = committed
+        self.details = details
+        self.metadata = metadata
+
+
+class ReadAhead(StreamCall):
+    """A response stream the pool read from first, to know whether the call committed:
+    reading gives the message read ahead (if one came), then the stream's own, through
+    ``read()`` (grpc.aio forbids mixing ``read()`` with its own iterator)."""
+
+    __slots__ = ("_first",)
+
+    def __init__(self, call: Any, first: Any = grpc.aio.EOF) -> None:
+        super().__init__(call)
+        self._first = [] if first is grpc.aio.EOF else [first]
+
+    async def read(self) -> Any:
+        first = self._first
+        if first:
+            return first.pop()
+        return await self._call.read()
+
+    def __aiter__(self) -> Any:
+        return _ReadAll(self)
+
+
+class _ReadAll:
+    """The messages of a :class:`ReadAhead` stream, read with ``read()``."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: ReadAhead) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> _ReadAll:
+        return self
+
+    async def __anext__(self) -> Any:
+        message = await self._stream.read()
+        if message is grpc.aio.EOF:
+            raise StopAsyncIteration
+        return message
+
+
+#: What sends an attempt: given the connections the call tried (it adds the one it
+#: takes), the options and the call's deadline; returns the attempt's own call (a
+#: response stream unwrapped) and its connection.
+#:
+#: :raises grpc.aio.AioRpcError: the attempt could not go out (no channel to send it on).
+Send = Callable[[list["Slot"], dict[str, Any], "float | None"], Awaitable[tuple[Any, "Slot"]]]
+
+
+class Attempts:
+    """One call's attempts under a retry or a hedging policy, and what decides them.
+
+    :meth:`run` is what a :class:`~conngrpc.pool.calls.DeferredCall` waits for: it returns
+    the call that answers (an attempt's own call; a response stream as a
+    :class:`ReadAhead`), or raises the ``AioRpcError`` that ends the call instead
+    (DEADLINE_EXCEEDED between attempts).
+    """
+
+    __slots__ = (
+        "_hedging",
+        "_method",
+        "_pool",
+        "_retry",
+        "_send",
+        "_streaming",
+        "_throttle",
+        "sent",
+    )
+
+    def __init__(
+        self,
+        send: Send,
+        *,
+        pool: str,
+        method: str,
+        retry: RetryPolicy | None = None,
+        hedging: HedgingPolicy | None = None,
+        throttle: Throttle | None = None,
+        streaming: bool = False,
+    ) -> None:
+        if (retry is None) == (hedging is None):
+            raise ValueError(f"expected a retry or a hedging policy, got {retry!r}, {hedging!r}")
+        self._send = send
+        self._pool = pool
+        self._method = method
+        self._retry = retry
+        self._hedging = hedging
+        self._throttle = throttle
+        self._streaming = streaming
+        #: attempts sent so far (a refused stream's re-send included)
+        self.sent = 0
+
+    def __repr__(self) -> str:
+        kind = "retried" if self._retry is not None else "hedged"
+        return f"<Attempts {kind} {self._method} sent={self.sent}>"
+
+    async def run(self, options: dict[str, Any], deadline: float | None) -> Any:
+        """Send the attempts (with ``options``, until ``deadline``); the answer's call."""
+        retry, hedging, throttle = self._retry, self._hedging, self._throttle
+        if retry is not None:
+            most, delay, codes = retry.max_attempts, None, retry.retryable_status_codes
+        else:
+            assert hedging is not None
+            most, delay = hedging.max_attempts, hedging.hedging_delay
+            codes = hedging.non_fatal_status_codes
+        tried: list[Slot] = []
+        live: set[asyncio.Task[Ended]] = set()
+        loop = asyncio.get_running_loop()
+        counted = 0  # attempts that count against maxAttempts
+        retries = 0  # retries since the last pushback: the backoff's exponent
+        refused_once = False  # a refused stream went out again (once, at once, free)
+        free = False  # the next attempt re-sends a refused stream
+        stopped = False  # no attempt goes out any more (throttled, or the server said so)
+        send_at: float | None = time.monotonic()
+        cause: grpc.StatusCode | None = None
+        last: Ended | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                if self.sent and not live and deadline is not None and now >= deadline:
+                    raise _deadline_exceeded()  # between attempts, as grpc's retries end
+                if send_at is not None and now >= send_at:
+                    send_at = None
+                    if self.sent and not free and throttle is not None and not throttle.allows():
+                        stopped = True
+                    else:
+                        counted += not free
+                        free = False
+                        attempt = self._attempt(tried, options, deadline, self.sent, cause)
+                        live.add(loop.create_task(attempt))
+                        self.sent += 1
+                        if delay is not None and counted < most:
+                            send_at = now + delay
+                if not live:
+                    if send_at is None:
+                        assert last is not None  # the first attempt always goes out
+                        return last.call
+                    wait = send_at - now
+                    if deadline is not None:
+                        wait = min(wait, deadline - now)
+                    await asyncio.sleep(max(0.0, wait))
+                    continue
+                wait_for = None if send_at is None else max(0.0, send_at - now)
+                done, _ = await asyncio.wait(
+                    live, timeout=wait_for, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    live.discard(task)
+                    last = ended = task.result()
+                    code = ended.code
+                    if code is _OK:
+                        if throttle is not None:
+                            throttle.succeeded()
+                        return ended.call
+                    if ended.committed:
+                        return ended.call
+                    if not refused_once and is_refused(code, ended.details):
+                        refused_once = free = True  # it never reached the application
+                        cause, send_at = code, time.monotonic()
+                        continue
+                    if code not in codes:
+                        return ended.call  # a fatal status: the answer
+                    server = pushback(ended.metadata)
+                    allowed = throttle is None or throttle.failed()
+                    if not allowed or server == STOP:
+                        stopped = True
+                    if stopped or counted >= most:
+                        send_at = None
+                        continue
+                    if server is not None:
+                        retries, pause = 0, server
+                    elif retry is not None:
+                        retries += 1
+                        pause = backoff(retry, retries)
+                    else:
+                        pause = 0.0  # a hedge goes at once after a non-fatal failure
+                    cause, send_at = code, time.monotonic() + pause
+        finally:
+            for task in live:
+                task.cancel()
+            if live:
+                await asyncio.wait(live)
+
+    async def _attempt(
+        self,
+        tried: list[Slot],
+        options: dict[str, Any],
+        deadline: float | None,
+        previous: int,
+        cause: grpc.StatusCode | None,
+    ) -> Ended:
+        """Send attempt number ``previous + 1`` and wait until it ends, or (a response
+        stream) commits with its first message; how it ended. ``cause``: the status of
+        the attempt whose failure sent it (None: a hedge's delay)."""
+        try:
+            call, slot = await self._send(tried, with_previous(options, previous), deadline)
+        except grpc.aio.AioRpcError as error:
+            return Ended(FailedCall(error, deadline), None, error.code(), details=error.details())
+        if previous:
+            self._tell(previous + 1, cause, slot)
+        try:
+            if self._streaming:
+                call = ReadAhead(call, await call.read())
+                if call._first:
+                    return Ended(call, slot, _OK, committed=True)
+                code = await call.code()
+                return Ended(call, slot, code, details=await call.details())
+            await call
+        except grpc.aio.AioRpcError as error:
+            return Ended(
+                call if not self._streaming or isinstance(call, ReadAhead) else ReadAhead(call),
+                slot,
+                error.code(),
+                committed=bool(error.initial_metadata()),
+                details=error.details(),
+                metadata=error.trailing_metadata(),
+            )
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        return Ended(call, slot, _OK)
+
+    def _tell(self, attempt: int, cause: grpc.StatusCode | None, slot: Slot) -> None:
+        """Report an attempt after the first: a retry, or a hedge (under a hedging policy)."""
+        telemetry.execute(
+            RETRY if self._hedging is None else HEDGE,
+            {"attempt": attempt},
+            {
+                "pool_name": self._pool,
+                "method": self._method,
+                "code": cause,
+                "backend": slot.backend,
+            },
+        )
+
+
+def _deadline_exceeded() -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        _DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(), details="Deadline Exceeded"
+    )

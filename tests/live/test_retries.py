@@ -1,0 +1,462 @@
+"""Retries and hedging across a pool's connections, live: real servers on 127.0.0.1.
+
+Each :class:`Scripted` server answers ``Try`` (unary-unary) and ``Stream`` (unary-stream)
+as its test scripts it, and records every call it received (the metadata it came with,
+and whether the client cancelled it), so each test proves from the servers' side where
+each attempt went. The pool is given grpc's service config with a ``methodConfig`` for
+the test service (``retryPolicy`` or ``hedgingPolicy``), as a user would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import grpc
+import grpc.aio
+import pytest
+
+from conngrpc import Pool, telemetry
+from conngrpc._server import SLEEP_METHOD, ServerProcess, start_server
+from conngrpc.pool.ejection import REFUSED_STREAM
+from conngrpc.pool.retry import HEDGE, PREVIOUS_ATTEMPTS, PUSHBACK, RETRY
+from conngrpc.pool.runtime import pools
+from tests._pools import live_pool
+from tests._probe import WAIT_LIMIT, wait_until
+
+pytestmark = pytest.mark.anyio
+
+SERVICE = "conngrpc.test.Retried"
+TRY = f"/{SERVICE}/Try"
+STREAM = f"/{SERVICE}/Stream"
+OTHER = f"/{SERVICE}/Other"
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+def retry_config(
+    *,
+    codes: Sequence[str] = ("UNAVAILABLE",),
+    attempts: int = 4,
+    backoff: str = "0.01s",
+    method: str | None = None,
+    **entry: Any,
+) -> dict[str, Any]:
+    """A service config retrying the test service's calls (or one method's)."""
+    name = {"service": SERVICE} if method is None else {"service": SERVICE, "method": method}
+    policy = {
+        "maxAttempts": attempts,
+        "initialBackoff": backoff,
+        "maxBackoff": backoff,
+        "backoffMultiplier": 1,
+        "retryableStatusCodes": list(codes),
+    }
+    return {"methodConfig": [{"name": [name], "retryPolicy": policy, **entry}]}
+
+
+def hedging_config(delay: str = "0.05s", attempts: int = 2) -> dict[str, Any]:
+    policy = {
+        "maxAttempts": attempts,
+        "hedgingDelay": delay,
+        "nonFatalStatusCodes": ["UNAVAILABLE"],
+    }
+    return {"methodConfig": [{"name": [{"service": SERVICE}], "hedgingPolicy": policy}]}
+
+
+# --- the servers ------------------------------------------------------------------------------
+
+Context = grpc.aio.ServicerContext[bytes, bytes]
+#: What a server does with a call: given the server and the call's context, it answers
+#: (returns the response), fails (aborts), or waits.
+Script = Callable[["Scripted", Context], Awaitable[bytes]]
+
+
+@dataclass(eq=False)
+class Received:
+    """A call a server received: its metadata, and whether its client cancelled it."""
+
+    metadata: dict[str, str]
+    cancelled: bool = False
+
+
+@dataclass(eq=False)
+class Scripted:
+    """A grpc.aio server on 127.0.0.1 that answers as ``script`` says."""
+
+    script: Script
+    name: str = ""
+    received: list[Received] = field(default_factory=list)
+    server: grpc.aio.Server | None = None
+    port: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def previous(self) -> list[str | None]:
+        """What each call received said of the attempts before it."""
+        return [call.metadata.get(PREVIOUS_ATTEMPTS) for call in self.received]
+
+    async def _record(self, context: Context) -> Received:
+        call = Received({key: value for key, value in context.invocation_metadata() or ()})
+        self.received.append(call)
+        return call
+
+    async def start(self) -> Scripted:
+        async def try_(request: bytes, context: Context) -> bytes:
+            call = await self._record(context)
+            try:
+                return await self.script(self, context)
+            except asyncio.CancelledError:
+                call.cancelled = True
+                raise
+
+        async def stream(request: bytes, context: Context) -> AsyncIterator[bytes]:
+            await self._record(context)
+            yield await self.script(self, context)
+            yield b"second"
+
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Try": grpc.unary_unary_rpc_method_handler(try_),
+                "Other": grpc.unary_unary_rpc_method_handler(try_),
+                "Stream": grpc.unary_stream_rpc_method_handler(stream),
+            },
+        )
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        await self.server.start()
+        return self
+
+
+async def answer(server: Scripted, context: Context) -> bytes:
+    return server.name.encode()
+
+
+def fail_first(code: grpc.StatusCode = UNAVAILABLE, **how: Any) -> Script:
+    """The first call any of the servers gets fails with ``code``; every other answers."""
+    failed: list[bool] = []
+
+    async def script(server: Scripted, context: Context) -> bytes:
+        if not failed:
+            failed.append(True)
+            if how.get("headers"):
+                await context.send_initial_metadata((("began", "yes"),))
+            await context.abort(code, "the first call fails", how.get("trailers", ()))
+        return server.name.encode()
+
+    return script
+
+
+@asynccontextmanager
+async def servers(script: Script, count: int = 3) -> AsyncIterator[list[Scripted]]:
+    started = [await Scripted(script, name=f"s{index}").start() for index in range(count)]
+    try:
+        yield started
+    finally:
+        for server in started:
+            assert server.server is not None
+            await server.server.stop(None)
+
+
+@asynccontextmanager
+async def pool(
+    name: str, backends: list[Scripted], config: dict[str, Any], size: int | None = None
+) -> AsyncIterator[grpc.aio.Channel]:
+    addresses = [backend.address for backend in backends]
+    settings = {"service_config": json.dumps(config)}
+    async with live_pool(name, addresses, size or len(backends), settings=settings, wait=True):
+        yield Pool.channel(name)
+
+
+def received(backends: list[Scripted]) -> list[tuple[str, str | None]]:
+    """Every call the servers received: which server, and its previous-attempts header."""
+    return [
+        (backend.name, call.metadata.get(PREVIOUS_ATTEMPTS))
+        for backend in backends
+        for call in backend.received
+    ]
+
+
+@pytest.fixture
+def events() -> AsyncIterator[list[tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]]]:
+    seen: list[tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]] = []
+
+    def handle(event: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        seen.append((event, dict(measurements), dict(metadata)))
+
+    telemetry.attach_many("test-live-retries", [RETRY, HEDGE], handle, None)
+    yield seen  # type: ignore[misc]
+    telemetry.detach("test-live-retries")
+
+
+def unary(channel: grpc.aio.Channel, method: str = TRY) -> Any:
+    return channel.unary_unary(method)
+
+
+# --- retries ----------------------------------------------------------------------------------
+
+
+async def test_a_failed_attempt_is_retried_on_another_backend(
+    pool_name: str, events: list[Any]
+) -> None:
+    async with servers(fail_first()) as backends, pool(pool_name, backends, retry_config()) as ch:
+        call = unary(ch)(b"", timeout=WAIT_LIMIT)
+        seen: list[int] = []
+        call.add_done_callback(lambda done: seen.append(done.attempts))
+        answer = await call
+        calls = received(backends)
+        assert len(calls) == 2
+        (first, _), (second, header) = sorted(calls, key=lambda c: c[1] or "")
+        assert first != second
+        assert answer == second.encode()
+        assert header == "1"  # grpc-previous-rpc-attempts, absent on the first
+        await wait_until(lambda: seen == [2])
+        [(event, measurements, metadata)] = events
+        assert event == RETRY
+        assert measurements == {"attempt": 2}
+        assert metadata["code"] is UNAVAILABLE
+        assert metadata["method"] == TRY
+        assert (
+            metadata["backend"] == f"127.0.0.1:{next(b.port for b in backends if b.name == second)}"
+        )
+
+
+async def test_a_code_that_is_not_retryable_is_not_retried(pool_name: str) -> None:
+    script = fail_first(grpc.StatusCode.INTERNAL)
+    async with servers(script) as backends, pool(pool_name, backends, retry_config()) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await unary(ch)(b"", timeout=WAIT_LIMIT)
+        assert raised.value.code() is grpc.StatusCode.INTERNAL
+        assert len(received(backends)) == 1
+
+
+async def test_an_error_without_headers_is_retried_one_after_headers_is_not(
+    pool_name: str,
+) -> None:
+    # grpc.aio's initial_metadata() is empty after both; the pool reads the headers the
+    # error response brought: a Trailers-Only response (none) did not commit the call.
+    async with servers(fail_first()) as backends, pool(pool_name, backends, retry_config()) as ch:
+        assert await unary(ch)(b"", timeout=WAIT_LIMIT)
+        assert len(received(backends)) == 2
+    async with (
+        servers(fail_first(headers=True)) as backends,
+        pool(pool_name, backends, retry_config()) as ch,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await unary(ch)(b"", timeout=WAIT_LIMIT)
+        assert raised.value.code() is UNAVAILABLE
+        assert len(received(backends)) == 1
+
+
+async def test_a_response_stream_is_retried_until_its_first_message(pool_name: str) -> None:
+    async with servers(fail_first()) as backends, pool(pool_name, backends, retry_config()) as ch:
+        stream = ch.unary_stream(STREAM)(b"", timeout=WAIT_LIMIT)
+        messages = [message async for message in stream]
+        assert len(messages) == 2
+        assert messages[1] == b"second"
+        assert len(received(backends)) == 2
+        assert await stream.code() is grpc.StatusCode.OK
+
+
+async def test_pushback_from_the_server_is_obeyed(pool_name: str) -> None:
+    stop = fail_first(trailers=((PUSHBACK, "-1"),))
+    async with servers(stop) as backends, pool(pool_name, backends, retry_config()) as ch:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await unary(ch)(b"", timeout=WAIT_LIMIT)
+        assert len(received(backends)) == 1  # a negative pushback: no retry
+    go = fail_first(trailers=((PUSHBACK, "0"),))
+    slow = retry_config(backoff="3600s")  # only the pushback lets the retry go soon
+    async with servers(go) as backends, pool(pool_name, backends, slow) as ch:
+        assert await unary(ch)(b"", timeout=WAIT_LIMIT)
+        assert len(received(backends)) == 2
+
+
+async def test_a_deadline_that_passes_between_attempts_ends_the_call(pool_name: str) -> None:
+    slow = retry_config(backoff="3600s")
+    async with servers(fail_first()) as backends, pool(pool_name, backends, slow) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await unary(ch)(b"", timeout=0.5)
+        assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert len(received(backends)) == 1
+
+
+async def test_the_method_configs_timeout_bounds_the_whole_call(pool_name: str) -> None:
+    async def hang(server: Scripted, context: Context) -> bytes:
+        await asyncio.Event().wait()
+        return b""
+
+    config = retry_config(timeout="0.3s", codes=["UNAVAILABLE", "DEADLINE_EXCEEDED"])
+    async with servers(hang) as backends, pool(pool_name, backends, config) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await unary(ch)(b"")  # no timeout of its own: the methodConfig's applies
+        assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        # An attempt that hit the call's deadline is not retried: the deadline is the call's.
+        assert len(received(backends)) == 1
+
+
+async def test_a_method_without_a_policy_gets_grpcs_own_call(pool_name: str) -> None:
+    config = retry_config(method="Try")
+    async with servers(answer) as backends, pool(pool_name, backends, config) as ch:
+        plain = unary(ch, OTHER)(b"", timeout=WAIT_LIMIT)
+        assert isinstance(plain, grpc.aio.UnaryUnaryCall)
+        await plain
+        retried = unary(ch, TRY)(b"", timeout=WAIT_LIMIT)
+        assert not isinstance(retried, grpc.aio.UnaryUnaryCall)
+        await retried
+
+
+# --- hedging ----------------------------------------------------------------------------------
+
+
+async def test_a_hedge_answers_from_another_replica_and_the_slow_copy_is_cancelled(
+    pool_name: str, events: list[Any]
+) -> None:
+    async def first_stalls(server: Scripted, context: Context) -> bytes:
+        if sum(len(b.received) for b in everyone) == 1:
+            await asyncio.Event().wait()  # until the client cancels it
+        return server.name.encode()
+
+    everyone: list[Scripted] = []
+    async with servers(first_stalls) as backends, pool(pool_name, backends, hedging_config()) as ch:
+        everyone.extend(backends)
+        answer = await unary(ch)(b"", timeout=WAIT_LIMIT)
+        calls = [(b, c) for b in backends for c in b.received]
+        assert len(calls) == 2
+        stalled = next(b for b, c in calls if c.metadata.get(PREVIOUS_ATTEMPTS) is None)
+        hedge = next(b for b, c in calls if c.metadata.get(PREVIOUS_ATTEMPTS) == "1")
+        assert stalled is not hedge
+        assert answer == hedge.name.encode()
+        await wait_until(lambda: stalled.received[0].cancelled)  # cancelled on the server
+        assert [event for event, _, _ in events] == [HEDGE]
+
+
+# --- a replica killed under load ---------------------------------------------------------------
+
+
+async def test_a_replica_killed_under_load_fails_no_call(pool_name: str) -> None:
+    config = {
+        "methodConfig": [
+            {
+                "name": [{"service": "conngrpc.demo.v1.Demo"}],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.01s",
+                    "maxBackoff": "0.1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+    replicas = [ServerProcess(args=["--name", f"r{i}"]) for i in range(3)]
+    try:
+        async with anyio.create_task_group() as starting:
+            for replica in replicas:
+                starting.start_soon(anyio.to_thread.run_sync, replica.start)
+        addresses = [replica.address for replica in replicas]
+        settings = {"service_config": config}
+        async with live_pool(pool_name, addresses, 6, settings=settings, wait=True):
+            channel = Pool.channel(pool_name)
+            sleep = channel.unary_unary(SLEEP_METHOD)
+            answers: list[str] = []
+            failures: list[grpc.aio.AioRpcError] = []
+            killed = anyio.Event()
+            after_kill = [0]
+
+            async def caller() -> None:
+                while not (killed.is_set() and after_kill[0] >= 200):
+                    try:
+                        answers.append((await sleep(b"5", timeout=10)).decode())
+                    except grpc.aio.AioRpcError as error:
+                        failures.append(error)
+                    if killed.is_set():
+                        after_kill[0] += 1
+
+            async with anyio.create_task_group() as callers:
+                for _ in range(20):
+                    callers.start_soon(caller)
+                await wait_until(lambda: len(answers) >= 100)
+                in_flight_on_victim = Pool.status(pool_name).in_flight
+                replicas[0].kill()  # with calls in flight on it
+                killed.set()
+            assert in_flight_on_victim > 0
+            assert failures == []
+            assert "r1" in answers
+            assert "r2" in answers
+    finally:
+        for replica in replicas:
+            replica.kill()
+
+
+# --- a refused stream -------------------------------------------------------------------------
+
+
+async def _refused_calls(sleep: Any, calls: int) -> list[grpc.aio.AioRpcError]:
+    """Rounds of ``calls`` calls at once until the server refuses some (grpc queues most
+    calls past a server's cap itself, but not all: it sends some before it knows the
+    cap is reached); the errors of the first round with any."""
+    with anyio.fail_after(WAIT_LIMIT):
+        while True:
+            results = await asyncio.gather(
+                *(sleep(b"100", timeout=WAIT_LIMIT) for _ in range(calls)),
+                return_exceptions=True,
+            )
+            errors = [result for result in results if isinstance(result, grpc.aio.AioRpcError)]
+            if errors:
+                return errors
+
+
+async def test_grpc_reports_a_refused_stream_in_the_details_of_unavailable() -> None:
+    # Pins what the pool reads: grpc's overload protection (on by default) refuses
+    # streams past the server's cap with RST_STREAM REFUSED_STREAM, which grpc.aio shows
+    # only as UNAVAILABLE whose details name it.
+    server, port = await start_server(max_concurrent_streams=2)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await channel.channel_ready()
+            for error in await _refused_calls(channel.unary_unary(SLEEP_METHOD), 40):
+                assert error.code() is UNAVAILABLE
+                assert REFUSED_STREAM in (error.details() or "")
+    finally:
+        await server.stop(None)
+
+
+async def test_a_pool_learns_a_servers_stream_cap_from_a_refusal(pool_name: str) -> None:
+    server, port = await start_server(max_concurrent_streams=2)
+    try:
+        async with live_pool(pool_name, f"127.0.0.1:{port}", 1, wait=True):
+            sleep = Pool.channel(pool_name).unary_unary(SLEEP_METHOD)
+            runtime = pools.get(pool_name)
+            assert runtime is not None
+            [slot] = runtime.handout.slots
+            assert slot.limit is None
+            await _refused_calls(sleep, 40)
+            assert slot.limit is not None  # the refusals taught it the cap
+            # Now the calls past the cap wait for room in the pool, as under
+            # max_calls_per_channel. A refusal under the cap learnt lowers it (the
+            # count it learnt from may hold calls refused with it): within a few rounds,
+            # the server refuses none.
+            for _ in range(10):
+                limit = slot.limit
+                assert limit is not None
+                calls = [sleep(b"20", timeout=WAIT_LIMIT) for _ in range(limit + 5)]
+                assert slot.in_flight == limit
+                await wait_until(lambda: len(runtime.admission.waiting) == 5)
+                results = await asyncio.gather(*calls, return_exceptions=True)
+                errors = [result for result in results if isinstance(result, BaseException)]
+                if not errors:
+                    break
+                assert all(REFUSED_STREAM in str(error) for error in errors), errors
+                assert slot.limit is not None
+                assert slot.limit < limit
+            else:
+                pytest.fail(f"the server still refused calls with {slot.limit} in flight")
+    finally:
+        await server.stop(None)
