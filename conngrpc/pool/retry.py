@@ -217,6 +217,90 @@ class _ReadAll:
         return message
 
 
+class _Plan:
+    """What a call's attempts decide between them: whether another goes out, and when."""
+
+    __slots__ = (
+        "cause",
+        "codes",
+        "counted",
+        "free",
+        "most",
+        "refused_once",
+        "retries",
+        "retry",
+        "stopped",
+        "throttle",
+    )
+
+    def __init__(
+        self,
+        retry: RetryPolicy | None,
+        hedging: HedgingPolicy | None,
+        throttle: Throttle | None,
+    ) -> None:
+        self.retry = retry
+        self.throttle = throttle
+        if retry is not None:
+            self.most, self.codes = retry.max_attempts, retry.retryable_status_codes
+        else:
+            assert hedging is not None
+            self.most, self.codes = hedging.max_attempts, hedging.non_fatal_status_codes
+        self.counted = 0  # attempts sent that count against maxAttempts
+        self.retries = 0  # retries since the last pushback: the backoff's exponent
+        self.refused_once = False  # a refused stream went out again (once, free)
+        self.free = False  # the next attempt re-sends a refused stream
+        self.stopped = False  # none goes out any more (throttled, or the server said so)
+        #: the status of the attempt whose failure sends the next one
+        self.cause: grpc.StatusCode | None = None
+
+    def may_send(self, sent: int) -> bool:
+        """Whether the next attempt may go out now (count it, if so)."""
+        if self.stopped:
+            return False
+        if sent and not self.free and self.throttle is not None and not self.throttle.allows():
+            self.stopped = True  # retryThrottling: under half the tokens left
+            return False
+        if not self.free:
+            self.counted += 1
+        self.free = False
+        return True
+
+    def after(self, ended: Ended) -> float | None:
+        """An attempt ended: None if no other goes out for it (it answers, or it failed
+        for good), or the seconds to wait before the next."""
+        code = ended.code
+        if code is _OK:
+            if self.throttle is not None:
+                self.throttle.succeeded()
+            return None
+        if ended.committed:
+            return None
+        if not self.refused_once and is_refused(code, ended.details):
+            self.refused_once = self.free = True  # it never reached the application
+            self.cause = code
+            return 0.0
+        if code not in self.codes:
+            return None  # a fatal status
+        server = pushback(ended.metadata)
+        if not (self.throttle is None or self.throttle.failed()) or server == STOP:
+            self.stopped = True
+        if self.stopped or self.counted >= self.most:
+            return None
+        self.cause = code
+        if server is not None:
+            self.retries = 0
+            return server
+        if self.retry is not None:
+            self.retries += 1
+            return backoff(self.retry, self.retries)
+        return 0.0  # a hedge goes at once after a non-fatal failure
+
+    def spent(self, ended: Ended) -> bool:
+        """Whether ``ended`` failed with a status that lets the others go on (hedging)."""
+        return ended.code in self.codes and not ended.committed
+
+
 #: What sends an attempt: given the connections the call tried (it adds the one it
 #: takes), the options and the call's deadline; returns the attempt's own call (a
 #: response stream unwrapped) and its connection.
@@ -274,44 +358,57 @@ class Attempts:
 
     async def run(self, options: dict[str, Any], deadline: float | None) -> Any:
         """Send the attempts (with ``options``, until ``deadline``); the answer's call."""
-        retry, hedging, throttle = self._retry, self._hedging, self._throttle
-        if retry is not None:
-            most, delay, codes = retry.max_attempts, None, retry.retryable_status_codes
-        else:
-            assert hedging is not None
-            most, delay = hedging.max_attempts, hedging.hedging_delay
-            codes = hedging.non_fatal_status_codes
-        tried: list[Slot] = []
+        plan = _Plan(self._retry, self._hedging, self._throttle)
+        if self._retry is not None:
+            return await self._one_by_one(plan, [], options, deadline)
+        return await self._hedged(plan, [], options, deadline)
+
+    async def _one_by_one(
+        self, plan: _Plan, tried: list[Slot], options: dict[str, Any], deadline: float | None
+    ) -> Any:
+        """Retries: each attempt after the last one failed, and its backoff."""
+        plan.may_send(0)  # the first always goes
+        while True:
+            ended = await self._attempt(tried, options, deadline, self.sent, plan.cause)
+            self.sent += 1
+            pause = plan.after(ended)
+            if pause is None:
+                return ended.call
+            if pause:
+                if deadline is not None and time.monotonic() + pause >= deadline:
+                    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+                    raise _deadline_exceeded()  # between attempts, as grpc's retries end
+                await asyncio.sleep(pause)
+            if not plan.may_send(self.sent):
+                return ended.call
+
+    async def _hedged(
+        self, plan: _Plan, tried: list[Slot], options: dict[str, Any], deadline: float | None
+    ) -> Any:
+        """Hedging: a copy at once, another after each ``hedgingDelay`` (or at once after a
+        non-fatal failure) while none has answered; the first to answer wins."""
+        hedging = self._hedging
+        assert hedging is not None
         live: set[asyncio.Task[Ended]] = set()
         loop = asyncio.get_running_loop()
-        counted = 0  # attempts that count against maxAttempts
-        retries = 0  # retries since the last pushback: the backoff's exponent
-        refused_once = False  # a refused stream went out again (once, at once, free)
-        free = False  # the next attempt re-sends a refused stream
-        stopped = False  # no attempt goes out any more (throttled, or the server said so)
         send_at: float | None = time.monotonic()
-        cause: grpc.StatusCode | None = None
         last: Ended | None = None
         try:
             while True:
                 now = time.monotonic()
                 if self.sent and not live and deadline is not None and now >= deadline:
-                    raise _deadline_exceeded()  # between attempts, as grpc's retries end
+                    raise _deadline_exceeded()  # between copies (a pushback's wait)
                 if send_at is not None and now >= send_at:
                     send_at = None
-                    if self.sent and not free and throttle is not None and not throttle.allows():
-                        stopped = True
-                    else:
-                        counted += not free
-                        free = False
-                        attempt = self._attempt(tried, options, deadline, self.sent, cause)
-                        live.add(loop.create_task(attempt))
+                    if plan.may_send(self.sent):
+                        copy = self._attempt(tried, options, deadline, self.sent, plan.cause)
+                        live.add(loop.create_task(copy))
                         self.sent += 1
-                        if delay is not None and counted < most:
-                            send_at = now + delay
+                        if plan.counted < hedging.max_attempts:
+                            send_at = now + hedging.hedging_delay
                 if not live:
                     if send_at is None:
-                        assert last is not None  # the first attempt always goes out
+                        assert last is not None  # the first copy always goes out
                         return last.call
                     wait = send_at - now
                     if deadline is not None:
@@ -324,35 +421,11 @@ class Attempts:
                 )
                 for task in done:
                     live.discard(task)
-                    last = ended = task.result()
-                    code = ended.code
-                    if code is _OK:
-                        if throttle is not None:
-                            throttle.succeeded()
-                        return ended.call
-                    if ended.committed:
-                        return ended.call
-                    if not refused_once and is_refused(code, ended.details):
-                        refused_once = free = True  # it never reached the application
-                        cause, send_at = code, time.monotonic()
-                        continue
-                    if code not in codes:
-                        return ended.call  # a fatal status: the answer
-                    server = pushback(ended.metadata)
-                    allowed = throttle is None or throttle.failed()
-                    if not allowed or server == STOP:
-                        stopped = True
-                    if stopped or counted >= most:
-                        send_at = None
-                        continue
-                    if server is not None:
-                        retries, pause = 0, server
-                    elif retry is not None:
-                        retries += 1
-                        pause = backoff(retry, retries)
-                    else:
-                        pause = 0.0  # a hedge goes at once after a non-fatal failure
-                    cause, send_at = code, time.monotonic() + pause
+                    last = task.result()
+                    pause = plan.after(last)
+                    if pause is None and not plan.spent(last):
+                        return last.call  # the answer: the others are cancelled
+                    send_at = None if pause is None else time.monotonic() + pause
         finally:
             for task in live:
                 task.cancel()
