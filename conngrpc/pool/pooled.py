@@ -344,6 +344,12 @@ class _Multicallable:
                 options, _ = _applied(policy, options, None)
                 if self._attempted(policy):
                     attempts = self._attempts(runtime, policy, request)
+                    if policy.retry is not None and self._kind == "unary_unary":
+                        slot = runtime.handout.pick()
+                        if slot is not None and runtime.admission.has_room(slot):
+                            # at once, as a call without a policy: no task unless it retries
+                            call = self._start(runtime.admission, slot, request, options)
+                            return attempts.first(call, slot, options)
                     return DeferredCall(
                         lambda _, options, deadline: attempts.run(options, deadline),
                         request,

@@ -39,16 +39,17 @@ connection (the pick, ``max_calls_per_channel``, ejection) as any call.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 import grpc.aio
 
 from .. import telemetry
-from .calls import FailedCall, StreamCall
+from .calls import DeferredCall, FailedCall, StreamCall, deadline_of, within
 from .ejection import REFUSED_STREAM
 
 if TYPE_CHECKING:
@@ -358,29 +359,52 @@ class Attempts:
 
     async def run(self, options: dict[str, Any], deadline: float | None) -> Any:
         """Send the attempts (with ``options``, until ``deadline``); the answer's call."""
-        plan = _Plan(self._retry, self._hedging, self._throttle)
+        plan = self.plan()
         if self._retry is not None:
             return await self._one_by_one(plan, [], options, deadline)
         return await self._hedged(plan, [], options, deadline)
 
+    def plan(self) -> _Plan:
+        """What decides this call's attempts."""
+        return _Plan(self._retry, self._hedging, self._throttle)
+
+    def first(self, call: Any, slot: Slot, options: dict[str, Any]) -> Retried:
+        """The call whose first attempt, ``call``, went out on ``slot`` already with
+        ``options`` (a retried unary-unary call, sent at once when a channel has room):
+        grpc's own call answers unless it fails in a way that retries."""
+        plan = self.plan()
+        plan.may_send(0)
+        self.sent = 1
+        return Retried(self, call, slot, plan, options)
+
     async def _one_by_one(
-        self, plan: _Plan, tried: list[Slot], options: dict[str, Any], deadline: float | None
+        self,
+        plan: _Plan,
+        tried: list[Slot],
+        options: dict[str, Any],
+        deadline: float | None,
+        last: Ended | None = None,
+        pause: float = 0.0,
     ) -> Any:
-        """Retries: each attempt after the last one failed, and its backoff."""
-        plan.may_send(0)  # the first always goes
+        """Retries: each attempt after the last one failed, and its backoff. ``last`` and
+        ``pause``: an attempt sent already that failed, and the wait before the next."""
+        if last is None:
+            plan.may_send(0)  # the first always goes
         while True:
-            ended = await self._attempt(tried, options, deadline, self.sent, plan.cause)
+            if last is not None:
+                if pause:
+                    if deadline is not None and time.monotonic() + pause >= deadline:
+                        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+                        raise _deadline_exceeded()  # between attempts, as grpc's retries end
+                    await asyncio.sleep(pause)
+                if not plan.may_send(self.sent):
+                    return last.call
+            last = await self._attempt(tried, options, deadline, self.sent, plan.cause)
             self.sent += 1
-            pause = plan.after(ended)
-            if pause is None:
-                return ended.call
-            if pause:
-                if deadline is not None and time.monotonic() + pause >= deadline:
-                    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
-                    raise _deadline_exceeded()  # between attempts, as grpc's retries end
-                await asyncio.sleep(pause)
-            if not plan.may_send(self.sent):
-                return ended.call
+            pause_ = plan.after(last)
+            if pause_ is None:
+                return last.call
+            pause = pause_
 
     async def _hedged(
         self, plan: _Plan, tried: list[Slot], options: dict[str, Any], deadline: float | None
@@ -449,6 +473,10 @@ class Attempts:
             return Ended(FailedCall(error, deadline), None, error.code(), details=error.details())
         if previous:
             self._tell(previous + 1, cause, slot)
+        return await self._outcome(call, slot)
+
+    async def _outcome(self, call: Any, slot: Slot) -> Ended:
+        """How an attempt sent on ``slot`` ended (or, a response stream, committed)."""
         try:
             if self._streaming:
                 call = ReadAhead(call, await call.read())
@@ -483,6 +511,183 @@ class Attempts:
                 "backend": slot.backend,
             },
         )
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def ended_now(call: Any, slot: Slot) -> Ended | None:
+    """How a finished grpc.aio unary call ended, read at once from what grpc.aio keeps
+    (as :func:`~conngrpc.pool.ejection.status_code` reads it); None if it cannot be
+    (a call made through interceptors), or it is not over."""
+    try:
+        status = call._cython_call._status
+        headers = call._cython_call._initial_metadata
+    except AttributeError:
+        return None
+    if status is None:
+        return None
+    return Ended(
+        call,
+        slot,
+        _CODES[status.code()],
+        committed=bool(headers),
+        details=status.details(),
+        metadata=status.trailing_metadata(),
+    )
+
+
+class Retried:
+    """A unary-unary call under a retry policy whose first attempt went out at once.
+
+    grpc's own call of the first attempt answers while it runs, and for good when it
+    ends in a way that does not retry (an answer, a fatal status, a commit): then no
+    task is ever made for the call. When it fails in a way that retries, the retries
+    go on in a :class:`~conngrpc.pool.calls.DeferredCall` of their own, and it answers
+    from then on. Every method answers as a grpc.aio call's does; done callbacks get
+    this object.
+    """
+
+    __slots__ = (
+        "_attempts",
+        "_callbacks",
+        "_deadline",
+        "_first",
+        "_later",
+        "_options",
+        "_plan",
+        "_settled",
+        "_slot",
+    )
+
+    def __init__(
+        self, attempts: Attempts, first: Any, slot: Slot, plan: _Plan, options: dict[str, Any]
+    ) -> None:
+        self._attempts = attempts
+        self._first = first
+        self._slot = slot
+        self._plan = plan
+        self._options = options
+        self._deadline = deadline_of(options)
+        #: the retries, once the first attempt failed in a way that retries
+        self._later: DeferredCall | None = None
+        self._settled = False  # the first attempt is the answer
+        self._callbacks: list[Callable[[Any], None]] = []
+        first.add_done_callback(self._first_ended)
+
+    def __repr__(self) -> str:
+        return f"<pooled call {self._later or self._first!r} attempts={self.attempts}>"
+
+    @property
+    def attempts(self) -> int:
+        """How many attempts the call sent."""
+        return self._attempts.sent
+
+    def _first_ended(self, call: Any = None) -> None:
+        """The first attempt ended (its done callback, or whoever saw it end first): it
+        answers, or the retries begin."""
+        if self._settled or self._later is not None:
+            return
+        first = self._first
+        cancelled = bool(first.cancelled())
+        ended = None if cancelled else ended_now(first, self._slot)
+        pause = None if ended is None else self._plan.after(ended)
+        answer: Any
+        if cancelled or (ended is not None and pause is None):
+            self._settled = True
+            answer = first
+        else:  # it retries, or (read through interceptors) it must be awaited to know
+            resume = functools.partial(self._resume, ended, pause)
+            options = within(self._options, self._deadline)
+            self._later = answer = DeferredCall(resume, (), options, self._attempts)
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            answer.add_done_callback(lambda _, callback=callback: callback(self))
+
+    async def _resume(
+        self,
+        ended: Ended | None,
+        pause: float | None,
+        request: tuple[Any, ...],
+        options: dict[str, Any],
+        deadline: float | None,
+    ) -> Any:
+        """The retries after the first attempt (a DeferredCall's start)."""
+        attempts, plan = self._attempts, self._plan
+        if ended is None:
+            ended = await attempts._outcome(self._first, self._slot)
+            pause = plan.after(ended)
+        if pause is None:
+            return ended.call
+        return await attempts._one_by_one(plan, [self._slot], options, deadline, ended, pause)
+
+    async def _answer(self) -> Any:
+        """The call that answers, once the first attempt is over."""
+        if not (self._settled or self._later is not None):
+            await self._first.code()  # until it is over
+            self._first_ended()
+        return self._first if self._later is None else self._later
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._response().__await__()
+
+    async def _response(self) -> Any:
+        if self._later is None:
+            try:
+                return await self._first
+            except grpc.aio.AioRpcError:
+                self._first_ended()
+                if self._later is None:
+                    raise
+        return await self._later
+
+    async def wait_for_connection(self) -> None:
+        await (await self._answer()).wait_for_connection()
+
+    async def code(self) -> grpc.StatusCode:
+        return await (await self._answer()).code()  # type: ignore[no-any-return]
+
+    async def details(self) -> str:
+        return await (await self._answer()).details()  # type: ignore[no-any-return]
+
+    async def initial_metadata(self) -> Any:
+        return await (await self._answer()).initial_metadata()
+
+    async def trailing_metadata(self) -> Any:
+        return await (await self._answer()).trailing_metadata()
+
+    def cancel(self) -> bool:
+        """Cancel the call: its first attempt, or its retries; False once it is done."""
+        if self._later is None and not self._settled and self._first.done():
+            self._first_ended()  # it ended, and its done callback has not run yet
+        later = self._later
+        return bool(self._first.cancel() if later is None else later.cancel())
+
+    def cancelled(self) -> bool:
+        later = self._later
+        if later is not None:
+            return later.cancelled()
+        return self._settled and bool(self._first.cancelled())
+
+    def done(self) -> bool:
+        later = self._later
+        if later is not None:
+            return later.done()
+        return self._settled
+
+    def time_remaining(self) -> float | None:
+        later = self._later
+        return (self._first if later is None else later).time_remaining()
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(call)`` once the call is done (at once, if it is)."""
+        answer: Any = (
+            self._later if self._later is not None else (self._first if self._settled else None)
+        )
+        if answer is None:
+            self._callbacks.append(callback)
+        else:
+            answer.add_done_callback(lambda _: callback(self))
 
 
 def _deadline_exceeded() -> grpc.aio.AioRpcError:

@@ -312,6 +312,47 @@ async def test_a_method_without_a_policy_gets_grpcs_own_call(pool_name: str) -> 
         await retried
 
 
+async def test_a_retried_call_answers_every_method_as_grpcs_call_does(pool_name: str) -> None:
+    # Not awaited: its methods alone follow it through its retry to its answer.
+    async with servers(fail_first()) as backends, pool(pool_name, backends, retry_config()) as ch:
+        call = unary(ch)(b"", timeout=WAIT_LIMIT)
+        assert not call.done()
+        assert await call.code() is grpc.StatusCode.OK
+        assert await call.details() in ("", None)
+        assert tuple(await call.trailing_metadata()) == ()
+        assert call.done()
+        assert not call.cancelled()
+        assert call.attempts == 2
+        remaining = call.time_remaining()
+        assert remaining is not None
+        assert 0 < remaining <= WAIT_LIMIT
+        assert await call in {backend.name.encode() for backend in backends}
+
+
+async def test_cancelling_a_retried_call_cancels_its_attempt_and_retries_nothing(
+    pool_name: str,
+) -> None:
+    started = asyncio.Event()
+
+    async def hang(server: Scripted, context: Context) -> bytes:
+        started.set()
+        await asyncio.Event().wait()
+        return b""
+
+    config = retry_config(codes=["UNAVAILABLE", "CANCELLED"])  # not even when it says so
+    async with servers(hang) as backends, pool(pool_name, backends, config) as ch:
+        call = unary(ch)(b"", timeout=WAIT_LIMIT)
+        await started.wait()
+        assert call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert call.cancelled()
+        assert await call.code() is grpc.StatusCode.CANCELLED
+        [received_call] = [c for b in backends for c in b.received]
+        await wait_until(lambda: received_call.cancelled)  # cancelled on the server
+        assert Pool.status(pool_name).in_flight == 0
+
+
 # --- hedging ----------------------------------------------------------------------------------
 
 
