@@ -15,9 +15,10 @@ import grpc
 import pytest
 
 from conngrpc.pool import handout as handout_module
-from conngrpc.pool.ejection import Outcomes, default_rules
-from conngrpc.pool.handout import EXACT_PICK_UP_TO, HandOut, Slot
+from conngrpc.pool.ejection import REFUSED_STREAM, Outcomes, default_rules
+from conngrpc.pool.handout import EXACT_PICK_UP_TO, LIMIT_PROBE_SECONDS, HandOut, Slot
 from conngrpc.pool.service_config import Pick
+from tests.test_ejection import Finished
 
 READY = grpc.ChannelConnectivity.READY
 CONNECTING = grpc.ChannelConnectivity.CONNECTING
@@ -184,3 +185,59 @@ def test_least_loaded_above_the_exact_size_takes_the_less_loaded_of_two(
     draws = Draws(monkeypatch, scripted([0.0, 0.2, 0.5, 0.3, 0.85, 0.1]))
     assert picks(out, 3) == [1, 4, 0]  # slots 0 and 1: 5 vs 1; 4 and 2: 0 vs 7; 7 and 0: 6 vs 5
     assert len(draws.drawn) == 6
+
+
+# --- the stream cap a slot learns from its server ----------------------------------------------
+
+
+class _RefusedStatus:
+    def code(self) -> int:
+        return grpc.StatusCode.UNAVAILABLE.value[0]
+
+    def details(self) -> str:
+        return f"Stream removed (RST_STREAM (Received {REFUSED_STREAM}))"
+
+
+class Refused:
+    """Stands in for a finished call its server refused, sent while its slot carried
+    ``carrying`` others (as Admission.track marks each call)."""
+
+    def __init__(self, carrying: int) -> None:
+        self.conngrpc_carrying = carrying
+        self._cython_call = type("_Call", (), {"_status": _RefusedStatus()})()
+
+
+def test_a_refusal_teaches_a_slot_its_servers_cap_and_is_no_failure() -> None:
+    out = handout([12])
+    slot = out.slots[0]
+    assert slot.limit is None
+    slot.done(Refused(carrying=10))
+    assert slot.limit == 10
+    assert slot.outcomes.failures == 0  # not the backend's failure
+    assert slot.in_flight == 11
+    slot.done(Refused(carrying=7))  # below the cap learnt: a step down, not to 7
+    assert slot.limit == 9
+    slot.done(Refused(carrying=30))  # sent before the cap was known: nothing learnt
+    assert slot.limit == 9
+
+
+def test_a_full_slot_whose_calls_answer_asks_its_server_for_one_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(handout_module.time, "monotonic", lambda: now[0])
+    out = handout([5])
+    slot = out.slots[0]
+    slot.done(Refused(carrying=4))
+    assert slot.limit == 4
+    slot.in_flight = 4  # full
+    slot.done(Finished(grpc.StatusCode.OK))
+    assert slot.limit == 4  # not before LIMIT_PROBE_SECONDS
+    now[0] += LIMIT_PROBE_SECONDS
+    slot.in_flight = 4
+    slot.done(Finished(grpc.StatusCode.OK))
+    assert slot.limit == 5
+    slot.in_flight = 1  # not full: nothing to ask
+    now[0] += 10 * LIMIT_PROBE_SECONDS
+    slot.done(Finished(grpc.StatusCode.OK))
+    assert slot.limit == 5

@@ -13,18 +13,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import grpc
+
 from .handout import HandOut, Slot
 
 __all__ = ["Admission"]
 
 _now = time.monotonic
+_READY = grpc.ChannelConnectivity.READY
 
 
 def _limit(cap: int | None, slot: Slot) -> int | None:
-    """The most calls ``slot`` takes: ``max_calls_per_channel`` (``cap``), or the stream
-    cap the slot learnt from its server, the lower; None when neither is set."""
-    limit = slot.limit
-    return cap if limit is None or (cap is not None and cap <= limit) else limit
+    """The most calls ``slot`` takes: ``max_calls_per_channel`` (``cap``) when it is set
+    (the user knows the server's cap), else the stream cap the slot learnt from its
+    server, if any."""
+    return slot.limit if cap is None else cap
 
 
 class _Waiter:
@@ -60,21 +63,44 @@ class Admission:
     def __repr__(self) -> str:
         return f"<Admission in_flight={self.in_flight} waiting={len(self.waiting)}>"
 
-    def has_room(self, slot: Slot) -> bool:
-        """Whether a new call may start on ``slot`` now (the least loaded) without waiting.
+    def placed(self, slot: Slot) -> Slot | None:
+        """The slot a new call may start on now, without waiting: ``slot`` (the pick)
+        while it is under its cap, else the least loaded other READY slot under its own;
+        None when none is, or earlier calls wait.
 
-        Always, without ``max_calls_per_channel`` or a stream cap the slot learnt from
-        its server; else while the slot is under the lower of the two and no earlier
-        call waits.
+        Always ``slot``, without ``max_calls_per_channel`` and with no stream cap learnt
+        from a server (``max_calls_per_channel`` wins over a cap learnt).
         """
+        if self.cap is None and slot.limit is None:
+            return slot  # nothing caps it
+        return None if self.waiting else self._under_cap(slot)
+
+    def _under_cap(self, slot: Slot) -> Slot | None:
         cap = _limit(self.cap, slot)
-        return cap is None or (slot.in_flight < cap and not self.waiting)
+        if cap is None or slot.in_flight < cap:
+            return slot
+        best: Slot | None = None
+        for other in self.handout.slots:  # caps learnt differ between slots
+            cap = _limit(self.cap, other)
+            if (
+                (cap is None or other.in_flight < cap)
+                and (best is None or other.in_flight < best.in_flight)
+                and other.channel.get_state() is _READY
+            ):
+                best = other
+        return best
 
     def track(self, slot: Slot, call: Any) -> Any:
-        """Count ``call`` against ``slot`` until grpc says it is done; return it."""
-        slot.in_flight += 1
+        """Count ``call`` against ``slot`` until grpc says it is done; return it.
+
+        The call keeps how many others its slot carried as it went (``conngrpc_carrying``): if
+        its server refuses it, that is the server's stream cap, at most.
+        """
+        carrying = slot.in_flight
+        slot.in_flight = carrying + 1
         self.in_flight += 1
         try:
+            call.conngrpc_carrying = carrying
             call.add_done_callback(slot.done)
         except NotImplementedError:  # an interceptor answered without a call: it is done
             slot.done()
@@ -141,10 +167,9 @@ class Admission:
         try:
             while self.waiting:
                 slot = self.handout.pick()
+                if slot is not None:
+                    slot = self._under_cap(slot)
                 if slot is None:
-                    return
-                cap = _limit(self.cap, slot)
-                if cap is not None and slot.in_flight >= cap:
                     return
                 waiter = self.waiting.popleft()
                 if waiter.future.done():  # cancelled, its task not yet told: nothing to start

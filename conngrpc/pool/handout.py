@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .ejection import Outcomes
     from .service_config import Pick
 
-__all__ = ["EXACT_PICK_UP_TO", "LEARNT_LIMIT_SECONDS", "HandOut", "Slot"]
+__all__ = ["EXACT_PICK_UP_TO", "LIMIT_PROBE_SECONDS", "HandOut", "Slot"]
 
 _READY = grpc.ChannelConnectivity.READY
 
@@ -32,8 +32,9 @@ _READY = grpc.ChannelConnectivity.READY
 #: two picked at random (the power of two choices), which costs the same at any size.
 EXACT_PICK_UP_TO = 8
 
-#: How long a stream cap learnt from a refusal holds before the server is asked again.
-LEARNT_LIMIT_SECONDS = 30.0
+#: How often a slot at the stream cap it learnt from its server, whose calls answer,
+#: takes one call more: the server's cap may have risen (a refusal lowers it again).
+LIMIT_PROBE_SECONDS = 1.0
 
 _random = random.Random().random
 
@@ -57,8 +58,8 @@ class Slot:
         "in_flight",
         "index",
         "limit",
-        "limit_until",
         "outcomes",
+        "probe_at",
     )
 
     def __init__(
@@ -81,14 +82,28 @@ class Slot:
         self.drained: Callable[[Slot], None] | None = None
         #: the channel's own multicallables, by what makes one (kind, method, serializers)
         self.callables: dict[tuple[object, ...], Any] = {}
-        #: the stream cap learnt from its server: it refused a stream while this many
-        #: other calls ran on it; None until it does, and again once ``limit_until``
-        #: (monotonic) passes, so that a server whose cap rose is asked again
+        #: the stream cap learnt from its server: it refused a stream while the slot
+        #: carried this many calls; None until one does. A full slot whose calls answer
+        #: takes one more every LIMIT_PROBE_SECONDS (``probe_at``, monotonic): the
+        #: server's cap may have risen, and a refusal says where it is.
         self.limit: int | None = None
-        self.limit_until = 0.0
+        self.probe_at = 0.0
 
     def __repr__(self) -> str:
         return f"<Slot {self.index} {self.backend} in_flight={self.in_flight}>"
+
+    def _refused(self, call: object) -> None:
+        """Its server refused ``call`` before it began: it had its cap of streams open
+        then, at most as many as the slot carried when the call went (some may have ended
+        before it came). The first refusal sets the cap learnt; each later one below it
+        lowers it a step."""
+        carrying = max(1, getattr(call, "conngrpc_carrying", self.in_flight))
+        limit = self.limit
+        if limit is None:
+            self.limit = carrying
+        elif carrying < limit:  # one step down: a server slow to free its streams
+            self.limit = max(carrying, limit - 1)  # refuses below its cap now and then
+        self.probe_at = time.monotonic() + LIMIT_PROBE_SECONDS
 
     def done(self, call: object = None) -> None:
         """A call on this slot ended (grpc's done callback): count how, before its room
@@ -98,19 +113,18 @@ class Slot:
         failure of the backend: the slot learns the cap instead.
         """
         self.in_flight -= 1
-        if self.limit is not None and time.monotonic() >= self.limit_until:
-            self.limit = None
         if call is not None:
             code = status_code(call)
             if refused(call, code):
-                # the calls still in flight, of which those refused too end soon after:
-                # the least seen while the cap holds is the nearest to it
-                limit = max(1, self.in_flight)
-                if self.limit is None or limit < self.limit:
-                    self.limit = limit
-                self.limit_until = time.monotonic() + LEARNT_LIMIT_SECONDS
+                self._refused(call)
             else:
                 self.outcomes.count(code)
+                limit = self.limit
+                if limit is not None and self.in_flight >= limit - 1:
+                    now = time.monotonic()
+                    if now >= self.probe_at:  # full, and answering: ask for one more
+                        self.limit = limit + 1
+                        self.probe_at = now + LIMIT_PROBE_SECONDS
         if self.drained is not None and not self.in_flight:
             self.drained(self)
         self.ended()

@@ -346,7 +346,9 @@ class _Multicallable:
                     attempts = self._attempts(runtime, policy, request)
                     if policy.retry is not None and self._kind == "unary_unary":
                         slot = runtime.handout.pick()
-                        if slot is not None and runtime.admission.has_room(slot):
+                        if slot is not None:
+                            slot = runtime.admission.placed(slot)
+                        if slot is not None:
                             # at once, as a call without a policy: no task unless it retries
                             call = self._start(runtime.admission, slot, request, options)
                             return attempts.first(call, slot, options)
@@ -361,9 +363,10 @@ class _Multicallable:
             if options.get("wait_for_ready") or not runtime.table.settled:
                 return DeferredCall(self._start_when_ready, request, options)
             return facade.unavailable(runtime, deadline_of(options))
-        if not runtime.admission.has_room(slot):  # every channel is at max_calls_per_channel
+        placed = runtime.admission.placed(slot)
+        if placed is None:  # every channel is at its cap (max_calls_per_channel, learnt)
             return DeferredCall(functools.partial(self._when_room, runtime), request, options)
-        return self._start(runtime.admission, slot, request, options)
+        return self._start(runtime.admission, placed, request, options)
 
     def _mocked(
         self, runtime: PoolRuntime, request: tuple[Any, ...], options: dict[str, Any]
@@ -493,7 +496,9 @@ class _Multicallable:
             if self._attempted(policy):
                 return await self._attempts(runtime, policy, request).run(options, deadline)
         slot = runtime.handout.pick()
-        if slot is None or not runtime.admission.has_room(slot):  # joined, but at the cap
+        if slot is not None:
+            slot = runtime.admission.placed(slot)
+        if slot is None:  # joined, but at the cap
             call, _ = await self._start_when_room(runtime, request, options, deadline)
             return call
         return self._start_on(runtime.admission, request, options, deadline, slot)
@@ -536,7 +541,9 @@ class _Multicallable:
             runtime = await self._when_ready(options, deadline)
             slot = runtime.handout.pick_avoiding(tried)
         admission = runtime.admission
-        if slot is None or not admission.has_room(slot):
+        if slot is not None:
+            slot = admission.placed(slot)
+        if slot is None:
             call, slot = await self._start_when_room(runtime, request, options, deadline, True)
         else:
             call = self._start_on(admission, request, options, deadline, slot, True)

@@ -481,9 +481,9 @@ async def test_a_pool_learns_a_servers_stream_cap_from_a_refusal(pool_name: str)
             await _refused_calls(sleep, 40)
             assert slot.limit is not None  # the refusals taught it the cap
             # Now the calls past the cap wait for room in the pool, as under
-            # max_calls_per_channel. A refusal under the cap learnt lowers it (the
-            # count it learnt from may hold calls refused with it): within a few rounds,
-            # the server refuses none.
+            # max_calls_per_channel. A refusal under the cap learnt lowers it a step (a
+            # server slow to free its streams refuses below its cap now and then):
+            # within a few rounds, the server refuses none.
             for _ in range(10):
                 limit = slot.limit
                 assert limit is not None
@@ -496,7 +496,7 @@ async def test_a_pool_learns_a_servers_stream_cap_from_a_refusal(pool_name: str)
                     break
                 assert all(REFUSED_STREAM in str(error) for error in errors), errors
                 assert slot.limit is not None
-                assert slot.limit < limit
+                assert slot.limit <= limit + 1  # a step down, after a step up at most
             else:
                 pytest.fail(f"the server still refused calls with {slot.limit} in flight")
     finally:
