@@ -341,6 +341,20 @@ def cap_table(
         A105,
         ms(percentile(a105.latencies, 99)),
     )
+    if not server_args:  # overload protection on: the server refuses streams past its cap
+        plain = steady[PLAIN_POOL]
+        refused = plain.errors.get("UNAVAILABLE", 0)
+        cap.target(
+            "PooledChannel (no cap set: learnt), refused calls",
+            refused,
+            "<=",
+            0.02,
+            A105,
+            max(1, a105.errors.get("UNAVAILABLE", 0)),
+        )
+        cap.target(
+            "PooledChannel (no cap set: learnt), calls/s", plain.rate, ">=", 0.98, A105, a105.rate
+        )
     cap.notes.append(_cap_notes(server_args, rounds, seconds))
     return cap
 

@@ -214,10 +214,17 @@ def test_the_stream_cap_table_matches_a105_within_five_percent() -> None:
         "get_channel round-robin, pool of 4": rr,
     }
     section = cap_table("overload protection on (grpc default)", [], runs, 3, 3.0)
-    rate, p99 = section.targets
+    rate, p99, refused, learnt = section.targets
     assert (rate.reference, rate.result) == (A105, "PASS")  # 0.96
     assert (p99.measured, p99.against, p99.result) == (165.3, 122.2, "MISS")  # 1.35
     assert section.rows[0][4] == "UNAVAILABLE 54"
+    # the pool with no cap set, which learns the server's: it refused none of 1,667
+    assert (refused.measured, refused.against, refused.result) == (0, 1667, "PASS")
+    assert (learnt.reference, learnt.result) == (A105, "MISS")  # 1641.6 / 1693.8 = 0.97
+    plain.errors["UNAVAILABLE"] = 34  # 2.04% of A105's
+    assert cap_table("on", [], runs, 3, 3.0).targets[2].result == "MISS"
+    # overload protection off: no stream is refused, nothing to learn from
+    assert len(cap_table("overload protection off", ["--option", "x"], runs, 3, 3.0).targets) == 2
     mixed = mixed_table("overload protection off", [], runs, 3, 3.0)
     assert [(t.reference, t.result) for t in mixed.targets] == [
         (A105, "MISS"),  # 165.3 ms against 122.2 ms
