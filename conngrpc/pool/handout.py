@@ -34,7 +34,7 @@ EXACT_PICK_UP_TO = 8
 
 #: How often a slot at the stream cap it learnt from its server, whose calls answer,
 #: takes one call more: the server's cap may have risen (a refusal lowers it again).
-LIMIT_PROBE_SECONDS = 1.0
+LIMIT_PROBE_SECONDS = 0.5
 
 _random = random.Random().random
 
