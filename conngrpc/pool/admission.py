@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import grpc
@@ -63,32 +63,34 @@ class Admission:
     def __repr__(self) -> str:
         return f"<Admission in_flight={self.in_flight} waiting={len(self.waiting)}>"
 
-    def placed(self, slot: Slot) -> Slot | None:
+    def placed(self, slot: Slot, avoid: Collection[Slot] = ()) -> Slot | None:
         """The slot a new call may start on now, without waiting: ``slot`` (the pick)
-        while it is under its cap, else the least loaded other READY slot under its own;
-        None when none is, or earlier calls wait.
+        while it is under its cap, else the least loaded other READY slot under its own
+        (one not in ``avoid`` first: those a retried call tried); None when none is, or
+        earlier calls wait.
 
         Always ``slot``, without ``max_calls_per_channel`` and with no stream cap learnt
         from a server (``max_calls_per_channel`` wins over a cap learnt).
         """
         if self.cap is None and slot.limit is None:
             return slot  # nothing caps it
-        return None if self.waiting else self._under_cap(slot)
+        return None if self.waiting else self._under_cap(slot, avoid)
 
-    def _under_cap(self, slot: Slot) -> Slot | None:
+    def _under_cap(self, slot: Slot, avoid: Collection[Slot] = ()) -> Slot | None:
         cap = _limit(self.cap, slot)
         if cap is None or slot.in_flight < cap:
             return slot
         best: Slot | None = None
+        fallback: Slot | None = None
         for other in self.handout.slots:  # caps learnt differ between slots
             cap = _limit(self.cap, other)
-            if (
-                (cap is None or other.in_flight < cap)
-                and (best is None or other.in_flight < best.in_flight)
-                and other.channel.get_state() is _READY
-            ):
-                best = other
-        return best
+            if (cap is None or other.in_flight < cap) and other.channel.get_state() is _READY:
+                if other in avoid:
+                    if fallback is None or other.in_flight < fallback.in_flight:
+                        fallback = other
+                elif best is None or other.in_flight < best.in_flight:
+                    best = other
+        return best or fallback
 
     def track(self, slot: Slot, call: Any) -> Any:
         """Count ``call`` against ``slot`` until grpc says it is done; return it.

@@ -341,7 +341,7 @@ class _Multicallable:
         if runtime.policies is not None:  # the pool's service config has a methodConfig
             policy = runtime.method_policy(self._method)
             if policy is not None:
-                options, _ = _applied(policy, options, None)
+                options, _ = _applied(policy, options, deadline_of(options))
                 if self._attempted(policy):
                     attempts = self._attempts(runtime, policy, request)
                     if policy.retry is not None and self._kind == "unary_unary":
@@ -542,7 +542,7 @@ class _Multicallable:
             slot = runtime.handout.pick_avoiding(tried)
         admission = runtime.admission
         if slot is not None:
-            slot = admission.placed(slot)
+            slot = admission.placed(slot, tried)
         if slot is None:
             call, slot = await self._start_when_room(runtime, request, options, deadline, True)
         else:

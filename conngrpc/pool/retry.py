@@ -32,8 +32,10 @@ metadata entry in its headers, or a message. A response stream commits at its fi
 message, which the pool reads ahead for its caller.
 
 Every attempt carries ``grpc-previous-rpc-attempts`` (the attempts sent before it)
-from the second on, goes through the channel's interceptors, and counts against its
-connection (the pick, ``max_calls_per_channel``, ejection) as any call.
+from the second on (grpc's own retry layer, on by default for its transparent retries,
+drops it on the way out unless the channels' options set ``grpc.enable_retries`` to 0),
+goes through the channel's interceptors, and counts against its connection (the pick,
+``max_calls_per_channel``, ejection) as any call.
 """
 
 from __future__ import annotations
@@ -267,24 +269,34 @@ class _Plan:
         self.free = False
         return True
 
+    def sent(self) -> grpc.StatusCode | None:
+        """An attempt goes out now: the status whose failure sent it (None: the first,
+        or a hedge its delay sent)."""
+        cause, self.cause = self.cause, None
+        return cause
+
     def after(self, ended: Ended) -> float | None:
         """An attempt ended: None if no other goes out for it (it answers, or it failed
         for good), or the seconds to wait before the next."""
         code = ended.code
+        throttle = self.throttle
         if code is _OK:
-            if self.throttle is not None:
-                self.throttle.succeeded()
+            if throttle is not None:
+                throttle.succeeded()
             return None
+        refused = not ended.committed and is_refused(code, ended.details)
+        if code in self.codes and not refused and throttle is not None and not throttle.failed():
+            self.stopped = True  # as grpc core, a failure counts before the commit
         if ended.committed:
             return None
-        if not self.refused_once and is_refused(code, ended.details):
+        if refused and not self.refused_once:
             self.refused_once = self.free = True  # it never reached the application
             self.cause = code
             return 0.0
         if code not in self.codes:
             return None  # a fatal status
         server = pushback(ended.metadata)
-        if not (self.throttle is None or self.throttle.failed()) or server == STOP:
+        if server == STOP:
             self.stopped = True
         if self.stopped or self.counted >= self.most:
             return None
@@ -399,7 +411,7 @@ class Attempts:
                     await asyncio.sleep(pause)
                 if not plan.may_send(self.sent):
                     return last.call
-            last = await self._attempt(tried, options, deadline, self.sent, plan.cause)
+            last = await self._attempt(tried, options, deadline, self.sent, plan.sent())
             self.sent += 1
             pause_ = plan.after(last)
             if pause_ is None:
@@ -425,7 +437,7 @@ class Attempts:
                 if send_at is not None and now >= send_at:
                     send_at = None
                     if plan.may_send(self.sent):
-                        copy = self._attempt(tried, options, deadline, self.sent, plan.cause)
+                        copy = self._attempt(tried, options, deadline, self.sent, plan.sent())
                         live.add(loop.create_task(copy))
                         self.sent += 1
                         if plan.counted < hedging.max_attempts:
@@ -516,6 +528,15 @@ class Attempts:
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
+def _cancelled_here(call: Any) -> bool:
+    """Whether the application cancelled ``call`` (grpc.aio's ``cancelled()`` is true of
+    a CANCELLED status the server sent too, which a policy may retry)."""
+    try:
+        return bool(call._cython_call.is_locally_cancelled())
+    except AttributeError:  # through interceptors
+        return bool(call.cancelled())
+
+
 def ended_now(call: Any, slot: Slot) -> Ended | None:
     """How a finished grpc.aio unary call ended, read at once from what grpc.aio keeps
     (as :func:`~conngrpc.pool.ejection.status_code` reads it); None if it cannot be
@@ -589,7 +610,7 @@ class Retried:
         if self._settled or self._later is not None:
             return
         first = self._first
-        cancelled = bool(first.cancelled())
+        cancelled = _cancelled_here(first)
         ended = None if cancelled else ended_now(first, self._slot)
         pause = None if ended is None else self._plan.after(ended)
         answer: Any

@@ -76,11 +76,6 @@ def _with_service_config(channel: ChannelConfig, parsed: PoolServiceConfig) -> C
     options = tuple(channel.options)
     if parsed.channel_service_config is not None:
         options = (*options, (_GRPC_SERVICE_CONFIG, parsed.channel_service_config))
-    retried = any(policy.retry or policy.hedging for policy in parsed.methods.values())
-    if retried and not any(_named(option, _ENABLE_RETRIES) for option in options):
-        # The pool retries across its connections; grpc's own retry layer would also
-        # strip the grpc-previous-rpc-attempts the pool's attempts carry.
-        options = (*options, (_ENABLE_RETRIES, 0))
     if options != tuple(channel.options):
         changes["options"] = options
     return channel.merged(changes) if changes else channel
@@ -108,7 +103,6 @@ def _check_channel(options: Any, health_check: object, parsed: PoolServiceConfig
 
 
 _GRPC_SERVICE_CONFIG = "grpc.service_config"
-_ENABLE_RETRIES = "grpc.enable_retries"
 
 
 _MAY_BE_NONE = ("resolver", "max_calls_per_channel", "service_config")

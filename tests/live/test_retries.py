@@ -165,13 +165,23 @@ async def servers(script: Script, count: int = 3) -> AsyncIterator[list[Scripted
             await server.server.stop(None)
 
 
+#: What lets an attempt's grpc-previous-rpc-attempts through: grpc's own retry layer,
+#: on by default, strips it (test_grpcs_retry_layer_strips_the_previous_attempts_header).
+NO_GRPC_RETRIES = (("grpc.enable_retries", 0),)
+
+
 @asynccontextmanager
 async def pool(
-    name: str, backends: list[Scripted], config: dict[str, Any], size: int | None = None
+    name: str,
+    backends: list[Scripted],
+    config: dict[str, Any],
+    size: int | None = None,
+    options: Sequence[tuple[str, Any]] = NO_GRPC_RETRIES,
 ) -> AsyncIterator[grpc.aio.Channel]:
     addresses = [backend.address for backend in backends]
     settings = {"service_config": json.dumps(config)}
-    async with live_pool(name, addresses, size or len(backends), settings=settings, wait=True):
+    size = size or len(backends)
+    async with live_pool(name, addresses, size, settings=settings, wait=True, options=options):
         yield Pool.channel(name)
 
 
@@ -226,6 +236,39 @@ async def test_a_failed_attempt_is_retried_on_another_backend(
         assert (
             metadata["backend"] == f"127.0.0.1:{next(b.port for b in backends if b.name == second)}"
         )
+
+
+async def test_grpcs_retry_layer_strips_the_previous_attempts_header(pool_name: str) -> None:
+    # By default the pool's channels keep grpc's retry layer (its transparent retries of
+    # streams that never reached a server); it drops grpc-previous-rpc-attempts from the
+    # calls it did not retry itself. The call is retried across backends all the same.
+    async with (
+        servers(fail_first()) as backends,
+        pool(pool_name, backends, retry_config(), options=()) as ch,
+    ):
+        call = unary(ch)(b"", timeout=WAIT_LIMIT)
+        await call
+        assert call.attempts == 2
+        assert [header for _, header in received(backends)] == [None, None]
+        assert len({name for name, _ in received(backends)}) == 2  # on two backends
+
+
+async def test_a_callers_shorter_timeout_wins_over_the_method_configs(pool_name: str) -> None:
+    async def hang(server: Scripted, context: Context) -> bytes:
+        await asyncio.Event().wait()
+        return b""
+
+    for config in (
+        retry_config(timeout="30s"),
+        {"methodConfig": [{"name": [{"service": SERVICE}], "timeout": "30s"}]},
+    ):
+        async with servers(hang, 1) as backends, pool(pool_name, backends, config) as ch:
+            call = unary(ch)(b"", timeout=0.2)
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await call
+            assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            # the call's own deadline, not the method config's 30 s
+            assert call.time_remaining() == 0
 
 
 async def test_a_code_that_is_not_retryable_is_not_retried(pool_name: str) -> None:
