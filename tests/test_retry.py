@@ -267,6 +267,14 @@ async def test_throttling_stops_retries_once_half_the_tokens_are_gone() -> None:
     assert throttle.tokens == 2000
 
 
+async def test_a_committed_retryable_failure_still_takes_a_token() -> None:
+    # grpc core counts a failure for throttling before it looks at the commit.
+    throttle = Throttle(RetryThrottling(max_tokens=10, token_ratio=1))
+    sender = Sender(Attempt(UNAVAILABLE, headers=[("began", "yes")]))
+    await attempts(sender, throttle=throttle).run({}, None)
+    assert throttle.tokens == 9000
+
+
 async def test_a_refused_stream_is_sent_again_once_without_counting() -> None:
     never = RetryPolicy(
         max_attempts=2,
@@ -299,6 +307,7 @@ async def test_a_hedge_goes_out_after_the_delay_and_the_first_answer_wins(
     assert call is fast
     assert slow.cancelled  # the copy still running is cancelled
     assert [event for event, _, _ in events] == [HEDGE]
+    assert events[0][2]["code"] is None  # its delay sent it, not a failure
     assert previous(fast) == "1"
 
 
