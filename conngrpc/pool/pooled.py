@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -49,9 +49,9 @@ import grpc.aio
 
 from ..supervisor import Registry
 from .admission import Admission
-from .calls import DeferredCall, FailedCall, StreamCall, deadline_of, within
+from .calls import ClientStreamCall, DeferredCall, FailedCall, StreamCall, deadline_of, within
 from .handout import Slot
-from .retry import Attempts
+from .retry import Attempts, Replay, buffer_size
 from .runtime import Kind, PoolRuntime, channels, pools, wait_registered
 from .service_config import MethodPolicy
 
@@ -343,13 +343,7 @@ class _Multicallable:
             if policy is not None:
                 options, _ = _applied(policy, options, None)
                 if self._attempted(policy):
-                    attempts = self._attempts(runtime, policy, request)
-                    return DeferredCall(
-                        lambda _, options, deadline: attempts.run(options, deadline),
-                        request,
-                        options,
-                        attempts,
-                    )
+                    return self._attempted_call(runtime, policy, request, options)
         slot = runtime.handout.pick()
         if slot is None:
             if options.get("wait_for_ready") or not runtime.table.settled:
@@ -484,7 +478,9 @@ class _Multicallable:
         policy = runtime.method_policy(self._method)
         if policy is not None:
             options, deadline = _applied(policy, options, deadline)
-            if self._attempted(policy):
+            # (A client stream made before the pool ran goes out once: this call, made
+            # then, keeps no requests for another attempt.)
+            if self._unary_request and self._attempted(policy):
                 return await self._attempts(runtime, policy, request).run(options, deadline)
         slot = runtime.handout.pick()
         if slot is None or not runtime.admission.has_room(slot):  # joined, but at the cap
@@ -495,13 +491,46 @@ class _Multicallable:
     # --- a method with a retry or a hedging policy ------------------------------------------
 
     def _attempted(self, policy: MethodPolicy) -> bool:
-        """Whether this method's calls go out as attempts under ``policy``."""
-        return (policy.retry is not None or policy.hedging is not None) and self._unary_request
+        """Whether this method's calls go out as attempts under ``policy``: a unary
+        request's under a retry or a hedging policy, a client stream's under a retry
+        policy (hedged, it goes out once)."""
+        return policy.retry is not None or (policy.hedging is not None and self._unary_request)
+
+    def _attempted_call(
+        self,
+        runtime: PoolRuntime,
+        policy: MethodPolicy,
+        request: tuple[Any, ...],
+        options: dict[str, Any],
+    ) -> DeferredCall:
+        """A call of this method, sent as attempts under ``policy``; a client stream's
+        attempts are written to by the call, which keeps its requests for the next one."""
+        requests = iterator = None
+        if not self._unary_request:
+            iterator = request[0] if request else options.pop("request_iterator", None)
+            limit = buffer_size(runtime.table._config.options)  # the pool's channel options
+            requests = Replay(self._make["request_serializer"], limit)
+            request = ()  # each attempt in write mode: the pool writes to it
+        attempts = self._attempts(runtime, policy, request, requests)
+
+        def start(
+            _: tuple[Any, ...], options: dict[str, Any], deadline: float | None
+        ) -> Awaitable[Any]:
+            return attempts.run(options, deadline)
+
+        if requests is None:
+            return DeferredCall(start, request, options, attempts)
+        return ClientStreamCall(start, requests, iterator, options, attempts)
 
     def _attempts(
-        self, runtime: PoolRuntime, policy: MethodPolicy, request: tuple[Any, ...]
+        self,
+        runtime: PoolRuntime,
+        policy: MethodPolicy,
+        request: tuple[Any, ...],
+        requests: Replay | None = None,
     ) -> Attempts:
-        """The attempts of one call of this method, sent under ``policy``."""
+        """The attempts of one call of this method, sent under ``policy`` (a client
+        stream's written to by ``requests``)."""
         return Attempts(
             functools.partial(self._attempt, runtime, request),
             pool=runtime.name,
@@ -510,6 +539,7 @@ class _Multicallable:
             hedging=policy.hedging,
             throttle=runtime.throttle,
             streaming=self._streaming,
+            requests=requests,
         )
 
     async def _attempt(
