@@ -556,14 +556,17 @@ class _Multicallable:
         :raises grpc.aio.AioRpcError: it could not go out (no channel, or none in time).
         """
         slot = runtime.handout.pick_avoiding(tried)
-        if slot is None:
+        waited = slot is None
+        if waited:
             runtime = await self._when_ready(options, deadline)
             slot = runtime.handout.pick_avoiding(tried)
         admission = runtime.admission
         if slot is None or not admission.has_room(slot):
             call, slot = await self._start_when_room(runtime, request, options, deadline, True)
-        else:
+        elif waited:
             call = self._start_on(admission, request, options, deadline, slot, True)
+        else:  # sent at once, as a call without a policy: a deadline past is grpc's to tell
+            call = self._start(admission, slot, request, within(options, deadline), True)
         tried.append(slot)
         return call, slot
 

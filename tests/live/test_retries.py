@@ -166,6 +166,11 @@ async def answer(server: Scripted, context: Context) -> bytes:
     return server.name.encode()
 
 
+async def hang(server: Scripted, context: Context) -> bytes:
+    await asyncio.Event().wait()  # until the call ends
+    return b""
+
+
 def fail_first(code: grpc.StatusCode = UNAVAILABLE, **how: Any) -> Script:
     """The first call any of the servers gets fails with ``code``; every other answers."""
     failed: list[bool] = []
@@ -319,11 +324,25 @@ async def test_a_deadline_that_passes_between_attempts_ends_the_call(pool_name: 
         assert len(received(backends)) == 1
 
 
-async def test_the_method_configs_timeout_bounds_the_whole_call(pool_name: str) -> None:
-    async def hang(server: Scripted, context: Context) -> bytes:
-        await asyncio.Event().wait()
-        return b""
+@pytest.mark.parametrize("kind", ["unary_unary", "stream_stream"])
+async def test_a_deadline_that_passed_before_the_first_attempt_ends_as_grpc_ends_it(
+    pool_name: str, kind: str
+) -> None:
+    # The first attempt goes out from the call's own task, a turn of the event loop after
+    # the call was made: a deadline that passed meanwhile is grpc's to report (in the words
+    # of a channel without retries, as the pool's are), as for a call without a policy.
+    async with servers(hang) as backends, pool(pool_name, backends, retry_config()) as ch:
+        method = TRY if kind == "unary_unary" else ECHO
+        call = getattr(ch, kind)(method)(*([b""] if kind == "unary_unary" else []), timeout=0)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await (call if kind == "unary_unary" else call.read())
+        assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert raised.value.details() == "Stream removed (Deadline Exceeded)"
+        assert call.attempts == 1
+        await nothing_in_flight(pool_name)
 
+
+async def test_the_method_configs_timeout_bounds_the_whole_call(pool_name: str) -> None:
     config = retry_config(timeout="0.3s", codes=["UNAVAILABLE", "DEADLINE_EXCEEDED"])
     async with servers(hang) as backends, pool(pool_name, backends, config) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
