@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import grpc
@@ -128,6 +128,8 @@ class StreamAttempt(Attempt):
         self.held = False
         self.waiting = 0  # writes held
         self.release = asyncio.Event()
+        #: called with each request once written
+        self.wrote: Callable[[bytes], None] = lambda request: None
 
     async def write(self, request: bytes) -> None:
         if self.ended.done():
@@ -145,6 +147,7 @@ class StreamAttempt(Attempt):
                     raise asyncio.CancelledError
                 raise self.error()  # it ended under the write
         self.written.append(request)
+        self.wrote(request)
 
     async def done_writing(self) -> None:
         if not self.ended.done():
@@ -482,6 +485,27 @@ async def test_a_write_racing_an_attempts_end_reaches_the_next_attempt_once() ->
     assert first.written == [b"a"]
     second.end(OK)
     assert await call == b"answer"
+
+
+async def test_a_write_whose_attempt_ended_is_not_sent_again_once_the_next_commits() -> None:
+    requests = Replay(None, BUFFER_SIZE)
+    first, second = StreamAttempt(), StreamAttempt()
+    requests.attach(first)
+    await requests.write(b"a")
+    first.held = True
+    racing = asyncio.ensure_future(requests.write(b"b"))
+    await wait_until(lambda: first.waiting == 1)
+    first.end(UNAVAILABLE)  # under the write, which then waits for what follows
+    await wait_until(lambda: first.waiting == 0)
+    # The next attempt commits the call (its first response) as its kept requests go out,
+    # before the write that failed hears of it.
+    second.wrote = lambda request: requests.end(second) if request == b"b" else None
+    requests.attach(second)
+    await racing
+    assert second.written == [b"a", b"b"]
+    await requests.write(b"c")  # to the committed attempt, no longer kept
+    assert second.written == [b"a", b"b", b"c"]
+    assert requests.kept == []
 
 
 async def test_a_done_writing_given_between_attempts_reaches_the_next_one() -> None:

@@ -332,6 +332,8 @@ class Replay:
         tried: int | None = None  # it went to an attempt that ended: attempts opened then
         while True:
             changed = self._changed
+            if tried is not None and self._opened > tried:
+                return  # the next attempt went out, with this request among the kept
             answer = self._answer
             if answer is not None:
                 if answer.done():
@@ -342,13 +344,10 @@ class Replay:
                     else:
                         await answer.write(request)
                     return
-                if answer is self._open:  # the committed attempt, its kept requests sent
+                if answer is self._open and tried is None:  # committed, its kept ones sent
                     await answer.write(request)
                     return
-            elif tried is not None:
-                if self._opened > tried:
-                    return  # the next attempt went out, with this request among the kept
-            else:
+            elif tried is None:
                 call = self._open
                 if call is not None and call is self._latest and not call.done():
                     if self._closed:
