@@ -22,12 +22,12 @@ from conngrpc.pool.calls import ClientStreamCall
 from conngrpc.pool.ejection import REFUSED_STREAM, Outcomes, default_rules
 from conngrpc.pool.handout import HandOut, Slot
 from conngrpc.pool.retry import (
-    BUFFER_SIZE,
+    BUFFER_OPTION,
+    DEFAULT_BUFFER_SIZE,
     HEDGE,
     PREVIOUS_ATTEMPTS,
     PUSHBACK,
     RETRY,
-    RETRY_BUFFER_SIZE,
     STOP,
     Attempts,
     ReadAhead,
@@ -395,7 +395,7 @@ async def test_when_every_copy_fails_non_fatally_the_last_status_is_the_answer()
 
 
 def stream_call(
-    sender: Sender, *, limit: int = BUFFER_SIZE, iterator: Any = None
+    sender: Sender, *, limit: int = DEFAULT_BUFFER_SIZE, iterator: Any = None
 ) -> tuple[ClientStreamCall, Replay]:
     """A client-stream call sent as retried attempts by ``sender``, its requests kept
     up to ``limit`` bytes."""
@@ -488,7 +488,7 @@ async def test_a_write_racing_an_attempts_end_reaches_the_next_attempt_once() ->
 
 
 async def test_a_write_whose_attempt_ended_is_not_sent_again_once_the_next_commits() -> None:
-    requests = Replay(None, BUFFER_SIZE)
+    requests = Replay(None, DEFAULT_BUFFER_SIZE)
     first, second = StreamAttempt(), StreamAttempt()
     requests.attach(first)
     await requests.write(b"a")
@@ -617,7 +617,7 @@ def test_a_client_stream_is_not_hedged() -> None:
             pool="hedged",
             method="/conngrpc.test.Retried/Collect",
             hedging=HEDGING_POLICY,
-            requests=Replay(None, BUFFER_SIZE),
+            requests=Replay(None, DEFAULT_BUFFER_SIZE),
         )
 
 
@@ -625,10 +625,10 @@ def test_a_client_stream_is_not_hedged() -> None:
     ("options", "expected"),
     [
         ((), 256 * 1024),
-        (((RETRY_BUFFER_SIZE, 10),), 10),
-        (((RETRY_BUFFER_SIZE, -1),), 0),
-        (((RETRY_BUFFER_SIZE, 10), (RETRY_BUFFER_SIZE, 20)), 20),  # the last, as grpc core
-        (((RETRY_BUFFER_SIZE, 10), (RETRY_BUFFER_SIZE, "20")), 256 * 1024),
+        (((BUFFER_OPTION, 10),), 10),
+        (((BUFFER_OPTION, -1),), 0),
+        (((BUFFER_OPTION, 10), (BUFFER_OPTION, 20)), 20),  # the last, as grpc core
+        (((BUFFER_OPTION, 10), (BUFFER_OPTION, "20")), 256 * 1024),
         ((("grpc.other", 10),), 256 * 1024),
     ],
 )

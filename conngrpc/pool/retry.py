@@ -66,12 +66,12 @@ if TYPE_CHECKING:
     from .service_config import HedgingPolicy, RetryPolicy, RetryThrottling
 
 __all__ = [
-    "BUFFER_SIZE",
+    "BUFFER_OPTION",
+    "DEFAULT_BUFFER_SIZE",
     "HEDGE",
     "PREVIOUS_ATTEMPTS",
     "PUSHBACK",
     "RETRY",
-    "RETRY_BUFFER_SIZE",
     "STOP",
     "Attempts",
     "Ended",
@@ -94,9 +94,9 @@ PUSHBACK: Final = "grpc-retry-pushback-ms"
 #: How many attempts went out before this one, in its metadata (A6; absent on the first).
 PREVIOUS_ATTEMPTS: Final = "grpc-previous-rpc-attempts"
 #: The channel option that bounds a client stream's requests kept for its next attempt ...
-RETRY_BUFFER_SIZE: Final = "grpc.per_rpc_retry_buffer_size"
+BUFFER_OPTION: Final = "grpc.per_rpc_retry_buffer_size"
 #: ... and its default in grpc core, in bytes.
-BUFFER_SIZE: Final = 256 * 1024
+DEFAULT_BUFFER_SIZE: Final = 256 * 1024
 #: grpc.aio's own words for a write after ``done_writing()``
 _HALF_CLOSED = 'RPC is half closed after calling "done_writing".'
 
@@ -179,10 +179,10 @@ def buffer_size(options: Iterable[tuple[str, Any]]) -> int:
     """How many bytes of a client stream's requests a call keeps for its next attempt:
     ``grpc.per_rpc_retry_buffer_size`` in a channel's ``options``, as grpc core reads it
     (the last one given; a negative one is 0; one that is not an int, the default)."""
-    size = BUFFER_SIZE
+    size = DEFAULT_BUFFER_SIZE
     for key, value in options:
-        if key == RETRY_BUFFER_SIZE:
-            size = max(0, value) if isinstance(value, int) else BUFFER_SIZE
+        if key == BUFFER_OPTION:
+            size = max(0, value) if isinstance(value, int) else DEFAULT_BUFFER_SIZE
     return size
 
 
@@ -295,7 +295,7 @@ class Replay:
         #: any went out), once the call is over
         self._answer: Any = None
         self._changed = asyncio.Event()  # set, and replaced, at each change of the above
-        self._replaying: asyncio.Task[None] | None = None
+        self._replaying: asyncio.Task[None] | None = None  # held while it runs
 
     def __repr__(self) -> str:
         state = "over" if self._answer is not None else f"opened={self._opened}"
