@@ -41,6 +41,9 @@ COLLECT = f"/{SERVICE}/Collect"
 ECHO = f"/{SERVICE}/Echo"
 OTHER = f"/{SERVICE}/Other"
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+#: asks a server's Collect to send response headers (BEGAN) before it reads a request
+HEADERS_FIRST = "headers-first"
+BEGAN = (("began", "yes"),)
 
 
 def retry_config(
@@ -132,6 +135,8 @@ class Scripted:
 
         async def collect(requests: AsyncIterator[bytes], context: Context) -> bytes:
             call = await self._record(context)
+            if HEADERS_FIRST in call.metadata:
+                await context.send_initial_metadata(BEGAN)
             async for request in requests:
                 call.requests.append(request)
             return await self.script(self, context)
@@ -179,7 +184,7 @@ def fail_first(code: grpc.StatusCode = UNAVAILABLE, **how: Any) -> Script:
         if not failed:
             failed.append(True)
             if how.get("headers"):
-                await context.send_initial_metadata((("began", "yes"),))
+                await context.send_initial_metadata(BEGAN)
             await context.abort(code, "the first call fails", how.get("trailers", ()))
         return server.name.encode()
 
@@ -366,6 +371,8 @@ async def test_a_method_without_a_policy_gets_grpcs_own_call(pool_name: str) -> 
 # --- client streams ---------------------------------------------------------------------------
 
 REQUESTS = [b"one", b"two", b"three"]
+#: a deadline far beyond the tests' waits: only a cancel ends such a call within them
+NEVER = 3600
 
 
 def calls_in_order(backends: list[Scripted]) -> list[tuple[Scripted, Received]]:
@@ -428,6 +435,35 @@ async def test_a_bidirectional_stream_is_retried_before_its_first_response(
         await nothing_in_flight(pool_name)
 
 
+async def test_a_client_stream_whose_server_sent_headers_is_not_retried(pool_name: str) -> None:
+    script = fail_first(headers=True)  # response headers with metadata, then UNAVAILABLE
+    async with servers(script) as backends, pool(pool_name, backends, retry_config()) as ch:
+        call = ch.stream_unary(COLLECT)(requests_of(REQUESTS), timeout=WAIT_LIMIT)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call
+        assert raised.value.code() is UNAVAILABLE
+        assert tuple(await call.initial_metadata()) == BEGAN
+        assert backends_requests(backends) == [REQUESTS]
+        await nothing_in_flight(pool_name)
+
+
+async def test_a_client_streams_response_headers_commit_it_before_its_response(
+    pool_name: str,
+) -> None:
+    async with servers(answer) as backends, pool(pool_name, backends, retry_config()) as ch:
+        metadata = ((HEADERS_FIRST, "yes"),)
+        call = ch.stream_unary(COLLECT)(timeout=NEVER, metadata=metadata)
+        await call.write(b"one")
+        with anyio.fail_after(WAIT_LIMIT):  # as on grpc's call: before the requests end
+            assert tuple(await call.initial_metadata()) == BEGAN
+        await call.write(b"two")
+        await call.done_writing()
+        [(server, collected)] = calls_in_order(backends)
+        assert await call == server.name.encode()
+        assert collected.requests == [b"one", b"two"]
+        await nothing_in_flight(pool_name)
+
+
 @pytest.mark.parametrize(("buffer", "retried"), [(20, True), (19, False)])
 async def test_a_client_stream_larger_than_the_retry_buffer_commits_and_is_not_retried(
     pool_name: str, buffer: int, retried: bool
@@ -471,10 +507,6 @@ async def test_a_client_stream_of_a_hedged_method_goes_out_once(pool_name: str) 
         assert raised.value.code() is UNAVAILABLE
         assert backends_requests(backends) == [REQUESTS]
         await nothing_in_flight(pool_name)
-
-
-#: a deadline far beyond the tests' waits: only a cancel ends such a call within them
-NEVER = 3600
 
 
 async def test_a_bidirectional_stream_dropped_unread_is_cancelled(pool_name: str) -> None:
