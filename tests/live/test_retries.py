@@ -435,6 +435,53 @@ async def test_a_bidirectional_stream_is_retried_before_its_first_response(
         await nothing_in_flight(pool_name)
 
 
+def stamped(details: Any) -> Any:
+    """A call's details, its metadata stamped (by an interceptor)."""
+    metadata = [*(details.metadata or []), ("stamped", "yes")]
+    return details._replace(metadata=grpc.aio.Metadata(*metadata))
+
+
+# One kind each: grpc.aio files an interceptor of several kinds under the first alone.
+class StampStreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(stamped(details), requests)
+
+
+class StampStreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(stamped(details), requests)
+
+
+@pytest.mark.parametrize("kind", ["stream_unary", "stream_stream"])
+async def test_each_attempt_of_a_client_stream_passes_the_channels_interceptors(
+    pool_name: str, kind: str
+) -> None:
+    async with (
+        servers(fail_first()) as backends,
+        pool(
+            pool_name,
+            backends,
+            retry_config(),
+            interceptors=[StampStreamUnary(), StampStreamStream()],
+        ) as ch,
+    ):
+        if kind == "stream_unary":
+            call = ch.stream_unary(COLLECT)(timeout=WAIT_LIMIT)
+        else:
+            call = ch.stream_stream(ECHO)(timeout=WAIT_LIMIT)
+        for request in REQUESTS:
+            await call.write(request)
+        await call.done_writing()
+        if kind == "stream_unary":
+            assert await call
+        else:
+            assert [message async for message in call] == REQUESTS
+        calls = calls_in_order(backends)
+        assert [call.metadata.get("stamped") for _, call in calls] == ["yes", "yes"]
+        assert calls[1][1].requests == REQUESTS
+        await nothing_in_flight(pool_name)
+
+
 async def test_a_client_stream_whose_server_sent_headers_is_not_retried(pool_name: str) -> None:
     script = fail_first(headers=True)  # response headers with metadata, then UNAVAILABLE
     async with servers(script) as backends, pool(pool_name, backends, retry_config()) as ch:
