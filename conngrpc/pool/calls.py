@@ -175,7 +175,7 @@ class DeferredCall:
     as for a grpc.aio call being awaited.
     """
 
-    __slots__ = ("_attempts", "_call", "_callbacks", "_deadline", "_task")
+    __slots__ = ("__weakref__", "_attempts", "_call", "_callbacks", "_deadline", "_task")
 
     def __init__(
         self,
@@ -251,7 +251,13 @@ class DeferredCall:
             self._forward(call, callback)
 
     def _forward(self, call: Any, callback: Callable[[Any], None]) -> None:
-        call.add_done_callback(lambda _: callback(self))
+        if isinstance(call, StreamCall):
+            # As StreamCall's own: the callback does not keep a stream alive (one nobody
+            # holds is cancelled); should this be gone by then, it gets what ended.
+            held = weakref.ref(self)
+            call.add_done_callback(lambda done: callback(held() or done))
+        else:
+            call.add_done_callback(lambda _: callback(self))
 
     # --- grpc.aio.Call ------------------------------------------------------------------
 
@@ -348,7 +354,7 @@ class ClientStreamCall(DeferredCall):
     iterator raised, the call is over) cancels the call.
     """
 
-    __slots__ = ("__weakref__", "_feeding", "_requests")
+    __slots__ = ("_feeding", "_requests")
 
     def __init__(
         self,

@@ -41,6 +41,8 @@ COLLECT = f"/{SERVICE}/Collect"
 ECHO = f"/{SERVICE}/Echo"
 OTHER = f"/{SERVICE}/Other"
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+#: grpc's words for a call's deadline
+GRPCS_DEADLINE = ("Deadline Exceeded", "Stream removed (Deadline Exceeded)")
 #: asks a server's Collect to send response headers (BEGAN) before it reads a request
 HEADERS_FIRST = "headers-first"
 BEGAN = (("began", "yes"),)
@@ -334,15 +336,15 @@ async def test_a_deadline_that_passed_before_the_first_attempt_ends_as_grpc_ends
     pool_name: str, kind: str
 ) -> None:
     # The first attempt goes out from the call's own task, a turn of the event loop after
-    # the call was made: a deadline that passed meanwhile is grpc's to report (in the words
-    # of a channel without retries, as the pool's are), as for a call without a policy.
+    # the call was made: a deadline that passed meanwhile is grpc's to report, as for a
+    # call without a policy. grpc words it as its stream was, or was not yet, begun.
     async with servers(hang) as backends, pool(pool_name, backends, retry_config()) as ch:
         method = TRY if kind == "unary_unary" else ECHO
         call = getattr(ch, kind)(method)(*([b""] if kind == "unary_unary" else []), timeout=0)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await (call if kind == "unary_unary" else call.read())
         assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-        assert raised.value.details() == "Stream removed (Deadline Exceeded)"
+        assert raised.value.details() in GRPCS_DEADLINE
         assert call.attempts == 1
         await nothing_in_flight(pool_name)
 
@@ -556,15 +558,24 @@ async def test_a_client_stream_of_a_hedged_method_goes_out_once(pool_name: str) 
         await nothing_in_flight(pool_name)
 
 
-async def test_a_bidirectional_stream_dropped_unread_is_cancelled(pool_name: str) -> None:
+@pytest.mark.parametrize("done_callback", [False, True])
+async def test_a_bidirectional_stream_dropped_unread_is_cancelled(
+    pool_name: str, done_callback: bool
+) -> None:
     async with servers(answer) as backends, pool(pool_name, backends, retry_config()) as ch:
         call = ch.stream_stream(ECHO)(timeout=NEVER)
         await call.write(b"a")
         assert await call.read() == b"a"
+        ended: list[Any] = []
+        if done_callback:
+            call.add_done_callback(ended.append)  # as instrumentation does: it holds nothing
         del call  # before its end, never closed: nobody holds it any more
         [(_, echoed)] = calls_in_order(backends)
         await wait_until(lambda: echoed.ended)  # the client cancelled it
         await nothing_in_flight(pool_name)
+        if done_callback:
+            await wait_until(lambda: ended != [])
+            assert ended[0].cancelled()
 
 
 async def test_a_client_stream_cancelled_while_its_attempt_runs(pool_name: str) -> None:
