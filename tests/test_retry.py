@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import grpc
@@ -18,9 +18,12 @@ import pytest
 
 from conngrpc import telemetry
 from conngrpc.pool import retry as retry_module
+from conngrpc.pool.calls import ClientStreamCall
 from conngrpc.pool.ejection import REFUSED_STREAM, Outcomes, default_rules
 from conngrpc.pool.handout import HandOut, Slot
 from conngrpc.pool.retry import (
+    BUFFER_OPTION,
+    DEFAULT_BUFFER_SIZE,
     HEDGE,
     PREVIOUS_ATTEMPTS,
     PUSHBACK,
@@ -28,13 +31,16 @@ from conngrpc.pool.retry import (
     STOP,
     Attempts,
     ReadAhead,
+    Replay,
     Throttle,
     backoff,
+    buffer_size,
     is_refused,
     pushback,
     with_previous,
 )
 from conngrpc.pool.service_config import HedgingPolicy, RetryPolicy, RetryThrottling
+from tests._probe import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -110,6 +116,56 @@ class Attempt:
         return self.ended.done()
 
 
+class StreamAttempt(Attempt):
+    """Stands in for an attempt of a client stream, which the pool writes to: it keeps
+    what was written, and fails a write as grpc.aio's does (at once once it ended; with
+    its status when it ends under the write). While ``held`` is set, a write waits."""
+
+    def __init__(self, code: grpc.StatusCode | None = None, **how: Any) -> None:
+        super().__init__(code, **how)
+        self.written: list[bytes] = []
+        self.closed = False
+        self.held = False
+        self.waiting = 0  # writes held
+        self.release = asyncio.Event()
+        #: called with each request once written
+        self.wrote: Callable[[bytes], None] = lambda request: None
+
+    async def write(self, request: bytes) -> None:
+        if self.ended.done():
+            raise asyncio.InvalidStateError("RPC already finished.")
+        if self.closed:
+            raise asyncio.InvalidStateError("half closed")
+        if self.held:
+            self.waiting += 1
+            released = asyncio.ensure_future(self.release.wait())
+            await asyncio.wait([released, self.ended], return_when=asyncio.FIRST_COMPLETED)
+            released.cancel()
+            self.waiting -= 1
+            if self.ended.done():
+                if self.cancelled:
+                    raise asyncio.CancelledError
+                raise self.error()  # it ended under the write
+        self.written.append(request)
+        self.wrote(request)
+
+    async def done_writing(self) -> None:
+        if not self.ended.done():
+            self.closed = True
+
+    async def initial_metadata(self) -> grpc.aio.Metadata:
+        await asyncio.wait([self.ended])  # headers come with the end here
+        return grpc.aio.Metadata(*self.headers)
+
+    async def wait_for_connection(self) -> None:
+        if self.ended.done():
+            await self  # its status, as a done grpc.aio call's
+
+    async def code(self) -> grpc.StatusCode | None:
+        await asyncio.wait([self.ended])
+        return self.code_
+
+
 class Sender:
     """Stands in for the pool: sends each attempt on the next of its slots (another
     backend each, as the pick prefers), in the order the test scripted them."""
@@ -118,10 +174,14 @@ class Sender:
         self.script = list(attempts)
         self.sent: list[Attempt] = []
         self.slots = [slot(index) for index in range(backends)]
+        #: while cleared, the next attempt waits to go out (as for a free channel)
+        self.go = asyncio.Event()
+        self.go.set()
 
     async def __call__(
         self, tried: list[Slot], options: dict[str, Any], deadline: float | None
     ) -> tuple[Any, Slot]:
+        await self.go.wait()
         attempt = self.script.pop(0)
         attempt.options = options
         attempt.slot = self.slots[len(self.sent) % len(self.slots)]
@@ -338,6 +398,251 @@ async def test_when_every_copy_fails_non_fatally_the_last_status_is_the_answer()
     call = await attempts(sender, hedging=HEDGING_POLICY).run({}, None)
     assert len(sender.sent) == 3
     assert call is sender.sent[-1]
+
+
+# --- client streams -----------------------------------------------------------------------
+
+
+def stream_call(
+    sender: Sender, *, limit: int = DEFAULT_BUFFER_SIZE, iterator: Any = None
+) -> tuple[ClientStreamCall, Replay]:
+    """A client-stream call sent as retried attempts by ``sender``, its requests kept
+    up to ``limit`` bytes."""
+    requests = Replay(None, limit)
+    run = Attempts(
+        sender,
+        pool="retried",
+        method="/conngrpc.test.Retried/Collect",
+        retry=RETRY_POLICY,
+        requests=requests,
+    )
+    call = ClientStreamCall(
+        lambda _, options, deadline: run.run(options, deadline), requests, iterator, {}, run
+    )
+    return call, requests
+
+
+async def test_a_client_streams_requests_go_again_in_order_to_the_next_attempt() -> None:
+    first, second = StreamAttempt(), StreamAttempt()
+    sender = Sender(first, second)
+    call, _ = stream_call(sender)
+    await call.write(b"a")
+    await call.write(b"b")
+    await call.done_writing()
+    assert (first.written, first.closed) == ([b"a", b"b"], True)
+    first.end(UNAVAILABLE)
+    await wait_until(lambda: second.closed)
+    assert second.written == [b"a", b"b"]  # each once, in order, then the close
+    second.end(OK)
+    assert await call == b"answer"
+    assert call.attempts == 2
+    assert previous(second) == "1"
+
+
+@pytest.mark.parametrize(("limit", "retried"), [(6, True), (5, False)])
+async def test_past_the_buffer_a_client_stream_commits_and_its_failure_is_the_answer(
+    limit: int, retried: bool
+) -> None:
+    first, second = StreamAttempt(), StreamAttempt()
+    sender = Sender(first, second)
+    call, requests = stream_call(sender, limit=limit)
+    await call.write(b"abc")
+    await call.write(b"def")  # 6 bytes in all
+    assert requests.committed is not retried
+    assert requests.kept == ([b"abc", b"def"] if retried else [])
+    await call.done_writing()
+    first.end(UNAVAILABLE)
+    if retried:
+        await wait_until(lambda: second.closed)
+        assert second.written == [b"abc", b"def"]
+        second.end(OK)
+        assert await call == b"answer"
+    else:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call
+        assert raised.value.code() is UNAVAILABLE
+        assert sender.sent == [first]
+
+
+async def test_a_write_racing_an_attempts_end_reaches_the_next_attempt_once() -> None:
+    first, second = StreamAttempt(), StreamAttempt()
+    sender = Sender(first, second)
+    call, _ = stream_call(sender)
+    await call.write(b"a")
+    first.held = True  # the next write waits, as on a full flow-control window
+    racing = asyncio.ensure_future(call.write(b"b"))
+    await wait_until(lambda: first.waiting == 1)
+    sender.go.clear()  # the next attempt waits for a channel
+    first.end(UNAVAILABLE)  # under the write
+    late = asyncio.ensure_future(call.write(b"c"))  # while no attempt takes requests
+    await wait_until(lambda: len(sender.script) == 1 and first.done())
+    assert not racing.done()
+    assert not late.done()
+    second.held = True  # its first kept request waits
+    sender.go.set()
+    await wait_until(lambda: second.waiting == 1)
+    during = asyncio.ensure_future(call.write(b"d"))  # while the kept requests go out
+    await asyncio.sleep(0)  # one step: it runs to where it waits
+    second.held = False
+    second.release.set()
+    await racing  # returns: the next attempt went out with it
+    await late
+    await during
+    await call.done_writing()
+    assert second.written == [b"a", b"b", b"c", b"d"]  # none twice, none lost, in order
+    assert second.closed
+    assert first.written == [b"a"]
+    second.end(OK)
+    assert await call == b"answer"
+
+
+async def test_a_write_whose_attempt_ended_is_not_sent_again_once_the_next_commits() -> None:
+    requests = Replay(None, DEFAULT_BUFFER_SIZE)
+    first, second = StreamAttempt(), StreamAttempt()
+    requests.attach(first)
+    await requests.write(b"a")
+    first.held = True
+    racing = asyncio.ensure_future(requests.write(b"b"))
+    await wait_until(lambda: first.waiting == 1)
+    first.end(UNAVAILABLE)  # under the write, which then waits for what follows
+    await wait_until(lambda: first.waiting == 0)
+    # The next attempt commits the call (its first response) as its kept requests go out,
+    # before the write that failed hears of it.
+    second.wrote = lambda request: requests.end(second) if request == b"b" else None
+    requests.attach(second)
+    await racing
+    assert second.written == [b"a", b"b"]
+    await requests.write(b"c")  # to the committed attempt, no longer kept
+    assert second.written == [b"a", b"b", b"c"]
+    assert requests.kept == []
+
+
+async def test_a_done_writing_given_between_attempts_reaches_the_next_one() -> None:
+    first, second = StreamAttempt(), StreamAttempt()
+    sender = Sender(first, second)
+    call, _ = stream_call(sender)
+    await call.write(b"a")
+    sender.go.clear()
+    first.end(UNAVAILABLE)
+    await wait_until(lambda: first.done())
+    await call.done_writing()  # returns at once: no attempt takes requests now
+    assert not second.closed
+    sender.go.set()
+    await wait_until(lambda: second.closed)
+    assert second.written == [b"a"]
+
+
+async def test_a_request_iterator_is_read_once_and_sent_again() -> None:
+    first, second = StreamAttempt(), StreamAttempt()
+    sender = Sender(first, second)
+    read: list[bytes] = []
+
+    async def each() -> Any:
+        for request in (b"a", b"b", b"c"):
+            read.append(request)
+            yield request
+
+    call, _ = stream_call(sender, iterator=each())
+    with pytest.raises(grpc.aio.UsageError):
+        await call.write(b"x")  # the iterator writes, as on grpc.aio
+    with pytest.raises(grpc.aio.UsageError):
+        await call.done_writing()
+    await wait_until(lambda: first.closed)
+    first.end(UNAVAILABLE)
+    await wait_until(lambda: second.closed)
+    assert second.written == first.written == [b"a", b"b", b"c"]
+    assert read == [b"a", b"b", b"c"]
+    second.end(OK)
+    assert await call == b"answer"
+
+
+async def test_a_failing_request_iterator_cancels_the_call() -> None:
+    sender = Sender(StreamAttempt())
+
+    async def broken() -> Any:
+        yield b"a"
+        raise ValueError("no more")
+
+    call, _ = stream_call(sender, iterator=broken())
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert call.cancelled()
+    assert sender.sent[0].cancelled
+
+
+async def test_a_write_to_a_client_stream_that_failed_raises_as_grpc_does() -> None:
+    first = StreamAttempt()
+    sender = Sender(first)
+    call, _ = stream_call(sender)
+    await call.write(b"a")
+    first.held = True
+    pending = asyncio.ensure_future(call.write(b"b"))
+    await wait_until(lambda: first.waiting == 1)
+    first.end(INTERNAL)  # not retryable: the answer
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await pending  # the status of the call it was written to, as grpc.aio's write
+    assert raised.value.code() is INTERNAL
+    with pytest.raises(asyncio.InvalidStateError, match="RPC already finished"):
+        await call.write(b"c")
+    await call.done_writing()  # nothing, on a call that is done
+    assert await call.code() is INTERNAL
+
+
+async def test_a_write_after_done_writing_is_refused_as_grpc_does() -> None:
+    sender = Sender(StreamAttempt())
+    call, _ = stream_call(sender)
+    await call.done_writing()
+    with pytest.raises(asyncio.InvalidStateError, match='half closed after calling "done_writing"'):
+        await call.write(b"a")  # once the attempt went out, as grpc.aio's once its call did
+    assert sender.sent[0].closed
+    call.cancel()
+
+
+async def test_a_client_stream_cancelled_before_its_first_attempt() -> None:
+    sender = Sender(StreamAttempt())
+    sender.go.clear()
+    call, _ = stream_call(sender)
+    pending = asyncio.ensure_future(call.write(b"a"))  # waits for an attempt
+    await asyncio.sleep(0)
+    assert call.cancel()
+    assert call.cancelled()
+    assert call.done()
+    assert await call.code() is grpc.StatusCode.CANCELLED
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    with pytest.raises(asyncio.InvalidStateError, match="RPC already finished"):
+        await call.write(b"b")
+    with pytest.raises(asyncio.CancelledError):
+        await call.wait_for_connection()
+    assert sender.sent == []
+
+
+def test_a_client_stream_is_not_hedged() -> None:
+    with pytest.raises(ValueError, match="retry policy for a client stream"):
+        Attempts(
+            Sender(),
+            pool="hedged",
+            method="/conngrpc.test.Retried/Collect",
+            hedging=HEDGING_POLICY,
+            requests=Replay(None, DEFAULT_BUFFER_SIZE),
+        )
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ((), 256 * 1024),
+        (((BUFFER_OPTION, 10),), 10),
+        (((BUFFER_OPTION, -1),), 0),
+        (((BUFFER_OPTION, 10), (BUFFER_OPTION, 20)), 20),  # the last, as grpc core
+        (((BUFFER_OPTION, 10), (BUFFER_OPTION, "20")), 256 * 1024),
+        ((("grpc.other", 10),), 256 * 1024),
+    ],
+)
+def test_the_retry_buffer_size_is_read_as_grpc_core_reads_it(options: Any, expected: int) -> None:
+    assert buffer_size(options) == expected
 
 
 # --- the pieces -----------------------------------------------------------------------------

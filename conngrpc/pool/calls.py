@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Generator
-from typing import Any, Protocol
+from collections.abc import AsyncIterable, Awaitable, Callable, Generator
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import grpc.aio
@@ -22,8 +22,10 @@ from .._tasks import reraise_if_cancelled
 __all__ = [
     "Attempted",
     "CancelledCall",
+    "ClientStreamCall",
     "DeferredCall",
     "FailedCall",
+    "Requests",
     "Start",
     "StreamCall",
     "deadline_of",
@@ -36,6 +38,9 @@ _UNKNOWN = grpc.StatusCode.UNKNOWN
 _LOCALLY_CANCELLED = "Locally cancelled by application!"
 #: grpc.aio's own words for writing to a call that is over
 _RPC_ALREADY_FINISHED = "RPC already finished."
+#: grpc.aio's own words for writing to a call given a request iterator
+_API_STYLE_ERROR = "The iterator and read/write APIs may not be mixed on a single RPC."
+_T = TypeVar("_T")
 
 
 def deadline_of(options: dict[str, Any]) -> float | None:
@@ -170,7 +175,7 @@ class DeferredCall:
     as for a grpc.aio call being awaited.
     """
 
-    __slots__ = ("_attempts", "_call", "_callbacks", "_deadline", "_task")
+    __slots__ = ("__weakref__", "_attempts", "_call", "_callbacks", "_deadline", "_task")
 
     def __init__(
         self,
@@ -207,8 +212,12 @@ class DeferredCall:
         """The real call (or how the wait ended), once the wait is over."""
         if self._call is not None:
             return self._call
+        return await self._cancelling(asyncio.shield(self._task))
+
+    async def _cancelling(self, step: Awaitable[_T]) -> _T:
+        """Await ``step``: a task cancelled meanwhile cancels the call, as grpc.aio's."""
         try:
-            return await asyncio.shield(self._task)
+            return await step
         except asyncio.CancelledError:
             self.cancel()  # the awaiter was cancelled, so is the call (as grpc.aio's)
             await reraise_if_cancelled()  # a cancel scope's, raised anew for it to catch
@@ -242,7 +251,13 @@ class DeferredCall:
             self._forward(call, callback)
 
     def _forward(self, call: Any, callback: Callable[[Any], None]) -> None:
-        call.add_done_callback(lambda _: callback(self))
+        if isinstance(call, StreamCall):
+            # As StreamCall's own: the callback does not keep a stream alive (one nobody
+            # holds is cancelled); should this be gone by then, it gets what ended.
+            held = weakref.ref(self)
+            call.add_done_callback(lambda done: callback(held() or done))
+        else:
+            call.add_done_callback(lambda _: callback(self))
 
     # --- grpc.aio.Call ------------------------------------------------------------------
 
@@ -313,6 +328,103 @@ class DeferredCall:
             self._callbacks.append(callback)
         else:
             self._forward(self._call, callback)
+
+
+class Requests(Protocol):
+    """What sends a client stream's requests to its attempts
+    (:class:`~conngrpc.pool.retry.Replay`)."""
+
+    async def write(self, request: Any) -> None: ...
+
+    async def done_writing(self) -> None: ...
+
+    async def wait_for_connection(self) -> None: ...
+
+    def end(self, answer: Any) -> None:
+        """The call is over: ``answer`` is what it settled on."""
+
+
+class ClientStreamCall(DeferredCall):
+    """A client-stream call sent as attempts: a :class:`DeferredCall` whose requests go
+    through ``requests`` to each attempt as it goes out, not to the call that answers.
+
+    Given a request iterator, it consumes it itself, in a task, as grpc.aio's call does:
+    ``write()`` and ``done_writing()`` then raise ``grpc.aio.UsageError``, a write that
+    fails with the call's status ends the iterator's reading, and anything else (the
+    iterator raised, the call is over) cancels the call.
+    """
+
+    __slots__ = ("_feeding", "_requests")
+
+    def __init__(
+        self,
+        start: Start,
+        requests: Requests,
+        iterator: Any,
+        options: dict[str, Any],
+        attempts: Attempted | None = None,
+    ) -> None:
+        self._requests = requests
+        super().__init__(start, (), options, attempts)
+        self._feeding: asyncio.Task[None] | None = None
+        if iterator is not None:
+            # A task the caller does not own, as grpc.aio's request poller; it holds the
+            # call weakly, so that a stream nobody holds is still cancelled (StreamCall).
+            feed = _feed(weakref.ref(self), requests, iterator)
+            self._feeding = asyncio.get_running_loop().create_task(feed)
+
+    def _settle(self, call: Any) -> None:
+        self._requests.end(call)
+        super()._settle(call)
+
+    async def write(self, request: Any) -> None:
+        if self._feeding is not None:
+            raise grpc.aio.UsageError(_API_STYLE_ERROR)
+        await self._cancelling(self._requests.write(request))
+
+    async def done_writing(self) -> None:
+        if self._feeding is not None:
+            raise grpc.aio.UsageError(_API_STYLE_ERROR)
+        await self._cancelling(self._requests.done_writing())
+
+    async def wait_for_connection(self) -> None:
+        await self._cancelling(self._requests.wait_for_connection())
+
+    def cancel(self) -> bool:
+        """Cancel the call (as :meth:`DeferredCall.cancel`) and the reading of its
+        request iterator."""
+        cancelled = super().cancel()
+        if cancelled and self._feeding is not None:
+            self._feeding.cancel()
+        return cancelled
+
+
+async def _feed(held: weakref.ref[ClientStreamCall], requests: Requests, iterator: Any) -> None:
+    """Write the requests of ``iterator`` (sync or async), then close: grpc.aio's own
+    request poller, through ``requests``."""
+    try:
+        if isinstance(iterator, AsyncIterable):
+            async for request in iterator:
+                if not await _sent(requests, request):
+                    return
+        else:
+            for request in iterator:
+                if not await _sent(requests, request):
+                    return
+        await requests.done_writing()
+    except (Exception, asyncio.CancelledError):
+        call = held()
+        if call is not None:
+            call.cancel()
+
+
+async def _sent(requests: Requests, request: Any) -> bool:
+    """Write ``request``; False if the call ended first (its status says how)."""
+    try:
+        await requests.write(request)
+    except grpc.aio.AioRpcError:
+        return False
+    return True
 
 
 class FailedCall:

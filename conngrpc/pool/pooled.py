@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -49,9 +49,9 @@ import grpc.aio
 
 from ..supervisor import Registry
 from .admission import Admission
-from .calls import DeferredCall, FailedCall, StreamCall, deadline_of, within
+from .calls import ClientStreamCall, DeferredCall, FailedCall, StreamCall, deadline_of, within
 from .handout import Slot
-from .retry import Attempts
+from .retry import Attempts, Replay, buffer_size
 from .runtime import Kind, PoolRuntime, channels, pools, wait_registered
 from .service_config import MethodPolicy
 
@@ -343,21 +343,7 @@ class _Multicallable:
             if policy is not None:
                 options, _ = _applied(policy, options, deadline_of(options))
                 if self._attempted(policy):
-                    attempts = self._attempts(runtime, policy, request)
-                    if policy.retry is not None and self._kind == "unary_unary":
-                        slot = runtime.handout.pick()
-                        if slot is not None:
-                            slot = runtime.admission.placed(slot)
-                        if slot is not None:
-                            # at once, as a call without a policy: no task unless it retries
-                            call = self._start(runtime.admission, slot, request, options)
-                            return attempts.first(call, slot, options)
-                    return DeferredCall(
-                        lambda _, options, deadline: attempts.run(options, deadline),
-                        request,
-                        options,
-                        attempts,
-                    )
+                    return self._attempted_call(runtime, policy, request, options)
         slot = runtime.handout.pick()
         if slot is None:
             if options.get("wait_for_ready") or not runtime.table.settled:
@@ -493,7 +479,9 @@ class _Multicallable:
         policy = runtime.method_policy(self._method)
         if policy is not None:
             options, deadline = _applied(policy, options, deadline)
-            if self._attempted(policy):
+            # (A client stream made before the pool ran goes out once: this call, made
+            # then, keeps no requests for another attempt.)
+            if self._unary_request and self._attempted(policy):
                 return await self._attempts(runtime, policy, request).run(options, deadline)
         slot = runtime.handout.pick()
         if slot is not None:
@@ -506,13 +494,53 @@ class _Multicallable:
     # --- a method with a retry or a hedging policy ------------------------------------------
 
     def _attempted(self, policy: MethodPolicy) -> bool:
-        """Whether this method's calls go out as attempts under ``policy``."""
-        return (policy.retry is not None or policy.hedging is not None) and self._unary_request
+        """Whether this method's calls go out as attempts under ``policy``: a unary
+        request's under a retry or a hedging policy, a client stream's under a retry
+        policy (hedged, it goes out once)."""
+        return policy.retry is not None or (policy.hedging is not None and self._unary_request)
+
+    def _attempted_call(
+        self,
+        runtime: PoolRuntime,
+        policy: MethodPolicy,
+        request: tuple[Any, ...],
+        options: dict[str, Any],
+    ) -> Any:
+        """A call of this method, sent as attempts under ``policy``; a client stream's
+        attempts are written to by the call, which keeps its requests for the next one."""
+        requests = iterator = None
+        if not self._unary_request:
+            iterator = request[0] if request else options.pop("request_iterator", None)
+            limit = buffer_size(runtime.table._config.options)  # the pool's channel options
+            requests = Replay(self._make["request_serializer"], limit)
+            request = ()  # each attempt in write mode: the pool writes to it
+        attempts = self._attempts(runtime, policy, request, requests)
+        if policy.retry is not None and self._kind == "unary_unary":
+            slot = runtime.handout.pick()
+            if slot is not None:
+                slot = runtime.admission.placed(slot)
+            if slot is not None:  # at once, as a call without a policy: no task unless it retries
+                call = self._start(runtime.admission, slot, request, options)
+                return attempts.first(call, slot, options)
+
+        def start(
+            _: tuple[Any, ...], options: dict[str, Any], deadline: float | None
+        ) -> Awaitable[Any]:
+            return attempts.run(options, deadline)
+
+        if requests is None:
+            return DeferredCall(start, request, options, attempts)
+        return ClientStreamCall(start, requests, iterator, options, attempts)
 
     def _attempts(
-        self, runtime: PoolRuntime, policy: MethodPolicy, request: tuple[Any, ...]
+        self,
+        runtime: PoolRuntime,
+        policy: MethodPolicy,
+        request: tuple[Any, ...],
+        requests: Replay | None = None,
     ) -> Attempts:
-        """The attempts of one call of this method, sent under ``policy``."""
+        """The attempts of one call of this method, sent under ``policy`` (a client
+        stream's written to by ``requests``)."""
         return Attempts(
             functools.partial(self._attempt, runtime, request),
             pool=runtime.name,
@@ -521,6 +549,7 @@ class _Multicallable:
             hedging=policy.hedging,
             throttle=runtime.throttle,
             streaming=self._streaming,
+            requests=requests,
         )
 
     async def _attempt(
@@ -537,7 +566,8 @@ class _Multicallable:
         :raises grpc.aio.AioRpcError: it could not go out (no channel, or none in time).
         """
         slot = runtime.handout.pick_avoiding(tried)
-        if slot is None:
+        waited = slot is None
+        if waited:
             runtime = await self._when_ready(options, deadline)
             slot = runtime.handout.pick_avoiding(tried)
         admission = runtime.admission
@@ -545,8 +575,10 @@ class _Multicallable:
             slot = admission.placed(slot, tried)
         if slot is None:
             call, slot = await self._start_when_room(runtime, request, options, deadline, True)
-        else:
+        elif waited:
             call = self._start_on(admission, request, options, deadline, slot, True)
+        else:  # sent at once, as a call without a policy: a deadline past is grpc's to tell
+            call = self._start(admission, slot, request, within(options, deadline), True)
         tried.append(slot)
         return call, slot
 

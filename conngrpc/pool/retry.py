@@ -31,6 +31,15 @@ as Trailers-Only: a server that fails a call it has begun to answer should send 
 metadata entry in its headers, or a message. A response stream commits at its first
 message, which the pool reads ahead for its caller.
 
+A client stream (stream-unary, stream-stream) is retried as A6 says, with its requests
+kept for the next attempt (:class:`Replay`, grpc's retry buffer) while their serialized
+size in all stays within ``grpc.per_rpc_retry_buffer_size`` (in the pool's channel
+options; 256 KiB by default, as in grpc core); past it the call commits. Each attempt is
+a call of its own, which the pool writes to: first the requests kept, in order, then
+``done_writing()`` if the caller gave it, then the caller's next ones. Under a
+``hedgingPolicy``, a client stream goes out once, neither hedged nor retried: copies
+running side by side would each need the caller's requests as they come.
+
 Every attempt carries ``grpc-previous-rpc-attempts`` (the attempts sent before it)
 from the second on (grpc's own retry layer, on by default for its transparent retries,
 drops it on the way out unless the channels' options set ``grpc.enable_retries`` to 0),
@@ -41,6 +50,7 @@ goes through the channel's interceptors, and counts against its connection (the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import random
 import time
@@ -59,6 +69,8 @@ if TYPE_CHECKING:
     from .service_config import HedgingPolicy, RetryPolicy, RetryThrottling
 
 __all__ = [
+    "BUFFER_OPTION",
+    "DEFAULT_BUFFER_SIZE",
     "HEDGE",
     "PREVIOUS_ATTEMPTS",
     "PUSHBACK",
@@ -67,8 +79,10 @@ __all__ = [
     "Attempts",
     "Ended",
     "ReadAhead",
+    "Replay",
     "Throttle",
     "backoff",
+    "buffer_size",
     "is_refused",
     "pushback",
     "with_previous",
@@ -82,6 +96,12 @@ HEDGE = ("conngrpc", "pool", "hedge")
 PUSHBACK: Final = "grpc-retry-pushback-ms"
 #: How many attempts went out before this one, in its metadata (A6; absent on the first).
 PREVIOUS_ATTEMPTS: Final = "grpc-previous-rpc-attempts"
+#: The channel option that bounds a client stream's requests kept for its next attempt ...
+BUFFER_OPTION: Final = "grpc.per_rpc_retry_buffer_size"
+#: ... and its default in grpc core, in bytes.
+DEFAULT_BUFFER_SIZE: Final = 256 * 1024
+#: grpc.aio's own words for a write after ``done_writing()``
+_HALF_CLOSED = 'RPC is half closed after calling "done_writing".'
 
 _OK = grpc.StatusCode.OK
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -158,6 +178,17 @@ def with_previous(options: dict[str, Any], previous: int) -> dict[str, Any]:
     return {**options, "metadata": (*metadata, (PREVIOUS_ATTEMPTS, str(previous)))}
 
 
+def buffer_size(options: Iterable[tuple[str, Any]]) -> int:
+    """How many bytes of a client stream's requests a call keeps for its next attempt:
+    ``grpc.per_rpc_retry_buffer_size`` in a channel's ``options``, as grpc core reads it
+    (the last one given; a negative one is 0; one that is not an int, the default)."""
+    size = DEFAULT_BUFFER_SIZE
+    for key, value in options:
+        if key == BUFFER_OPTION:
+            size = max(0, value) if isinstance(value, int) else DEFAULT_BUFFER_SIZE
+    return size
+
+
 class Ended:
     """How one attempt ended, as far as the call is concerned."""
 
@@ -218,6 +249,188 @@ class _ReadAll:
         if message is grpc.aio.EOF:
             raise StopAsyncIteration
         return message
+
+
+class Replay:
+    """A client stream's requests on their way to its attempts, kept for the next one
+    (A6's retry buffer) while the call is uncommitted.
+
+    An attempt, once it went out (:meth:`attach`), first gets the requests kept so far,
+    in order, then ``done_writing()`` if the caller gave it; only then does it take new
+    ones, so none reaches one attempt twice or out of order. A request is kept while the
+    serialized size of those kept stays within ``limit``; past it the call commits (no
+    other attempt goes out) and none is kept any more.
+
+    A write goes to the attempt that takes requests now, and waits while none does (the
+    first is on its way, or the last one ended and what follows is not decided). A
+    write whose attempt ended returns once the next one went out (with it among the
+    kept requests), or fails once the call is over, as grpc.aio's write fails for the
+    call that answered: with its status, or ``asyncio.InvalidStateError`` once it is
+    done.
+    """
+
+    __slots__ = (
+        "_answer",
+        "_changed",
+        "_closed",
+        "_latest",
+        "_limit",
+        "_open",
+        "_opened",
+        "_replaying",
+        "_serialize",
+        "committed",
+        "kept",
+        "size",
+    )
+
+    def __init__(self, serialize: Callable[[Any], bytes] | None, limit: int) -> None:
+        self._serialize = serialize
+        self._limit = limit
+        self.kept: list[Any] = []
+        self.size = 0  # the serialized size of the requests kept
+        self.committed = False  # past the limit: none is kept, no other attempt goes out
+        self._closed = False  # the caller called done_writing()
+        self._latest: Any = None  # the last attempt that went out
+        self._open: Any = None  # the attempt that takes requests now: the latest, once replayed
+        self._opened = 0  # attempts that took requests so far
+        #: the call that answered (an attempt's own call, or a call that failed before
+        #: any went out), once the call is over
+        self._answer: Any = None
+        self._changed = asyncio.Event()  # set, and replaced, at each change of the above
+        self._replaying: asyncio.Task[None] | None = None  # held while it runs
+
+    def __repr__(self) -> str:
+        state = "over" if self._answer is not None else f"opened={self._opened}"
+        return f"<Replay {state} kept={len(self.kept)} size={self.size}/{self._limit}>"
+
+    def attach(self, call: Any) -> None:
+        """Attempt ``call`` went out: it gets the kept requests, then takes new ones."""
+        self._latest = call
+        kept = self.kept
+        if not kept and not self._closed:
+            self._take(call)
+            return
+        # A task the caller does not own, as grpc.aio's request poller: the kept requests
+        # go out while the attempt's answer is read (a server that answers each request
+        # before it reads the next needs both), and new ones wait until they have.
+        self._replaying = asyncio.get_running_loop().create_task(self._replay(call, kept))
+
+    def end(self, answer: Any) -> None:
+        """The call is over: ``answer`` is the call that answered. Nothing is kept any more."""
+        if self._answer is None:
+            self._answer = answer._call if isinstance(answer, StreamCall) else answer
+            self.kept = []
+            self._fire()
+
+    async def write(self, request: Any) -> None:
+        """Send ``request`` to the attempt that takes requests now, kept for the next one
+        while the call is uncommitted; once the call is over, to the call that answered.
+
+        :raises asyncio.InvalidStateError: after :meth:`done_writing`, or once the call
+            is done, as grpc.aio's write.
+        :raises grpc.aio.AioRpcError: the call ended while the write waited (its status).
+        """
+        pending = self._answer is None  # it began before the call was over
+        tried: int | None = None  # it went to an attempt that ended: attempts opened then
+        while True:
+            changed = self._changed
+            if tried is not None and self._opened > tried:
+                return  # the next attempt went out, with this request among the kept
+            answer = self._answer
+            if answer is not None:
+                if answer.done():
+                    if pending:
+                        # What grpc.aio's write raises for a call that ended under it:
+                        # its status (a done call's wait_for_connection raises it).
+                        await answer.wait_for_connection()
+                    else:
+                        await answer.write(request)
+                    return
+                if answer is self._open and tried is None:  # committed, its kept ones sent
+                    await answer.write(request)
+                    return
+            elif tried is None:
+                call = self._open
+                if call is not None and call is self._latest and not call.done():
+                    if self._closed:
+                        raise asyncio.InvalidStateError(_HALF_CLOSED)
+                    self._keep(request)
+                    tried = self._opened
+                    try:
+                        await call.write(request)
+                    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                        continue  # the attempt ended: what follows decides
+                    return
+            await changed.wait()
+
+    async def done_writing(self) -> None:
+        """Close the requests: now for the attempt that takes them, and after the kept
+        ones for every attempt after it. Once the call is done, it does nothing."""
+        answer = self._answer
+        if answer is not None and answer.done():
+            await answer.done_writing()
+            return
+        self._closed = True
+        call = self._open
+        if call is None or call is not self._latest or call.done():
+            return  # the next attempt gets it after the kept requests (if one goes out)
+        if answer is not None:
+            await call.done_writing()  # the committed attempt's own
+            return
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await call.done_writing()  # an attempt that ends meanwhile: what follows decides
+
+    async def wait_for_connection(self) -> None:
+        """Wait until an attempt went out (its headers sent); once the call is over, the
+        answer's own."""
+        while True:
+            changed = self._changed
+            answer = self._answer
+            if answer is not None:
+                await answer.wait_for_connection()
+                return
+            call = self._latest
+            if call is not None and not call.done():
+                with contextlib.suppress(grpc.aio.AioRpcError):  # it ended: the next, then
+                    await call.wait_for_connection()
+                    return
+            await changed.wait()
+
+    def _keep(self, request: Any) -> None:
+        """Keep ``request`` for the next attempt, or commit the call if it is one too many."""
+        if self.committed:
+            return
+        serialize = self._serialize
+        size = self.size + len(request if serialize is None else serialize(request))
+        if size > self._limit:
+            self.committed = True
+            self.kept = []
+            return
+        self.size = size
+        self.kept.append(request)
+
+    async def _replay(self, call: Any, kept: list[Any]) -> None:
+        """Send ``call`` the requests ``kept`` and the close, then let it take new ones."""
+        try:
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                for request in kept:
+                    await call.write(request)
+                if self._closed:
+                    await call.done_writing()
+        finally:  # it ended if it failed: how it ended decides what follows
+            self._take(call)
+
+    def _take(self, call: Any) -> None:
+        """``call`` takes requests now (unless another attempt went out since)."""
+        if call is self._latest:
+            self._open = call
+            self._opened += 1
+            self._fire()
+
+    def _fire(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
 
 class _Plan:
@@ -328,13 +541,16 @@ class Attempts:
     :meth:`run` is what a :class:`~conngrpc.pool.calls.DeferredCall` waits for: it returns
     the call that answers (an attempt's own call; a response stream as a
     :class:`ReadAhead`), or raises the ``AioRpcError`` that ends the call instead
-    (DEADLINE_EXCEEDED between attempts).
+    (DEADLINE_EXCEEDED between attempts). A client stream's attempts are sent without
+    requests: ``requests`` writes them to each (and tells the call committed past its
+    buffer).
     """
 
     __slots__ = (
         "_hedging",
         "_method",
         "_pool",
+        "_requests",
         "_retry",
         "_send",
         "_streaming",
@@ -352,9 +568,12 @@ class Attempts:
         hedging: HedgingPolicy | None = None,
         throttle: Throttle | None = None,
         streaming: bool = False,
+        requests: Replay | None = None,
     ) -> None:
         if (retry is None) == (hedging is None):
             raise ValueError(f"expected a retry or a hedging policy, got {retry!r}, {hedging!r}")
+        if requests is not None and hedging is not None:
+            raise ValueError(f"expected a retry policy for a client stream, got {hedging!r}")
         self._send = send
         self._pool = pool
         self._method = method
@@ -362,6 +581,7 @@ class Attempts:
         self._hedging = hedging
         self._throttle = throttle
         self._streaming = streaming
+        self._requests = requests
         #: attempts sent so far (a refused stream's re-send included)
         self.sent = 0
 
@@ -476,9 +696,10 @@ class Attempts:
         previous: int,
         cause: grpc.StatusCode | None,
     ) -> Ended:
-        """Send attempt number ``previous + 1`` and wait until it ends, or (a response
-        stream) commits with its first message; how it ended. ``cause``: the status of
-        the attempt whose failure sent it (None: a hedge's delay)."""
+        """Send attempt number ``previous + 1`` and wait until it ends, or commits (a
+        response stream's first message; a client stream's response headers with
+        metadata in them); how it ended. ``cause``: the status of the attempt whose
+        failure sent it (None: a hedge's delay)."""
         try:
             call, slot = await self._send(tried, with_previous(options, previous), deadline)
         except grpc.aio.AioRpcError as error:
@@ -488,8 +709,15 @@ class Attempts:
         return await self._outcome(call, slot)
 
     async def _outcome(self, call: Any, slot: Slot) -> Ended:
-        """How an attempt sent on ``slot`` ended (or, a response stream, committed)."""
+        """How an attempt sent on ``slot`` ended, or committed."""
+        requests = self._requests
         try:
+            if requests is not None:
+                requests.attach(call)
+                if await call.initial_metadata():  # response headers that say something
+                    return Ended(
+                        ReadAhead(call) if self._streaming else call, slot, _OK, committed=True
+                    )
             if self._streaming:
                 call = ReadAhead(call, await call.read())
                 if call._first:
@@ -502,7 +730,8 @@ class Attempts:
                 call if not self._streaming or isinstance(call, ReadAhead) else ReadAhead(call),
                 slot,
                 error.code(),
-                committed=bool(error.initial_metadata()),
+                committed=bool(error.initial_metadata())
+                or (requests is not None and requests.committed),
                 details=error.details(),
                 metadata=error.trailing_metadata(),
             )

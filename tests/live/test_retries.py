@@ -1,10 +1,13 @@
 """Retries and hedging across a pool's connections, live: real servers on 127.0.0.1.
 
-Each :class:`Scripted` server answers ``Try`` (unary-unary) and ``Stream`` (unary-stream)
-as its test scripts it, and records every call it received (the metadata it came with,
+Each :class:`Scripted` server answers ``Try`` (unary-unary), ``Stream`` (unary-stream),
+``Collect`` (stream-unary: it reads every request first) and ``Echo`` (stream-stream:
+it answers each request with itself, the script deciding before the first) as its test
+scripts it, and records every call it received (the metadata it came with, the requests,
 and whether the client cancelled it), so each test proves from the servers' side where
-each attempt went. The pool is given grpc's service config with a ``methodConfig`` for
-the test service (``retryPolicy`` or ``hedgingPolicy``), as a user would.
+each attempt went and what it carried. The pool is given grpc's service config with a
+``methodConfig`` for the test service (``retryPolicy`` or ``hedgingPolicy``), as a user
+would.
 """
 
 from __future__ import annotations
@@ -34,8 +37,19 @@ pytestmark = pytest.mark.anyio
 SERVICE = "conngrpc.test.Retried"
 TRY = f"/{SERVICE}/Try"
 STREAM = f"/{SERVICE}/Stream"
+COLLECT = f"/{SERVICE}/Collect"
+ECHO = f"/{SERVICE}/Echo"
 OTHER = f"/{SERVICE}/Other"
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+#: grpc's words for a call's deadline
+GRPCS_DEADLINE = ("Deadline Exceeded", "Stream removed (Deadline Exceeded)")
+#: asks a server's Collect to send response headers (BEGAN) before it reads a request
+HEADERS_FIRST = "headers-first"
+#: Metadata that has Echo read every request before its script runs: a client whose
+#: writes race the script's failure sees grpc.aio's own INTERNAL ("Internal error from
+#: Core") through interceptors now and then, for an attempt that wrote after its end.
+READ_ALL_FIRST = "read-all-first"
+BEGAN = (("began", "yes"),)
 
 
 def retry_config(
@@ -77,9 +91,14 @@ Script = Callable[["Scripted", Context], Awaitable[bytes]]
 
 @dataclass(eq=False)
 class Received:
-    """A call a server received: its metadata, and whether its client cancelled it."""
+    """A call a server received: its metadata, the requests it read (a client stream's),
+    whether their stream ended (closed or cancelled by the client: a grpc.aio server
+    tells a bidirectional stream's cancel no other way) and whether its client
+    cancelled it (a unary call)."""
 
     metadata: dict[str, str]
+    requests: list[bytes] = field(default_factory=list)
+    ended: bool = False
     cancelled: bool = False
 
 
@@ -120,12 +139,38 @@ class Scripted:
             yield await self.script(self, context)
             yield b"second"
 
+        async def collect(requests: AsyncIterator[bytes], context: Context) -> bytes:
+            call = await self._record(context)
+            if HEADERS_FIRST in call.metadata:
+                await context.send_initial_metadata(BEGAN)
+            async for request in requests:
+                call.requests.append(request)
+            return await self.script(self, context)
+
+        async def echo(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+            call = await self._record(context)
+            if READ_ALL_FIRST in call.metadata:
+                call.requests.extend([request async for request in requests])
+                await self.script(self, context)
+                for request in call.requests:
+                    yield request
+                call.ended = True
+                return
+            async for request in requests:
+                call.requests.append(request)
+                if len(call.requests) == 1:
+                    await self.script(self, context)
+                yield request
+            call.ended = True
+
         handler = grpc.method_handlers_generic_handler(
             SERVICE,
             {
                 "Try": grpc.unary_unary_rpc_method_handler(try_),
                 "Other": grpc.unary_unary_rpc_method_handler(try_),
                 "Stream": grpc.unary_stream_rpc_method_handler(stream),
+                "Collect": grpc.stream_unary_rpc_method_handler(collect),
+                "Echo": grpc.stream_stream_rpc_method_handler(echo),
             },
         )
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -139,6 +184,11 @@ async def answer(server: Scripted, context: Context) -> bytes:
     return server.name.encode()
 
 
+async def hang(server: Scripted, context: Context) -> bytes:
+    await asyncio.Event().wait()  # until the call ends
+    return b""
+
+
 def fail_first(code: grpc.StatusCode = UNAVAILABLE, **how: Any) -> Script:
     """The first call any of the servers gets fails with ``code``; every other answers."""
     failed: list[bool] = []
@@ -147,7 +197,7 @@ def fail_first(code: grpc.StatusCode = UNAVAILABLE, **how: Any) -> Script:
         if not failed:
             failed.append(True)
             if how.get("headers"):
-                await context.send_initial_metadata((("began", "yes"),))
+                await context.send_initial_metadata(BEGAN)
             await context.abort(code, "the first call fails", how.get("trailers", ()))
         return server.name.encode()
 
@@ -177,11 +227,14 @@ async def pool(
     config: dict[str, Any],
     size: int | None = None,
     options: Sequence[tuple[str, Any]] = NO_GRPC_RETRIES,
+    **channel: Any,
 ) -> AsyncIterator[grpc.aio.Channel]:
     addresses = [backend.address for backend in backends]
     settings = {"service_config": json.dumps(config)}
     size = size or len(backends)
-    async with live_pool(name, addresses, size, settings=settings, wait=True, options=options):
+    async with live_pool(
+        name, addresses, size, settings=settings, wait=True, options=options, **channel
+    ):
         yield Pool.channel(name)
 
 
@@ -330,11 +383,25 @@ async def test_a_deadline_that_passes_between_attempts_ends_the_call(pool_name: 
         assert len(received(backends)) == 1
 
 
-async def test_the_method_configs_timeout_bounds_the_whole_call(pool_name: str) -> None:
-    async def hang(server: Scripted, context: Context) -> bytes:
-        await asyncio.Event().wait()
-        return b""
+@pytest.mark.parametrize("kind", ["unary_unary", "stream_stream"])
+async def test_a_deadline_that_passed_before_the_first_attempt_ends_as_grpc_ends_it(
+    pool_name: str, kind: str
+) -> None:
+    # The first attempt goes out from the call's own task, a turn of the event loop after
+    # the call was made: a deadline that passed meanwhile is grpc's to report, as for a
+    # call without a policy. grpc words it as its stream was, or was not yet, begun.
+    async with servers(hang) as backends, pool(pool_name, backends, retry_config()) as ch:
+        method = TRY if kind == "unary_unary" else ECHO
+        call = getattr(ch, kind)(method)(*([b""] if kind == "unary_unary" else []), timeout=0)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await (call if kind == "unary_unary" else call.read())
+        assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert raised.value.details() in GRPCS_DEADLINE
+        assert call.attempts == 1
+        await nothing_in_flight(pool_name)
 
+
+async def test_the_method_configs_timeout_bounds_the_whole_call(pool_name: str) -> None:
     config = retry_config(timeout="0.3s", codes=["UNAVAILABLE", "DEADLINE_EXCEEDED"])
     async with servers(hang) as backends, pool(pool_name, backends, config) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -394,6 +461,231 @@ async def test_cancelling_a_retried_call_cancels_its_attempt_and_retries_nothing
         [received_call] = [c for b in backends for c in b.received]
         await wait_until(lambda: received_call.cancelled)  # cancelled on the server
         assert Pool.status(pool_name).in_flight == 0
+
+
+# --- client streams ---------------------------------------------------------------------------
+
+REQUESTS = [b"one", b"two", b"three"]
+#: a deadline far beyond the tests' waits: only a cancel ends such a call within them
+NEVER = 3600
+
+
+def calls_in_order(backends: list[Scripted]) -> list[tuple[Scripted, Received]]:
+    """Every call the servers received, with its server, the first attempt first."""
+    calls = [(backend, call) for backend in backends for call in backend.received]
+    return sorted(calls, key=lambda each: int(each[1].metadata.get(PREVIOUS_ATTEMPTS, 0)))
+
+
+async def nothing_in_flight(pool_name: str) -> None:
+    await wait_until(lambda: Pool.status(pool_name).in_flight == 0)
+
+
+async def requests_of(requests: list[bytes]) -> AsyncIterator[bytes]:
+    for request in requests:
+        yield request
+
+
+@pytest.mark.parametrize("feed", ["iterator", "write"])
+async def test_a_client_stream_is_retried_on_another_backend_with_the_same_requests(
+    pool_name: str, feed: str
+) -> None:
+    async with servers(fail_first()) as backends, pool(pool_name, backends, retry_config()) as ch:
+        collect = ch.stream_unary(COLLECT)
+        if feed == "iterator":
+            call = collect(requests_of(REQUESTS), timeout=WAIT_LIMIT)
+        else:
+            call = collect(timeout=WAIT_LIMIT)
+            for request in REQUESTS:
+                await call.write(request)
+            await call.done_writing()
+        answer = await call
+        (failed_on, first), (answered_by, second) = calls_in_order(backends)
+        assert failed_on is not answered_by
+        assert first.requests == second.requests == REQUESTS  # as the servers read them
+        assert PREVIOUS_ATTEMPTS not in first.metadata
+        assert second.metadata[PREVIOUS_ATTEMPTS] == "1"
+        assert answer == answered_by.name.encode()
+        assert await call.code() is grpc.StatusCode.OK
+        assert call.attempts == 2
+        await nothing_in_flight(pool_name)
+
+
+async def test_a_bidirectional_stream_is_retried_before_its_first_response(
+    pool_name: str,
+) -> None:
+    async with servers(fail_first()) as backends, pool(pool_name, backends, retry_config()) as ch:
+        call = ch.stream_stream(ECHO)(timeout=WAIT_LIMIT)
+        await call.write(b"a")
+        await call.write(b"b")
+        assert await call.read() == b"a"  # from the second attempt: it committed the call
+        await call.write(b"c")
+        await call.done_writing()
+        assert [message async for message in call] == [b"b", b"c"]
+        assert await call.code() is grpc.StatusCode.OK
+        (failed_on, first), (answered_by, second) = calls_in_order(backends)
+        assert failed_on is not answered_by
+        assert first.requests == [b"a"]  # the server failed it after the first request
+        assert second.requests == [b"a", b"b", b"c"]
+        assert second.metadata[PREVIOUS_ATTEMPTS] == "1"
+        await nothing_in_flight(pool_name)
+
+
+def stamped(details: Any) -> Any:
+    """A call's details, its metadata stamped (by an interceptor)."""
+    metadata = [*(details.metadata or []), ("stamped", "yes")]
+    return details._replace(metadata=grpc.aio.Metadata(*metadata))
+
+
+# One kind each: grpc.aio files an interceptor of several kinds under the first alone.
+class StampStreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(stamped(details), requests)
+
+
+class StampStreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(stamped(details), requests)
+
+
+@pytest.mark.parametrize("kind", ["stream_unary", "stream_stream"])
+async def test_each_attempt_of_a_client_stream_passes_the_channels_interceptors(
+    pool_name: str, kind: str
+) -> None:
+    async with (
+        servers(fail_first()) as backends,
+        pool(
+            pool_name,
+            backends,
+            retry_config(),
+            interceptors=[StampStreamUnary(), StampStreamStream()],
+        ) as ch,
+    ):
+        if kind == "stream_unary":
+            call = ch.stream_unary(COLLECT)(timeout=WAIT_LIMIT)
+        else:
+            metadata = ((READ_ALL_FIRST, "yes"),)
+            call = ch.stream_stream(ECHO)(timeout=WAIT_LIMIT, metadata=metadata)
+        for request in REQUESTS:
+            await call.write(request)
+        await call.done_writing()
+        if kind == "stream_unary":
+            assert await call
+        else:
+            assert [message async for message in call] == REQUESTS
+        calls = calls_in_order(backends)
+        assert [call.metadata.get("stamped") for _, call in calls] == ["yes", "yes"]
+        assert calls[1][1].requests == REQUESTS
+        await nothing_in_flight(pool_name)
+
+
+async def test_a_client_stream_whose_server_sent_headers_is_not_retried(pool_name: str) -> None:
+    script = fail_first(headers=True)  # response headers with metadata, then UNAVAILABLE
+    async with servers(script) as backends, pool(pool_name, backends, retry_config()) as ch:
+        call = ch.stream_unary(COLLECT)(requests_of(REQUESTS), timeout=WAIT_LIMIT)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call
+        assert raised.value.code() is UNAVAILABLE
+        assert tuple(await call.initial_metadata()) == BEGAN
+        assert backends_requests(backends) == [REQUESTS]
+        await nothing_in_flight(pool_name)
+
+
+async def test_a_client_streams_response_headers_commit_it_before_its_response(
+    pool_name: str,
+) -> None:
+    async with servers(answer) as backends, pool(pool_name, backends, retry_config()) as ch:
+        metadata = ((HEADERS_FIRST, "yes"),)
+        call = ch.stream_unary(COLLECT)(timeout=NEVER, metadata=metadata)
+        await call.write(b"one")
+        with anyio.fail_after(WAIT_LIMIT):  # as on grpc's call: before the requests end
+            assert tuple(await call.initial_metadata()) == BEGAN
+        await call.write(b"two")
+        await call.done_writing()
+        [(server, collected)] = calls_in_order(backends)
+        assert await call == server.name.encode()
+        assert collected.requests == [b"one", b"two"]
+        await nothing_in_flight(pool_name)
+
+
+@pytest.mark.parametrize(("buffer", "retried"), [(20, True), (19, False)])
+async def test_a_client_stream_larger_than_the_retry_buffer_commits_and_is_not_retried(
+    pool_name: str, buffer: int, retried: bool
+) -> None:
+    options = [("grpc.per_rpc_retry_buffer_size", buffer)]
+    async with (
+        servers(fail_first()) as backends,
+        pool(pool_name, backends, retry_config(), options=options) as ch,
+    ):
+        # The buffer counts serialized bytes: 2 requests of 5 bytes, of 10 each on the wire.
+        collect = ch.stream_unary(COLLECT, request_serializer=lambda request: request * 2)
+        call = collect(iter([b"12345", b"67890"]), timeout=WAIT_LIMIT)
+        if retried:
+            assert await call
+            assert len(received(backends)) == 2
+        else:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await call
+            assert raised.value.code() is UNAVAILABLE
+            assert len(received(backends)) == 1
+        assert backends_requests(backends)[0] == [b"1234512345", b"6789067890"]
+        await nothing_in_flight(pool_name)
+
+
+def backends_requests(backends: list[Scripted]) -> list[list[bytes]]:
+    return [call.requests for _, call in calls_in_order(backends)]
+
+
+async def test_a_client_stream_of_a_hedged_method_goes_out_once(pool_name: str) -> None:
+    async with (
+        servers(fail_first()) as backends,
+        pool(pool_name, backends, hedging_config()) as ch,
+    ):
+        call = ch.stream_unary(COLLECT)(timeout=WAIT_LIMIT)
+        assert isinstance(call, grpc.aio.StreamUnaryCall)  # grpc's own: neither hedged nor retried
+        for request in REQUESTS:
+            await call.write(request)
+        await call.done_writing()
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call
+        assert raised.value.code() is UNAVAILABLE
+        assert backends_requests(backends) == [REQUESTS]
+        await nothing_in_flight(pool_name)
+
+
+@pytest.mark.parametrize("done_callback", [False, True])
+async def test_a_bidirectional_stream_dropped_unread_is_cancelled(
+    pool_name: str, done_callback: bool
+) -> None:
+    async with servers(answer) as backends, pool(pool_name, backends, retry_config()) as ch:
+        call = ch.stream_stream(ECHO)(timeout=NEVER)
+        await call.write(b"a")
+        assert await call.read() == b"a"
+        ended: list[Any] = []
+        if done_callback:
+            call.add_done_callback(ended.append)  # as instrumentation does: it holds nothing
+        del call  # before its end, never closed: nobody holds it any more
+        [(_, echoed)] = calls_in_order(backends)
+        await wait_until(lambda: echoed.ended)  # the client cancelled it
+        await nothing_in_flight(pool_name)
+        if done_callback:
+            await wait_until(lambda: ended != [])
+            assert ended[0].cancelled()
+
+
+async def test_a_client_stream_cancelled_while_its_attempt_runs(pool_name: str) -> None:
+    async with servers(answer) as backends, pool(pool_name, backends, retry_config()) as ch:
+        call = ch.stream_stream(ECHO)(timeout=NEVER)
+        await call.wait_for_connection()
+        await wait_until(lambda: len(received(backends)) == 1)
+        assert call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call.read()
+        assert await call.code() is grpc.StatusCode.CANCELLED
+        with pytest.raises(asyncio.InvalidStateError, match="RPC already finished"):
+            await call.write(b"a")
+        [(_, cancelled)] = calls_in_order(backends)
+        await wait_until(lambda: cancelled.ended)  # never closed: the client cancelled it
+        await nothing_in_flight(pool_name)
 
 
 # --- hedging ----------------------------------------------------------------------------------
