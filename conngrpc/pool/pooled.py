@@ -51,7 +51,7 @@ from ..supervisor import Registry
 from .admission import Admission
 from .calls import ClientStreamCall, DeferredCall, FailedCall, StreamCall, deadline_of, within
 from .handout import Slot
-from .retry import Attempts, Replay, buffer_size
+from .retry import Attempts, Replay, serialized_size
 from .runtime import Kind, PoolRuntime, channels, pools, wait_registered
 from .service_config import MethodPolicy
 
@@ -342,7 +342,7 @@ class _Multicallable:
             policy = runtime.method_policy(self._method)
             if policy is not None:
                 options, _ = _applied(policy, options, deadline_of(options))
-                if self._attempted(policy):
+                if self._attempted(policy) and not self._too_big(runtime, request):
                     return self._attempted_call(runtime, policy, request, options)
         slot = runtime.handout.pick()
         if slot is None:
@@ -493,6 +493,14 @@ class _Multicallable:
 
     # --- a method with a retry or a hedging policy ------------------------------------------
 
+    def _too_big(self, runtime: PoolRuntime, request: tuple[Any, ...]) -> bool:
+        """Whether a unary request is past ``grpc.per_rpc_retry_buffer_size``: the call
+        commits as it goes, so it goes once, as a call without a policy (as grpc's)."""
+        if not self._unary_request or not request:
+            return False
+        size = serialized_size(request[0], self._make["request_serializer"])
+        return size > runtime.retry_buffer
+
     def _attempted(self, policy: MethodPolicy) -> bool:
         """Whether this method's calls go out as attempts under ``policy``: a unary
         request's under a retry or a hedging policy, a client stream's under a retry
@@ -511,8 +519,7 @@ class _Multicallable:
         requests = iterator = None
         if not self._unary_request:
             iterator = request[0] if request else options.pop("request_iterator", None)
-            limit = buffer_size(runtime.table._config.options)  # the pool's channel options
-            requests = Replay(self._make["request_serializer"], limit)
+            requests = Replay(self._make["request_serializer"], runtime.retry_buffer)
             request = ()  # each attempt in write mode: the pool writes to it
         attempts = self._attempts(runtime, policy, request, requests)
         if policy.retry is not None and self._kind == "unary_unary":

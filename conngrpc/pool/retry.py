@@ -85,6 +85,7 @@ __all__ = [
     "buffer_size",
     "is_refused",
     "pushback",
+    "serialized_size",
     "with_previous",
 ]
 
@@ -176,6 +177,16 @@ def with_previous(options: dict[str, Any], previous: int) -> dict[str, Any]:
     metadata = tuple(options.get("metadata") or ())
     metadata = tuple(item for item in metadata if item[0] != PREVIOUS_ATTEMPTS)
     return {**options, "metadata": (*metadata, (PREVIOUS_ATTEMPTS, str(previous)))}
+
+
+def serialized_size(request: Any, serializer: Callable[[Any], bytes] | None) -> int:
+    """How many bytes ``request`` takes on the wire (a protobuf message says it)."""
+    size = getattr(request, "ByteSize", None)
+    if size is not None:
+        return int(size())
+    if serializer is not None:
+        return len(serializer(request))
+    return len(request) if isinstance(request, bytes | bytearray | memoryview) else 0
 
 
 def buffer_size(options: Iterable[tuple[str, Any]]) -> int:
@@ -401,8 +412,7 @@ class Replay:
         """Keep ``request`` for the next attempt, or commit the call if it is one too many."""
         if self.committed:
             return
-        serialize = self._serialize
-        size = self.size + len(request if serialize is None else serialize(request))
+        size = self.size + serialized_size(request, self._serialize)
         if size > self._limit:
             self.committed = True
             self.kept = []
@@ -714,10 +724,15 @@ class Attempts:
         try:
             if requests is not None:
                 requests.attach(call)
-                if await call.initial_metadata():  # response headers that say something
-                    return Ended(
-                        ReadAhead(call) if self._streaming else call, slot, _OK, committed=True
-                    )
+            # Response headers commit the call: those with metadata in them, and (a
+            # response stream's, which grpc.aio receives apart) any that came before the
+            # call's end, which a Trailers-Only error never does.
+            if (requests is not None or self._streaming) and (
+                await call.initial_metadata() or (self._streaming and not call.done())
+            ):
+                return Ended(
+                    ReadAhead(call) if self._streaming else call, slot, _OK, committed=True
+                )
             if self._streaming:
                 call = ReadAhead(call, await call.read())
                 if call._first:

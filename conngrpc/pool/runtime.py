@@ -31,7 +31,7 @@ from .ejection import Ejected, Outcomes, Returned, default_rules, rules_from
 from .fleet import backend_backoff, follow_resolver
 from .handout import HandOut
 from .resolver import default_resolver
-from .retry import Throttle
+from .retry import Throttle, buffer_size
 from .service_config import MethodPolicy
 from .settings import ResolvedSettings
 from .table import (
@@ -117,6 +117,7 @@ class PoolRuntime:
         "mock",
         "name",
         "policies",
+        "retry_buffer",
         "service_config",
         "stopped",
         "table",
@@ -161,6 +162,8 @@ class PoolRuntime:
         #: retryThrottling's token bucket, for every retried or hedged call of the pool
         throttling = balancing.retry_throttling
         self.throttle = None if throttling is None else Throttle(throttling)
+        #: grpc.per_rpc_retry_buffer_size: past it, a call's requests commit it
+        self.retry_buffer = buffer_size(config.options)
 
     def __repr__(self) -> str:
         return (

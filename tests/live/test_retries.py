@@ -361,6 +361,51 @@ async def test_a_response_stream_is_retried_until_its_first_message(pool_name: s
         assert await stream.code() is grpc.StatusCode.OK
 
 
+async def test_a_response_streams_headers_commit_it_before_its_first_message(
+    pool_name: str,
+) -> None:
+    # A6 commits a call on its response headers: a watch that sends them at once and
+    # its first event later is read as it comes, and a failure after them is not retried.
+    release = asyncio.Event()
+
+    async def headers_then_wait(server: Scripted, context: Context) -> bytes:
+        await context.send_initial_metadata(())
+        await release.wait()
+        await context.abort(UNAVAILABLE, "after headers")
+        return b""
+
+    async with (
+        servers(headers_then_wait) as backends,
+        pool(pool_name, backends, retry_config()) as ch,
+    ):
+        stream = ch.unary_stream(STREAM)(b"", timeout=WAIT_LIMIT)
+        with anyio.fail_after(WAIT_LIMIT):
+            assert tuple(await stream.initial_metadata()) == ()
+        release.set()
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stream.read()
+        assert raised.value.code() is UNAVAILABLE
+        assert len(received(backends)) == 1
+
+
+@pytest.mark.parametrize(("size", "retried"), [(10, True), (11, False)])
+async def test_a_request_larger_than_the_retry_buffer_goes_once(
+    pool_name: str, size: int, retried: bool
+) -> None:
+    options = [*NO_GRPC_RETRIES, ("grpc.per_rpc_retry_buffer_size", 10)]
+    async with (
+        servers(fail_first()) as backends,
+        pool(pool_name, backends, retry_config(), options=options) as ch,
+    ):
+        call = unary(ch)(b"x" * size, timeout=WAIT_LIMIT)
+        if retried:
+            assert await call
+        else:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call  # committed as it went: its failure is the answer, as in grpc
+        assert len(received(backends)) == (2 if retried else 1)
+
+
 async def test_pushback_from_the_server_is_obeyed(pool_name: str) -> None:
     stop = fail_first(trailers=((PUSHBACK, "-1"),))
     async with servers(stop) as backends, pool(pool_name, backends, retry_config()) as ch:
