@@ -6,15 +6,18 @@ picks that draw are scripted or seeded (``conngrpc.pool.handout._random``).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import grpc
 import pytest
 
 from conngrpc.pool import handout as handout_module
+from conngrpc.pool.admission import Admission
 from conngrpc.pool.ejection import REFUSED_STREAM, Outcomes, default_rules
 from conngrpc.pool.handout import EXACT_PICK_UP_TO, LIMIT_PROBE_SECONDS, HandOut, Slot
 from conngrpc.pool.service_config import Pick
@@ -241,3 +244,28 @@ def test_a_full_slot_whose_calls_answer_asks_its_server_for_one_more(
     now[0] += 10 * LIMIT_PROBE_SECONDS
     slot.done(Finished(grpc.StatusCode.OK))
     assert slot.limit == 5
+
+
+def test_a_call_with_no_attributes_of_its_own_is_counted_all_the_same() -> None:
+    # Admission.track marks each call with what its slot carried; a stand-in call with
+    # __slots__ (a test's, a mock channel's) cannot take the mark, and is counted anyway.
+    class Slotted:
+        __slots__ = ("ended",)
+
+        def __init__(self) -> None:
+            self.ended: list[object] = []
+
+        def add_done_callback(self, callback: Any) -> None:
+            self.ended.append(callback)
+
+    out = handout([0])
+    slot = out.slots[0]
+    loop = asyncio.new_event_loop()  # Admission keeps it, for calls that wait (none here)
+    try:
+        admission = Admission(out, None, loop)
+        call = Slotted()
+        assert admission.track(slot, call) is call
+        assert (slot.in_flight, admission.in_flight) == (1, 1)
+        assert call.ended == [slot.done]
+    finally:
+        loop.close()

@@ -28,8 +28,11 @@ Python no difference between a Trailers-Only error and headers with no metadata 
 followed by the error (``initial_metadata()`` is empty in both), so the pool reads an
 error whose response brought initial metadata as committed and one that brought none
 as Trailers-Only: a server that fails a call it has begun to answer should send a
-metadata entry in its headers, or a message. A response stream commits at its first
-message, which the pool reads ahead for its caller.
+metadata entry in its headers, or a message. A response stream, whose headers grpc.aio
+receives apart, commits at headers that came before its end (a Trailers-Only error's
+never do), or at its first message, which the pool reads ahead for its caller. A unary
+request larger than ``grpc.per_rpc_retry_buffer_size`` goes once: grpc commits it as it
+goes.
 
 A client stream (stream-unary, stream-stream) is retried as A6 says, with its requests
 kept for the next attempt (:class:`Replay`, grpc's retry buffer) while their serialized
