@@ -30,6 +30,9 @@ SLACK = 1.0
 ROTATE_MS = 500
 #: How soon after its server has stopped a call on it must have failed, if it fails.
 FAILED_WITHIN = 0.5
+#: grpc's first reconnect after a connection broke: 1 s, jittered by 20% (grpc core's
+#: initial backoff); a call that waits in its channel for it fails at it.
+FIRST_RECONNECT = 1.2
 
 pool = functools.partial(live_pool, connect_timeout=CONNECT_TIMEOUT)
 
@@ -153,9 +156,11 @@ async def test_a_server_drained_by_sigterm_under_load_never_empties_the_pool(
         assert failure.backend == drained.address, failure
         # A call begun as the GOAWAY came can wait in its grpc channel for a reconnect to
         # the same server, and fail only once that server's process stops listening: in
-        # one clean-clone `.ci/run` on a loaded machine, 0.73 s after the SIGTERM. So the
-        # bound counts from the process's exit.
-        assert signalled <= failure.ended <= exited + FAILED_WITHIN, (exited, failure)
+        # one clean-clone `.ci/run` on a loaded machine, 0.73 s after the SIGTERM; in a
+        # `make test-all`, 0.74 s after the exit, at its channel's first reconnect. So the
+        # bound is that reconnect, counted from the SIGTERM (the GOAWAY).
+        latest = signalled + FIRST_RECONNECT + FAILED_WITHIN
+        assert signalled <= failure.ended <= max(latest, exited + FAILED_WITHIN), failure
 
 
 # --- a backend that cannot be reached ---------------------------------------------------------
