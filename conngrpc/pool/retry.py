@@ -28,9 +28,10 @@ Python no difference between a Trailers-Only error and headers with no metadata 
 followed by the error (``initial_metadata()`` is empty in both), so the pool reads an
 error whose response brought initial metadata as committed and one that brought none
 as Trailers-Only: a server that fails a call it has begun to answer should send a
-metadata entry in its headers, or a message. A response stream, whose headers grpc.aio
-receives apart, commits at headers that came before its end (a Trailers-Only error's
-never do), or at its first message, which the pool reads ahead for its caller. A unary
+metadata entry in its headers, or a message. A response stream commits at headers with
+metadata in them, or at its first message, which the pool reads ahead for its caller
+(until then, its ``initial_metadata()`` waits: a server that answers a stream's headers
+long before its first message should put a metadata entry in them). A unary
 request larger than ``grpc.per_rpc_retry_buffer_size`` goes once: grpc commits it as it
 goes.
 
@@ -727,12 +728,10 @@ class Attempts:
         try:
             if requests is not None:
                 requests.attach(call)
-            # Response headers commit the call: those with metadata in them, and (a
-            # response stream's, which grpc.aio receives apart) any that came before the
-            # call's end, which a Trailers-Only error never does.
-            if (requests is not None or self._streaming) and (
-                await call.initial_metadata() or (self._streaming and not call.done())
-            ):
+            # Response headers with metadata in them commit the call. (Empty ones cannot
+            # be told from a Trailers-Only error's: whether the call was over when they
+            # came is no sign either, as grpc.aio may hand the two over apart.)
+            if (requests is not None or self._streaming) and await call.initial_metadata():
                 return Ended(
                     ReadAhead(call) if self._streaming else call, slot, _OK, committed=True
                 )
