@@ -386,8 +386,7 @@ async def test_a_fatal_status_is_the_answer_and_the_other_copies_are_cancelled()
     second = Attempt()
     sender = Sender(first, second, Attempt())
     run = asyncio.ensure_future(attempts(sender, hedging=HEDGING_POLICY).run({}, None))
-    while len(sender.sent) < 2:
-        await asyncio.sleep(0.005)
+    await wait_until(lambda: len(sender.sent) == 2)  # the hedge its delay sent
     second.end(INTERNAL)
     assert await run is second
     assert first.cancelled

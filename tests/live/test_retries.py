@@ -25,6 +25,7 @@ import grpc
 import grpc.aio
 import pytest
 
+from bench.retries import RETRY_CONFIG
 from conngrpc import Pool, telemetry
 from conngrpc._server import SLEEP_METHOD, ServerProcess, start_server
 from conngrpc.pool.ejection import REFUSED_STREAM
@@ -771,20 +772,7 @@ async def test_a_hedge_answers_from_another_replica_and_the_slow_copy_is_cancell
 
 
 async def test_a_replica_killed_under_load_fails_no_call(pool_name: str) -> None:
-    config = {
-        "methodConfig": [
-            {
-                "name": [{"service": "conngrpc.demo.v1.Demo"}],
-                "retryPolicy": {
-                    "maxAttempts": 4,
-                    "initialBackoff": "0.01s",
-                    "maxBackoff": "0.1s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ]
-    }
+    config = RETRY_CONFIG  # the rolling restart benchmark's (bench/retries.py)
     replicas = [ServerProcess(args=["--name", f"r{i}"]) for i in range(3)]
     try:
         async with anyio.create_task_group() as starting:
