@@ -3,6 +3,7 @@
 Everything public is exported here; other modules are private and may change.
 """
 
+from . import sync as sync
 from . import telemetry as telemetry
 from .channel import Backoff as Backoff
 from .channel import ChannelConfig as ChannelConfig
@@ -67,5 +68,6 @@ __all__ = [
     "SupervisorNotRunningError",
     "UnknownChildError",
     "__version__",
+    "sync",
     "telemetry",
 ]

@@ -134,11 +134,11 @@ class ChildStateError(SupervisorError):
 class SupervisorNotRunningError(SupervisorError):
     """A runtime call was made on a supervisor that is not running."""
 
-    def __init__(self, supervisor: str) -> None:
+    def __init__(
+        self, supervisor: str, hint: str = "use it as 'async with Supervisor(...)'"
+    ) -> None:
         self.supervisor = supervisor
-        super().__init__(
-            f"supervisor {supervisor!r} is not running; use it as 'async with Supervisor(...)'"
-        )
+        super().__init__(f"supervisor {supervisor!r} is not running; {hint}")
 
 
 class NameTakenError(ConnGRPCError, ValueError):

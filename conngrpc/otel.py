@@ -38,7 +38,7 @@ from ._log import get_logger
 from .channel.target import parse_target
 from .channel.worker import CONNECTED, CONNECTION_FAILED, DISCONNECTED
 from .pool.retry import HEDGE, RETRY
-from .pool.runtime import BACKEND_EJECTED, PoolStatus, channels, pools
+from .pool.runtime import BACKEND_EJECTED, PoolStatus, channels, pools, thread_pools
 from .supervisor.supervisor import CHILD_RESTARTED
 
 __all__ = ["HANDLER_ID", "ConnGRPCInstrumentor"]
@@ -236,8 +236,9 @@ class _Session:
             if not self._owner._observes(self):
                 return []
             found: list[Observation] = []
-            # Standalone channels are reported as pools of one, under their own names.
-            for registry in (pools, channels):
+            # Standalone channels are reported as pools of one, under their own names;
+            # conngrpc.sync pools as pools.
+            for registry in (pools, channels, thread_pools):
                 for name in registry.names():
                     try:
                         runtime = registry.get(name)
@@ -331,7 +332,7 @@ def _supervisor_attributes(metadata: Mapping[str, Any]) -> Attributes:
     """``supervisor.name``, and ``pool.name`` when it is a pool's (named after the pool)."""
     name = str(metadata.get("supervisor"))
     attributes: Attributes = {"supervisor.name": name}
-    if name in pools or name in channels:
+    if name in pools or name in channels or name in thread_pools:
         attributes["pool.name"] = name
     return attributes
 

@@ -97,6 +97,16 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_LIMIT)
             await anyio.sleep(POLL_INTERVAL)
 
 
+def wait_until_sync(predicate: Callable[[], bool], timeout: float = WAIT_LIMIT) -> None:
+    """:func:`wait_until` for a test whose body blocks (``conngrpc.sync``'s): poll every
+    millisecond until ``predicate`` holds, failing with TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"expected {predicate!r} to hold within {timeout:g} s")
+        time.sleep(POLL_INTERVAL)
+
+
 async def wait_for(event: anyio.Event, timeout: float = WAIT_LIMIT) -> None:
     """Wait until ``event`` is set, failing with TimeoutError after ``timeout``."""
     with anyio.fail_after(timeout):

@@ -518,20 +518,27 @@ def test_type_hints_of_every_public_dataclass_resolve_at_run_time(cls: type) -> 
 
 
 def _public_functions() -> list[tuple[str, Callable[..., Any]]]:
-    """Every public function, and every method a public class defines itself."""
+    """Every public function, and every method of a public class (its own and those it
+    inherits from conngrpc's classes), of conngrpc and conngrpc.sync."""
     import conngrpc
+    import conngrpc.sync
 
-    found: list[tuple[str, Callable[..., Any]]] = []
-    for name in conngrpc.__all__:
-        obj = getattr(conngrpc, name)
-        if inspect.isfunction(obj):
-            found.append((name, obj))
-        elif isinstance(obj, type):
-            for attribute, value in vars(obj).items():
-                function = getattr(value, "__func__", value)  # classmethods, staticmethods
-                if inspect.isfunction(function):
-                    found.append((f"{name}.{attribute}", function))
-    return found
+    found: dict[str, Callable[..., Any]] = {}
+    for module in (conngrpc, conngrpc.sync):
+        prefix = "" if module is conngrpc else "sync."
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.isfunction(obj):
+                found[prefix + name] = obj
+            elif isinstance(obj, type):
+                for klass in obj.__mro__:
+                    if not klass.__module__.startswith("conngrpc"):
+                        continue
+                    for attribute, value in vars(klass).items():
+                        function = getattr(value, "__func__", value)  # class/staticmethods
+                        if inspect.isfunction(function):
+                            found.setdefault(f"{prefix}{name}.{attribute}", function)
+    return list(found.items())
 
 
 @pytest.mark.parametrize(("name", "function"), _public_functions(), ids=lambda x: x)
@@ -545,6 +552,7 @@ def test_type_hints_of_every_public_function_resolve_at_run_time(
 def test_the_public_functions_include_the_pool_s() -> None:
     names = {name for name, _ in _public_functions()}
     assert {"Pool.child_spec", "Pool.__init_subclass__", "Pool.get_channel"} <= names
+    assert {"sync.Pool.child_spec", "sync.Pool.__init_subclass__", "sync.Pool.channel"} <= names
 
 
 def test_the_public_dataclasses_include_the_configs() -> None:

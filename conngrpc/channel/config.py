@@ -16,7 +16,14 @@ from .._checks import check_seconds
 from .backoff import Backoff, ExponentialBackoff
 from .target import parse_target
 
-__all__ = ["Callback", "ChannelConfig", "ChannelConfigLike", "Connector"]
+__all__ = [
+    "Callback",
+    "ChannelConfig",
+    "ChannelConfigLike",
+    "Connector",
+    "SyncInterceptor",
+    "check_interceptors_for",
+]
 
 #: ``on_connect`` / ``on_disconnect``: a zero-argument callable, sync or async.
 Callback = Callable[[], Awaitable[object] | object]
@@ -49,7 +56,8 @@ class ChannelConfig:
       conngrpc's defaults (see ``DEFAULT_OPTIONS`` in ``conngrpc.channel.connector``).
     - ``credentials``: ``grpc.ChannelCredentials`` for TLS; None connects insecurely.
     - ``compression``: a ``grpc.Compression`` for every call, or None.
-    - ``interceptors``: ``grpc.aio`` client interceptors.
+    - ``interceptors``: ``grpc.aio`` client interceptors (grpc's sync client
+      interceptors for a ``conngrpc.sync`` pool).
     - ``connect_timeout``: seconds one connection attempt may take.
     - ``shutdown_grace``: seconds calls in flight may take to finish when the pool is
       stopped, before they are cancelled and the channel closes.
@@ -78,7 +86,7 @@ class ChannelConfig:
     options: Sequence[tuple[str, Any]] = ()
     credentials: grpc.ChannelCredentials | None = None
     compression: grpc.Compression | None = None
-    interceptors: Sequence[grpc.aio.ClientInterceptor] = ()
+    interceptors: Sequence[grpc.aio.ClientInterceptor | SyncInterceptor] = ()
     connect_timeout: float = 5.0
     shutdown_grace: float = 5.0
     backoff: Backoff = field(default_factory=ExponentialBackoff)
@@ -231,16 +239,55 @@ def _check_option_value(key: str, value: object) -> object:
     return value
 
 
-def _check_interceptors(interceptors: object) -> tuple[grpc.aio.ClientInterceptor, ...]:
+#: grpc's client interceptors for sync channels (``conngrpc.sync`` pools take these).
+SyncInterceptor = (
+    grpc.UnaryUnaryClientInterceptor
+    | grpc.UnaryStreamClientInterceptor
+    | grpc.StreamUnaryClientInterceptor
+    | grpc.StreamStreamClientInterceptor
+)
+SYNC_INTERCEPTORS = (
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+)
+
+
+def _check_interceptors(
+    interceptors: object,
+) -> tuple[grpc.aio.ClientInterceptor | SyncInterceptor, ...]:
     if isinstance(interceptors, (str, bytes)) or not isinstance(interceptors, Sequence):
         raise TypeError(
-            "ChannelConfig.interceptors: expected a sequence of grpc.aio client interceptors, "
-            f"got {interceptors!r}"
+            "ChannelConfig.interceptors: expected a sequence of grpc.aio client interceptors "
+            f"(grpc's sync ones for a conngrpc.sync pool), got {interceptors!r}"
         )
     for interceptor in interceptors:
-        if not isinstance(interceptor, grpc.aio.ClientInterceptor):
+        if not isinstance(interceptor, (grpc.aio.ClientInterceptor, *SYNC_INTERCEPTORS)):
             raise TypeError(
-                "ChannelConfig.interceptors: expected grpc.aio client interceptors, "
-                f"got {interceptor!r}"
+                "ChannelConfig.interceptors: expected grpc.aio client interceptors "
+                f"(grpc's sync ones for a conngrpc.sync pool), got {interceptor!r}"
             )
     return tuple(interceptors)
+
+
+def check_interceptors_for(config: ChannelConfig, front: str) -> None:
+    """Raise unless ``config``'s interceptors are of the kind ``front``'s channels take:
+    grpc.aio's for asyncio pools, grpc's sync ones for ``conngrpc.sync`` pools.
+
+    :raises TypeError: one is of the other kind.
+    """
+    for interceptor in config.interceptors:
+        is_aio = isinstance(interceptor, grpc.aio.ClientInterceptor)
+        if is_aio != (front == "asyncio"):
+            wanted, pool = (
+                ("grpc.aio client interceptors", "an asyncio pool")
+                if front == "asyncio"
+                else (
+                    "grpc's sync client interceptors (grpc.UnaryUnaryClientInterceptor, ...)",
+                    "a conngrpc.sync pool",
+                )
+            )
+            raise TypeError(
+                f"ChannelConfig.interceptors: expected {wanted} for {pool}, got {interceptor!r}"
+            )

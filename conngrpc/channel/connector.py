@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import grpc
@@ -14,7 +14,14 @@ from .._tasks import reraise_if_cancelled
 from ..errors import ConnectFailedError
 from .config import ChannelConfig
 
-__all__ = ["DEFAULT_OPTIONS", "channel_options", "connect_grpc", "raw_unary", "raw_unary_stream"]
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "PROBE_METHOD",
+    "channel_options",
+    "connect_grpc",
+    "raw_unary",
+    "raw_unary_stream",
+]
 
 _READY = grpc.ChannelConnectivity.READY
 _FAILED = grpc.ChannelConnectivity.TRANSIENT_FAILURE
@@ -37,7 +44,7 @@ _channel_ids = itertools.count(1)
 
 # A method no server implements: calling it on a channel in TRANSIENT_FAILURE fails at
 # once with grpc's own account of why the last connection attempt failed.
-_PROBE_METHOD = "/conngrpc.internal.v1.ConnectProbe/Why"
+PROBE_METHOD = "/conngrpc.internal.v1.ConnectProbe/Why"
 
 
 def channel_options(config: ChannelConfig) -> list[tuple[str, Any]]:
@@ -67,9 +74,11 @@ async def connect_grpc(config: ChannelConfig) -> grpc.aio.Channel:
     written, so it is a bug to report, not a failure to retry.
     """
     options = channel_options(config)
+    # grpc.aio's own, which the pool's child_spec checked (check_interceptors_for)
+    interceptors = cast("list[grpc.aio.ClientInterceptor]", list(config.interceptors)) or None
     if config.credentials is None:
         channel = grpc.aio.insecure_channel(
-            config.address, options, config.compression, config.interceptors or None
+            config.address, options, config.compression, interceptors
         )
     else:
         channel = grpc.aio.secure_channel(
@@ -77,7 +86,7 @@ async def connect_grpc(config: ChannelConfig) -> grpc.aio.Channel:
             config.credentials,
             options,
             config.compression,
-            config.interceptors or None,
+            interceptors,
         )
     try:
         state = channel.get_state(try_to_connect=True)
@@ -97,7 +106,7 @@ async def connect_grpc(config: ChannelConfig) -> grpc.aio.Channel:
 
 async def _why_failed(channel: grpc.aio.Channel) -> str:
     try:
-        await raw_unary(channel, _PROBE_METHOD)(b"", timeout=1.0)
+        await raw_unary(channel, PROBE_METHOD)(b"", timeout=1.0)
     except grpc.aio.AioRpcError as error:
         if error.code() is grpc.StatusCode.UNAVAILABLE:
             return error.details() or "UNAVAILABLE"

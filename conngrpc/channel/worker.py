@@ -62,7 +62,7 @@ from .changes import (
     Stopped,
     Swapped,
 )
-from .config import Callback, ChannelConfig
+from .config import Callback, ChannelConfig, Connector
 from .connector import connect_grpc, raw_unary, raw_unary_stream
 
 __all__ = [
@@ -117,6 +117,7 @@ async def run_worker(
     index: int,
     owner: Owner,
     closer: TaskGroup | None = None,
+    connect: Connector | None = None,
     task_status: TaskStatus[None],
 ) -> None:
     """Keep channel ``index`` of ``pool_name`` connected for ever; a supervisor runs this.
@@ -129,6 +130,9 @@ async def run_worker(
     A channel that leaves is closed in the background, in ``closer`` when given (a
     task group that outlives the worker: a pool passes one, so that all its channels
     drain at once when it stops), letting its calls in flight finish first.
+
+    ``connect`` opens each channel: by default the config's ``connector``, else grpc.aio
+    (``conngrpc.sync`` pools pass their own, which opens grpc's sync channels).
     """
     CURRENT_INDEX.set(index)  # the worker's task is its own: this stays within it
     task_status.started()
@@ -138,7 +142,7 @@ async def run_worker(
             return
         async with task_group() as own_closer:
             retiring = closer if closer is not None else own_closer
-            await _Life(config, pool_name, index, owner, retiring).run()
+            await _Life(config, pool_name, index, owner, retiring, connect).run()
     except anyio.get_cancelled_exc_class():
         owner.report(index, Stopped())
         raise
@@ -189,14 +193,20 @@ class _Life:
     )
 
     def __init__(
-        self, config: ChannelConfig, pool_name: str, index: int, owner: Owner, closer: TaskGroup
+        self,
+        config: ChannelConfig,
+        pool_name: str,
+        index: int,
+        owner: Owner,
+        closer: TaskGroup,
+        connect: Connector | None = None,
     ) -> None:
         self.config = config
         self.index = index
         self.owner = owner
         self.closer = closer
         self.backoff: Backoff = copy.copy(config.backoff)
-        self.connect = config.connector if config.connector is not None else connect_grpc
+        self.connect = connect or config.connector or connect_grpc
         #: the latest health status this worker heard and reported (None: none yet)
         self.health_heard: str | None = None
         self.metadata: dict[str, Any] = {
@@ -355,7 +365,7 @@ class _Life:
         """Join while ``Health/Watch`` says SERVING, leave while it says anything else."""
         service = self.config.health_check
         assert service is not None
-        watch = raw_unary_stream(connection.channel, _health.WATCH_METHOD)
+        watch = raw_unary_stream(_for_health(connection.channel), _health.WATCH_METHOD)
         retry = ExponentialBackoff(min=0.05, max=5.0)
         while True:
             call = watch(_health.encode_request(service))
@@ -472,7 +482,7 @@ class _Life:
         service = self.config.health_check
         if service is None:
             return
-        check = raw_unary(connection.channel, _health.CHECK_METHOD)
+        check = raw_unary(_for_health(connection.channel), _health.CHECK_METHOD)
         try:
             with anyio.fail_after(self.config.connect_timeout):
                 answer = await check(_health.encode_request(service))
@@ -544,7 +554,16 @@ async def _retire(
     """Close a channel that has left the pool, letting its calls in flight finish first."""
     with anyio.CancelScope(shield=True):  # entered before started(): always closes
         task_status.started()
-        await channel.close(grace)
+        # A conngrpc.sync channel drains its calls itself (grpc's sync close has no grace).
+        retire = getattr(channel, "conngrpc_retire", None)
+        await (channel.close(grace) if retire is None else retire(grace))
+
+
+def _for_health(channel: grpc.aio.Channel) -> grpc.aio.Channel:
+    """The channel that asks ``channel``'s server its health: itself, or for a
+    ``conngrpc.sync`` channel (grpc's sync calls block a thread) a grpc.aio twin."""
+    twin = getattr(channel, "conngrpc_health_channel", None)
+    return channel if twin is None else twin()
 
 
 async def _stand_in_for_a_connection(owner: Owner, index: int) -> None:

@@ -92,18 +92,29 @@ class Slot:
     def __repr__(self) -> str:
         return f"<Slot {self.index} {self.backend} in_flight={self.in_flight}>"
 
-    def _refused(self, call: object) -> None:
-        """Its server refused ``call`` before it began: it had its cap of streams open
-        then, at most as many as the slot carried when the call went (some may have ended
-        before it came). The first refusal sets the cap learnt; each later one below it
-        lowers it a step."""
-        carrying = max(1, getattr(call, "conngrpc_carrying", self.in_flight))
+    def _refused(self, carrying: int) -> None:
+        """Its server refused a call before it began: it had its cap of streams open
+        then, at most as many as the slot carried when the call went (``carrying``: some
+        may have ended before it came). The first refusal sets the cap learnt; each later
+        one below it lowers it a step."""
+        carrying = max(1, carrying)
         limit = self.limit
         if limit is None:
             self.limit = carrying
         elif carrying < limit:  # one step down: a server slow to free its streams
             self.limit = max(carrying, limit - 1)  # refuses below its cap now and then
         self.probe_at = time.monotonic() + LIMIT_PROBE_SECONDS
+
+    def _answered(self, code: int | None) -> None:
+        """A call ended with status ``code`` (its server took it): count it for ejection,
+        and at the cap learnt, while its calls answer, ask for one more now and then."""
+        self.outcomes.count(code)
+        limit = self.limit
+        if limit is not None and self.in_flight >= limit - 1:
+            now = time.monotonic()
+            if now >= self.probe_at:  # full, and answering: ask for one more
+                self.limit = limit + 1
+                self.probe_at = now + LIMIT_PROBE_SECONDS
 
     def done(self, call: object = None) -> None:
         """A call on this slot ended (grpc's done callback): count how, before its room
@@ -116,15 +127,22 @@ class Slot:
         if call is not None:
             code = status_code(call)
             if refused(call, code):
-                self._refused(call)
+                self._refused(getattr(call, "conngrpc_carrying", self.in_flight))
             else:
-                self.outcomes.count(code)
-                limit = self.limit
-                if limit is not None and self.in_flight >= limit - 1:
-                    now = time.monotonic()
-                    if now >= self.probe_at:  # full, and answering: ask for one more
-                        self.limit = limit + 1
-                        self.probe_at = now + LIMIT_PROBE_SECONDS
+                self._answered(code)
+        if self.drained is not None and not self.in_flight:
+            self.drained(self)
+        self.ended()
+
+    def finish(self, code: int | None, was_refused: bool, carrying: int) -> None:
+        """:meth:`done`, for a call whose status was read already (``conngrpc.sync``'s
+        calls: grpc's sync calls keep it elsewhere); ``carrying``: the calls the slot
+        carried when it went."""
+        self.in_flight -= 1
+        if was_refused:
+            self._refused(carrying)
+        else:
+            self._answered(code)
         if self.drained is not None and not self.in_flight:
             self.drained(self)
         self.ended()

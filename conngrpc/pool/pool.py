@@ -27,7 +27,7 @@ import grpc
 import grpc.aio
 
 from .. import telemetry
-from ..channel.config import ChannelConfig
+from ..channel.config import ChannelConfig, check_interceptors_for
 from ..supervisor import ChildSpec
 from .pooled import PooledChannel
 from .runtime import PoolRuntime, PoolStatus, not_started, pools, run_pool, wait_connected
@@ -40,7 +40,7 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import Unpack
 
-__all__ = ["GET_CHANNEL", "Pool"]
+__all__ = ["GET_CHANNEL", "Declared", "Pool", "get_channel_slowly"]
 
 GET_CHANNEL = ("conngrpc", "pool", "get_channel")
 
@@ -49,31 +49,14 @@ _READY = grpc.ChannelConnectivity.READY
 _lookup = pools.get
 
 
-class Pool:
-    """A pool of persistent, pre-connected gRPC channels, under a supervisor.
-
-    Calls go through :meth:`channel`, a ``grpc.aio.Channel`` that sends each call to the
-    connection with the fewest calls in flight; :meth:`get_channel` hands out a
-    connected channel itself, round-robin. Use the pool either by name,
-    ``Pool.child_spec(name="demo_pool", pool_size=5, channel={...})`` and
-    ``Pool.channel("demo_pool")``, or declaratively::
-
-        class DemoPool(Pool, pool_size=5, channel=ChannelConfig("localhost:50051")):
-            pass
-
-        DemoPool.child_spec()      # the class statement's settings
-        DemoPool.channel()         # for stubs: least loaded, per call
-        DemoPool.get_channel()     # a connected channel, round-robin
-
-    A declared pool is named after its class unless ``name=`` is given. A ``config=``
-    callable on the class is called at ``child_spec()`` time and returns overrides, so
-    settings can come from the environment when the application starts. Precedence:
-    class statement < ``config()`` < ``child_spec()`` arguments; a partial ``channel``
-    dict is laid over the channel below it, field by field.
-    """
+class Declared:
+    """What a pool class statement declares, for both front ends (``conngrpc.Pool`` and
+    ``conngrpc.sync.Pool``): the settings, laid over one another at ``child_spec()``."""
 
     _declared: ClassVar[dict[str, Any]] = {}
     _config: ClassVar[Callable[[], Mapping[str, Any]] | None] = None
+    #: set on each front end's own Pool class, whose class statement declares no pool
+    _front: ClassVar[str]
 
     def __init_subclass__(
         cls,
@@ -82,6 +65,8 @@ class Pool:
         **settings: Unpack[PoolSettings],
     ) -> None:
         super().__init_subclass__()
+        if "_front" in cls.__dict__:  # a front end's Pool: no pool of its own
+            return
         declared = {k: v for k, v in cls._declared.items() if k != "name"}
         merge(
             declared,
@@ -97,17 +82,9 @@ class Pool:
         if config is not None:
             cls._config = staticmethod(config)
 
-    # --- starting ----------------------------------------------------------------
-
     @classmethod
-    def child_spec(cls, **settings: Unpack[PoolSettings]) -> ChildSpec:
-        """A spec that runs this pool under a supervisor (``type="supervisor"``).
-
-        The pool registers its name while it runs and starts ``pool_size`` channel
-        workers (one-for-one, within ``max_restarts`` in ``max_seconds``) and a reporter
-        that emits ``("conngrpc", "pool", "status")`` every ``telemetry_interval`` s.
-        Workers connect in the background: ``wait_connected`` waits for them. The
-        started value is the pool's own :class:`Supervisor`. The pool runs on asyncio.
+    def _resolved(cls, settings: Mapping[str, Any]) -> ResolvedSettings:
+        """The class statement's settings, then ``config()``'s, then ``settings``.
 
         :raises TypeError: a setting has the wrong type or a channel key is unknown.
         :raises ValueError: a setting is out of range (empty name, negative size, ...).
@@ -130,8 +107,68 @@ class Pool:
         for required in ("name", "pool_size", "channel"):
             if required not in merged:
                 raise TypeError(f"{cls.__name__}.child_spec(): {required}= is required")
-        merged["channel"] = ChannelConfig.coerce(merged["channel"])
-        resolved = ResolvedSettings(**merged)
+        merged["channel"] = cls._front_channel(ChannelConfig.coerce(merged["channel"]))
+        return ResolvedSettings(**merged)
+
+    @classmethod
+    def _front_channel(cls, channel: ChannelConfig) -> ChannelConfig:
+        """``channel`` as this front end runs it.
+
+        :raises TypeError: it has interceptors of the other front end's kind.
+        """
+        check_interceptors_for(channel, cls._front)
+        return channel
+
+    @classmethod
+    def _name(cls, call: str) -> str:
+        """The declared pool's name; a TypeError for the base class, which has none."""
+        name = cls._declared.get("name")
+        if name is None:
+            raise TypeError(f"{cls.__name__}: expected a pool name (Pool.{call}('name')), got none")
+        return str(name)
+
+
+class Pool(Declared):
+    """A pool of persistent, pre-connected gRPC channels, under a supervisor.
+
+    Calls go through :meth:`channel`, a ``grpc.aio.Channel`` that sends each call to the
+    connection with the fewest calls in flight; :meth:`get_channel` hands out a
+    connected channel itself, round-robin. Use the pool either by name,
+    ``Pool.child_spec(name="demo_pool", pool_size=5, channel={...})`` and
+    ``Pool.channel("demo_pool")``, or declaratively::
+
+        class DemoPool(Pool, pool_size=5, channel=ChannelConfig("localhost:50051")):
+            pass
+
+        DemoPool.child_spec()      # the class statement's settings
+        DemoPool.channel()         # for stubs: least loaded, per call
+        DemoPool.get_channel()     # a connected channel, round-robin
+
+    A declared pool is named after its class unless ``name=`` is given. A ``config=``
+    callable on the class is called at ``child_spec()`` time and returns overrides, so
+    settings can come from the environment when the application starts. Precedence:
+    class statement < ``config()`` < ``child_spec()`` arguments; a partial ``channel``
+    dict is laid over the channel below it, field by field.
+    """
+
+    _front = "asyncio"
+
+    # --- starting ----------------------------------------------------------------
+
+    @classmethod
+    def child_spec(cls, **settings: Unpack[PoolSettings]) -> ChildSpec:
+        """A spec that runs this pool under a supervisor (``type="supervisor"``).
+
+        The pool registers its name while it runs and starts ``pool_size`` channel
+        workers (one-for-one, within ``max_restarts`` in ``max_seconds``) and a reporter
+        that emits ``("conngrpc", "pool", "status")`` every ``telemetry_interval`` s.
+        Workers connect in the background: ``wait_connected`` waits for them. The
+        started value is the pool's own :class:`Supervisor`. The pool runs on asyncio.
+
+        :raises TypeError: a setting has the wrong type or a channel key is unknown.
+        :raises ValueError: a setting is out of range (empty name, negative size, ...).
+        """
+        resolved = cls._resolved(settings)
         return ChildSpec(
             resolved.name,
             functools.partial(run_pool, "pool", resolved),
@@ -167,7 +204,7 @@ class Pool:
                 channel = channels[next(handout.counter) % len(channels)]
                 if channel.get_state() is _READY:
                     return channel
-        return _get_channel(name, pool)
+        return get_channel_slowly(name, pool)  # type: ignore[no-any-return]
 
     @classmethod
     def channel(cls, name: str | None = None) -> PooledChannel:
@@ -227,14 +264,6 @@ class Pool:
     # --- helpers -----------------------------------------------------------------
 
     @classmethod
-    def _name(cls, call: str) -> str:
-        """The declared pool's name; a TypeError for the base class, which has none."""
-        name = cls._declared.get("name")
-        if name is None:
-            raise TypeError(f"{cls.__name__}: expected a pool name (Pool.{call}('name')), got none")
-        return str(name)
-
-    @classmethod
     def _runtime(cls, name: str | None, call: str) -> PoolRuntime:
         if name is None:
             name = cls._name(call)
@@ -247,20 +276,21 @@ class Pool:
         return runtime
 
 
-def _get_channel(name: str | None, pool: PoolRuntime | None) -> grpc.aio.Channel:
-    """``get_channel`` the long way: errors, ``mock``, and the telemetry event."""
+def get_channel_slowly(name: str | None, pool: PoolRuntime | None, front: str = "asyncio") -> Any:
+    """``get_channel`` the long way: errors, ``mock``, and the telemetry event; for the
+    pools of ``front`` (the sync pool's too)."""
     if pool is None and not isinstance(name, str):
-        raise not_started("pool", name)  # a TypeError: a misuse, not a hand-out
+        raise not_started("pool", name, front)  # a TypeError: a misuse, not a hand-out
     begin = time.perf_counter_ns()
     result = None  # stays None when mock() raises: that is the mock's failure, not ours
     try:
         if pool is None:
             result = "PoolNotStartedError"
-            raise not_started("pool", name)
+            raise not_started("pool", name, front)
         if pool.mock is not None and pool.table.connected_count():
             mocked = pool.mock()
             result = "ok"
-            return mocked  # type: ignore[no-any-return]
+            return mocked
         channel = pool.handout.next_ready()
         if channel is None:
             result = "NotConnectedError"

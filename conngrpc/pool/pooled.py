@@ -55,7 +55,14 @@ from .retry import Attempts, Replay, serialized_size
 from .runtime import Kind, PoolRuntime, channels, pools, wait_registered
 from .service_config import MethodPolicy
 
-__all__ = ["PooledChannel"]
+__all__ = [
+    "MOST_CALLABLES_PER_CHANNEL",
+    "MulticallableBase",
+    "PooledChannel",
+    "callable_key",
+    "channel_callable",
+    "pool_state",
+]
 
 _READY = grpc.ChannelConnectivity.READY
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -167,15 +174,7 @@ class PooledChannel(grpc.aio.Channel):
         """
         if self.closed:
             return grpc.ChannelConnectivity.SHUTDOWN
-        runtime = self._registry.get(self.name)
-        if runtime is None:
-            return grpc.ChannelConnectivity.IDLE
-        table = runtime.table
-        if table.connected_count():
-            return _READY
-        if any(record.last_failure for record in table.records):
-            return grpc.ChannelConnectivity.TRANSIENT_FAILURE
-        return grpc.ChannelConnectivity.CONNECTING
+        return pool_state(self._registry.get(self.name))
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
         while self.get_state() is last_observed_state and not self.closed:
@@ -264,10 +263,49 @@ class PooledChannel(grpc.aio.Channel):
         )
 
 
-class _Multicallable:
+class MulticallableBase:
+    """One method of a pooled facade (asyncio's or ``conngrpc.sync``'s): each call goes
+    to the connection the pool picks then, through that channel's own multicallable."""
+
+    __slots__ = ("_facade", "_key", "_kind", "_make", "_method")
+
+    def __init__(
+        self,
+        facade: Any,
+        kind: str,
+        method: str,
+        serializer: Callable[[Any], bytes] | None,
+        deserializer: Callable[[bytes], Any] | None,
+        registered: bool | None,
+    ) -> None:
+        self._facade = facade
+        self._kind = kind
+        self._method = method
+        self._make: dict[str, Any] = {
+            "request_serializer": serializer,
+            "response_deserializer": deserializer,
+        }
+        if registered:  # as generated stubs say it; a mock channel need not know the word
+            self._make["_registered_method"] = registered
+        self._key = callable_key(kind, method, serializer, deserializer, registered)
+
+    def __repr__(self) -> str:
+        return f"<pooled {self._kind} {self._method} via {self._facade!r}>"
+
+    def _real(self, slot: Slot) -> Any:
+        """The slot's channel's own multicallable for this method, made once per channel."""
+        real = slot.callables.get(self._key) if self._key is not None else None
+        if real is None:
+            real = channel_callable(slot, self._key, self._kind, self._method, self._make)
+        return real
+
+
+class _Multicallable(MulticallableBase):
     """One method of the facade: each call goes to the slot the pool picks now."""
 
-    __slots__ = ("_facade", "_key", "_kind", "_make", "_method", "_streaming", "_unary_request")
+    __slots__ = ("_streaming", "_unary_request")
+
+    _facade: PooledChannel
 
     def __init__(
         self,
@@ -278,41 +316,9 @@ class _Multicallable:
         deserializer: Callable[[bytes], Any] | None,
         registered: bool | None,
     ) -> None:
-        self._facade = facade
-        self._kind = kind
-        self._method = method
+        super().__init__(facade, kind, method, serializer, deserializer, registered)
         self._streaming = kind in _STREAMING
         self._unary_request = kind in _UNARY_REQUEST
-        self._make: dict[str, Any] = {
-            "request_serializer": serializer,
-            "response_deserializer": deserializer,
-        }
-        if registered:  # as generated stubs say it; a mock channel need not know the word
-            self._make["_registered_method"] = registered
-        # A channel's own multicallables are kept per what makes one, not per facade
-        # multicallable: a stub built per request must not add an entry per request.
-        key: tuple[object, ...] | None = (kind, method, serializer, deserializer, registered)
-        try:
-            hash(key)
-        except TypeError:  # a serializer that cannot be a key: made anew at each call
-            key = None
-        self._key = key
-
-    def __repr__(self) -> str:
-        return f"<pooled {self._kind} {self._method} via {self._facade!r}>"
-
-    def _real(self, slot: Slot) -> Any:
-        """The slot's channel's own multicallable for this method, made once per channel."""
-        key = self._key
-        callables = slot.callables
-        real = callables.get(key) if key is not None else None
-        if real is None:
-            real = getattr(slot.channel, self._kind)(self._method, **self._make)
-            if key is not None:
-                if len(callables) >= MOST_CALLABLES_PER_CHANNEL:  # serializers made per call
-                    del callables[next(iter(callables))]  # the oldest goes
-                callables[key] = real
-        return real
 
     def __call__(self, *request: Any, **options: Any) -> Any:
         """Start the call on the pool's least-loaded channel, with grpc's own arguments:
@@ -588,6 +594,48 @@ class _Multicallable:
             call = self._start(admission, slot, request, within(options, deadline), True)
         tried.append(slot)
         return call, slot
+
+
+def callable_key(
+    kind: str, method: str, serializer: object, deserializer: object, registered: object
+) -> tuple[object, ...] | None:
+    """What a channel's own multicallable is kept under (None: a serializer that cannot be
+    a key, made anew at each call). Kept per what makes one, not per pooled
+    multicallable: a stub built per request must not add an entry per request."""
+    key = (kind, method, serializer, deserializer, registered)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def channel_callable(
+    slot: Slot, key: tuple[object, ...] | None, kind: str, method: str, make: dict[str, Any]
+) -> Any:
+    """``slot``'s channel's own multicallable of ``kind`` for ``method``, made now and kept
+    under ``key`` (see :func:`callable_key`)."""
+    real = getattr(slot.channel, kind)(method, **make)
+    if key is not None:
+        callables = slot.callables
+        if len(callables) >= MOST_CALLABLES_PER_CHANNEL:  # serializers made per call
+            del callables[next(iter(callables))]  # the oldest goes
+        callables[key] = real
+    return real
+
+
+def pool_state(runtime: PoolRuntime | None) -> grpc.ChannelConnectivity:
+    """A pooled channel's state: READY while its pool hands out a channel, CONNECTING
+    while its channels try for the first time or reconnect, TRANSIENT_FAILURE while
+    one's latest attempt failed, and IDLE while no pool of its name runs."""
+    if runtime is None:
+        return grpc.ChannelConnectivity.IDLE
+    table = runtime.table
+    if table.connected_count():
+        return _READY
+    if any(record.last_failure for record in table.records):
+        return grpc.ChannelConnectivity.TRANSIENT_FAILURE
+    return grpc.ChannelConnectivity.CONNECTING
 
 
 def _applied(

@@ -11,7 +11,7 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -23,6 +23,7 @@ from .._checks import check_count, check_seconds
 from .._log import get_logger
 from .._tasks import task_group
 from ..channel.changes import Change, Dial, Reply
+from ..channel.config import ChannelConfig, Connector
 from ..channel.worker import run_worker
 from ..errors import NotConnectedError, PoolNotStartedError
 from ..supervisor import ChildSpec, Registry, Supervisor
@@ -53,11 +54,15 @@ __all__ = [
     "PoolRuntime",
     "PoolStatus",
     "channels",
+    "not_connected_in_time",
     "not_started",
     "pools",
     "run_pool",
+    "stopped_while_waiting",
+    "thread_pools",
     "wait_connected",
     "wait_registered",
+    "wanted_count",
 ]
 
 STATUS = ("conngrpc", "pool", "status")
@@ -135,7 +140,7 @@ class PoolRuntime:
         self.thread = threading.current_thread()
         balancing = settings.balancing
         self.handout = HandOut(balancing.pick, balancing.choice_count)
-        self.admission = Admission(self.handout, settings.max_calls_per_channel, self.loop)
+        self.admission = self.make_admission(settings.max_calls_per_channel)
         outliers = balancing.outlier_detection
         self.table = PoolTable(
             name,
@@ -164,6 +169,24 @@ class PoolRuntime:
         self.throttle = None if throttling is None else Throttle(throttling)
         #: grpc.per_rpc_retry_buffer_size: past it, a call's requests commit it
         self.retry_buffer = buffer_size(config.options)
+
+    # --- what a front end other than asyncio's changes (conngrpc.sync) ------------------
+
+    def make_admission(self, cap: int | None) -> Admission:
+        """The admission of the pool's calls (``cap``: ``max_calls_per_channel``)."""
+        return Admission(self.handout, cap, self.loop)
+
+    def registry(self) -> Registry[PoolRuntime]:
+        """Where the pool's name is held while it runs."""
+        return pools if self.kind == "pool" else channels
+
+    def announce(self) -> None:
+        """Its name is registered: wake whoever waits for a pool to run."""
+        _announce(self.kind)
+
+    def connector(self, config: ChannelConfig) -> Connector | None:
+        """What opens the pool's channels (None: the config's connector, else grpc.aio)."""
+        return None
 
     def __repr__(self) -> str:
         return (
@@ -373,6 +396,8 @@ def _ranges(indexes: list[int]) -> str:
 #: The process-wide registries of running pools and single channels, by name.
 pools: Registry[PoolRuntime] = Registry("pools")
 channels: Registry[PoolRuntime] = Registry("channels")
+#: The running ``conngrpc.sync`` pools, by name (a name space of their own).
+thread_pools: Registry[PoolRuntime] = Registry("conngrpc.sync pools")
 
 #: Set (and replaced) whenever a pool or channel of that kind registers its name: one
 #: event per waiting event loop, each set on its own loop.
@@ -399,13 +424,54 @@ def _announce(kind: Kind) -> None:
                 loop.call_soon_threadsafe(event.set)
 
 
-def not_started(kind: Kind, name: object) -> Exception:
-    """The error for a name that no running pool (or channel) holds."""
+def not_started(kind: Kind, name: object, front: str = "asyncio") -> Exception:
+    """The error for a name that no running pool (or channel) of ``front`` holds; it
+    says so when the other front end runs a pool of that name."""
     if not isinstance(name, str):
         return TypeError(f"expected a {kind} name as a str, got {name!r}")
-    registry = pools if kind == "pool" else channels
+    what: str = kind
+    if front == "asyncio":
+        registry, other = (pools if kind == "pool" else channels), thread_pools
+        hint = "a conngrpc.sync pool of that name runs: use conngrpc.sync.Pool for it"
+    else:
+        registry, other, what = thread_pools, pools, "conngrpc.sync pool"
+        hint = "an asyncio pool of that name runs: use conngrpc.Pool for it"
     running = ", ".join(map(repr, registry.names())) or "none"
-    return PoolNotStartedError(name, f"no {kind} of that name is running (running: {running})")
+    reason = f"no {what} of that name is running (running: {running})"
+    if kind == "pool" and name in other:
+        reason += f"; {hint}"
+    return PoolNotStartedError(name, reason)
+
+
+def wanted_count(runtime: PoolRuntime, count: int | None, timeout: float) -> int:
+    """How many connected channels ``wait_connected(count=..., timeout=...)`` waits for.
+
+    :raises ValueError: ``count`` is outside ``0..size``, or ``timeout`` is negative.
+    """
+    wanted = runtime.expected_size if count is None else count
+    check_count("wait_connected: count", wanted)
+    if wanted > runtime.expected_size:
+        raise ValueError(
+            f"wait_connected: count: expected 0 to {runtime.expected_size} "
+            f"(the {runtime.kind} size), got {count!r}"
+        )
+    check_seconds("wait_connected: timeout", timeout, zero=True, infinite=True)
+    return wanted
+
+
+def stopped_while_waiting(runtime: PoolRuntime) -> PoolNotStartedError:
+    assert runtime.stopped is not None
+    return PoolNotStartedError(
+        runtime.name, f"the {runtime.kind} stopped while waiting: {runtime.stopped}"
+    )
+
+
+def not_connected_in_time(runtime: PoolRuntime, wanted: int, timeout: float) -> NotConnectedError:
+    return NotConnectedError(
+        runtime.name,
+        f"expected {wanted} connected channel(s) within {timeout:g} s, "
+        f"but {runtime.table.connected_count()} are{runtime.why_not_connected()}",
+    )
 
 
 async def wait_connected(
@@ -415,36 +481,29 @@ async def wait_connected(
 ) -> PoolStatus:
     """Wait until ``count`` of ``runtime``'s channels (default: all) are connected."""
     runtime.check_loop("wait_connected")
-    wanted = runtime.expected_size if count is None else count
-    check_count("wait_connected: count", wanted)
-    if wanted > runtime.expected_size:
-        raise ValueError(
-            f"wait_connected: count: expected 0 to {runtime.expected_size} "
-            f"(the {runtime.kind} size), got {count!r}"
-        )
-    check_seconds("wait_connected: timeout", timeout, zero=True, infinite=True)
+    wanted = wanted_count(runtime, count, timeout)
     with anyio.move_on_after(timeout):
         while runtime.table.connected_count() < wanted:
             if runtime.stopped is not None:
-                raise PoolNotStartedError(
-                    runtime.name, f"the {runtime.kind} stopped while waiting: {runtime.stopped}"
-                )
+                raise stopped_while_waiting(runtime)
             await runtime.wait_changed()
         return runtime.status()
-    raise NotConnectedError(
-        runtime.name,
-        f"expected {wanted} connected channel(s) within {timeout:g} s, "
-        f"but {runtime.table.connected_count()} are{runtime.why_not_connected()}",
-    )
+    raise not_connected_in_time(runtime, wanted, timeout)
 
 
 async def run_pool(
-    kind: Kind, settings: ResolvedSettings, *, task_status: TaskStatus[Supervisor]
+    kind: Kind,
+    settings: ResolvedSettings,
+    make_runtime: Callable[[Kind, ResolvedSettings], PoolRuntime] | None = None,
+    *,
+    task_status: TaskStatus[Supervisor],
 ) -> None:
     """The pool's supervisor: registers the name, runs the workers and the status reporter.
 
     Channels that leave the pool are closed in ``closer``, which outlives the workers:
     when the pool stops, every channel drains its calls in flight at the same time.
+    ``make_runtime`` makes the front end's runtime (``conngrpc.sync``'s); asyncio's by
+    default.
 
     :raises RuntimeError: it was started outside asyncio (grpc.aio is asyncio-only).
     """
@@ -456,12 +515,13 @@ async def run_pool(
             "but no asyncio event loop runs here; run the supervisor with anyio.run(..., "
             "backend='asyncio') or asyncio.run()"
         ) from None
-    runtime = PoolRuntime(kind, settings)
-    registry = pools if kind == "pool" else channels
+    runtime = (make_runtime or PoolRuntime)(kind, settings)
+    registry = runtime.registry()
+    connect = runtime.connector(settings.channel)
     try:
         async with task_group() as closer:
             with registry.register(settings.name, runtime):
-                _announce(kind)
+                runtime.announce()
                 resolver = settings.resolver or default_resolver(settings.channel)
                 follow = functools.partial(
                     follow_resolver, runtime, resolver, settings.resolve_interval
@@ -477,6 +537,7 @@ async def run_pool(
                             index=index,
                             owner=runtime,
                             closer=closer,
+                            connect=connect,
                         ),
                     )
                     for index in range(settings.pool_size)

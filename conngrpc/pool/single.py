@@ -13,7 +13,7 @@ import time
 import grpc.aio
 
 from .. import telemetry
-from ..channel.config import ChannelConfig, ChannelConfigLike
+from ..channel.config import ChannelConfig, ChannelConfigLike, check_interceptors_for
 from ..supervisor import ChildSpec
 from .resolver import Resolver
 from .runtime import PoolRuntime, PoolStatus, channels, not_started, run_pool, wait_connected
@@ -53,10 +53,12 @@ class Channel:
         :raises ValueError: the name is empty or a channel setting is out of range.
         """
         check_name("Channel name", name)
+        config = ChannelConfig.coerce(channel)
+        check_interceptors_for(config, "asyncio")
         settings = ResolvedSettings(
             name,
             1,
-            ChannelConfig.coerce(channel),
+            config,
             resolver=resolver,
             resolve_interval=resolve_interval,
         )

@@ -1,0 +1,399 @@
+"""A ``conngrpc.sync`` pool's connections: grpc's sync channels, watched from the pool's loop.
+
+Each worker of a sync pool holds a :class:`ThreadChannel`: a ``grpc.Channel`` on its own
+connection, which ``get_channel`` hands out and the PooledChannel calls through. It
+counts the calls in flight on it, so that a channel leaving the pool closes once they
+have ended (grpc's sync ``close()`` has no grace: it cuts them), within
+``shutdown_grace``.
+
+grpc's sync channels tell their connectivity only to a blocking watch, and grpc's own
+``subscribe`` runs a polling thread per channel. A sync pool's workers run on its
+supervisor's event loop instead, where one :class:`Watcher` per loop reads the state of
+every watched channel every ``STATE_POLL_SECONDS`` (a C call of about 0.4 µs each): no
+thread per channel. Calls never wait for it: the pick reads a channel's state as it
+picks, so a connection that broke is skipped at once; the watcher only tells its
+worker, which reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import Any, cast
+
+import anyio
+import grpc
+import grpc.aio
+from anyio.abc import TaskStatus
+from grpc._cython import cygrpc  # type: ignore[attr-defined]
+
+from .._tasks import reraise_if_cancelled
+from ..channel.config import ChannelConfig
+from ..channel.connector import PROBE_METHOD, channel_options
+from ..errors import ConnectFailedError
+
+__all__ = [
+    "STATE_POLL_SECONDS",
+    "SyncConnector",
+    "ThreadChannel",
+    "Watcher",
+    "connect_thread",
+    "finished",
+    "watcher_of",
+]
+
+#: How often a sync pool's loop reads the state of the channels its workers watch. A
+#: lost connection is skipped by the pick at once; this is how soon its worker hears.
+STATE_POLL_SECONDS = 0.02
+
+_READY = grpc.ChannelConnectivity.READY
+_FAILED = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+_SHUTDOWN = grpc.ChannelConnectivity.SHUTDOWN
+_STATES: dict[int, grpc.ChannelConnectivity] = {
+    state.value[0]: state for state in grpc.ChannelConnectivity
+}
+
+#: A connector of a sync pool (``ChannelConfig.connector``): the config in, a grpc sync
+#: channel out (made by ``grpc.insecure_channel`` or ``grpc.secure_channel``, perhaps
+#: intercepted), not necessarily connected: the pool waits until it is READY.
+SyncConnector = Callable[[ChannelConfig], grpc.Channel]
+
+
+def _core_of(channel: object) -> Any:
+    """The cygrpc channel under a grpc sync channel (through interceptors)."""
+    found = channel
+    for _ in range(16):  # interceptors wrap a channel a level each
+        if isinstance(found, cygrpc.Channel):
+            return found
+        found = getattr(found, "_channel", None)
+    raise TypeError(
+        "conngrpc.sync connector: expected a grpc sync channel made by grpc.insecure_channel "
+        f"or grpc.secure_channel (perhaps intercepted), got {channel!r}"
+    )
+
+
+def _kind(kind: str) -> Any:
+    """The channel's method that makes a multicallable of ``kind`` (grpc's signature),
+    whose calls it counts."""
+    streams = kind in ("unary_stream", "stream_stream")
+
+    def multicallable(
+        self: ThreadChannel,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        real = getattr(self._made, kind)(
+            method, request_serializer, response_deserializer, _registered_method
+        )
+        return (_StreamResponse if streams else _UnaryResponse)(self, real)
+
+    multicallable.__name__ = multicallable.__qualname__ = kind
+    return multicallable
+
+
+class ThreadChannel(grpc.Channel):
+    """One connection of a ``conngrpc.sync`` pool: a grpc sync channel, its calls counted.
+
+    ``get_channel`` hands it out; use it as any ``grpc.Channel``. The pool owns it:
+    :meth:`close` leaves it open (the pool closes it when its worker lets it go, once
+    its calls in flight have ended, within ``shutdown_grace``), and calls made on it
+    after that fail as on a closed grpc channel.
+    """
+
+    def __init__(
+        self, raw: grpc.Channel, calls: grpc.Channel, watcher: Watcher, config: ChannelConfig
+    ) -> None:
+        self._raw = raw
+        self._calls = calls  # raw, through the config's interceptors
+        # (typed as Any: grpc's stubs lack the _registered_method that grpc takes)
+        self._made: Any = calls
+        self._core = _core_of(raw)
+        self._watcher = watcher
+        self._config = config
+        self.address = config.address
+        #: the grpc.aio channel that watches its server's health (see the worker)
+        self._health: grpc.aio.Channel | None = None
+        self._lock = threading.Lock()
+        #: calls in flight on it, made through it (hand-out or PooledChannel)
+        self.in_flight = 0
+        #: while it drains: what the end of its last call runs
+        self._drained: Callable[[], object] | None = None
+        self.closed = False
+
+    def __repr__(self) -> str:
+        state = self.get_state().name
+        return f"<conngrpc.sync channel {self.address} {state} in_flight={self.in_flight}>"
+
+    # --- what the pool's worker and pick read -----------------------------------------------
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        """The connectivity of its connection, as grpc.aio's ``get_state`` says it."""
+        if self.closed:
+            return _SHUTDOWN
+        return _STATES[self._core.check_connectivity_state(try_to_connect)]
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        """Wait until its state is another than ``last_observed_state`` (the loop's watcher
+        reads it)."""
+        await self._watcher.changed(self, last_observed_state)
+
+    def conngrpc_health_channel(self) -> grpc.aio.Channel:
+        """A grpc.aio channel to its server, on the pool's loop, for its health checks:
+        a sync call would block a thread for each channel's ``Health/Watch``. It has a
+        connection of its own (health is the server's, not the connection's)."""
+        if self._health is None:
+            config = self._config
+            options = channel_options(config)
+            if config.credentials is None:
+                self._health = grpc.aio.insecure_channel(config.address, options)
+            else:
+                self._health = grpc.aio.secure_channel(config.address, config.credentials, options)
+        return self._health
+
+    async def conngrpc_retire(self, grace: float | None) -> None:
+        """Close it once its calls in flight have ended, or ``grace`` seconds passed (then
+        grpc cancels those left)."""
+        if grace:
+            loop = asyncio.get_running_loop()
+            drained = asyncio.Event()
+            with self._lock:
+                if self.in_flight:
+                    self._drained = lambda: loop.call_soon_threadsafe(drained.set)
+                else:
+                    drained.set()
+            with anyio.move_on_after(grace):
+                await drained.wait()
+            self._drained = None
+        self.close_now()
+        if self._health is not None:
+            await self._health.close()
+
+    def close_now(self) -> None:
+        """Close its connection (grpc cancels the calls left)."""
+        self.closed = True
+        self._raw.close()
+
+    # --- grpc.Channel -------------------------------------------------------------------
+
+    def subscribe(
+        self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False
+    ) -> None:
+        self._raw.subscribe(callback, try_to_connect)
+
+    def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
+        self._raw.unsubscribe(callback)
+
+    def close(self) -> None:
+        """Leave it open: the pool owns its connection (see the class)."""
+
+    unary_unary = _kind("unary_unary")
+    stream_unary = _kind("stream_unary")
+    unary_stream = _kind("unary_stream")
+    stream_stream = _kind("stream_stream")
+
+    # --- counting ---------------------------------------------------------------------
+
+    def began(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+
+    def ended(self, _: object = None) -> None:
+        """A call on it ended (a done callback's signature)."""
+        with self._lock:
+            self.in_flight -= 1
+            if not self.in_flight and self._drained is not None:
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                    self._drained()
+
+    def blocking(self, call: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        """Make a call that blocks until it ends (``__call__``, ``with_call``), counted."""
+        self.began()
+        try:
+            return call(*args, **kwargs)
+        finally:
+            self.ended()
+
+    def later(self, start: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        """Start a call that ends later (a future, a response stream), counted until grpc
+        says it is done."""
+        self.began()
+        try:
+            call = start(*args, **kwargs)
+            call.add_done_callback(self.ended)
+        except BaseException:
+            self.ended()
+            raise
+        return call
+
+
+class _UnaryResponse:
+    """A unary-response multicallable of a :class:`ThreadChannel`: its calls counted."""
+
+    __slots__ = ("_channel", "_real")
+
+    def __init__(self, channel: ThreadChannel, real: Any) -> None:
+        self._channel = channel
+        self._real = real
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.blocking(self._real, args, kwargs)
+
+    def with_call(self, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.blocking(self._real.with_call, args, kwargs)
+
+    def future(self, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.later(self._real.future, args, kwargs)
+
+
+class _StreamResponse(_UnaryResponse):
+    """A response-streaming multicallable of a :class:`ThreadChannel`: its calls counted
+    until they end (grpc cancels a stream nobody holds any more)."""
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.later(self._real, args, kwargs)
+
+
+class Watcher:
+    """Follows the connectivity of the sync channels a loop's workers watch, by polling
+    them all every ``interval`` seconds in one task (:meth:`run`, which the sync
+    supervisor runs)."""
+
+    def __init__(self, interval: float = STATE_POLL_SECONDS) -> None:
+        self.interval = interval
+        self._waiting: dict[asyncio.Future[None], tuple[ThreadChannel, grpc.ChannelConnectivity]]
+        self._waiting = {}
+        self._wake = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Watcher watching={len(self._waiting)}>"
+
+    async def changed(self, channel: ThreadChannel, state: grpc.ChannelConnectivity) -> None:
+        """Wait until ``channel``'s state is not ``state``."""
+        if channel.get_state() is not state:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[future] = (channel, state)
+        self._wake.set()
+        try:
+            await future
+        finally:
+            self._waiting.pop(future, None)
+
+    def poll(self) -> None:
+        """Wake those whose channel's state changed."""
+        for future, (channel, state) in list(self._waiting.items()):
+            if channel.get_state() is not state:
+                del self._waiting[future]
+                if not future.done():
+                    future.set_result(None)
+
+    async def run(self, *, task_status: TaskStatus[None]) -> None:
+        loop = asyncio.get_running_loop()
+        _watchers[loop] = self
+        try:
+            task_status.started()
+            while True:
+                if not self._waiting:
+                    await self._wake.wait()
+                    self._wake = anyio.Event()
+                await anyio.sleep(self.interval)
+                self.poll()
+        finally:
+            del _watchers[loop]
+
+
+_watchers: dict[asyncio.AbstractEventLoop, Watcher] = {}
+
+
+def watcher_of(loop: asyncio.AbstractEventLoop) -> Watcher:
+    """The watcher of ``loop``, which a sync supervisor runs.
+
+    :raises RuntimeError: none runs there: a sync pool was started under another
+        supervisor than ``conngrpc.sync.Supervisor``.
+    """
+    watcher = _watchers.get(loop)
+    if watcher is None:
+        raise RuntimeError(
+            "conngrpc.sync pools run under conngrpc.sync.Supervisor (its own thread), not "
+            "under an asyncio supervisor; for asyncio, use conngrpc.Pool"
+        )
+    return watcher
+
+
+async def connect_thread(connector: SyncConnector | None, config: ChannelConfig) -> ThreadChannel:
+    """A sync pool's connector: a grpc sync channel on its own connection, once READY
+    (``connector``: the user's, or None for grpc's own); as ``connect_grpc`` does.
+
+    :raises ConnectFailedError: the channel reached TRANSIENT_FAILURE; the message is
+        grpc's reason.
+    """
+    watcher = watcher_of(asyncio.get_running_loop())
+    if connector is not None:
+        raw = connector(config)
+    elif config.credentials is None:
+        raw = grpc.insecure_channel(config.address, channel_options(config), config.compression)
+    else:
+        raw = grpc.secure_channel(
+            config.address, config.credentials, channel_options(config), config.compression
+        )
+    try:
+        calls = raw
+        if config.interceptors:
+            calls = grpc.intercept_channel(raw, *cast("list[Any]", config.interceptors))
+        channel = ThreadChannel(raw, calls, watcher, config)
+    except BaseException:
+        raw.close()
+        raise
+    try:
+        state = channel.get_state(try_to_connect=True)
+        while state is not _READY:
+            if state is _FAILED:
+                raise ConnectFailedError(config.address, await _why_failed(raw))
+            if state is _SHUTDOWN:
+                raise ConnectFailedError(config.address, "the channel was shut down")
+            await channel.wait_for_state_change(state)
+            state = channel.get_state(try_to_connect=True)
+    except BaseException:
+        channel.close_now()
+        raise
+    return channel
+
+
+async def _why_failed(channel: grpc.Channel) -> str:
+    """grpc's account of why the channel's last attempt failed (a call that fails at once)."""
+    probe: Any = channel.unary_unary(PROBE_METHOD)
+    call: Any = probe.future(b"", timeout=1.0)
+    try:
+        await finished(call)
+    except asyncio.CancelledError:
+        await reraise_if_cancelled()
+        return "TRANSIENT_FAILURE (the call that would have said why was cancelled)"
+    code = call.code()
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return str(call.details() or "UNAVAILABLE")
+    if code is grpc.StatusCode.OK:
+        return "TRANSIENT_FAILURE"
+    return f"{code.name}: {call.details()}"
+
+
+async def finished(call: grpc.Future[Any]) -> None:
+    """Wait on the loop until a grpc future (a sync call) is done; cancelled, cancel it."""
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+
+    def tell(_: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+            loop.call_soon_threadsafe(done.set)
+
+    call.add_done_callback(tell)
+    try:
+        await done.wait()
+    except BaseException:
+        call.cancel()
+        raise

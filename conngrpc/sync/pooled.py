@@ -1,0 +1,437 @@
+"""PooledChannel for threads: one ``grpc.Channel`` for stubs, each call sent to the
+least-loaded connection of a ``conngrpc.sync`` pool.
+
+``conngrpc.sync.Pool.channel(name)`` returns one; build stubs on it once, even before
+the pool runs::
+
+    stub = InventoryStub(InventoryPool.channel())
+    ...
+    stub.GetItem(request)   # from any thread: the pool's least-loaded connection
+
+Each call of its multicallables (``__call__``, ``with_call``, ``future``, and the
+streams) picks a connection as the asyncio PooledChannel does: among those the pool
+hands out now (READY and, when health-checked, SERVING), the one with the fewest calls
+in flight; the call counts from its start until grpc says it is done (a ``future()``'s
+or a stream's done callback). The counts are in ``Pool.status(name).in_flight``.
+
+While the pool starts (no channel joined, none failed yet) a call waits, within its
+deadline, for the first channel, in the calling thread; ``future()`` and the streams
+too, before they return (grpc's own return at once and wait in the call). Once the
+pool's channels have failed and none is connected, a call fails at once as UNAVAILABLE
+(the details name the pool and why), as an unavailable server would; with
+``wait_for_ready=True`` it waits for a channel within its timeout. Under
+``max_calls_per_channel`` a call waits for room, first come first served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from grpc._channel import _InactiveRpcError, _RPCState
+
+from ..pool.calls import within
+from ..pool.ejection import REFUSED_STREAM
+from ..pool.handout import Slot
+from ..pool.pooled import MulticallableBase, pool_state
+from .runtime import ThreadAdmission, ThreadRuntime, registered, thread_pools
+
+__all__ = ["PooledChannel", "failed_call"]
+
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+_DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
+_OK = grpc.StatusCode.OK.value[0]
+_UNAVAILABLE_CODE = _UNAVAILABLE.value[0]
+
+
+class _FailedCall(_InactiveRpcError):
+    """A call that failed before it started, as grpc's own failed calls answer: a
+    ``grpc.RpcError``, ``grpc.Call`` and ``grpc.Future``, whose iteration (a response
+    stream's) raises it."""
+
+    def __iter__(self) -> _FailedCall:
+        return self
+
+    def __next__(self) -> Any:
+        raise self
+
+
+def failed_call(code: grpc.StatusCode, details: str) -> _FailedCall:
+    """grpc's account of a call that failed with ``code`` before it started."""
+    # (an abstract class to the type checker, as grpc's own is: is_active() and two
+    # others raise NotImplementedError on grpc's failed calls, and on these)
+    return _FailedCall(_RPCState((), None, None, code, details))  # type: ignore[abstract]
+
+
+def _kind(kind: str) -> Any:
+    """The facade's method that makes a multicallable of ``kind`` (grpc's signature)."""
+    streams = kind in ("unary_stream", "stream_stream")
+
+    def multicallable(
+        self: PooledChannel,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        made = _StreamResponse if streams else _UnaryResponse
+        return made(
+            self, kind, method, request_serializer, response_deserializer, _registered_method
+        )
+
+    multicallable.__name__ = multicallable.__qualname__ = kind
+    return multicallable
+
+
+class PooledChannel(grpc.Channel):
+    """A ``grpc.Channel`` whose calls go through a ``conngrpc.sync`` pool, each to its
+    least-loaded connection.
+
+    ``conngrpc.sync.Pool.channel(name)`` (or ``DemoPool.channel()``) makes one. It
+    belongs to no connection: :meth:`close` only detaches this facade (later calls
+    raise ``ValueError``, as on a closed grpc channel). :meth:`subscribe` reports the
+    pool's state, so ``grpc.channel_ready_future(channel)`` waits until the pool hands
+    out a channel.
+    """
+
+    name: str
+    closed: bool
+    _subscribers: dict[Callable[[grpc.ChannelConnectivity], None], grpc.ChannelConnectivity | None]
+    _delivery: threading.Thread | None
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise TypeError(
+            "conngrpc.sync.PooledChannel: expected to be made by conngrpc.sync.Pool.channel(name) "
+            "(or DemoPool.channel() for a declared pool), not called directly"
+        )
+
+    @classmethod
+    def _of(cls, name: object) -> PooledChannel:
+        if not isinstance(name, str) or not name:
+            raise TypeError(
+                "conngrpc.sync.PooledChannel: expected a pool name as a non-empty str, "
+                f"got {name!r}"
+            )
+        facade = object.__new__(cls)
+        facade.name = name
+        facade.closed = False
+        facade._subscribers = {}
+        facade._delivery = None
+        return facade
+
+    def __repr__(self) -> str:
+        return f"<conngrpc.sync.PooledChannel {self.name!r} {self.get_state().name}>"
+
+    def runtime(self) -> ThreadRuntime | None:
+        """The running pool, or None.
+
+        :raises ValueError: the facade is closed.
+        """
+        if self.closed:
+            raise ValueError(
+                f"Cannot invoke RPC: the PooledChannel of conngrpc.sync pool {self.name!r} "
+                "is closed"
+            )
+        return thread_pools.get(self.name)  # type: ignore[return-value]
+
+    def get_state(self) -> grpc.ChannelConnectivity:
+        """The pool's state, as the asyncio PooledChannel's ``get_state`` says it;
+        SHUTDOWN once this facade is closed."""
+        if self.closed:
+            return grpc.ChannelConnectivity.SHUTDOWN
+        return pool_state(thread_pools.get(self.name))
+
+    # --- grpc.Channel -------------------------------------------------------------------
+
+    def subscribe(
+        self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False
+    ) -> None:
+        """Call ``callback`` with the pool's state now and at each change (on a thread of
+        this facade's, as grpc calls it on one of its own), until :meth:`unsubscribe`."""
+        with registered:
+            self._subscribers[callback] = None
+            if self._delivery is None:
+                self._delivery = threading.Thread(
+                    target=self._deliver,
+                    name=f"conngrpc.sync {self.name} subscriptions",
+                    daemon=True,
+                )
+                self._delivery.start()
+            registered.notify_all()
+
+    def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
+        with registered:
+            self._subscribers.pop(callback, None)
+            registered.notify_all()
+
+    def _deliver(self) -> None:
+        """Tell each subscriber the state whenever it is not the one it was told last."""
+        while True:
+            with registered:
+                while True:
+                    if not self._subscribers:
+                        self._delivery = None
+                        return
+                    state = self.get_state()
+                    due = [cb for cb, told in self._subscribers.items() if told is not state]
+                    if due:
+                        for callback in due:
+                            self._subscribers[callback] = state
+                        break
+                    # a pool's changes notify ``registered`` (see ThreadRuntime.report);
+                    # the bound keeps a missed one from stalling it
+                    registered.wait(1.0)
+            for callback in due:
+                with contextlib.suppress(Exception):  # as grpc: a subscriber's failure is its own
+                    callback(state)
+
+    def close(self) -> None:
+        """Detach this facade; the pool and its channels (and calls in flight) go on."""
+        self.closed = True
+        with registered:
+            self._subscribers.clear()
+            registered.notify_all()
+
+    unary_unary = _kind("unary_unary")
+    stream_unary = _kind("stream_unary")
+    unary_stream = _kind("unary_stream")
+    stream_stream = _kind("stream_stream")
+
+
+class _Multicallable(MulticallableBase):
+    """One method of the facade: each call goes to the connection the pool picks now."""
+
+    __slots__ = ()
+
+    _facade: PooledChannel
+
+    def _run(self, how: str, request: Any, options: dict[str, Any]) -> Any:
+        """Make the call (``how``: ``__call__``, ``with_call``, ``future``, or ``stream``
+        for a response stream) on the connection the pool picks, counted until it ends."""
+        later = how in ("future", "stream")  # ends after it returns
+        try:
+            runtime, slot, carrying, options = self._take(options)
+        except _Mocked as mocked:
+            made = self._mocked(mocked.runtime)
+            return getattr(made, "__call__" if how == "stream" else how)(request, **options)
+        except grpc.RpcError as error:
+            if later:
+                return error  # grpc's futures and streams fail in what they return
+            raise
+        real = self._real(slot)
+        if later:
+            start = real if how == "stream" else real.future
+            try:
+                call = start(request, **options)
+            except BaseException:
+                self._end(runtime, slot, carrying, None)
+                raise
+            call.add_done_callback(self._ended(runtime, slot, carrying))
+            return call
+        try:
+            answer = getattr(real, how)(request, **options)
+        except grpc.RpcError as error:
+            self._end(runtime, slot, carrying, error)
+            raise
+        except BaseException:
+            self._end(runtime, slot, carrying, None)
+            raise
+        if how == "with_call":
+            self._end(runtime, slot, carrying, answer[1])
+        else:  # it answered: OK, without the cost of a call object
+            with runtime.lock:
+                slot.finish(_OK, False, carrying)
+        return answer
+
+    # --- taking a connection ----------------------------------------------------------
+
+    def _take(self, options: dict[str, Any]) -> tuple[ThreadRuntime, Slot, int, dict[str, Any]]:
+        """The pool, the connection the call goes to (counted against it), the calls it
+        carried before, and the call's options (its timeout less any wait).
+
+        :raises grpc.RpcError: the call cannot start (grpc's own failed call).
+        """
+        runtime = self._facade.runtime()
+        if runtime is not None and runtime.mock is None:
+            with runtime.lock:
+                slot = runtime.handout.pick()
+                if slot is not None:
+                    admission: ThreadAdmission = runtime.admission  # type: ignore[assignment]
+                    placed = admission.placed(slot)
+                    if placed is not None:
+                        return runtime, placed, admission.begin(placed), options
+        return self._wait(options)
+
+    def _wait(self, options: dict[str, Any]) -> tuple[ThreadRuntime, Slot, int, dict[str, Any]]:
+        """:meth:`_take` the long way: wait for the pool, a channel, or room."""
+        facade = self._facade
+        timeout = options.get("timeout")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        wait_for_ready = bool(options.get("wait_for_ready"))
+        while True:
+            runtime = facade.runtime()
+            if runtime is None:
+                if not wait_for_ready:
+                    raise self._failed(_UNAVAILABLE, "no pool of that name is running")
+                with registered:
+                    if thread_pools.get(facade.name) is None:
+                        registered.wait(_left(deadline, self, "no pool of that name ran"))
+                continue
+            if runtime.mock is not None and runtime.table.connected_count():
+                raise _Mocked(runtime)
+            with runtime.lock:
+                while runtime.stopped is None:
+                    slot = runtime.handout.pick()
+                    admission: ThreadAdmission = runtime.admission  # type: ignore[assignment]
+                    if slot is not None:
+                        placed = admission.placed(slot)
+                        if placed is None:  # every channel at its cap: wait for room
+                            placed = admission.wait_room(deadline)
+                            if placed is None and runtime.stopped is None:
+                                cap = (
+                                    "the stream cap its server showed"
+                                    if admission.cap is None
+                                    else f"max_calls_per_channel={admission.cap}"
+                                )
+                                raise self._failed(
+                                    _DEADLINE_EXCEEDED,
+                                    f"every channel had {cap} calls in flight until the deadline",
+                                )
+                        if placed is not None:
+                            return (
+                                runtime,
+                                placed,
+                                admission.begin(placed),
+                                within(options, deadline),
+                            )
+                        continue
+                    if not wait_for_ready and runtime.table.settled:
+                        raise self._failed(_UNAVAILABLE, runtime.not_connected().reason)
+                    runtime.changed.wait(_left(deadline, self, "no channel joined"))
+            if not wait_for_ready:
+                raise self._failed(_UNAVAILABLE, f"it stopped ({runtime.stopped})")
+            with registered:  # until its name is let go, or another pool takes it
+                if thread_pools.get(facade.name) is runtime:
+                    registered.wait(_left(deadline, self, "no channel joined"))
+
+    def _failed(self, code: grpc.StatusCode, reason: str) -> _FailedCall:
+        return failed_call(code, f"conngrpc.sync pool {self._facade.name!r}: {reason}")
+
+    def _end(self, runtime: ThreadRuntime, slot: Slot, carrying: int, call: Any) -> None:
+        """The call ended (``call``: what grpc says of it, None if nothing)."""
+        code = details = None
+        if call is not None:
+            status = call.code()
+            code = None if status is None else status.value[0]
+            if code == _UNAVAILABLE_CODE:
+                details = call.details()
+        was_refused = details is not None and REFUSED_STREAM in details
+        with runtime.lock:
+            slot.finish(code, was_refused, carrying)
+
+    def _ended(self, runtime: ThreadRuntime, slot: Slot, carrying: int) -> Callable[[Any], None]:
+        def ended(call: Any) -> None:
+            self._end(runtime, slot, carrying, call)
+
+        return ended
+
+    def _mocked(self, runtime: ThreadRuntime) -> Any:
+        assert runtime.mock is not None
+        return getattr(runtime.mock(), self._kind)(self._method, **self._make)
+
+
+class _Mocked(Exception):
+    """The pool is mocked: the call goes to ``mock()``'s channel."""
+
+    def __init__(self, runtime: ThreadRuntime) -> None:
+        self.runtime = runtime
+
+
+def _left(deadline: float | None, where: _Multicallable, what: str) -> float | None:
+    """The seconds left until ``deadline``; DEADLINE_EXCEEDED once none is."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise where._failed(_DEADLINE_EXCEEDED, what)
+    return left
+
+
+class _UnaryResponse(_Multicallable):
+    """A method with one response: ``__call__``, ``with_call`` and ``future``."""
+
+    __slots__ = ()
+
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        options = _options(timeout, metadata, credentials, wait_for_ready, compression)
+        return self._run("__call__", request, options)
+
+    def with_call(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        options = _options(timeout, metadata, credentials, wait_for_ready, compression)
+        return self._run("with_call", request, options)
+
+    def future(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        options = _options(timeout, metadata, credentials, wait_for_ready, compression)
+        return self._run("future", request, options)
+
+
+class _StreamResponse(_Multicallable):
+    """A method whose responses stream: the call is their iterator."""
+
+    __slots__ = ()
+
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        options = _options(timeout, metadata, credentials, wait_for_ready, compression)
+        return self._run("stream", request, options)
+
+
+def _options(
+    timeout: float | None,
+    metadata: Any,
+    credentials: grpc.CallCredentials | None,
+    wait_for_ready: bool | None,
+    compression: grpc.Compression | None,
+) -> dict[str, Any]:
+    return {
+        "timeout": timeout,
+        "metadata": metadata,
+        "credentials": credentials,
+        "wait_for_ready": wait_for_ready,
+        "compression": compression,
+    }
