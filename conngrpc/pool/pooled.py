@@ -59,6 +59,7 @@ __all__ = [
     "MOST_CALLABLES_PER_CHANNEL",
     "MulticallableBase",
     "PooledChannel",
+    "applied",
     "callable_key",
     "channel_callable",
     "pool_state",
@@ -347,7 +348,7 @@ class _Multicallable(MulticallableBase):
         if runtime.policies is not None:  # the pool's service config has a methodConfig
             policy = runtime.method_policy(self._method)
             if policy is not None:
-                options, _ = _applied(policy, options, deadline_of(options))
+                options, _ = applied(policy, options, deadline_of(options))
                 if self._attempted(policy) and not self._too_big(runtime, request):
                     return self._attempted_call(runtime, policy, request, options)
         slot = runtime.handout.pick()
@@ -484,7 +485,7 @@ class _Multicallable(MulticallableBase):
             return self._mocked(runtime, request, within(options, deadline))
         policy = runtime.method_policy(self._method)
         if policy is not None:
-            options, deadline = _applied(policy, options, deadline)
+            options, deadline = applied(policy, options, deadline)
             # (A client stream made before the pool ran goes out once: this call, made
             # then, keeps no requests for another attempt.)
             if self._unary_request and self._attempted(policy):
@@ -638,7 +639,7 @@ def pool_state(runtime: PoolRuntime | None) -> grpc.ChannelConnectivity:
     return grpc.ChannelConnectivity.CONNECTING
 
 
-def _applied(
+def applied(
     policy: MethodPolicy, options: dict[str, Any], deadline: float | None
 ) -> tuple[dict[str, Any], float | None]:
     """A call's ``options`` and deadline under its methodConfig entry: the entry's

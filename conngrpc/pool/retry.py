@@ -614,6 +614,20 @@ class Attempts:
         """What decides this call's attempts."""
         return _Plan(self._retry, self._hedging, self._throttle)
 
+    async def resume(
+        self,
+        plan: _Plan,
+        tried: list[Slot],
+        options: dict[str, Any],
+        deadline: float | None,
+        last: Ended,
+        pause: float,
+    ) -> Any:
+        """The retries after a first attempt sent without this object's help (by a
+        ``conngrpc.sync`` call, from its thread) failed in a way that retries: ``last``,
+        and the wait before the next; the answer's call, as :meth:`run`'s."""
+        return await self._one_by_one(plan, tried, options, deadline, last, pause)
+
     def first(self, call: Any, slot: Slot, options: dict[str, Any]) -> Retried:
         """The call whose first attempt, ``call``, went out on ``slot`` already with
         ``options`` (a retried unary-unary call, sent at once when a channel has room):

@@ -37,7 +37,7 @@ from ..pool.runtime import (
     thread_pools,
     wanted_count,
 )
-from ..pool.settings import PoolSettings, ResolvedSettings
+from ..pool.settings import PoolSettings
 from ..pool.table import ChannelWorker
 from ..supervisor import ChildSpec
 from .channel import SyncConnector
@@ -106,7 +106,6 @@ class Pool(Declared):
         :raises ValueError: a setting is out of range, or one sync pools do not take yet.
         """
         resolved = cls._resolved(settings)
-        _check_policies(resolved)
         # a sync pool's connector is a plain function (SyncConnector), checked above
         connector = cast("SyncConnector | None", resolved.channel.connector)
         make = functools.partial(ThreadRuntime, connector=connector)
@@ -219,22 +218,6 @@ class Pool(Declared):
 
 def _not_started(name: object) -> Exception:
     return not_started("pool", name, "thread")
-
-
-def _check_policies(settings: ResolvedSettings) -> None:
-    """:raises ValueError: the service config has a retry or hedging policy, which sync
-    pools do not apply yet."""
-    policies = [
-        name
-        for name, policy in settings.balancing.methods.items()
-        if policy.retry is not None or policy.hedging is not None
-    ]
-    if policies:
-        raise ValueError(
-            "conngrpc.sync.Pool: service_config: retryPolicy and hedgingPolicy are not "
-            f"applied by sync pools yet (methodConfig for {', '.join(map(repr, policies))}); "
-            "use conngrpc.Pool (asyncio) for them"
-        )
 
 
 async def _in_thread(callback: Callable[[], object]) -> None:

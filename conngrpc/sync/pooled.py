@@ -32,39 +32,23 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from grpc._channel import _InactiveRpcError, _RPCState
 
 from ..pool.calls import within
 from ..pool.ejection import REFUSED_STREAM
 from ..pool.handout import Slot
-from ..pool.pooled import MulticallableBase, pool_state
+from ..pool.pooled import MulticallableBase, applied, pool_state
+from ..pool.retry import serialized_size
+from ..pool.service_config import MethodPolicy
+from .attempts import call_with_policy, future_with_policy
+from .failed import FailedCall, failed_call
 from .runtime import ThreadAdmission, ThreadRuntime, registered, thread_pools
 
-__all__ = ["PooledChannel", "failed_call"]
+__all__ = ["PooledChannel"]
 
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 _DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
 _OK = grpc.StatusCode.OK.value[0]
 _UNAVAILABLE_CODE = _UNAVAILABLE.value[0]
-
-
-class _FailedCall(_InactiveRpcError):
-    """A call that failed before it started, as grpc's own failed calls answer: a
-    ``grpc.RpcError``, ``grpc.Call`` and ``grpc.Future``, whose iteration (a response
-    stream's) raises it."""
-
-    def __iter__(self) -> _FailedCall:
-        return self
-
-    def __next__(self) -> Any:
-        raise self
-
-
-def failed_call(code: grpc.StatusCode, details: str) -> _FailedCall:
-    """grpc's account of a call that failed with ``code`` before it started."""
-    # (an abstract class to the type checker, as grpc's own is: is_active() and two
-    # others raise NotImplementedError on grpc's failed calls, and on these)
-    return _FailedCall(_RPCState((), None, None, code, details))  # type: ignore[abstract]
 
 
 def _kind(kind: str) -> Any:
@@ -211,7 +195,18 @@ class _Multicallable(MulticallableBase):
 
     def _run(self, how: str, request: Any, options: dict[str, Any]) -> Any:
         """Make the call (``how``: ``__call__``, ``with_call``, ``future``, or ``stream``
-        for a response stream) on the connection the pool picks, counted until it ends."""
+        for a response stream) on the connection the pool picks, counted until it ends;
+        under its method's policy, if the pool's service config gives it one."""
+        runtime = self._facade.runtime()
+        if runtime is not None and runtime.policies is not None:
+            policy = runtime.method_policy(self._method)
+            if policy is not None:
+                options, _ = applied(policy, options, None)
+                if self._attempted(runtime, policy, request):
+                    if how == "future":
+                        return future_with_policy(self, runtime, policy, request, options)
+                    with_call = how == "with_call"
+                    return call_with_policy(self, runtime, policy, request, options, with_call)
         later = how in ("future", "stream")  # ends after it returns
         try:
             runtime, slot, carrying, options = self._take(options)
@@ -246,6 +241,15 @@ class _Multicallable(MulticallableBase):
             with runtime.lock:
                 slot.finish(_OK, False, carrying)
         return answer
+
+    def _attempted(self, runtime: ThreadRuntime, policy: MethodPolicy, request: Any) -> bool:
+        """Whether a call goes out as attempts under ``policy``: a unary-unary call under a
+        retry or a hedging policy, whose request fits ``grpc.per_rpc_retry_buffer_size``
+        (a larger one commits as it goes, so it goes once, as grpc's)."""
+        if self._kind != "unary_unary" or (policy.retry is None and policy.hedging is None):
+            return False
+        size = serialized_size(request, self._make["request_serializer"])
+        return size <= runtime.retry_buffer
 
     # --- taking a connection ----------------------------------------------------------
 
@@ -318,7 +322,7 @@ class _Multicallable(MulticallableBase):
                 if thread_pools.get(facade.name) is runtime:
                     registered.wait(_left(deadline, self, "no channel joined"))
 
-    def _failed(self, code: grpc.StatusCode, reason: str) -> _FailedCall:
+    def _failed(self, code: grpc.StatusCode, reason: str) -> FailedCall:
         return failed_call(code, f"conngrpc.sync pool {self._facade.name!r}: {reason}")
 
     def _end(self, runtime: ThreadRuntime, slot: Slot, carrying: int, call: Any) -> None:

@@ -348,6 +348,10 @@ async def _async_callback() -> None:
     pass
 
 
+async def _async_connector(config: ChannelConfig) -> grpc.aio.Channel:
+    raise AssertionError("never called: refused where it is written")
+
+
 @pytest.mark.parametrize(
     ("settings", "error", "message"),
     [
@@ -362,24 +366,9 @@ async def _async_callback() -> None:
             "on_connect: expected a plain function",
         ),
         (
-            {
-                "service_config": {
-                    "methodConfig": [
-                        {
-                            "name": [{}],
-                            "retryPolicy": {
-                                "maxAttempts": 2,
-                                "initialBackoff": "0.1s",
-                                "maxBackoff": "1s",
-                                "backoffMultiplier": 2,
-                                "retryableStatusCodes": ["UNAVAILABLE"],
-                            },
-                        }
-                    ]
-                }
-            },
-            ValueError,
-            "not applied by sync pools yet",
+            {"channel": {"connector": _async_connector}},
+            TypeError,
+            "connector: expected a plain function",
         ),
     ],
 )

@@ -1,0 +1,324 @@
+"""A ``conngrpc.sync`` call under a retry or a hedging policy: the asyncio pool's attempts.
+
+What decides a call's attempts (retryable codes, commit, pushback, backoff, throttling,
+the deadline across attempts, hedging's copies) is :class:`conngrpc.pool.retry.Attempts`,
+run on the sync pool's event loop. Each attempt is a grpc sync ``future()`` on the
+connection the pool picks for it (one the call has not tried, on another backend
+first), which the loop awaits as it would a grpc.aio call (:class:`OnLoop`).
+
+A retried call made with ``__call__`` or ``with_call`` sends its first attempt from the
+caller's thread, as a call without a policy goes: the loop takes part only once it fails
+in a way that retries. Hedged calls and ``future()`` run their attempts on the loop from
+the start; the calling thread waits (``__call__``) or holds a :class:`PolicyFuture`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+import types
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import grpc
+import grpc.aio
+
+from ..pool.calls import FailedCall, within
+from ..pool.handout import Slot
+from ..pool.retry import Attempts, Ended
+from ..pool.service_config import MethodPolicy
+from .channel import finished
+from .failed import failed_call
+from .runtime import ThreadAdmission, ThreadRuntime
+
+if TYPE_CHECKING:
+    from .pooled import _Multicallable
+
+__all__ = ["OnLoop", "PolicyFuture", "attempts_of", "call_with_policy", "future_with_policy"]
+
+_OK = grpc.StatusCode.OK
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+_DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
+#: How often an attempt waiting on the loop for a channel with room looks again (room
+#: frees in other threads, which do not wake the loop).
+ROOM_POLL_SECONDS = 0.005
+
+
+def _metadata(pairs: Any) -> grpc.aio.Metadata:
+    return grpc.aio.Metadata(*(pairs or ()))
+
+
+class OnLoop:
+    """A sync attempt (grpc's ``future()``), awaited on the pool's loop as the attempts
+    machinery awaits a grpc.aio call: its response, or ``grpc.aio.AioRpcError``."""
+
+    __slots__ = ("call",)
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+
+    def __await__(self) -> Any:
+        return self._answer().__await__()
+
+    async def _answer(self) -> Any:
+        call = self.call
+        await finished(call)
+        code = call.code()
+        if code is _OK:
+            return call.result()
+        raise grpc.aio.AioRpcError(
+            code,
+            _metadata(call.initial_metadata()),
+            _metadata(call.trailing_metadata()),
+            details=call.details(),
+        )
+
+    def cancel(self) -> bool:
+        return bool(self.call.cancel())
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        self.call.add_done_callback(lambda _: callback(self))
+
+
+def attempts_of(
+    multicallable: _Multicallable, runtime: ThreadRuntime, policy: MethodPolicy, request: Any
+) -> Attempts:
+    """The attempts of one call of ``multicallable`` under ``policy``, each sent on the
+    pool's loop (:func:`_send`)."""
+
+    async def send(
+        tried: list[Slot], options: dict[str, Any], deadline: float | None
+    ) -> tuple[Any, Slot]:
+        return await _send(multicallable, runtime, request, tried, options, deadline)
+
+    return Attempts(
+        send,
+        pool=runtime.name,
+        method=multicallable._method,
+        retry=policy.retry,
+        hedging=policy.hedging,
+        throttle=runtime.throttle,
+    )
+
+
+async def _send(
+    multicallable: _Multicallable,
+    runtime: ThreadRuntime,
+    request: Any,
+    tried: list[Slot],
+    options: dict[str, Any],
+    deadline: float | None,
+) -> tuple[Any, Slot]:
+    """Send one attempt, on the loop, on a connection the call has not tried where there
+    is one (another backend first), the least loaded; add it to ``tried``.
+
+    :raises grpc.aio.AioRpcError: no channel took it before ``deadline``, or none is
+        connected and the call does not wait for one.
+    """
+    admission: ThreadAdmission = runtime.admission  # type: ignore[assignment]
+    wait_for_ready = bool(options.get("wait_for_ready"))
+    while True:
+        with runtime.lock:
+            slot = runtime.handout.pick_avoiding(tried)
+            if slot is not None:
+                slot = admission.placed(slot, tried)
+            if slot is not None:
+                carrying = admission.begin(slot)
+                break
+            joined = runtime.handout.slots
+        if runtime.stopped is not None or (
+            not joined and not wait_for_ready and runtime.table.settled
+        ):
+            reason = runtime.stopped or runtime.not_connected().reason
+            details = f"conngrpc.sync pool {runtime.name!r}: {reason}"
+            raise grpc.aio.AioRpcError(_UNAVAILABLE, details=details)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise grpc.aio.AioRpcError(_DEADLINE_EXCEEDED, details="Deadline Exceeded")
+        with anyio.move_on_after(ROOM_POLL_SECONDS):
+            await runtime.wait_ready()
+    tried.append(slot)
+    try:
+        call = multicallable._real(slot).future(request, **within(options, deadline))
+    except BaseException:
+        multicallable._end(runtime, slot, carrying, None)
+        raise
+    call.add_done_callback(multicallable._ended(runtime, slot, carrying))
+    return OnLoop(call), slot
+
+
+def answer_of(call: Any) -> Any:
+    """The sync call (or failed call) that answers, from what the attempts returned."""
+    if isinstance(call, OnLoop):
+        return call.call
+    assert isinstance(call, FailedCall), call
+    error = call.error
+    assert isinstance(error, grpc.aio.AioRpcError), error
+    return failed_call(error.code(), error.details() or "")
+
+
+def call_with_policy(
+    multicallable: _Multicallable,
+    runtime: ThreadRuntime,
+    policy: MethodPolicy,
+    request: Any,
+    options: dict[str, Any],
+    with_call: bool,
+) -> Any:
+    """A blocking unary call under ``policy``: its response (and call, ``with_call``).
+
+    :raises grpc.RpcError: the call failed, for good (grpc's own error of the attempt
+        that answers).
+    """
+    timeout = options.get("timeout")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    attempts = attempts_of(multicallable, runtime, policy, request)
+    if policy.retry is None:  # hedged: every copy goes from the loop
+        run = attempts.run(options, deadline)
+        return _answered(_on_loop(runtime, run).result(), with_call)
+    plan = attempts.plan()
+    plan.may_send(0)
+    attempts.sent = 1
+    taken, slot, carrying, sent_options = multicallable._take(options)
+    real = multicallable._real(slot)
+    try:
+        response, call = real.with_call(request, **sent_options)
+    except grpc.RpcError as error:
+        multicallable._end(taken, slot, carrying, error)
+        failure: Any = error
+        ended = Ended(
+            error,
+            slot,
+            error.code(),
+            committed=bool(failure.initial_metadata()),
+            details=failure.details(),
+            metadata=failure.trailing_metadata(),
+        )
+        pause = plan.after(ended)
+        if pause is None:
+            raise
+        resume = attempts.resume(plan, [slot], options, deadline, ended, pause)
+        return _answered(_on_loop(runtime, resume).result(), with_call)
+    except BaseException:
+        multicallable._end(taken, slot, carrying, None)
+        raise
+    multicallable._end(taken, slot, carrying, call)
+    plan.after(Ended(call, slot, _OK))  # a success, for retryThrottling's tokens
+    return (response, call) if with_call else response
+
+
+def _answered(last: Any, with_call: bool) -> Any:
+    """What a blocking call returns (or raises) for the attempt that answered."""
+    call = answer_of(last)
+    if call.code() is not _OK:
+        raise call
+    response = call.result()
+    return (response, call) if with_call else response
+
+
+def _on_loop(runtime: ThreadRuntime, run: Any) -> concurrent.futures.Future[Any]:
+    """Run the coroutine ``run`` on the pool's loop."""
+    try:
+        return asyncio.run_coroutine_threadsafe(run, runtime.loop)
+    except RuntimeError:  # the loop closed: the pool stopped
+        run.close()
+        raise
+
+
+def future_with_policy(
+    multicallable: _Multicallable,
+    runtime: ThreadRuntime,
+    policy: MethodPolicy,
+    request: Any,
+    options: dict[str, Any],
+) -> PolicyFuture:
+    """``future()`` under ``policy``: the attempts run on the loop, and this answers."""
+    timeout = options.get("timeout")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    attempts = attempts_of(multicallable, runtime, policy, request)
+    return PolicyFuture(_on_loop(runtime, attempts.run(options, deadline)), attempts, deadline)
+
+
+class PolicyFuture(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type-arg]
+    """A ``future()`` of a call under a retry or a hedging policy, as grpc's own future
+    answers: every method waits for the attempt that answers and is that attempt's
+    (a grpc sync call's), and ``attempts`` says how many were sent."""
+
+    def __init__(
+        self,
+        running: concurrent.futures.Future[Any],
+        attempts: Attempts,
+        deadline: float | None,
+    ) -> None:
+        self._running = running
+        self._attempts = attempts
+        self._deadline = deadline
+
+    def __repr__(self) -> str:
+        return f"<conngrpc.sync call under a policy {self._attempts!r}>"
+
+    @property
+    def attempts(self) -> int:
+        return self._attempts.sent
+
+    def _answer(self, timeout: float | None = None) -> Any:
+        try:
+            return answer_of(self._running.result(timeout))
+        except concurrent.futures.TimeoutError:
+            raise grpc.FutureTimeoutError() from None
+        except concurrent.futures.CancelledError:
+            raise grpc.FutureCancelledError() from None
+
+    # grpc.Future
+    def cancel(self) -> bool:
+        return self._running.cancel()
+
+    def cancelled(self) -> bool:
+        return self._running.cancelled()
+
+    def running(self) -> bool:
+        return not self._running.done()
+
+    def done(self) -> bool:
+        return self._running.done()
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._answer(timeout).result()
+
+    def exception(self, timeout: float | None = None) -> Any:
+        return self._answer(timeout).exception()
+
+    def traceback(self, timeout: float | None = None) -> types.TracebackType | None:
+        return self._answer(timeout).traceback()  # type: ignore[no-any-return]
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        self._running.add_done_callback(lambda _: fn(self))
+
+    # grpc.Call
+    def initial_metadata(self) -> Any:
+        return self._answer().initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        return self._answer().trailing_metadata()
+
+    def code(self) -> grpc.StatusCode:
+        return self._answer().code()  # type: ignore[no-any-return]
+
+    def details(self) -> str:
+        return self._answer().details()  # type: ignore[no-any-return]
+
+    def is_active(self) -> bool:
+        return not self._running.done()
+
+    # (grpc's own calls answer None without a deadline, as this does; grpc's types say float)
+    def time_remaining(self) -> float | None:  # type: ignore[override]
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - time.monotonic())
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        if self._running.done():
+            return False
+        self._running.add_done_callback(lambda _: callback())
+        return True

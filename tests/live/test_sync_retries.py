@@ -1,0 +1,257 @@
+"""conngrpc.sync calls under grpc's retryPolicy and hedgingPolicy, against real servers.
+
+The same servers as tests/live/test_retries.py's (Scripted: each call answers as a
+script says), run on a loop of their own thread (tests/_sync_fleet.py), so that each
+test checks from the servers' side where each attempt went.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+import pytest
+
+from bench.retries import RETRY_CONFIG
+from conngrpc import sync, telemetry
+from conngrpc._server import SLEEP_METHOD, ServerProcess
+from conngrpc.pool.retry import HEDGE, PREVIOUS_ATTEMPTS, RETRY
+from tests._pools import LIVE_BACKOFF
+from tests._probe import WAIT_LIMIT, wait_until_sync
+from tests._sync_fleet import ServerLoop
+from tests.live.test_retries import (
+    NO_GRPC_RETRIES,
+    TRY,
+    UNAVAILABLE,
+    Script,
+    Scripted,
+    fail_first,
+    hang,
+    hedging_config,
+    received,
+    retry_config,
+)
+from tests.live.test_sync import in_parallel
+
+Events = list[tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]]
+
+
+@contextmanager
+def scripted(script: Script, count: int = 3) -> Iterator[list[Scripted]]:
+    loop = ServerLoop()
+    started = [loop.run(Scripted(script, name=f"s{index}").start()) for index in range(count)]
+    try:
+        yield started
+    finally:
+        for server in started:
+            assert server.server is not None
+            loop.run(server.server.stop(None))
+        loop.close()
+
+
+@contextmanager
+def pool(
+    name: str, backends: list[Scripted], config: dict[str, Any], size: int | None = None
+) -> Iterator[grpc.Channel]:
+    addresses = "ipv4:" + ",".join(backend.address for backend in backends)
+    channel = {
+        "address": addresses,
+        "backoff": LIVE_BACKOFF,
+        "options": NO_GRPC_RETRIES,
+    }
+    spec = sync.Pool.child_spec(
+        name=name,
+        pool_size=size or len(backends),
+        channel=channel,
+        service_config=json.dumps(config),
+    )
+    with sync.Supervisor([spec]):
+        sync.Pool.wait_connected(name, timeout=WAIT_LIMIT)
+        yield sync.Pool.channel(name)
+
+
+@pytest.fixture
+def events() -> Iterator[Events]:
+    seen: Events = []
+
+    def handle(event: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        seen.append((event, dict(measurements), dict(metadata)))
+
+    telemetry.attach_many("test-sync-retries", [RETRY, HEDGE], handle, None)
+    yield seen
+    telemetry.detach("test-sync-retries")
+
+
+def call(channel: grpc.Channel, how: str, method: str = TRY, **options: Any) -> tuple[bytes, Any]:
+    """One call of ``method`` made ``how`` (``__call__``, ``with_call``, ``future``): its
+    response, and what grpc gives of the call (None for ``__call__``)."""
+    multicallable = channel.unary_unary(method)
+    if how == "__call__":
+        return multicallable(b"", timeout=WAIT_LIMIT, **options), None
+    if how == "with_call":
+        return multicallable.with_call(b"", timeout=WAIT_LIMIT, **options)  # type: ignore[no-any-return]
+    future = multicallable.future(b"", timeout=WAIT_LIMIT, **options)
+    return future.result(), future
+
+
+@pytest.mark.parametrize("how", ["__call__", "with_call", "future"])
+def test_a_failed_attempt_is_retried_on_another_backend(
+    pool_name: str, events: Events, how: str
+) -> None:
+    with scripted(fail_first()) as backends, pool(pool_name, backends, retry_config()) as channel:
+        response, made = call(channel, how)
+        calls = received(backends)
+        assert len(calls) == 2
+        (first, _), (second, header) = sorted(calls, key=lambda c: c[1] or "")
+        assert first != second
+        assert response == second.encode()
+        assert header == "1"  # grpc-previous-rpc-attempts, absent on the first
+        if how != "__call__":
+            assert made.code() is grpc.StatusCode.OK
+        if how == "future":
+            assert made.attempts == 2
+        [(event, measurements, metadata)] = events
+        assert (event, measurements) == (RETRY, {"attempt": 2})
+        assert metadata["code"] is UNAVAILABLE
+        wait_until_sync(lambda: sync.Pool.status(pool_name).in_flight == 0)
+
+
+@pytest.mark.parametrize("how", ["__call__", "future"])
+def test_a_code_that_is_not_retryable_is_not_retried(pool_name: str, how: str) -> None:
+    config = retry_config()
+    with (
+        scripted(fail_first(grpc.StatusCode.INTERNAL)) as backends,
+        pool(pool_name, backends, config) as channel,
+    ):
+        with pytest.raises(grpc.RpcError) as failed:
+            call(channel, how)
+        assert failed.value.code() is grpc.StatusCode.INTERNAL
+        assert failed.value.details() == "the first call fails"
+        assert len(received(backends)) == 1
+
+
+def test_an_error_after_response_headers_commits_the_call(pool_name: str) -> None:
+    with (
+        scripted(fail_first(headers=True)) as backends,
+        pool(pool_name, backends, retry_config()) as channel,
+    ):
+        with pytest.raises(grpc.RpcError) as failed:
+            call(channel, "__call__")
+        assert failed.value.code() is UNAVAILABLE
+        assert len(received(backends)) == 1
+
+
+def test_a_deadline_that_passes_between_attempts_ends_the_call(pool_name: str) -> None:
+    slow = retry_config(backoff="3600s")  # a backoff drawn in [0, 1 h): past the deadline
+    with scripted(fail_first()) as backends, pool(pool_name, backends, slow) as channel:
+        with pytest.raises(grpc.RpcError) as failed:
+            channel.unary_unary(TRY)(b"", timeout=0.5)
+        assert failed.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert len(received(backends)) == 1
+
+
+@pytest.mark.parametrize("how", ["__call__", "future"])
+def test_a_hedge_answers_from_another_replica_and_the_slow_copy_is_cancelled(
+    pool_name: str, events: Events, how: str
+) -> None:
+    async def first_stalls(server: Scripted, context: Any) -> bytes:
+        if sum(len(b.received) for b in everyone) == 1:
+            return await hang(server, context)  # until the client cancels it
+        return server.name.encode()
+
+    everyone: list[Scripted] = []
+    with (
+        scripted(first_stalls) as backends,
+        pool(pool_name, backends, hedging_config()) as channel,
+    ):
+        everyone.extend(backends)
+        response, _ = call(channel, how)
+        calls = [(b, c) for b in backends for c in b.received]
+        assert len(calls) == 2
+        stalled = next(b for b, c in calls if c.metadata.get(PREVIOUS_ATTEMPTS) is None)
+        hedge = next(b for b, c in calls if c.metadata.get(PREVIOUS_ATTEMPTS) == "1")
+        assert stalled is not hedge
+        assert response == hedge.name.encode()
+        wait_until_sync(lambda: stalled.received[0].cancelled)  # cancelled on the server
+        assert [event for event, _, _ in events] == [HEDGE]
+        wait_until_sync(lambda: sync.Pool.status(pool_name).in_flight == 0)
+
+
+def test_a_replica_killed_under_load_fails_no_call(pool_name: str) -> None:
+    replicas = [ServerProcess(args=["--name", f"r{i}"]) for i in range(3)]
+    try:
+        for replica in replicas:
+            replica.start()
+        target = "ipv4:" + ",".join(replica.address for replica in replicas)
+        spec = sync.Pool.child_spec(
+            name=pool_name,
+            pool_size=6,
+            channel={"address": target, "backoff": LIVE_BACKOFF},
+            service_config=RETRY_CONFIG,
+        )
+        with sync.Supervisor([spec]):
+            sync.Pool.wait_connected(pool_name, timeout=WAIT_LIMIT)
+            sleep = sync.Pool.channel(pool_name).unary_unary(SLEEP_METHOD)
+            answers: list[str] = []
+            failures: list[grpc.RpcError] = []
+            killed = threading.Event()
+            after_kill = [0]
+
+            def caller(_: int) -> None:
+                while not (killed.is_set() and after_kill[0] >= 200):
+                    try:
+                        answers.append(sleep(b"5", timeout=10).decode())
+                    except grpc.RpcError as error:
+                        failures.append(error)
+                    if killed.is_set():
+                        after_kill[0] += 1
+
+            def kill(_: int) -> None:
+                wait_until_sync(lambda: len(answers) >= 100, timeout=WAIT_LIMIT * 2)
+                replicas[0].kill()  # with calls in flight on it
+                killed.set()
+
+            in_parallel(21, lambda index: kill(index) if index == 20 else caller(index))
+            assert failures == []
+            assert "r1" in answers
+            assert "r2" in answers
+    finally:
+        for replica in replicas:
+            replica.kill()
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_future_under_a_policy_answers_as_grpcs_own_future(pool_name: str, fails: bool) -> None:
+    async def script(server: Scripted, context: Any) -> bytes:
+        if fails:
+            await context.abort(grpc.StatusCode.INTERNAL, "no")
+        return server.name.encode()
+
+    with scripted(script, 1) as backends, pool(pool_name, backends, retry_config()) as channel:
+        plain = grpc.insecure_channel(backends[0].address)
+        try:
+            ours = channel.unary_unary(TRY).future(b"", timeout=WAIT_LIMIT)
+            theirs = plain.unary_unary(TRY).future(b"", timeout=WAIT_LIMIT)
+            told: list[Any] = []
+            ours.add_done_callback(told.append)
+            for future in (ours, theirs):
+                assert future.exception(timeout=WAIT_LIMIT) is None or fails
+            for method in ("code", "details", "done", "cancelled", "running", "is_active"):
+                assert getattr(ours, method)() == getattr(theirs, method)(), method
+            assert ours.cancel() is theirs.cancel() is False  # over: nothing to cancel
+            assert ours.trailing_metadata() == theirs.trailing_metadata()
+            if fails:
+                with pytest.raises(grpc.RpcError) as ours_raised:
+                    ours.result()
+                assert ours_raised.value.code() is grpc.StatusCode.INTERNAL
+                assert ours.traceback() is not None
+            else:
+                assert ours.result() == theirs.result() == b"s0"
+            wait_until_sync(lambda: told == [ours])
+            assert ours.attempts == 1
+        finally:
+            plain.close()
