@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import grpc.aio
 
 from conngrpc._server import PEER_METHOD
@@ -69,13 +70,31 @@ def _parses(code: str) -> bool:
 
 
 class InventoryStub:
-    """Stands in for "your generated stub": each method makes a real call on the channel."""
+    """Stands in for "your generated stub": each method makes a real call on the channel
+    (a grpc sync channel's stub, conngrpc.sync's, blocks: :class:`SyncInventoryStub`)."""
+
+    def __new__(cls, channel: grpc.aio.Channel | grpc.Channel) -> Any:
+        if isinstance(channel, grpc.aio.Channel):
+            return super().__new__(cls)
+        return SyncInventoryStub(channel)
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._peer = raw_unary(channel, PEER_METHOD)
 
     async def GetItem(self, request: bytes) -> bytes:
         peer = await self._peer(request, timeout=5)
+        print(f"stub call answered by the server, which saw {peer.decode()}")
+        return peer
+
+
+class SyncInventoryStub:
+    """:class:`InventoryStub` on a grpc sync channel: its calls block."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._peer = channel.unary_unary(PEER_METHOD)
+
+    def GetItem(self, request: bytes) -> bytes:
+        peer: bytes = self._peer(request, timeout=5)
         print(f"stub call answered by the server, which saw {peer.decode()}")
         return peer
 

@@ -54,6 +54,7 @@ __all__ = [
     "PoolRuntime",
     "PoolStatus",
     "channels",
+    "forked_from",
     "not_connected_in_time",
     "not_started",
     "pools",
@@ -398,6 +399,9 @@ pools: Registry[PoolRuntime] = Registry("pools")
 channels: Registry[PoolRuntime] = Registry("channels")
 #: The running ``conngrpc.sync`` pools, by name (a name space of their own).
 thread_pools: Registry[PoolRuntime] = Registry("conngrpc.sync pools")
+#: The sync pools that ran in the parent process when this one forked, by name: the
+#: parent's pid (see conngrpc.sync.fork).
+forked_from: dict[str, int] = {}
 
 #: Set (and replaced) whenever a pool or channel of that kind registers its name: one
 #: event per waiting event loop, each set on its own loop.
@@ -440,6 +444,12 @@ def not_started(kind: Kind, name: object, front: str = "asyncio") -> Exception:
     reason = f"no {what} of that name is running (running: {running})"
     if kind == "pool" and name in other:
         reason += f"; {hint}"
+    if front != "asyncio" and name in forked_from:
+        reason += (
+            f"; it ran in the parent process (pid {forked_from[name]}) before this one "
+            "forked, and a pool is never inherited: start it in this process (gunicorn's "
+            "post_fork, Celery's worker_process_init)"
+        )
     return PoolNotStartedError(name, reason)
 
 

@@ -61,6 +61,13 @@ class Registry(Generic[T]):
             if self._entries.get(name) is handle:
                 del self._entries[name]
 
+    def forget_all(self) -> dict[str, T]:
+        """Let go of every name (a forked child's: their owners ran in the parent);
+        what was held."""
+        held = dict(self._entries)
+        self._entries.clear()
+        return held
+
     def names(self) -> list[str]:
         """The registered names, in registration order."""
         return list(self._entries)

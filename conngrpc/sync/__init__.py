@@ -18,6 +18,7 @@ channel type, and that the supervision tree runs on a background thread::
         stub.Get(request)                     # from any thread
 """
 
+from . import fork as fork  # registers what a forked child does
 from .channel import ThreadChannel as ThreadChannel
 from .pool import Pool as Pool
 from .pooled import PooledChannel as PooledChannel

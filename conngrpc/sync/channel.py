@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, cast
@@ -41,6 +42,8 @@ __all__ = [
     "Watcher",
     "connect_thread",
     "finished",
+    "forget_watchers",
+    "used_in",
     "watcher_of",
 ]
 
@@ -141,11 +144,17 @@ class ThreadChannel(grpc.Channel):
         reads it)."""
         await self._watcher.changed(self, last_observed_state)
 
+    @property
+    def watched_by_aio(self) -> bool:
+        """Whether a grpc.aio channel checks its server's health (a thread inside grpc)."""
+        return self._health is not None
+
     def conngrpc_health_channel(self) -> grpc.aio.Channel:
         """A grpc.aio channel to its server, on the pool's loop, for its health checks:
         a sync call would block a thread for each channel's ``Health/Watch``. It has a
         connection of its own (health is the server's, not the connection's)."""
         if self._health is None:
+            used_in["grpc.aio"] = os.getpid()
             config = self._config
             options = channel_options(config)
             if config.credentials is None:
@@ -310,6 +319,17 @@ class Watcher:
 
 _watchers: dict[asyncio.AbstractEventLoop, Watcher] = {}
 
+#: Which process made conngrpc.sync's grpc channels (``"grpc"``) and grpc.aio ones
+#: (``"grpc.aio"``, health checks): a forked child reads what its parent used.
+used_in: dict[str, int] = {}
+
+
+def forget_watchers() -> list[Watcher]:
+    """A forked child's: the parent's watchers (their loops stayed there); what was held."""
+    held = list(_watchers.values())
+    _watchers.clear()
+    return held
+
 
 def watcher_of(loop: asyncio.AbstractEventLoop) -> Watcher:
     """The watcher of ``loop``, which a sync supervisor runs.
@@ -334,6 +354,7 @@ async def connect_thread(connector: SyncConnector | None, config: ChannelConfig)
         grpc's reason.
     """
     watcher = watcher_of(asyncio.get_running_loop())
+    used_in["grpc"] = os.getpid()
     if connector is not None:
         raw = connector(config)
     elif config.credentials is None:

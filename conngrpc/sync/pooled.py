@@ -38,10 +38,12 @@ from ..pool.ejection import REFUSED_STREAM
 from ..pool.handout import Slot
 from ..pool.pooled import MulticallableBase, applied, pool_state
 from ..pool.retry import serialized_size
+from ..pool.runtime import not_started
 from ..pool.service_config import MethodPolicy
+from . import runtime as _runtime
 from .attempts import call_with_policy, future_with_policy
 from .failed import FailedCall, failed_call
-from .runtime import ThreadAdmission, ThreadRuntime, registered, thread_pools
+from .runtime import ThreadAdmission, ThreadRuntime, thread_pools
 
 __all__ = ["PooledChannel"]
 
@@ -136,26 +138,26 @@ class PooledChannel(grpc.Channel):
     ) -> None:
         """Call ``callback`` with the pool's state now and at each change (on a thread of
         this facade's, as grpc calls it on one of its own), until :meth:`unsubscribe`."""
-        with registered:
+        with _runtime.registered:
             self._subscribers[callback] = None
-            if self._delivery is None:
+            if self._delivery is None or not self._delivery.is_alive():
                 self._delivery = threading.Thread(
                     target=self._deliver,
                     name=f"conngrpc.sync {self.name} subscriptions",
                     daemon=True,
                 )
                 self._delivery.start()
-            registered.notify_all()
+            _runtime.registered.notify_all()
 
     def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
-        with registered:
+        with _runtime.registered:
             self._subscribers.pop(callback, None)
-            registered.notify_all()
+            _runtime.registered.notify_all()
 
     def _deliver(self) -> None:
         """Tell each subscriber the state whenever it is not the one it was told last."""
         while True:
-            with registered:
+            with _runtime.registered:
                 while True:
                     if not self._subscribers:
                         self._delivery = None
@@ -168,7 +170,7 @@ class PooledChannel(grpc.Channel):
                         break
                     # a pool's changes notify ``registered`` (see ThreadRuntime.report);
                     # the bound keeps a missed one from stalling it
-                    registered.wait(1.0)
+                    _runtime.registered.wait(1.0)
             for callback in due:
                 with contextlib.suppress(Exception):  # as grpc: a subscriber's failure is its own
                     callback(state)
@@ -176,9 +178,9 @@ class PooledChannel(grpc.Channel):
     def close(self) -> None:
         """Detach this facade; the pool and its channels (and calls in flight) go on."""
         self.closed = True
-        with registered:
+        with _runtime.registered:
             self._subscribers.clear()
-            registered.notify_all()
+            _runtime.registered.notify_all()
 
     unary_unary = _kind("unary_unary")
     stream_unary = _kind("stream_unary")
@@ -280,10 +282,12 @@ class _Multicallable(MulticallableBase):
             runtime = facade.runtime()
             if runtime is None:
                 if not wait_for_ready:
-                    raise self._failed(_UNAVAILABLE, "no pool of that name is running")
-                with registered:
+                    missing = not_started("pool", facade.name, "thread")
+                    reason = getattr(missing, "reason", "no pool of that name is running")
+                    raise self._failed(_UNAVAILABLE, reason)
+                with _runtime.registered:
                     if thread_pools.get(facade.name) is None:
-                        registered.wait(_left(deadline, self, "no pool of that name ran"))
+                        _runtime.registered.wait(_left(deadline, self, "no pool of that name ran"))
                 continue
             if runtime.mock is not None and runtime.table.connected_count():
                 raise _Mocked(runtime)
@@ -318,9 +322,9 @@ class _Multicallable(MulticallableBase):
                     runtime.changed.wait(_left(deadline, self, "no channel joined"))
             if not wait_for_ready:
                 raise self._failed(_UNAVAILABLE, f"it stopped ({runtime.stopped})")
-            with registered:  # until its name is let go, or another pool takes it
+            with _runtime.registered:  # until its name is let go, or another pool takes it
                 if thread_pools.get(facade.name) is runtime:
-                    registered.wait(_left(deadline, self, "no channel joined"))
+                    _runtime.registered.wait(_left(deadline, self, "no channel joined"))
 
     def _failed(self, code: grpc.StatusCode, reason: str) -> FailedCall:
         return failed_call(code, f"conngrpc.sync pool {self._facade.name!r}: {reason}")

@@ -26,9 +26,10 @@ from ..pool.handout import Slot
 from ..pool.runtime import PoolRuntime, PoolStatus, thread_pools
 from ..pool.table import Closing, Resolved, Sweep, Tick, Tripped
 from ..supervisor import Registry
+from . import fork
 from .channel import SyncConnector, connect_thread
 
-__all__ = ["ThreadAdmission", "ThreadRuntime", "thread_pools"]
+__all__ = ["ThreadAdmission", "ThreadRuntime", "registered", "renew_after_fork", "thread_pools"]
 
 #: Notified whenever a sync pool registers its name, changes or stops: calls waiting
 #: for a pool that does not run yet, and PooledChannel subscriptions, wait on it.
@@ -110,6 +111,7 @@ class ThreadRuntime(PoolRuntime):
         #: notified at every change of the table, and when the pool stops
         self.changed = threading.Condition(self.lock)
         self.connect = connector
+        fork.check_usable(health_checked=settings.channel.health_check is not None)
         super().__init__(kind, settings)
 
     def make_admission(self, cap: int | None) -> Admission:
@@ -148,6 +150,12 @@ class ThreadRuntime(PoolRuntime):
     def status(self) -> PoolStatus:
         with self.lock:
             return super().status()
+
+
+def renew_after_fork() -> None:
+    """A forked child's: a thread of the parent may have held ``registered`` as it forked."""
+    global registered
+    registered = threading.Condition()
 
 
 def _tell_everyone() -> None:

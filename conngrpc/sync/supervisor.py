@@ -36,9 +36,10 @@ from ..supervisor import ChildCounts, ChildInfo, ChildSpec
 from ..supervisor import Supervisor as AsyncSupervisor
 from ..supervisor.spec import ChildSource
 from ..supervisor.supervisor import StopOrder, Strategy
+from . import fork
 from .channel import Watcher
 
-__all__ = ["Supervisor"]
+__all__ = ["Supervisor", "forget_after_fork"]
 
 T = TypeVar("T")
 
@@ -95,7 +96,9 @@ class Supervisor:
     def start(self) -> Supervisor:
         """Start the thread and the children, left to right; return once all started.
 
-        :raises RuntimeError: it was started (or stopped) before: it runs once.
+        :raises RuntimeError: it was started (or stopped) before: it runs once; or this
+            process is a child forked while its parent's pools ran, where grpc cannot
+            be used (the message says why).
         :raises ChildStartError: a child failed to start (the cause is chained); the
             children started before it were stopped again, and the thread ended.
         """
@@ -104,6 +107,7 @@ class Supervisor:
                 raise RuntimeError(
                     f"conngrpc.sync supervisor {self.name!r} can be started only once"
                 )
+            fork.check_usable()
             self._state = "running"
         started: concurrent.futures.Future[None] = concurrent.futures.Future()
         thread = threading.Thread(
@@ -241,6 +245,15 @@ def _now(read: Callable[[], T]) -> Callable[[], Awaitable[T]]:
         return read()
 
     return run
+
+
+def forget_after_fork() -> None:
+    """A forked child's: the parent's running supervisors stayed there (their threads
+    did); here they count as stopped."""
+    for running in list(_running):
+        running._state = "stopped"
+        running._failure = None
+    _running.clear()
 
 
 @atexit.register

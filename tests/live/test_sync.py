@@ -230,7 +230,7 @@ def test_a_call_made_before_the_pool_runs_waits_for_it_with_wait_for_ready(
         with pytest.raises(grpc.RpcError) as failed:
             peer(b"", timeout=5)
         assert failed.value.code() is UNAVAILABLE
-        assert "no pool of that name is running" in (failed.value.details() or "")
+        assert "no conngrpc.sync pool of that name is running" in (failed.value.details() or "")
         answers: list[bytes] = []
         caller = threading.Thread(
             target=lambda: answers.append(peer(b"", timeout=30, wait_for_ready=True))
