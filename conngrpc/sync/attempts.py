@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import time
 import types
 from collections.abc import Callable
@@ -36,7 +37,14 @@ from .runtime import ThreadAdmission, ThreadRuntime
 if TYPE_CHECKING:
     from .pooled import _Multicallable
 
-__all__ = ["OnLoop", "PolicyFuture", "attempts_of", "call_with_policy", "future_with_policy"]
+__all__ = [
+    "OnLoop",
+    "PolicyFuture",
+    "attempts_of",
+    "call_with_policy",
+    "future_when_ready",
+    "future_with_policy",
+]
 
 _OK = grpc.StatusCode.OK
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -240,15 +248,37 @@ def future_with_policy(
     return PolicyFuture(_on_loop(runtime, attempts.run(options, deadline)), attempts, deadline)
 
 
+def future_when_ready(
+    multicallable: _Multicallable, runtime: ThreadRuntime, request: Any, options: dict[str, Any]
+) -> PolicyFuture:
+    """``future()`` while no connection takes the call now (the pool starting, every
+    channel down or at its cap): the pool's thread starts it once one does, within its
+    deadline, and the caller's thread goes on at once, as with grpc's ``future()``."""
+    timeout = options.get("timeout")
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    async def start() -> Any:
+        try:
+            call, _ = await _send(multicallable, runtime, request, [], options, deadline)
+        except grpc.aio.AioRpcError as error:
+            return FailedCall(error, deadline)
+        with contextlib.suppress(grpc.aio.AioRpcError):  # how it ended is its own to tell
+            await call
+        return call
+
+    return PolicyFuture(_on_loop(runtime, start()), None, deadline)
+
+
 class PolicyFuture(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type-arg]
-    """A ``future()`` of a call under a retry or a hedging policy, as grpc's own future
-    answers: every method waits for the attempt that answers and is that attempt's
-    (a grpc sync call's), and ``attempts`` says how many were sent."""
+    """A ``future()`` whose call the pool's thread sends (under a retry or a hedging
+    policy, or once a connection takes it), answering as grpc's own future does: every
+    method waits for the attempt that answers and is that attempt's (a grpc sync
+    call's), and ``attempts`` says how many were sent."""
 
     def __init__(
         self,
         running: concurrent.futures.Future[Any],
-        attempts: Attempts,
+        attempts: Attempts | None,
         deadline: float | None,
     ) -> None:
         self._running = running
@@ -256,11 +286,12 @@ class PolicyFuture(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type-
         self._deadline = deadline
 
     def __repr__(self) -> str:
-        return f"<conngrpc.sync call under a policy {self._attempts!r}>"
+        return f"<conngrpc.sync future {self._attempts or 'waiting for a channel'!r}>"
 
     @property
     def attempts(self) -> int:
-        return self._attempts.sent
+        """How many attempts the call sent (one, without a policy)."""
+        return 1 if self._attempts is None else self._attempts.sent
 
     def _answer(self, timeout: float | None = None) -> Any:
         try:

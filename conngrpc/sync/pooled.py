@@ -15,8 +15,9 @@ in flight; the call counts from its start until grpc says it is done (a ``future
 or a stream's done callback). The counts are in ``Pool.status(name).in_flight``.
 
 While the pool starts (no channel joined, none failed yet) a call waits, within its
-deadline, for the first channel, in the calling thread; ``future()`` and the streams
-too, before they return (grpc's own return at once and wait in the call). Once the
+deadline, for the first channel, in the calling thread; a ``future()`` returns at once,
+and the pool's thread sends it when a channel joins, as grpc's does; the streams wait
+before they return (grpc's own return at once and wait in the call). Once the
 pool's channels have failed and none is connected, a call fails at once as UNAVAILABLE
 (the details name the pool and why), as an unavailable server would; with
 ``wait_for_ready=True`` it waits for a channel within its timeout. Under
@@ -41,7 +42,7 @@ from ..pool.retry import serialized_size
 from ..pool.runtime import not_started
 from ..pool.service_config import MethodPolicy
 from . import runtime as _runtime
-from .attempts import call_with_policy, future_with_policy
+from .attempts import call_with_policy, future_when_ready, future_with_policy
 from .failed import FailedCall, failed_call
 from .runtime import ThreadAdmission, ThreadRuntime, thread_pools
 
@@ -210,6 +211,12 @@ class _Multicallable(MulticallableBase):
                     with_call = how == "with_call"
                     return call_with_policy(self, runtime, policy, request, options, with_call)
         later = how in ("future", "stream")  # ends after it returns
+        if how == "future" and runtime is not None and runtime.mock is None:
+            taken = _take_now(runtime)
+            if taken is None:  # waits for a channel, or room, on the pool's thread
+                return future_when_ready(self, runtime, request, options)
+            slot, carrying = taken
+            return self._started(runtime, slot, carrying, self._real(slot).future, request, options)
         try:
             runtime, slot, carrying, options = self._take(options)
         except _Mocked as mocked:
@@ -222,13 +229,7 @@ class _Multicallable(MulticallableBase):
         real = self._real(slot)
         if later:
             start = real if how == "stream" else real.future
-            try:
-                call = start(request, **options)
-            except BaseException:
-                self._end(runtime, slot, carrying, None)
-                raise
-            call.add_done_callback(self._ended(runtime, slot, carrying))
-            return call
+            return self._started(runtime, slot, carrying, start, request, options)
         try:
             answer = getattr(real, how)(request, **options)
         except grpc.RpcError as error:
@@ -243,6 +244,25 @@ class _Multicallable(MulticallableBase):
             with runtime.lock:
                 slot.finish(_OK, False, carrying)
         return answer
+
+    def _started(
+        self,
+        runtime: ThreadRuntime,
+        slot: Slot,
+        carrying: int,
+        start: Callable[..., Any],
+        request: Any,
+        options: dict[str, Any],
+    ) -> Any:
+        """A call that ends after it returns (a future, a stream), started on ``slot``
+        and counted until grpc says it is done."""
+        try:
+            call = start(request, **options)
+        except BaseException:
+            self._end(runtime, slot, carrying, None)
+            raise
+        call.add_done_callback(self._ended(runtime, slot, carrying))
+        return call
 
     def _attempted(self, runtime: ThreadRuntime, policy: MethodPolicy, request: Any) -> bool:
         """Whether a call goes out as attempts under ``policy``: a unary-unary call under a
@@ -263,13 +283,9 @@ class _Multicallable(MulticallableBase):
         """
         runtime = self._facade.runtime()
         if runtime is not None and runtime.mock is None:
-            with runtime.lock:
-                slot = runtime.handout.pick()
-                if slot is not None:
-                    admission: ThreadAdmission = runtime.admission  # type: ignore[assignment]
-                    placed = admission.placed(slot)
-                    if placed is not None:
-                        return runtime, placed, admission.begin(placed), options
+            taken = _take_now(runtime)
+            if taken is not None:
+                return runtime, *taken, options
         return self._wait(options)
 
     def _wait(self, options: dict[str, Any]) -> tuple[ThreadRuntime, Slot, int, dict[str, Any]]:
@@ -350,6 +366,19 @@ class _Multicallable(MulticallableBase):
     def _mocked(self, runtime: ThreadRuntime) -> Any:
         assert runtime.mock is not None
         return getattr(runtime.mock(), self._kind)(self._method, **self._make)
+
+
+def _take_now(runtime: ThreadRuntime) -> tuple[Slot, int] | None:
+    """The connection a call goes to now (counted against it) and the calls it carried
+    before; None when none is serving, or every one is at its cap."""
+    with runtime.lock:
+        slot = runtime.handout.pick()
+        if slot is not None:
+            admission: ThreadAdmission = runtime.admission  # type: ignore[assignment]
+            slot = admission.placed(slot)
+            if slot is not None:
+                return slot, admission.begin(slot)
+    return None
 
 
 class _Mocked(Exception):

@@ -25,7 +25,7 @@ from tests._fleet import COLLECT_METHOD, COUNT_METHOD, ECHO_METHOD, NOT_SERVING,
 from tests._net import closed_port
 from tests._pools import LIVE_BACKOFF
 from tests._probe import WAIT_LIMIT, wait_until_sync
-from tests._sync_fleet import sync_fleet
+from tests._sync_fleet import ServerLoop, sync_fleet
 
 OK = grpc.StatusCode.OK
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -240,6 +240,28 @@ def test_a_call_made_before_the_pool_runs_waits_for_it_with_wait_for_ready(
             caller.join(WAIT_LIMIT * 4)
         assert len(answers) == 1
         assert answers[0].startswith(b"%d|" % backend.port)
+
+
+def test_a_future_made_while_no_channel_is_connected_returns_at_once(pool_name: str) -> None:
+    """grpc's future() never blocks: while the pool has no channel, the pool's thread
+    sends the call once one joins, within its deadline."""
+    port = closed_port()
+    servers = ServerLoop()
+    try:
+        with running(pool_name, f"127.0.0.1:{port}", 1, wait=False):
+            peer = raw(sync.Pool.channel(pool_name), "unary_unary", PEER_METHOD)
+            future = peer.future(b"", timeout=30, wait_for_ready=True)
+            done: list[Any] = []
+            future.add_done_callback(done.append)
+            assert not future.done()  # returned before any channel joined
+            backend = servers.start(port=port)
+            assert future.result(timeout=20).startswith(b"%d|" % backend.port)
+            assert future.code() is OK
+            wait_until_sync(lambda: done == [future])
+            wait_until_sync(lambda: sync.Pool.status(pool_name).in_flight == 0)
+            servers.stop(backend)
+    finally:
+        servers.close()
 
 
 def test_a_backend_failing_every_call_is_ejected(pool_name: str) -> None:
