@@ -12,23 +12,18 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from conngrpc._server import ServerProcess
-from tests._net import closed_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests._examples import Answer, ServiceProcess, demo_backend
 
 POOL_SIZE = 3  # not the example's default (4): proves the environment is read
 CALL_TIMEOUT = 1.5  # the service's deadline for every backend call, in seconds
@@ -39,19 +34,11 @@ AT_ONCE = 1.0  # what "at once" means for a request while the backend is down
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    body: dict[str, Any]
-    seconds: float
-
-
-class Service:
+class Service(ServiceProcess):
     """The example's uvicorn process, and an HTTP client for it that times every request."""
 
     def __init__(self, backend_address: str, log: Path) -> None:
         self.port = 0  # uvicorn picks it, and says which in its log
-        self.log = log
         self.answers: list[tuple[str, Answer]] = []
         environment = {
             **os.environ,
@@ -61,10 +48,7 @@ class Service:
         }
         command = [sys.executable, "-m", "uvicorn", "examples.fastapi_service.app:app"]
         command += ["--host", "127.0.0.1", "--port", "0"]
-        with log.open("wb") as output:  # a file, not a pipe that could fill and block it
-            self.process = subprocess.Popen(
-                command, cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT
-            )
+        super().__init__(command, environment, log)
 
     def wait_listening(self, within: float) -> float:
         """Wait until uvicorn says where it listens; return the time taken."""
@@ -103,16 +87,6 @@ class Service:
             )
             time.sleep(0.01)
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, timeout: float) -> float:
-        """SIGTERM, as an orchestrator does; return how long it took to exit."""
-        begin = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout)
-        return time.monotonic() - begin
-
 
 def wait_until_true(predicate: Callable[[], bool], within: float) -> None:
     """Poll ``predicate`` until it holds, failing after ``within`` seconds."""
@@ -126,24 +100,14 @@ def wait_until_true(predicate: Callable[[], bool], within: float) -> None:
 def backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerProcess]:
     """The example's own backend (``backend.py``, as its README runs it), on a port chosen
     now; the test starts the server when it wants it."""
-    pythonpath = os.environ.get("PYTHONPATH")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), pythonpath])))
-    server = ServerProcess(port=closed_port(), module="examples.fastapi_service.backend")
-    try:
+    with demo_backend(monkeypatch) as server:
         yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture
 def service(backend: ServerProcess, tmp_path: Path) -> Iterator[Service]:
-    service = Service(backend.address, tmp_path / "uvicorn.log")
-    try:
+    with Service(backend.address, tmp_path / "uvicorn.log") as service:
         yield service
-    finally:
-        if service.process.poll() is None:
-            service.process.kill()
-            service.process.wait()
 
 
 def test_the_service_is_ready_only_while_its_backend_is_and_never_hangs(
