@@ -183,10 +183,7 @@ async def _rounds(
 
 async def slow_replica(quick: bool) -> Section:
     seconds, rounds, callers = (0.3, 1, 30) if quick else (4.0, 2, 30)
-    servers = [
-        ServerProcess(module="bench._fleet_server", args=["--delay-ms", str(delay)])
-        for delay in (20, 20, 200)
-    ]
+    servers = slow_replicas()
     for server in servers:
         await asyncio.to_thread(server.start)
     target = "ipv4:" + ",".join(s.address for s in servers)
@@ -203,12 +200,25 @@ async def slow_replica(quick: bool) -> Section:
     return slow_table(runs, str(servers[2].port).encode(), callers, rounds, seconds)
 
 
+def slow_replicas() -> list[ServerProcess]:
+    """The three replicas, not started: two answer in 20 ms, the last (the slow one) in 200."""
+    return [
+        ServerProcess(module="bench._fleet_server", args=["--delay-ms", str(delay)])
+        for delay in (20, 20, 200)
+    ]
+
+
 def slow_table(
-    runs: dict[str, Run], slow: bytes, callers: int, rounds: int, seconds: float
+    runs: dict[str, Run],
+    slow: bytes,
+    callers: int,
+    rounds: int,
+    seconds: float,
+    title: str = "Slow replica",
 ) -> Section:
     """The slow-replica table from each client's run (``slow``: the slow replica's answer)."""
     section = Section(
-        f"Slow replica: three replicas at 20, 20 and 200 ms, {callers} callers",
+        f"{title}: three replicas at 20, 20 and 200 ms, {callers} callers",
         ["client", "calls/s", "p50 ms", "p99 ms", "slow replica's share", "errors"],
     )
     for label, run in runs.items():
@@ -313,6 +323,17 @@ def _cap_notes(server_args: list[str], rounds: int, seconds: float) -> str:
     )
 
 
+def steady_cells(run: Run) -> list[object]:
+    """A run's calls/s, p50 and p99 ms, errors, and client and server CPU % (CPU_COLUMNS)."""
+    return [
+        run.rate,
+        ms(percentile(run.latencies, 50)),
+        ms(percentile(run.latencies, 99)),
+        _errors(run),
+        *run.cpu(),
+    ]
+
+
 def cap_table(
     condition: str, server_args: list[str], steady: dict[str, Run], rounds: int, seconds: float
 ) -> Section:
@@ -323,14 +344,7 @@ def cap_table(
         ["client", "calls/s", "p50 ms", "p99 ms", "errors", *CPU_COLUMNS],
     )
     for label, run in steady.items():
-        cap.add(
-            label,
-            run.rate,
-            ms(percentile(run.latencies, 50)),
-            ms(percentile(run.latencies, 99)),
-            _errors(run),
-            *run.cpu(),
-        )
+        cap.add(label, *steady_cells(run))
     pooled, a105 = steady[CAPPED_POOL], steady[A105]
     cap.target("PooledChannel (capped), calls/s", pooled.rate, ">=", 1 - LEVEL, A105, a105.rate)
     cap.target(
@@ -388,20 +402,38 @@ def mixed_table(
 
 # --- 4. overhead --------------------------------------------------------------------------------
 
+#: The callers of the overhead's loaded runs (its p50 is one caller's).
+OVERHEAD_CALLERS = 50
+POOL_OF_1 = "PooledChannel, pool of 1"
+PLAIN = "one plain channel"
+
 
 async def overhead(quick: bool) -> list[Section]:
     seconds, rounds = (0.3, 1) if quick else (2.0, 6)
     with ServerProcess(args=["--option", "grpc.http.overload_protection=0"]) as server:
         address = server.address
         clients: list[tuple[str, Callable[[], object]]] = [
-            ("PooledChannel, pool of 1", lambda: _pooled(address, 1, SLEEP_METHOD)),
-            ("one plain channel", lambda: _grpc(address, SLEEP_METHOD, [])),
+            (POOL_OF_1, lambda: _pooled(address, 1, SLEEP_METHOD)),
+            (PLAIN, lambda: _grpc(address, SLEEP_METHOD, [])),
         ]
         sequential = await _rounds(clients, rounds * 2, 1, seconds / 2, lambda: b"0")
-        loaded = await _rounds(clients, rounds, 50, seconds, lambda: b"0")
+        loaded = await _rounds(clients, rounds, OVERHEAD_CALLERS, seconds, lambda: b"0")
+    section = overhead_table(
+        "Overhead of the PooledChannel: pool of 1 vs one plain channel", sequential, loaded
+    )
+    return [section, await stream_cost(quick), await pick_cost(quick)]
+
+
+def overhead_table(title: str, sequential: dict[str, Run], loaded: dict[str, Run]) -> Section:
+    """The overhead table from each client's runs with one caller and with many."""
     section = Section(
-        "Overhead of the PooledChannel: pool of 1 vs one plain channel, nothing capped",
-        ["client", "p50 us (one caller)", "p99 us (one caller)", "calls/s (50 callers)"],
+        f"{title}, nothing capped",
+        [
+            "client",
+            "p50 us (one caller)",
+            "p99 us (one caller)",
+            f"calls/s ({OVERHEAD_CALLERS} callers)",
+        ],
     )
     for label in sequential:
         section.add(
@@ -410,12 +442,12 @@ async def overhead(quick: bool) -> list[Section]:
             percentile(sequential[label].latencies, 99) * 1e6,
             loaded[label].rate,
         )
-    ours, plain = "PooledChannel, pool of 1", "one plain channel"
+    ours, plain = POOL_OF_1, PLAIN
     p50 = {label: percentile(sequential[label].latencies, 50) * 1e6 for label in (ours, plain)}
     section.target(f"{ours}, p50 us", p50[ours], "<=", 1 + LEVEL, plain, p50[plain])
     rate = {label: loaded[label].rate for label in (ours, plain)}
     section.target(f"{ours}, calls/s", rate[ours], ">=", 1 - LEVEL, plain, rate[plain])
-    return [section, await stream_cost(quick), await pick_cost(quick)]
+    return section
 
 
 def _streaming(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamMultiCallable[bytes, bytes]:

@@ -35,13 +35,23 @@ from .outliers import outliers
 from .pooled import overhead as pooled_overhead
 from .pooled import slow_replica, stream_cap
 from .retries import retries
+from .sync import sync_pools
 from .throughput import ceiling, cold_burst, overhead, stream_capped
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The simulated network for the cold-burst variant: ms each way.
 LINK_MS = 10
 #: The groups of benchmarks, by module, in the order a run makes them.
-GROUPS = ("hot_path", "throughput", "lifecycle", "fleet", "pooled", "outliers", "retries")
+GROUPS = (
+    "hot_path",
+    "throughput",
+    "lifecycle",
+    "fleet",
+    "pooled",
+    "outliers",
+    "retries",
+    "sync",
+)
 
 
 def _machine() -> list[str]:
@@ -139,6 +149,9 @@ async def main(quick: bool, output: Path | None, only: frozenset[str] = frozense
             done(section)
     if "retries" in only:
         for section in await retries(quick):
+            done(section)
+    if "sync" in only:
+        for section in await sync_pools(quick):
             done(section)
     seconds = time.monotonic() - began
     if output is not None:

@@ -50,6 +50,10 @@ TITLES = [
     "Rolling restart with retries",
     "Hedging: one replica of three stalls",
     "Cost of a retry policy, nothing failing",
+    "conngrpc.sync, stream cap: one server capped",
+    "conngrpc.sync, slow replica",
+    "conngrpc.sync, overhead: pool of 1 vs one plain channel",
+    "conngrpc.sync, threads at 100 channels",
 ]
 
 #: A row of the targets table: benchmark, target, measured, reference, ratio, required,

@@ -41,6 +41,17 @@ from bench.retries import (
     hedging_table,
     rolling_table,
 )
+from bench.sync import A105 as SYNC_A105
+from bench.sync import (
+    FEW,
+    HAND_MADE,
+    MANY_POOL,
+    MANY_SUBSCRIBED,
+    ONE_CHANNEL,
+    SYNC_POOL,
+    threads_table,
+)
+from bench.sync import cap_table as sync_cap_table
 from bench.throughput import CAPPED_COLUMNS, capped_targets
 
 
@@ -365,3 +376,41 @@ def test_a_retry_policys_cost_is_the_median_round_not_one_slow_round() -> None:
     assert (rate.reference, rate.result) == (POOL_PLAIN, "PASS")  # 0.96
     slower = cost_table(rounds([4500.0, 4600.0, 4400.0], [4900.0, 4850.0, 4950.0]), 3.0)
     assert slower.targets[0].result == "MISS"  # 0.92
+
+
+# --- conngrpc.sync: the sync pool against grpc's sync channels ---------------------------------
+
+
+def test_the_sync_stream_cap_wants_the_pools_rate_against_both_and_its_cpu_per_call() -> None:
+    def cpu_of(run: Run, us_per_call: float) -> Run:
+        run.client_cpu = us_per_call * len(run.latencies) / 1e6
+        return run
+
+    runs = {
+        SYNC_POOL: cpu_of(run_of(1780.8, 55.3, 72.5), 230.4),
+        HAND_MADE: cpu_of(run_of(1750.2, 55.8, 81.7), 194.8),
+        SYNC_A105: cpu_of(run_of(1774.6, 55.0, 79.2), 197.4),
+        ONE_CHANNEL: cpu_of(run_of(441.3, 225.4, 239.4), 239.9),
+    }
+    section = sync_cap_table(runs, 3, 3.0)
+    assert section.rows[0][-1] == "230.4"  # client CPU us per call
+    assert [(t.reference, t.result) for t in section.targets] == [
+        (HAND_MADE, "PASS"),  # 1.02
+        (SYNC_A105, "PASS"),  # 1.00
+        (HAND_MADE, "MISS"),  # 230.4 us against 194.8 us: 1.18
+    ]
+    runs[SYNC_POOL] = cpu_of(run_of(1700.0, 55.3, 72.5), 220.0)  # 0.97 of the hand-made's rate
+    assert [t.result for t in sync_cap_table(runs, 3, 3.0).targets] == ["MISS", "MISS", "PASS"]
+
+
+def test_the_threads_a_sync_pool_adds_are_a_few() -> None:
+    #  Python: before, connected, under load, after; then the OS's
+    pool = [2.0, 3.0, 3.0, 2.0, 2.0, 9.0, 9.0, 2.0]
+    subscribed = [2.0, 103.0, 102.0, 2.0, 2.0, 108.0, 108.0, float("nan")]
+    measured = {MANY_POOL: (pool, run_of(1661.8, 20.5, 30.0)), MANY_SUBSCRIBED: (subscribed, Run())}
+    section = threads_table(measured, 3.0)
+    assert section.rows[1][1:9] == ["2", "103", "102", "2", "2", "108", "108", "-"]
+    (added,) = section.targets
+    assert (added.measured, added.result) == (1.0, "PASS")
+    pool[2] = 2.0 + FEW + 1  # a thread per channel, say, would be far more
+    assert threads_table(measured, 3.0).targets[0].result == "MISS"
