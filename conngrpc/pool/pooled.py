@@ -612,11 +612,17 @@ def callable_key(
 
 
 def channel_callable(
-    slot: Slot, key: tuple[object, ...] | None, kind: str, method: str, make: dict[str, Any]
+    slot: Slot,
+    key: tuple[object, ...] | None,
+    kind: str,
+    method: str,
+    make: dict[str, Any],
+    channel: Any = None,
 ) -> Any:
-    """``slot``'s channel's own multicallable of ``kind`` for ``method``, made now and kept
-    under ``key`` (see :func:`callable_key`)."""
-    real = getattr(slot.channel, kind)(method, **make)
+    """``slot``'s channel's own multicallable of ``kind`` for ``method`` (made on
+    ``channel``, if given: what calls go through for it), made now and kept under ``key``
+    (see :func:`callable_key`)."""
+    real = getattr(slot.channel if channel is None else channel, kind)(method, **make)
     if key is not None:
         callables = slot.callables
         if len(callables) >= MOST_CALLABLES_PER_CHANNEL:  # serializers made per call

@@ -32,7 +32,7 @@ from ..pool.retry import Attempts, Ended
 from ..pool.service_config import MethodPolicy
 from .channel import finished
 from .failed import failed_call
-from .runtime import ThreadAdmission, ThreadRuntime
+from .runtime import ThreadRuntime
 
 if TYPE_CHECKING:
     from .pooled import _Multicallable
@@ -125,7 +125,7 @@ async def _send(
     :raises grpc.aio.AioRpcError: no channel took it before ``deadline``, or none is
         connected and the call does not wait for one.
     """
-    admission: ThreadAdmission = runtime.admission  # type: ignore[assignment]
+    admission = runtime.admitted
     wait_for_ready = bool(options.get("wait_for_ready"))
     while True:
         with runtime.lock:

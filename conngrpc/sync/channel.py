@@ -108,10 +108,17 @@ class ThreadChannel(grpc.Channel):
     """
 
     def __init__(
-        self, raw: grpc.Channel, calls: grpc.Channel, watcher: Watcher, config: ChannelConfig
+        self,
+        raw: grpc.Channel,
+        calls: grpc.Channel,
+        watcher: Watcher,
+        config: ChannelConfig,
+        lock: threading.RLock | None = None,
     ) -> None:
         self._raw = raw
         self._calls = calls  # raw, through the config's interceptors
+        #: what the PooledChannel calls through: its pool counts those calls itself
+        self.uncounted = calls
         # (typed as Any: grpc's stubs lack the _registered_method that grpc takes)
         self._made: Any = calls
         self._core = _core_of(raw)
@@ -120,8 +127,10 @@ class ThreadChannel(grpc.Channel):
         self.address = config.address
         #: the grpc.aio channel that watches its server's health (see the worker)
         self._health: grpc.aio.Channel | None = None
-        self._lock = threading.Lock()
-        #: calls in flight on it, made through it (hand-out or PooledChannel)
+        #: its pool's lock, under which the pool counts its PooledChannel calls on it too
+        self._lock = lock if lock is not None else threading.RLock()
+        #: calls in flight on it: made on it (a hand-out), and through the PooledChannel
+        #: (counted by its pool, which calls its own multicallables: :attr:`uncounted`)
         self.in_flight = 0
         #: while it drains: what the end of its last call runs
         self._drained: Callable[[], object] | None = None
@@ -211,7 +220,8 @@ class ThreadChannel(grpc.Channel):
             self.in_flight += 1
 
     def ended(self, _: object = None) -> None:
-        """A call on it ended (a done callback's signature)."""
+        """A call on it ended (a done callback's signature); its pool's calls end here
+        too, under the pool's lock."""
         with self._lock:
             self.in_flight -= 1
             if not self.in_flight and self._drained is not None:
@@ -346,9 +356,12 @@ def watcher_of(loop: asyncio.AbstractEventLoop) -> Watcher:
     return watcher
 
 
-async def connect_thread(connector: SyncConnector | None, config: ChannelConfig) -> ThreadChannel:
+async def connect_thread(
+    connector: SyncConnector | None, lock: threading.RLock | None, config: ChannelConfig
+) -> ThreadChannel:
     """A sync pool's connector: a grpc sync channel on its own connection, once READY
-    (``connector``: the user's, or None for grpc's own); as ``connect_grpc`` does.
+    (``connector``: the user's, or None for grpc's own; ``lock``: its pool's, which counts
+    the calls on it); as ``connect_grpc`` does.
 
     :raises ConnectFailedError: the channel reached TRANSIENT_FAILURE; the message is
         grpc's reason.
@@ -367,7 +380,7 @@ async def connect_thread(connector: SyncConnector | None, config: ChannelConfig)
         calls = raw
         if config.interceptors:
             calls = grpc.intercept_channel(raw, *cast("list[Any]", config.interceptors))
-        channel = ThreadChannel(raw, calls, watcher, config)
+        channel = ThreadChannel(raw, calls, watcher, config, lock)
     except BaseException:
         raw.close()
         raise

@@ -37,14 +37,14 @@ import grpc
 from ..pool.calls import within
 from ..pool.ejection import REFUSED_STREAM
 from ..pool.handout import Slot
-from ..pool.pooled import MulticallableBase, applied, pool_state
+from ..pool.pooled import MulticallableBase, applied, channel_callable, pool_state
 from ..pool.retry import serialized_size
 from ..pool.runtime import not_started
 from ..pool.service_config import MethodPolicy
 from . import runtime as _runtime
 from .attempts import call_with_policy, future_when_ready, future_with_policy
 from .failed import FailedCall, failed_call
-from .runtime import ThreadAdmission, ThreadRuntime, thread_pools
+from .runtime import ThreadRuntime, thread_pools
 
 __all__ = ["PooledChannel"]
 
@@ -196,6 +196,15 @@ class _Multicallable(MulticallableBase):
 
     _facade: PooledChannel
 
+    def _real(self, slot: Slot) -> Any:
+        """The slot's channel's multicallable for this method, made once per channel: one
+        it does not count calls on (the pool counts them, under its lock)."""
+        real = slot.callables.get(self._key) if self._key is not None else None
+        if real is None:
+            channel = slot.channel.uncounted  # type: ignore[attr-defined]
+            real = channel_callable(slot, self._key, self._kind, self._method, self._make, channel)
+        return real
+
     def _run(self, how: str, request: Any, options: dict[str, Any]) -> Any:
         """Make the call (``how``: ``__call__``, ``with_call``, ``future``, or ``stream``
         for a response stream) on the connection the pool picks, counted until it ends;
@@ -242,7 +251,7 @@ class _Multicallable(MulticallableBase):
             self._end(runtime, slot, carrying, answer[1])
         else:  # it answered: OK, without the cost of a call object
             with runtime.lock:
-                slot.finish(_OK, False, carrying)
+                runtime.admitted.end(slot, _OK, False, carrying)
         return answer
 
     def _started(
@@ -310,7 +319,7 @@ class _Multicallable(MulticallableBase):
             with runtime.lock:
                 while runtime.stopped is None:
                     slot = runtime.handout.pick()
-                    admission: ThreadAdmission = runtime.admission  # type: ignore[assignment]
+                    admission = runtime.admitted
                     if slot is not None:
                         placed = admission.placed(slot)
                         if placed is None:  # every channel at its cap: wait for room
@@ -355,7 +364,7 @@ class _Multicallable(MulticallableBase):
                 details = call.details()
         was_refused = details is not None and REFUSED_STREAM in details
         with runtime.lock:
-            slot.finish(code, was_refused, carrying)
+            runtime.admitted.end(slot, code, was_refused, carrying)
 
     def _ended(self, runtime: ThreadRuntime, slot: Slot, carrying: int) -> Callable[[Any], None]:
         def ended(call: Any) -> None:
@@ -374,7 +383,7 @@ def _take_now(runtime: ThreadRuntime) -> tuple[Slot, int] | None:
     with runtime.lock:
         slot = runtime.handout.pick()
         if slot is not None:
-            admission: ThreadAdmission = runtime.admission  # type: ignore[assignment]
+            admission = runtime.admitted
             slot = admission.placed(slot)
             if slot is not None:
                 return slot, admission.begin(slot)

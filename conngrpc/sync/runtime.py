@@ -27,7 +27,7 @@ from ..pool.runtime import PoolRuntime, PoolStatus, thread_pools
 from ..pool.table import Closing, Resolved, Sweep, Tick, Tripped
 from ..supervisor import Registry
 from . import fork
-from .channel import SyncConnector, connect_thread
+from .channel import SyncConnector, ThreadChannel, connect_thread
 
 __all__ = ["ThreadAdmission", "ThreadRuntime", "registered", "renew_after_fork", "thread_pools"]
 
@@ -52,12 +52,18 @@ class ThreadAdmission(Admission):
         self.waiting: collections.deque[Any] = collections.deque()
 
     def begin(self, slot: Slot) -> int:
-        """Count a call starting on ``slot``; the calls it carried before (the call's
-        ``carrying``)."""
+        """Count a call starting on ``slot`` (and on its channel, which drains by it);
+        the calls it carried before (the call's ``carrying``)."""
         carrying = slot.in_flight
         slot.in_flight = carrying + 1
         self.in_flight += 1
+        cast("ThreadChannel", slot.channel).in_flight += 1
         return carrying
+
+    def end(self, slot: Slot, code: int | None, was_refused: bool, carrying: int) -> None:
+        """A call counted by :meth:`begin` ended with status ``code``."""
+        slot.finish(code, was_refused, carrying)
+        cast("ThreadChannel", slot.channel).ended()
 
     def ended(self) -> None:
         """A call ended (its slot's ``finish``): its room goes to the oldest waiter."""
@@ -104,7 +110,7 @@ class ThreadAdmission(Admission):
 class ThreadRuntime(PoolRuntime):
     """A ``conngrpc.sync`` pool's runtime: the asyncio pool's, its state under one lock."""
 
-    __slots__ = ("changed", "connect", "lock")
+    __slots__ = ("admitted", "changed", "connect", "lock")
 
     def __init__(self, kind: Any, settings: Any, connector: SyncConnector | None = None) -> None:
         self.lock = threading.RLock()
@@ -113,6 +119,8 @@ class ThreadRuntime(PoolRuntime):
         self.connect = connector
         fork.check_usable(health_checked=settings.channel.health_check is not None)
         super().__init__(kind, settings)
+        #: its admission, as the sync front end uses it (the same object)
+        self.admitted = cast("ThreadAdmission", self.admission)
 
     def make_admission(self, cap: int | None) -> Admission:
         return ThreadAdmission(self, cap)
@@ -121,7 +129,7 @@ class ThreadRuntime(PoolRuntime):
         return thread_pools
 
     def connector(self, config: ChannelConfig) -> Connector | None:
-        return cast("Connector", functools.partial(connect_thread, self.connect))
+        return cast("Connector", functools.partial(connect_thread, self.connect, self.lock))
 
     def report(
         self, index: int | None, change: Change | Resolved | Tick | Sweep | Tripped | Closing

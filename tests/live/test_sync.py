@@ -309,19 +309,19 @@ def test_a_sync_supervisor_runs_one_thread_whatever_the_pools_size(pool_name: st
         wait_until_sync(lambda: set(threading.enumerate()) <= before)
 
 
-def test_stopping_lets_a_call_in_flight_finish_then_closes(pool_name: str) -> None:
+@pytest.mark.parametrize("through", ["pooled channel", "handed-out channel"])
+def test_stopping_lets_a_call_in_flight_finish_then_closes(pool_name: str, through: str) -> None:
     with sync_fleet(1) as ([backend], _):
-        supervisor = sync.Supervisor(
-            [
-                sync.Pool.child_spec(
-                    name=pool_name, pool_size=1, channel={"address": backend.address}
-                )
-            ]
-        ).start()
-        sync.Pool.wait_connected(pool_name, timeout=WAIT_LIMIT)
-        future = raw(sync.Pool.channel(pool_name), "unary_unary", SLEEP_METHOD).future(
-            b"500", timeout=10
+        spec = sync.Pool.child_spec(
+            name=pool_name, pool_size=1, channel={"address": backend.address}
         )
+        supervisor = sync.Supervisor([spec]).start()
+        sync.Pool.wait_connected(pool_name, timeout=WAIT_LIMIT)
+        if through == "pooled channel":
+            channel = sync.Pool.channel(pool_name)
+        else:
+            channel = sync.Pool.get_channel(pool_name)
+        future = raw(channel, "unary_unary", SLEEP_METHOD).future(b"500", timeout=10)
         wait_until_sync(lambda: backend.in_flight == 1)
         supervisor.stop()  # drains: shutdown_grace is 5 s by default
         assert future.result(timeout=0) == str(backend.port).encode()
