@@ -9,8 +9,9 @@ import socket
 _TCP_ESTABLISHED = 1  # tcp_info.tcpi_state
 
 
-def established_sockets(port: int) -> int:
-    """How many TCP connections this process has ESTABLISHED to ``port`` on any address.
+def established_sockets(port: int, *, accepted: bool = False) -> int:
+    """How many TCP connections this process has ESTABLISHED to ``port`` on any address;
+    with ``accepted``, how many it accepted on ``port`` (a server's side of them).
 
     Each of the process's sockets is asked itself (through a duplicate of its
     descriptor), not looked up in /proc/net/tcp: the kernel writes that table a page
@@ -29,7 +30,8 @@ def established_sockets(port: int) -> int:
         with socket.socket(fileno=duplicate) as sock:
             try:
                 state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
-                if state == _TCP_ESTABLISHED and sock.getpeername()[1] == port:
+                ends = sock.getsockname() if accepted else sock.getpeername()
+                if state == _TCP_ESTABLISHED and ends[1] == port:
                     count += 1
             except OSError:  # not TCP, or not connected
                 continue

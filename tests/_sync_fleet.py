@@ -13,6 +13,8 @@ from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import grpc
+
 from tests._fleet import Backend
 from tests._probe import WAIT_LIMIT
 
@@ -35,10 +37,17 @@ class ServerLoop:
         """Run ``coroutine`` on the loop; its result (within WAIT_LIMIT seconds)."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(WAIT_LIMIT)
 
-    def start(self, backend: Backend | None = None, port: int = 0, **options: Any) -> Backend:
-        """Start ``backend`` (a new one made with ``options`` if None) on ``port``."""
+    def start(
+        self,
+        backend: Backend | None = None,
+        port: int = 0,
+        credentials: grpc.ServerCredentials | None = None,
+        **options: Any,
+    ) -> Backend:
+        """Start ``backend`` (a new one made with ``options`` if None) on ``port``, over
+        TLS with ``credentials``."""
         chosen = backend if backend is not None else Backend(**options)
-        return self.run(chosen.start(port=port))
+        return self.run(chosen.start(port=port, credentials=credentials))
 
     def stop(self, backend: Backend, grace: float | None = None) -> None:
         self.run(backend.stop(grace))
