@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import math
 import time
 import types
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from ..pool.calls import FailedCall, within
 from ..pool.handout import Slot
 from ..pool.retry import Attempts, Ended
 from ..pool.service_config import MethodPolicy
-from .channel import finished
+from .channel import finished, when_done
 from .failed import failed_call
 from .runtime import ThreadRuntime
 
@@ -130,12 +131,19 @@ async def _send(
     while True:
         with runtime.lock:
             slot = runtime.handout.pick_avoiding(tried)
+            capped = slot is not None
             if slot is not None:
                 slot = admission.placed(slot, tried)
             if slot is not None:
                 carrying = admission.begin(slot)
                 break
             joined = runtime.handout.slots
+        if capped:  # every channel at its cap: in the queue, first come first served
+            room = await _room(runtime, tried, deadline)
+            if room is not None:
+                slot, carrying = room
+                break
+            continue
         if runtime.stopped is not None or (
             not joined and not wait_for_ready and runtime.table.settled
         ):
@@ -152,8 +160,74 @@ async def _send(
     except BaseException:
         multicallable._end(runtime, slot, carrying, None)
         raise
-    call.add_done_callback(multicallable._ended(runtime, slot, carrying))
+    when_done(call, multicallable._ended(runtime, slot, carrying))
     return OnLoop(call), slot
+
+
+class _LoopWaiter:
+    """An attempt waiting on the pool's loop for room, in the queue of the threads that
+    wait for it (:meth:`ThreadAdmission.wait_room`): ``notify()`` wakes it, from any
+    thread."""
+
+    __slots__ = ("event", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.event = asyncio.Event()
+
+    def notify(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+            self.loop.call_soon_threadsafe(self.event.set)
+
+
+async def _room(
+    runtime: ThreadRuntime, tried: list[Slot], deadline: float | None
+) -> tuple[Slot, int] | None:
+    """Wait in the pool's queue for a channel under its cap; the channel, the call
+    counted on it, and the calls it carried before; None if no channel serves now (look
+    again).
+
+    :raises grpc.aio.AioRpcError: DEADLINE_EXCEEDED, naming the cap, or UNAVAILABLE if
+        the pool stopped.
+    """
+    admission = runtime.admitted
+    waiter = _LoopWaiter(asyncio.get_running_loop())
+    with runtime.lock:
+        admission.waiting.append(waiter)
+    try:
+        while True:
+            with runtime.lock:
+                if admission.stopped:
+                    details = f"conngrpc.sync pool {runtime.name!r}: it stopped ({runtime.stopped})"
+                    raise grpc.aio.AioRpcError(_UNAVAILABLE, details=details)
+                if admission.waiting[0] is waiter:
+                    slot = runtime.handout.pick_avoiding(tried)
+                    if slot is None:
+                        return None  # no channel serves now: the caller looks again
+                    slot = admission._under_cap(slot, tried)
+                    if slot is not None:
+                        return slot, admission.begin(slot)
+                waiter.event.clear()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                cap = (
+                    "the stream cap its server showed"
+                    if admission.cap is None
+                    else f"max_calls_per_channel={admission.cap}"
+                )
+                details = (
+                    f"conngrpc.sync pool {runtime.name!r}: every channel had {cap} calls in "
+                    "flight until the deadline"
+                )
+                raise grpc.aio.AioRpcError(_DEADLINE_EXCEEDED, details=details)
+            with anyio.move_on_after(left if left is not None else math.inf):
+                await waiter.event.wait()
+    finally:
+        with runtime.lock:
+            head = admission.waiting[0] is waiter
+            admission.waiting.remove(waiter)
+            if head and admission.waiting:  # the next may have room too
+                admission.waiting[0].notify()
 
 
 def answer_of(call: Any) -> Any:

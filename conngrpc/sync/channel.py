@@ -45,6 +45,7 @@ __all__ = [
     "forget_watchers",
     "used_in",
     "watcher_of",
+    "when_done",
 ]
 
 #: How often a sync pool's loop reads the state of the channels its workers watch. A
@@ -242,11 +243,45 @@ class ThreadChannel(grpc.Channel):
         self.began()
         try:
             call = start(*args, **kwargs)
-            call.add_done_callback(self.ended)
+            when_done(call, self.ended)
         except BaseException:
             self.ended()
             raise
         return call
+
+
+class _Outcome:
+    """How a grpc sync call ended, read from grpc's state of it, which does not hold the
+    call: ``code()`` and ``details()``, as on the call."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._state.code  # type: ignore[no-any-return]
+
+    def details(self) -> str | None:
+        return self._state.details  # type: ignore[no-any-return]
+
+
+def when_done(call: Any, done: Callable[[Any], None]) -> None:
+    """Run ``done(outcome)`` once grpc's ``call`` (a future, a stream) ends; ``outcome``
+    answers ``code()`` and ``details()``.
+
+    Unlike ``add_done_callback``, whose callback grpc keeps with the call itself until it
+    ends, this holds nothing that keeps the call alive: grpc cancels a call nobody holds
+    any more (a stream left by ``break``), as it would without the pool.
+    """
+    state = getattr(call, "_state", None)
+    register = getattr(call, "add_callback", None)
+    if state is None or register is None:  # not grpc's own rendezvous: its callback
+        call.add_done_callback(done)
+        return
+    outcome = _Outcome(state)
+    if not register(lambda: done(outcome)):  # it had ended already
+        done(outcome)
 
 
 class _UnaryResponse:

@@ -43,6 +43,7 @@ from ..pool.runtime import not_started
 from ..pool.service_config import MethodPolicy
 from . import runtime as _runtime
 from .attempts import call_with_policy, future_when_ready, future_with_policy
+from .channel import when_done
 from .failed import FailedCall, failed_call
 from .runtime import ThreadRuntime, thread_pools
 
@@ -270,7 +271,7 @@ class _Multicallable(MulticallableBase):
         except BaseException:
             self._end(runtime, slot, carrying, None)
             raise
-        call.add_done_callback(self._ended(runtime, slot, carrying))
+        when_done(call, self._ended(runtime, slot, carrying))
         return call
 
     def _attempted(self, runtime: ThreadRuntime, policy: MethodPolicy, request: Any) -> bool:
@@ -355,7 +356,8 @@ class _Multicallable(MulticallableBase):
         return failed_call(code, f"conngrpc.sync pool {self._facade.name!r}: {reason}")
 
     def _end(self, runtime: ThreadRuntime, slot: Slot, carrying: int, call: Any) -> None:
-        """The call ended (``call``: what grpc says of it, None if nothing)."""
+        """The call ended (``call``: what grpc says of it, with ``code()`` and
+        ``details()``; None if nothing)."""
         code = details = None
         if call is not None:
             status = call.code()

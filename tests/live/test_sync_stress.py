@@ -13,7 +13,7 @@ import itertools
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -222,13 +222,6 @@ def test_in_flight_counts_stay_exact_with_a_hundred_threads_calling_at_once(
         example()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="conngrpc.sync counts a call by a done callback, which grpc keeps (with the "
-    "call) until the call ends: a stream its caller dropped is never collected, so grpc "
-    "never cancels it, and it stays open and counted until its deadline",
-)
 def test_a_stream_its_caller_stops_reading_and_drops_ends_as_grpc_ends_it(
     pool_name: str,
 ) -> None:
@@ -528,64 +521,73 @@ def full_pool(name: str) -> Iterator[tuple[Backend, Any, list[Any]]]:
         wait_until_sync(lambda: all_counts_zero(name))
 
 
-def waiting_threads(waits: list[Callable[[], Any]], name: str) -> list[threading.Thread]:
-    """A thread for each of ``waits`` (calls that wait for room in pool ``name``), each
-    started once the one before waits: first come, first served, in list order."""
+def queue_up(
+    name: str, count: int, pooled: grpc.Channel
+) -> tuple[list[Any], list[threading.Thread]]:
+    """``count`` calls that wait for room in pool ``name``, each made once the one before
+    waits: first come, first served, in that order. Even ones are futures (they return at
+    once and wait on the pool's thread), odd ones response streams (they wait in a thread
+    of their own before they return). Each carries its place in metadata (``CALL_ID``).
+    The calls, in their places (each once it returned), and the streams' threads."""
+    calls: list[Any] = [None] * count
     threads = []
-    for index, wait in enumerate(waits):
-        thread = threading.Thread(target=wait)
-        thread.start()
-        threads.append(thread)
+    count_method = raw(pooled, "unary_stream", COUNT_METHOD)
+    sleep = raw(pooled, "unary_unary", SLEEP_METHOD)
+    for index in range(count):
+        metadata = ((CALL_ID, f"q{index}"),)
+        if index % 2 == 0:
+            calls[index] = sleep.future(b"10000", timeout=30, metadata=metadata)
+        else:
+
+            def stream(index: int = index, metadata: Any = metadata) -> None:
+                calls[index] = count_method(b"1000:10", timeout=30, metadata=metadata)
+
+            thread = threading.Thread(target=stream)
+            thread.start()
+            threads.append(thread)
         wait_until_sync(lambda n=index + 1: len(admission(name).waiting) == n)
-    return threads
+    return calls, threads
 
 
 def test_calls_waiting_for_room_start_first_come_first_served(pool_name: str) -> None:
-    """Four long calls fill a pool of 2 capped at 2; six more queue, one after the other;
-    each room freed then goes to the oldest waiting call, and only to it."""
-    with full_pool(pool_name) as (backend, sleep, holds):
-        admitted: list[int] = []
-        arrivals = itertools.count()
-
-        def wait() -> None:
-            arrived = next(arrivals)
-            holds.append(sleep.future(b"10000", timeout=30))  # returns once it has room
-            admitted.append(arrived)
-
-        waiters = waiting_threads([wait] * 6, pool_name)
+    """Four long calls fill a pool of 2 capped at 2; six more queue, one after the other,
+    futures and streams in turn; each room freed then goes to the oldest waiting call,
+    and only to it."""
+    with full_pool(pool_name) as (backend, _, holds):
+        queued, threads = queue_up(pool_name, 6, sync.Pool.channel(pool_name))
         try:
-            assert admitted == []
             assert backend.calls == 4  # none was sent
             for freed in range(6):  # the fills first, then the calls that took room
-                holds[freed].cancel()
-                wait_until_sync(lambda n=freed + 1: len(admitted) == n)
+                if freed >= 4:  # a stream that took room returns in its thread
+                    wait_until_sync(lambda i=freed - 4: queued[i] is not None)
+                (holds + queued)[freed].cancel()
+                wait_until_sync(lambda n=freed + 1: len(ids_seen(backend, prefix="q")) == n)
                 assert len(admission(pool_name).waiting) == 5 - freed
-            assert admitted == list(range(6))
+            assert ids_seen(backend, prefix="q") == [f"q{i}" for i in range(6)]
         finally:
-            for hold in holds:
-                hold.cancel()
-            for thread in waiters:
+            for thread in threads:
                 thread.join(WAIT_LIMIT)
+            for call in queued:
+                if call is not None:
+                    call.cancel()
 
 
 def test_rooms_freed_at_once_all_go_to_the_calls_waiting(pool_name: str) -> None:
     """Four rooms free together while four calls wait: each call that takes one wakes
     the next, so none waits on while a room is free."""
-    with full_pool(pool_name) as (backend, sleep, holds):
-        fills = list(holds)
-        waiters = waiting_threads(
-            [lambda: holds.append(sleep.future(b"10000", timeout=30))] * 4, pool_name
-        )
-        for fill in fills:
+    with full_pool(pool_name) as (backend, _, holds):
+        queued, threads = queue_up(pool_name, 4, sync.Pool.channel(pool_name))
+        for fill in holds:
             fill.cancel()
         try:
-            wait_until_sync(lambda: len(holds) == 8)
             wait_until_sync(lambda: backend.calls == 8)  # the four that waited were sent
+            assert sorted(ids_seen(backend, prefix="q")) == [f"q{i}" for i in range(4)]
         finally:
-            for hold in holds:
-                hold.cancel()
-            for thread in waiters:
+            for thread in threads:
                 thread.join(WAIT_LIMIT)
+            for call in queued:
+                if call is not None:
+                    call.cancel()
 
 
 def test_a_call_whose_deadline_passes_while_it_waits_for_room_fails_naming_the_cap(
@@ -598,7 +600,7 @@ def test_a_call_whose_deadline_passes_while_it_waits_for_room_fails_naming_the_c
         assert time.monotonic() - began >= 0.3
         assert late.value.code() is DEADLINE_EXCEEDED
         assert "max_calls_per_channel=2" in (late.value.details() or "")
-        # a future waits the same way, and fails in what it returns
+        # a future waits the same way (on the pool's thread), and fails in what it returns
         future = sleep.future(b"0", timeout=0.2)
         assert future.code() is DEADLINE_EXCEEDED
         assert "max_calls_per_channel=2" in (future.details() or "")
@@ -617,7 +619,9 @@ def test_a_call_whose_deadline_passes_while_it_waits_for_room_fails_naming_the_c
         def second() -> None:
             outcomes["second"] = sleep(b"0", timeout=30)
 
-        threads = [*waiting_threads([first], pool_name), threading.Thread(target=second)]
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        threads[0].start()
+        wait_until_sync(lambda: len(admission(pool_name).waiting) == 1)
         threads[1].start()
         wait_until_sync(lambda: "first" in outcomes)
         assert outcomes == {"first": DEADLINE_EXCEEDED}
