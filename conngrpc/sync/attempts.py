@@ -18,6 +18,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import math
+import threading
 import time
 import types
 from collections.abc import Callable
@@ -27,6 +28,7 @@ import anyio
 import grpc
 import grpc.aio
 
+from .._log import get_logger
 from ..pool.calls import FailedCall, within
 from ..pool.handout import Slot
 from ..pool.retry import Attempts, Ended
@@ -38,13 +40,18 @@ from .runtime import ThreadRuntime
 if TYPE_CHECKING:
     from .pooled import _Multicallable
 
+_log = get_logger("conngrpc.sync")
+
 __all__ = [
     "OnLoop",
     "PolicyFuture",
     "attempts_of",
     "call_with_policy",
+    "deliver",
+    "forget_after_fork",
     "future_when_ready",
     "future_with_policy",
+    "outcome",
 ]
 
 _OK = grpc.StatusCode.OK
@@ -231,13 +238,42 @@ async def _room(
 
 
 def answer_of(call: Any) -> Any:
-    """The sync call (or failed call) that answers, from what the attempts returned."""
+    """The sync call (or failed call) that answers, from what the attempts returned: an
+    attempt's call, a call that could not go out, or the first attempt's own error (sent
+    from the caller's thread, when throttling stops the retries)."""
     if isinstance(call, OnLoop):
         return call.call
-    assert isinstance(call, FailedCall), call
-    error = call.error
-    assert isinstance(error, grpc.aio.AioRpcError), error
-    return failed_call(error.code(), error.details() or "")
+    if isinstance(call, FailedCall):
+        error = call.error
+        assert isinstance(error, grpc.aio.AioRpcError), error
+        return failed_call(error.code(), error.details() or "")
+    assert isinstance(call, grpc.RpcError), call
+    return call
+
+
+def outcome(
+    runtime: ThreadRuntime,
+    running: concurrent.futures.Future[Any],
+    timeout: float | None = None,
+    cancelled: bool = False,
+) -> Any:
+    """The sync call (or failed call) that answers a call whose attempts ran on the
+    pool's loop (``running``), once they are over: within ``timeout``; ``cancelled`` if
+    the program cancelled it.
+
+    :raises grpc.FutureTimeoutError: ``timeout`` passed first.
+    """
+    try:
+        return answer_of(running.result(timeout))
+    except concurrent.futures.TimeoutError:
+        raise grpc.FutureTimeoutError() from None
+    except concurrent.futures.CancelledError:
+        if cancelled:
+            return failed_call(grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
+        stopped = f"conngrpc.sync pool {runtime.name!r}: it stopped ({runtime.stopped})"
+        return failed_call(_UNAVAILABLE, stopped)
+    except grpc.aio.AioRpcError as error:  # the deadline passed between attempts
+        return failed_call(error.code(), error.details() or "")
 
 
 def call_with_policy(
@@ -256,18 +292,18 @@ def call_with_policy(
     timeout = options.get("timeout")
     deadline = None if timeout is None else time.monotonic() + timeout
     attempts = attempts_of(multicallable, runtime, policy, request)
-    if policy.retry is None:  # hedged: every copy goes from the loop
+    taken = runtime.take_now() if policy.retry is not None else None
+    if taken is None:  # hedged, or no connection takes it now: every attempt from the loop
         run = attempts.run(options, deadline)
-        return _answered(_on_loop(runtime, run).result(), with_call)
+        return _answered(outcome(runtime, _on_loop(runtime, run)), with_call)
+    slot, carrying = taken
     plan = attempts.plan()
     plan.may_send(0)
     attempts.sent = 1
-    taken, slot, carrying, sent_options = multicallable._take(options)
-    real = multicallable._real(slot)
     try:
-        response, call = real.with_call(request, **sent_options)
+        response, call = multicallable._real(slot).with_call(request, **options)
     except grpc.RpcError as error:
-        multicallable._end(taken, slot, carrying, error)
+        multicallable._end(runtime, slot, carrying, error)
         failure: Any = error
         ended = Ended(
             error,
@@ -281,18 +317,17 @@ def call_with_policy(
         if pause is None:
             raise
         resume = attempts.resume(plan, [slot], options, deadline, ended, pause)
-        return _answered(_on_loop(runtime, resume).result(), with_call)
+        return _answered(outcome(runtime, _on_loop(runtime, resume)), with_call)
     except BaseException:
-        multicallable._end(taken, slot, carrying, None)
+        multicallable._end(runtime, slot, carrying, None)
         raise
-    multicallable._end(taken, slot, carrying, call)
+    multicallable._end(runtime, slot, carrying, call)
     plan.after(Ended(call, slot, _OK))  # a success, for retryThrottling's tokens
     return (response, call) if with_call else response
 
 
-def _answered(last: Any, with_call: bool) -> Any:
-    """What a blocking call returns (or raises) for the attempt that answered."""
-    call = answer_of(last)
+def _answered(call: Any, with_call: bool) -> Any:
+    """What a blocking call returns (or raises) for the call that answered."""
     if call.code() is not _OK:
         raise call
     response = call.result()
@@ -300,12 +335,24 @@ def _answered(last: Any, with_call: bool) -> Any:
 
 
 def _on_loop(runtime: ThreadRuntime, run: Any) -> concurrent.futures.Future[Any]:
-    """Run the coroutine ``run`` on the pool's loop."""
+    """Run the coroutine ``run`` on the pool's loop (a future failed UNAVAILABLE if the
+    pool's loop is gone).
+
+    :raises RuntimeError: called on the pool's own thread, where it would wait for itself.
+    """
+    if threading.current_thread() is runtime.thread:
+        run.close()
+        raise RuntimeError(
+            f"conngrpc.sync pool {runtime.name!r}: a call under a policy (or waiting for a "
+            "channel) was made on the pool's own thread, where it would wait for itself"
+        )
     try:
         return asyncio.run_coroutine_threadsafe(run, runtime.loop)
     except RuntimeError:  # the loop closed: the pool stopped
         run.close()
-        raise
+        gone: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        gone.cancel()
+        return gone
 
 
 def future_with_policy(
@@ -319,7 +366,8 @@ def future_with_policy(
     timeout = options.get("timeout")
     deadline = None if timeout is None else time.monotonic() + timeout
     attempts = attempts_of(multicallable, runtime, policy, request)
-    return PolicyFuture(_on_loop(runtime, attempts.run(options, deadline)), attempts, deadline)
+    running = _on_loop(runtime, attempts.run(options, deadline))
+    return PolicyFuture(runtime, running, attempts, deadline)
 
 
 def future_when_ready(
@@ -340,7 +388,58 @@ def future_when_ready(
             await call
         return call
 
-    return PolicyFuture(_on_loop(runtime, start()), None, deadline)
+    return PolicyFuture(runtime, _on_loop(runtime, start()), None, deadline)
+
+
+class _Callbacks:
+    """The thread that runs the done callbacks of the futures whose calls the pool's
+    thread sent (never that thread: a callback may block, or call through the pool).
+    It starts with the first callback and ends once none is left."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._due: list[tuple[Callable[[Any], None], Any]] = []
+        self._thread: threading.Thread | None = None
+
+    def deliver(self, fn: Callable[[Any], None], future: Any) -> None:
+        with self._lock:
+            self._due.append((fn, future))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="conngrpc.sync callbacks", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._due:
+                    self._thread = None
+                    return
+                fn, future = self._due.pop(0)
+            try:
+                fn(future)
+            except Exception as error:  # as grpc: logged, and the others still run
+                _log.error("a done callback of a conngrpc.sync future raised", exc_info=error)
+
+    def forget_after_fork(self) -> None:
+        """A forked child's: the parent's thread stayed there."""
+        self._lock = threading.Lock()
+        self._due = []
+        self._thread = None
+
+
+_callbacks = _Callbacks()
+
+
+def deliver(fn: Callable[[Any], None], future: Any) -> None:
+    """Call ``fn(future)`` on the callbacks' thread."""
+    _callbacks.deliver(fn, future)
+
+
+def forget_after_fork() -> None:
+    """A forked child's: the callbacks' thread stayed in the parent."""
+    _callbacks.forget_after_fork()
 
 
 class PolicyFuture(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type-arg]
@@ -351,13 +450,16 @@ class PolicyFuture(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type-
 
     def __init__(
         self,
+        runtime: ThreadRuntime,
         running: concurrent.futures.Future[Any],
         attempts: Attempts | None,
         deadline: float | None,
     ) -> None:
+        self._runtime = runtime
         self._running = running
         self._attempts = attempts
         self._deadline = deadline
+        self._cancelled = False
 
     def __repr__(self) -> str:
         return f"<conngrpc.sync future {self._attempts or 'waiting for a channel'!r}>"
@@ -368,16 +470,12 @@ class PolicyFuture(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type-
         return 1 if self._attempts is None else self._attempts.sent
 
     def _answer(self, timeout: float | None = None) -> Any:
-        try:
-            return answer_of(self._running.result(timeout))
-        except concurrent.futures.TimeoutError:
-            raise grpc.FutureTimeoutError() from None
-        except concurrent.futures.CancelledError:
-            raise grpc.FutureCancelledError() from None
+        return outcome(self._runtime, self._running, timeout, self._cancelled)
 
     # grpc.Future
     def cancel(self) -> bool:
-        return self._running.cancel()
+        self._cancelled = self._running.cancel()
+        return self._cancelled
 
     def cancelled(self) -> bool:
         return self._running.cancelled()
@@ -389,16 +487,30 @@ class PolicyFuture(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type-
         return self._running.done()
 
     def result(self, timeout: float | None = None) -> Any:
-        return self._answer(timeout).result()
+        return self._settled(timeout).result()
 
     def exception(self, timeout: float | None = None) -> Any:
-        return self._answer(timeout).exception()
+        return self._settled(timeout).exception()
 
     def traceback(self, timeout: float | None = None) -> types.TracebackType | None:
-        return self._answer(timeout).traceback()  # type: ignore[no-any-return]
+        return self._settled(timeout).traceback()  # type: ignore[no-any-return]
+
+    def _settled(self, timeout: float | None) -> Any:
+        """The answer, for the methods of grpc.Future.
+
+        :raises grpc.FutureCancelledError: it was cancelled, as grpc's futures say.
+        """
+        if self._cancelled:
+            raise grpc.FutureCancelledError()
+        return self._answer(timeout)
 
     def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        self._running.add_done_callback(lambda _: fn(self))
+        """Call ``fn(self)`` once it is done: at once if it is, else on the callbacks'
+        thread (grpc calls its own on a thread of its, never on the pool's)."""
+        if self._running.done():
+            fn(self)
+        else:
+            self._running.add_done_callback(lambda _: deliver(fn, self))
 
     # grpc.Call
     def initial_metadata(self) -> Any:
@@ -425,5 +537,5 @@ class PolicyFuture(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type-
     def add_callback(self, callback: Callable[[], None]) -> bool:
         if self._running.done():
             return False
-        self._running.add_done_callback(lambda _: callback())
+        self._running.add_done_callback(lambda _: deliver(lambda _: callback(), self))
         return True

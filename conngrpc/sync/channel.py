@@ -90,9 +90,13 @@ def _kind(kind: str) -> Any:
         response_deserializer: Any = None,
         _registered_method: bool | None = False,
     ) -> Any:
-        real = getattr(self._made, kind)(
-            method, request_serializer, response_deserializer, _registered_method
-        )
+        make = {
+            "request_serializer": request_serializer,
+            "response_deserializer": response_deserializer,
+        }
+        if _registered_method:
+            make["_registered_method"] = _registered_method
+        real = self.callable(kind, method, make)
         return (_StreamResponse if streams else _UnaryResponse)(self, real)
 
     multicallable.__name__ = multicallable.__qualname__ = kind
@@ -117,11 +121,9 @@ class ThreadChannel(grpc.Channel):
         lock: threading.RLock | None = None,
     ) -> None:
         self._raw = raw
-        self._calls = calls  # raw, through the config's interceptors
-        #: what the PooledChannel calls through: its pool counts those calls itself
-        self.uncounted = calls
-        # (typed as Any: grpc's stubs lack the _registered_method that grpc takes)
-        self._made: Any = calls
+        # raw, through the config's interceptors (typed as Any: grpc's stubs lack the
+        # _registered_method that grpc takes)
+        self._calls: Any = calls
         self._core = _core_of(raw)
         self._watcher = watcher
         self._config = config
@@ -135,6 +137,9 @@ class ThreadChannel(grpc.Channel):
         self.in_flight = 0
         #: while it drains: what the end of its last call runs
         self._drained: Callable[[], object] | None = None
+        #: held while a multicallable is made on it, and when it is closed: grpc crashes
+        #: the process when a method is registered on a closed channel
+        self._closing = threading.Lock()
         self.closed = False
 
     def __repr__(self) -> str:
@@ -173,6 +178,20 @@ class ThreadChannel(grpc.Channel):
                 self._health = grpc.aio.secure_channel(config.address, config.credentials, options)
         return self._health
 
+    def callable(self, kind: str, method: str, make: dict[str, Any]) -> Any:
+        """grpc's own multicallable of ``kind`` for ``method`` on it, which counts nothing
+        (the PooledChannel's calls are counted by its pool).
+
+        :raises ValueError: it is closed, as grpc's closed channels say.
+        """
+        with self._closing:
+            if self.closed:
+                raise ValueError(
+                    f"Cannot invoke RPC: the conngrpc.sync channel to {self.address} was "
+                    "closed (its pool let it go); take another with get_channel()"
+                )
+            return getattr(self._calls, kind)(method, **make)
+
     async def conngrpc_retire(self, grace: float | None) -> None:
         """Close it once its calls in flight have ended, or ``grace`` seconds passed (then
         grpc cancels those left)."""
@@ -187,14 +206,30 @@ class ThreadChannel(grpc.Channel):
             with anyio.move_on_after(grace):
                 await drained.wait()
             self._drained = None
-        self.close_now()
+        self.close_now(later=True)
         if self._health is not None:
             await self._health.close()
 
-    def close_now(self) -> None:
-        """Close its connection (grpc cancels the calls left)."""
+    def close_now(self, later: bool = False) -> None:
+        """Close its connection (grpc cancels the calls left); ``later``: in the closing
+        thread, not this one. grpc's ``close()`` waits for the thread that runs its
+        calls' callbacks, which may be blocked in the program's code (even in a
+        supervisor's ``stop()``, which waits for the pool's thread): the pool's thread
+        never waits for it."""
+        with self._closing:
+            self.closed = True
+        if later:
+            _closer.close(self._raw)
+        else:
+            self._raw.close()
+
+    def forget_after_fork(self) -> None:
+        """A forked child's: the channel is its parent's. It counts as closed (calls on
+        it fail at once); its locks, which a thread of the parent may have held as it
+        forked, are made anew; grpc's channel is left alone (closing it may hang)."""
+        self._lock = threading.RLock()
+        self._closing = threading.Lock()
         self.closed = True
-        self._raw.close()
 
     # --- grpc.Channel -------------------------------------------------------------------
 
@@ -208,6 +243,12 @@ class ThreadChannel(grpc.Channel):
 
     def close(self) -> None:
         """Leave it open: the pool owns its connection (see the class)."""
+
+    def __enter__(self) -> ThreadChannel:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     unary_unary = _kind("unary_unary")
     stream_unary = _kind("stream_unary")
@@ -243,11 +284,10 @@ class ThreadChannel(grpc.Channel):
         self.began()
         try:
             call = start(*args, **kwargs)
-            when_done(call, self.ended)
         except BaseException:
             self.ended()
             raise
-        return call
+        return when_done(call, self.ended)
 
 
 class _Outcome:
@@ -266,9 +306,11 @@ class _Outcome:
         return self._state.details  # type: ignore[no-any-return]
 
 
-def when_done(call: Any, done: Callable[[Any], None]) -> None:
+def when_done(call: Any, done: Callable[[Any], None]) -> Any:
     """Run ``done(outcome)`` once grpc's ``call`` (a future, a stream) ends; ``outcome``
-    answers ``code()`` and ``details()``.
+    answers ``code()`` and ``details()`` (None when unknown). What to hand the caller:
+    ``call``, or for a plain iterator (an interceptor may return one) one that runs
+    ``done`` once it is over.
 
     Unlike ``add_done_callback``, whose callback grpc keeps with the call itself until it
     ends, this holds nothing that keeps the call alive: grpc cancels a call nobody holds
@@ -276,12 +318,63 @@ def when_done(call: Any, done: Callable[[Any], None]) -> None:
     """
     state = getattr(call, "_state", None)
     register = getattr(call, "add_callback", None)
-    if state is None or register is None:  # not grpc's own rendezvous: its callback
+    if state is not None and register is not None:
+        outcome = _Outcome(state)
+        if not register(lambda: done(outcome)):  # it had ended already
+            done(outcome)
+        return call
+    if hasattr(call, "add_done_callback"):  # not grpc's own rendezvous: its callback
         call.add_done_callback(done)
-        return
-    outcome = _Outcome(state)
-    if not register(lambda: done(outcome)):  # it had ended already
-        done(outcome)
+        return call
+    return _counted(call, done)
+
+
+def _counted(responses: Any, done: Callable[[Any], None]) -> Any:
+    """``responses`` (an iterator an interceptor returned for a stream), running
+    ``done(None)`` once it is over: read to its end, failed, or closed."""
+    try:
+        yield from responses
+    finally:
+        done(None)
+
+
+class _Closer:
+    """Closes the channels its pools let go of, in a thread of its own, one after the
+    other (grpc's ``close()`` may wait on the program; see :meth:`ThreadChannel.close_now`).
+    The thread starts with the first channel to close and ends once none is left."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._channels: list[grpc.Channel] = []
+        self._thread: threading.Thread | None = None
+
+    def close(self, channel: grpc.Channel) -> None:
+        with self._lock:
+            self._channels.append(channel)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="conngrpc.sync closer", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._channels:
+                    self._thread = None
+                    return
+                channel = self._channels.pop(0)
+            with contextlib.suppress(Exception):  # closing is all that is left to do
+                channel.close()
+
+    def forget_after_fork(self) -> None:
+        """A forked child's: the parent's channels stay unclosed, its thread stayed."""
+        self._lock = threading.Lock()
+        self._channels = []
+        self._thread = None
+
+
+_closer = _Closer()
 
 
 class _UnaryResponse:
@@ -370,9 +463,11 @@ used_in: dict[str, int] = {}
 
 
 def forget_watchers() -> list[Watcher]:
-    """A forked child's: the parent's watchers (their loops stayed there); what was held."""
+    """A forked child's: the parent's watchers (their loops stayed there) and channels
+    waiting to be closed (the closing thread stayed there too); the watchers."""
     held = list(_watchers.values())
     _watchers.clear()
+    _closer.forget_after_fork()
     return held
 
 

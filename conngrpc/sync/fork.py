@@ -36,7 +36,7 @@ from typing import Any
 from grpc._cython import cygrpc  # type: ignore[attr-defined]
 
 from ..pool.runtime import forked_from, thread_pools
-from . import channel, runtime, supervisor
+from . import attempts, channel, runtime, supervisor
 
 __all__ = ["aio_unusable", "check_usable", "inherited", "unusable"]
 
@@ -55,7 +55,12 @@ def _in_child() -> None:
     for name, pool in thread_pools.forget_all().items():
         forked_from[name] = parent
         inherited.append(pool)
+        for slot in (*pool.handout.slots, *pool.table.draining.values()):
+            forget = getattr(slot.channel, "forget_after_fork", None)
+            if forget is not None:
+                forget()
     inherited.extend(channel.forget_watchers())
+    attempts.forget_after_fork()
     runtime.renew_after_fork()
     supervisor.forget_after_fork()
     used = channel.used_in

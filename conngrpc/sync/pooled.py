@@ -30,7 +30,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -43,7 +43,7 @@ from ..pool.runtime import not_started
 from ..pool.service_config import MethodPolicy
 from . import runtime as _runtime
 from .attempts import call_with_policy, future_when_ready, future_with_policy
-from .channel import when_done
+from .channel import ThreadChannel, when_done
 from .failed import FailedCall, failed_call
 from .runtime import ThreadRuntime, thread_pools
 
@@ -184,6 +184,12 @@ class PooledChannel(grpc.Channel):
             self._subscribers.clear()
             _runtime.registered.notify_all()
 
+    def __enter__(self) -> PooledChannel:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     unary_unary = _kind("unary_unary")
     stream_unary = _kind("stream_unary")
     unary_stream = _kind("unary_stream")
@@ -199,11 +205,17 @@ class _Multicallable(MulticallableBase):
 
     def _real(self, slot: Slot) -> Any:
         """The slot's channel's multicallable for this method, made once per channel: one
-        it does not count calls on (the pool counts them, under its lock)."""
+        it does not count calls on (the pool counts them, under its lock).
+
+        :raises ValueError: the channel was closed (a call that waited past its grace).
+        """
         real = slot.callables.get(self._key) if self._key is not None else None
         if real is None:
-            channel = slot.channel.uncounted  # type: ignore[attr-defined]
-            real = channel_callable(slot, self._key, self._kind, self._method, self._make, channel)
+            with _making:  # each slot's callables are shared by every calling thread
+                uncounted = _Uncounted(cast("ThreadChannel", slot.channel))
+                real = channel_callable(
+                    slot, self._key, self._kind, self._method, self._make, uncounted
+                )
         return real
 
     def _run(self, how: str, request: Any, options: dict[str, Any]) -> Any:
@@ -211,7 +223,7 @@ class _Multicallable(MulticallableBase):
         for a response stream) on the connection the pool picks, counted until it ends;
         under its method's policy, if the pool's service config gives it one."""
         runtime = self._facade.runtime()
-        if runtime is not None and runtime.policies is not None:
+        if runtime is not None and runtime.policies is not None and runtime.mock is None:
             policy = runtime.method_policy(self._method)
             if policy is not None:
                 options, _ = applied(policy, options, None)
@@ -222,11 +234,10 @@ class _Multicallable(MulticallableBase):
                     return call_with_policy(self, runtime, policy, request, options, with_call)
         later = how in ("future", "stream")  # ends after it returns
         if how == "future" and runtime is not None and runtime.mock is None:
-            taken = _take_now(runtime)
+            taken = runtime.take_now()
             if taken is None:  # waits for a channel, or room, on the pool's thread
                 return future_when_ready(self, runtime, request, options)
-            slot, carrying = taken
-            return self._started(runtime, slot, carrying, self._real(slot).future, request, options)
+            return self._started(runtime, *taken, how, request, options)
         try:
             runtime, slot, carrying, options = self._take(options)
         except _Mocked as mocked:
@@ -236,12 +247,10 @@ class _Multicallable(MulticallableBase):
             if later:
                 return error  # grpc's futures and streams fail in what they return
             raise
-        real = self._real(slot)
         if later:
-            start = real if how == "stream" else real.future
-            return self._started(runtime, slot, carrying, start, request, options)
+            return self._started(runtime, slot, carrying, how, request, options)
         try:
-            answer = getattr(real, how)(request, **options)
+            answer = getattr(self._real(slot), how)(request, **options)
         except grpc.RpcError as error:
             self._end(runtime, slot, carrying, error)
             raise
@@ -260,19 +269,19 @@ class _Multicallable(MulticallableBase):
         runtime: ThreadRuntime,
         slot: Slot,
         carrying: int,
-        start: Callable[..., Any],
+        how: str,
         request: Any,
         options: dict[str, Any],
     ) -> Any:
-        """A call that ends after it returns (a future, a stream), started on ``slot``
-        and counted until grpc says it is done."""
+        """A call that ends after it returns (``how``: a future, a stream), started on
+        ``slot`` and counted until grpc says it is done."""
         try:
-            call = start(request, **options)
+            real = self._real(slot)
+            call = (real if how == "stream" else real.future)(request, **options)
         except BaseException:
             self._end(runtime, slot, carrying, None)
             raise
-        when_done(call, self._ended(runtime, slot, carrying))
-        return call
+        return when_done(call, self._ended(runtime, slot, carrying))
 
     def _attempted(self, runtime: ThreadRuntime, policy: MethodPolicy, request: Any) -> bool:
         """Whether a call goes out as attempts under ``policy``: a unary-unary call under a
@@ -293,7 +302,7 @@ class _Multicallable(MulticallableBase):
         """
         runtime = self._facade.runtime()
         if runtime is not None and runtime.mock is None:
-            taken = _take_now(runtime)
+            taken = runtime.take_now()
             if taken is not None:
                 return runtime, *taken, options
         return self._wait(options)
@@ -379,17 +388,26 @@ class _Multicallable(MulticallableBase):
         return getattr(runtime.mock(), self._kind)(self._method, **self._make)
 
 
-def _take_now(runtime: ThreadRuntime) -> tuple[Slot, int] | None:
-    """The connection a call goes to now (counted against it) and the calls it carried
-    before; None when none is serving, or every one is at its cap."""
-    with runtime.lock:
-        slot = runtime.handout.pick()
-        if slot is not None:
-            admission = runtime.admitted
-            slot = admission.placed(slot)
-            if slot is not None:
-                return slot, admission.begin(slot)
-    return None
+#: Held while a slot's multicallable is made and kept (rare: once per method and channel).
+_making = threading.Lock()
+
+
+class _Uncounted:
+    """A :class:`ThreadChannel` as the PooledChannel makes multicallables on it: grpc's
+    own, which count nothing (the pool counts the calls)."""
+
+    __slots__ = ("_channel",)
+
+    def __init__(self, channel: ThreadChannel) -> None:
+        self._channel = channel
+
+    def __getattr__(self, kind: str) -> Callable[..., Any]:
+        channel = self._channel
+
+        def make(method: str, **make: Any) -> Any:
+            return channel.callable(kind, method, make)
+
+        return make
 
 
 class _Mocked(Exception):
@@ -410,45 +428,20 @@ def _left(deadline: float | None, where: _Multicallable, what: str) -> float | N
 
 
 class _UnaryResponse(_Multicallable):
-    """A method with one response: ``__call__``, ``with_call`` and ``future``."""
+    """A method with one response: ``__call__``, ``with_call`` and ``future``, each with
+    grpc's arguments (the request, or ``request_iterator`` for a client stream, then
+    ``timeout``, ``metadata``, ``credentials``, ``wait_for_ready``, ``compression``)."""
 
     __slots__ = ()
 
-    def __call__(
-        self,
-        request: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: grpc.CallCredentials | None = None,
-        wait_for_ready: bool | None = None,
-        compression: grpc.Compression | None = None,
-    ) -> Any:
-        options = _options(timeout, metadata, credentials, wait_for_ready, compression)
-        return self._run("__call__", request, options)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._run("__call__", *_arguments(self._kind, args, kwargs))
 
-    def with_call(
-        self,
-        request: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: grpc.CallCredentials | None = None,
-        wait_for_ready: bool | None = None,
-        compression: grpc.Compression | None = None,
-    ) -> Any:
-        options = _options(timeout, metadata, credentials, wait_for_ready, compression)
-        return self._run("with_call", request, options)
+    def with_call(self, *args: Any, **kwargs: Any) -> Any:
+        return self._run("with_call", *_arguments(self._kind, args, kwargs))
 
-    def future(
-        self,
-        request: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: grpc.CallCredentials | None = None,
-        wait_for_ready: bool | None = None,
-        compression: grpc.Compression | None = None,
-    ) -> Any:
-        options = _options(timeout, metadata, credentials, wait_for_ready, compression)
-        return self._run("future", request, options)
+    def future(self, *args: Any, **kwargs: Any) -> Any:
+        return self._run("future", *_arguments(self._kind, args, kwargs))
 
 
 class _StreamResponse(_Multicallable):
@@ -456,30 +449,41 @@ class _StreamResponse(_Multicallable):
 
     __slots__ = ()
 
-    def __call__(
-        self,
-        request: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: grpc.CallCredentials | None = None,
-        wait_for_ready: bool | None = None,
-        compression: grpc.Compression | None = None,
-    ) -> Any:
-        options = _options(timeout, metadata, credentials, wait_for_ready, compression)
-        return self._run("stream", request, options)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._run("stream", *_arguments(self._kind, args, kwargs))
 
 
-def _options(
-    timeout: float | None,
-    metadata: Any,
-    credentials: grpc.CallCredentials | None,
-    wait_for_ready: bool | None,
-    compression: grpc.Compression | None,
-) -> dict[str, Any]:
-    return {
-        "timeout": timeout,
-        "metadata": metadata,
-        "credentials": credentials,
-        "wait_for_ready": wait_for_ready,
-        "compression": compression,
-    }
+#: grpc's arguments of a call after its request, in their order.
+OPTIONS = ("timeout", "metadata", "credentials", "wait_for_ready", "compression")
+
+
+def _arguments(
+    kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """A call's request and options from its arguments, as grpc's multicallables take
+    them (the request named ``request``, or ``request_iterator`` for a client stream).
+
+    :raises TypeError: as a Python function of grpc's signature would.
+    """
+    first = "request_iterator" if kind.startswith("stream") else "request"
+    if len(args) > 1 + len(OPTIONS):
+        raise TypeError(
+            f"expected at most {1 + len(OPTIONS)} positional arguments, got {len(args)}"
+        )
+    options = dict.fromkeys(OPTIONS)
+    options.update(zip(OPTIONS, args[1:], strict=False))
+    if args:
+        if first in kwargs:
+            raise TypeError(f"got multiple values for argument {first!r}")
+        request = args[0]
+    elif first in kwargs:
+        request = kwargs.pop(first)
+    else:
+        raise TypeError(f"missing 1 required argument: {first!r}")
+    for name, value in kwargs.items():
+        if name not in options:
+            raise TypeError(f"got an unexpected keyword argument {name!r}")
+        if OPTIONS.index(name) < len(args) - 1:
+            raise TypeError(f"got multiple values for argument {name!r}")
+        options[name] = value
+    return request, options

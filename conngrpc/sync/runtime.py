@@ -125,6 +125,18 @@ class ThreadRuntime(PoolRuntime):
     def make_admission(self, cap: int | None) -> Admission:
         return ThreadAdmission(self, cap)
 
+    def take_now(self) -> tuple[Slot, int] | None:
+        """The connection a call goes to now (counted against it) and the calls it
+        carried before; None when none is serving, or every one is at its cap."""
+        with self.lock:
+            slot = self.handout.pick()
+            if slot is not None:
+                admission = self.admitted
+                slot = admission.placed(slot)
+                if slot is not None:
+                    return slot, admission.begin(slot)
+        return None
+
     def registry(self) -> Registry[PoolRuntime]:
         return thread_pools
 

@@ -7,6 +7,8 @@ Each test checks from the servers' side where connections and calls went.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -417,3 +419,121 @@ def test_get_channel_of_a_name_no_sync_pool_holds_says_so() -> None:
         sync.Pool.get_channel("nobody")
     with pytest.raises(TypeError, match="expected a pool name"):
         sync.Pool.get_channel()
+
+
+# --- what a cold review found (each failed before its fix) ---------------------------------
+
+
+def test_a_channel_the_pool_closed_refuses_new_methods_instead_of_crashing(
+    pool_name: str,
+) -> None:
+    """grpc crashes the process when a method is registered on a closed channel (as a
+    generated stub does): the pool's closed channels refuse it, as grpc refuses calls."""
+    script = f"""
+import grpc
+from conngrpc import sync
+from conngrpc._server import PEER_METHOD, ServerProcess
+with ServerProcess() as server:
+    spec = sync.Pool.child_spec(name={pool_name!r}, pool_size=1,
+                                channel={{"address": server.address, "shutdown_grace": 0}})
+    with sync.Supervisor([spec]):
+        sync.Pool.wait_connected({pool_name!r})
+        held = sync.Pool.get_channel({pool_name!r})
+    try:
+        held.unary_unary(PEER_METHOD, None, None, True)
+    except ValueError as error:
+        print("refused:", error)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "refused: Cannot invoke RPC: the conngrpc.sync channel" in result.stdout
+
+
+def test_stop_called_from_a_calls_done_callback_does_not_wait_for_itself(pool_name: str) -> None:
+    """grpc's close() waits for the thread that runs its calls' callbacks: a stop() from
+    one (with another call in flight on the channel) must not wait on it for ever."""
+    with sync_fleet(1) as ([backend], _):
+        spec = sync.Pool.child_spec(
+            name=pool_name, pool_size=1, channel={"address": backend.address}
+        )
+        supervisor = sync.Supervisor([spec]).start()
+        sync.Pool.wait_connected(pool_name, timeout=WAIT_LIMIT)
+        sleep = raw(sync.Pool.get_channel(pool_name), "unary_unary", SLEEP_METHOD)
+        stopped = threading.Event()
+        longer = sleep.future(b"300", timeout=10)
+
+        def stop(_: Any) -> None:
+            supervisor.stop()
+            stopped.set()
+
+        sleep.future(b"1", timeout=10).add_done_callback(stop)
+        assert stopped.wait(WAIT_LIMIT * 2), "stop() from a done callback hung"
+        assert longer.result(timeout=WAIT_LIMIT) == str(backend.port).encode()
+
+
+def test_a_stream_interceptor_returning_a_plain_iterator_is_counted_to_its_end(
+    pool_name: str,
+) -> None:
+    class Upper(grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+        def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+            return (message.upper() + b"!" for message in continuation(details, request))
+
+    with (
+        sync_fleet(1) as ([backend], _),
+        running(pool_name, backend.address, 1, channel={"interceptors": [Upper()]}),
+    ):
+        for channel in (sync.Pool.channel(pool_name), sync.Pool.get_channel(pool_name)):
+            stream = raw(channel, "unary_stream", COUNT_METHOD)(b"2:1", timeout=5)
+            assert list(stream) == [b"0!", b"1!"]
+        wait_until_sync(lambda: sync.Pool.status(pool_name).in_flight == 0)
+
+
+def test_a_mocked_pool_answers_a_method_under_a_retry_policy(pool_name: str) -> None:
+    answers = {"/conngrpc.demo.v1.Demo/Peer": b"mocked"}
+
+    class Mock:
+        def unary_unary(self, method: str, **_: Any) -> Any:
+            return lambda request, **__: answers[method]
+
+    config = {
+        "methodConfig": [
+            {
+                "name": [{}],
+                "retryPolicy": {
+                    "maxAttempts": 2,
+                    "initialBackoff": "0.01s",
+                    "maxBackoff": "0.01s",
+                    "backoffMultiplier": 1,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+    spec = sync.Pool.child_spec(
+        name=pool_name,
+        pool_size=1,
+        channel={"address": "unused:1", "mock": Mock},
+        service_config=config,
+    )
+    with sync.Supervisor([spec]):
+        sync.Pool.wait_connected(pool_name, timeout=WAIT_LIMIT)
+        assert raw(sync.Pool.channel(pool_name), "unary_unary", PEER_METHOD)(b"") == b"mocked"
+
+
+def test_calls_take_grpcs_arguments_by_name_and_the_channel_is_a_context_manager(
+    pool_name: str,
+) -> None:
+    with sync_fleet(1) as ([backend], _), running(pool_name, backend.address, 1):
+        with sync.Pool.channel(pool_name) as pooled:
+            collect = raw(pooled, "stream_unary", COLLECT_METHOD)
+            assert collect(request_iterator=iter([b"a", b"b"]), timeout=5) == b"2"
+            sleep = raw(pooled, "unary_unary", SLEEP_METHOD)
+            assert sleep(b"1", 5, None) == str(backend.port).encode()  # timeout by place
+            with pytest.raises(TypeError, match="unexpected keyword argument 'deadline'"):
+                sleep(b"1", deadline=5)
+        assert pooled.get_state() is grpc.ChannelConnectivity.SHUTDOWN  # closed on exit
+        with sync.Pool.get_channel(pool_name) as handed_out:
+            assert raw(handed_out, "unary_unary", PEER_METHOD)(b"", timeout=5)
+        assert sync.Pool.status(pool_name).current_size == 1  # the pool's stays open

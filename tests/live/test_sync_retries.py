@@ -255,3 +255,100 @@ def test_a_future_under_a_policy_answers_as_grpcs_own_future(pool_name: str, fai
             assert ours.attempts == 1
         finally:
             plain.close()
+
+
+# --- what a cold review found (each failed before its fix) ---------------------------------
+
+
+def test_a_future_callback_runs_off_the_pools_thread_and_may_call_through_the_pool(
+    pool_name: str,
+) -> None:
+    """grpc runs a future's callbacks on a thread of its own: a hedged future's may
+    block, even calling through the pool, without stalling the pool's thread."""
+    with (
+        scripted(answer_now) as backends,
+        pool(pool_name, backends, hedging_config()) as channel,
+    ):
+        multicallable = channel.unary_unary(TRY)
+        heard: dict[str, Any] = {}
+        called = threading.Event()
+
+        def callback(_: Any) -> None:
+            heard["thread"] = threading.current_thread().name
+            heard["inner"] = multicallable(b"", timeout=WAIT_LIMIT)
+            called.set()
+
+        multicallable.future(b"", timeout=WAIT_LIMIT).add_done_callback(callback)
+        assert called.wait(WAIT_LIMIT * 2), "the callback's call hung"
+        assert not heard["thread"].startswith("conngrpc.sync supervisor")
+        assert heard["inner"] in {b"s0", b"s1", b"s2"}
+
+
+async def answer_now(server: Scripted, context: Any) -> bytes:
+    return server.name.encode()
+
+
+def test_a_retried_call_throttled_fails_with_grpcs_error(pool_name: str) -> None:
+    async def always_fail(server: Scripted, context: Any) -> bytes:
+        await context.abort(UNAVAILABLE, "down")
+        return b""
+
+    config = {**retry_config(), "retryThrottling": {"maxTokens": 2, "tokenRatio": 0.1}}
+    with scripted(always_fail, 2) as backends, pool(pool_name, backends, config) as channel:
+        multicallable = channel.unary_unary(TRY)
+
+        def call(_: int) -> str:
+            try:
+                multicallable(b"", timeout=WAIT_LIMIT)
+            except grpc.RpcError as error:
+                return str(error.code())
+            return "OK"
+
+        assert set(in_parallel(8, call)) == {str(UNAVAILABLE)}
+
+
+def test_a_future_under_a_policy_answers_a_deadline_and_a_cancel_as_grpcs(
+    pool_name: str,
+) -> None:
+    async def first_fails_then_hang(server: Scripted, context: Any) -> bytes:
+        if sum(len(b.received) for b in everyone) == 1:
+            await context.abort(UNAVAILABLE, "the first call fails")
+        return await hang(server, context)
+
+    everyone: list[Scripted] = []
+    slow = retry_config(backoff="3600s")
+    with (
+        scripted(first_fails_then_hang) as backends,
+        pool(pool_name, backends, slow) as channel,
+    ):
+        everyone.extend(backends)
+        late = channel.unary_unary(TRY).future(b"", timeout=0.3)
+        assert late.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert late.details() == "Deadline Exceeded"
+        assert isinstance(late.exception(), grpc.RpcError)
+        hung = channel.unary_unary(TRY).future(b"", timeout=60)
+        wait_until_sync(lambda: len(received(backends)) == 2)  # the first stays unanswered
+        assert hung.cancel()
+        assert hung.code() is grpc.StatusCode.CANCELLED
+        assert hung.details() == "Locally cancelled by application!"
+        with pytest.raises(grpc.FutureCancelledError):
+            hung.result()
+
+
+def test_stopping_the_pool_during_a_backoff_fails_the_call_as_unavailable(pool_name: str) -> None:
+    slow = retry_config(backoff="3600s")
+    with scripted(fail_first()) as backends:
+        addresses = "ipv4:" + ",".join(backend.address for backend in backends)
+        spec = sync.Pool.child_spec(
+            name=pool_name,
+            pool_size=3,
+            channel={"address": addresses, "options": NO_GRPC_RETRIES},
+            service_config=json.dumps(slow),
+        )
+        supervisor = sync.Supervisor([spec]).start()
+        sync.Pool.wait_connected(pool_name, timeout=WAIT_LIMIT)
+        future = sync.Pool.channel(pool_name).unary_unary(TRY).future(b"", timeout=60)
+        wait_until_sync(lambda: len(received(backends)) == 1)  # failed: in its backoff
+        supervisor.stop()
+        assert future.code() is UNAVAILABLE
+        assert "it stopped" in future.details()
