@@ -305,6 +305,12 @@ class _Outcome:
     def details(self) -> str | None:
         return self._state.details  # type: ignore[no-any-return]
 
+    def initial_metadata(self) -> Any:
+        return self._state.initial_metadata
+
+    def trailing_metadata(self) -> Any:
+        return self._state.trailing_metadata
+
 
 def when_done(call: Any, done: Callable[[Any], None]) -> Any:
     """Run ``done(outcome)`` once grpc's ``call`` (a future, a stream) ends; ``outcome``

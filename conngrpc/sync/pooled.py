@@ -46,6 +46,7 @@ from .attempts import call_with_policy, future_when_ready, future_with_policy
 from .channel import ThreadChannel, when_done
 from .failed import FailedCall, failed_call
 from .runtime import ThreadRuntime, thread_pools
+from .streams import RetriedStream
 
 __all__ = ["PooledChannel"]
 
@@ -228,6 +229,8 @@ class _Multicallable(MulticallableBase):
             if policy is not None:
                 options, _ = applied(policy, options, None)
                 if self._attempted(runtime, policy, request):
+                    if how == "stream":
+                        return RetriedStream(self, runtime, policy, request, options)
                     if how == "future":
                         return future_with_policy(self, runtime, policy, request, options)
                     with_call = how == "with_call"
@@ -285,9 +288,14 @@ class _Multicallable(MulticallableBase):
 
     def _attempted(self, runtime: ThreadRuntime, policy: MethodPolicy, request: Any) -> bool:
         """Whether a call goes out as attempts under ``policy``: a unary-unary call under a
-        retry or a hedging policy, whose request fits ``grpc.per_rpc_retry_buffer_size``
-        (a larger one commits as it goes, so it goes once, as grpc's)."""
-        if self._kind != "unary_unary" or (policy.retry is None and policy.hedging is None):
+        retry or a hedging policy, or a unary-stream one under a retry policy, whose
+        request fits ``grpc.per_rpc_retry_buffer_size`` (a larger one commits as it goes,
+        so it goes once, as grpc's)."""
+        kind = self._kind
+        if kind == "unary_unary":
+            if policy.retry is None and policy.hedging is None:
+                return False
+        elif kind != "unary_stream" or policy.retry is None:
             return False
         size = serialized_size(request, self._make["request_serializer"])
         return size <= runtime.retry_buffer

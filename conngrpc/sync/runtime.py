@@ -16,6 +16,7 @@ import contextlib
 import functools
 import threading
 import time
+import weakref
 from typing import Any, cast
 
 from ..channel.changes import Change, Reply
@@ -110,13 +111,15 @@ class ThreadAdmission(Admission):
 class ThreadRuntime(PoolRuntime):
     """A ``conngrpc.sync`` pool's runtime: the asyncio pool's, its state under one lock."""
 
-    __slots__ = ("admitted", "changed", "connect", "lock")
+    __slots__ = ("admitted", "changed", "connect", "lock", "streams")
 
     def __init__(self, kind: Any, settings: Any, connector: SyncConnector | None = None) -> None:
         self.lock = threading.RLock()
         #: notified at every change of the table, and when the pool stops
         self.changed = threading.Condition(self.lock)
         self.connect = connector
+        #: its retried response streams under way, which its stop ends
+        self.streams: weakref.WeakSet[Any] = weakref.WeakSet()
         fork.check_usable(health_checked=settings.channel.health_check is not None)
         super().__init__(kind, settings)
         #: its admission, as the sync front end uses it (the same object)
@@ -124,6 +127,18 @@ class ThreadRuntime(PoolRuntime):
 
     def make_admission(self, cap: int | None) -> Admission:
         return ThreadAdmission(self, cap)
+
+    def take_avoiding(self, tried: list[Slot]) -> tuple[Slot, int] | None:
+        """:meth:`take_now` for a call's next attempt: a connection it has not tried
+        first, another backend first."""
+        with self.lock:
+            slot = self.handout.pick_avoiding(tried)
+            if slot is not None:
+                admission = self.admitted
+                slot = admission.placed(slot, tried)
+                if slot is not None:
+                    return slot, admission.begin(slot)
+        return None
 
     def take_now(self) -> tuple[Slot, int] | None:
         """The connection a call goes to now (counted against it) and the calls it
@@ -165,6 +180,8 @@ class ThreadRuntime(PoolRuntime):
         with self.lock:
             super().stop(reason)
             self.changed.notify_all()
+        for stream in list(self.streams):
+            stream.stopped()
         _tell_everyone()
 
     def status(self) -> PoolStatus:

@@ -7,6 +7,7 @@ test checks from the servers' side where each attempt went.
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from tests._probe import WAIT_LIMIT, wait_until_sync
 from tests._sync_fleet import ServerLoop
 from tests.live.test_retries import (
     NO_GRPC_RETRIES,
+    STREAM,
     TRY,
     UNAVAILABLE,
     Script,
@@ -352,3 +354,74 @@ def test_stopping_the_pool_during_a_backoff_fails_the_call_as_unavailable(pool_n
         supervisor.stop()
         assert future.code() is UNAVAILABLE
         assert "it stopped" in future.details()
+
+
+# --- response streams ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("read", [True, False])
+def test_a_response_stream_is_retried_until_its_first_message(
+    pool_name: str, events: Events, read: bool
+) -> None:
+    """Read, or not (its end decides then): the stream answers from the second attempt."""
+    with scripted(fail_first()) as backends, pool(pool_name, backends, retry_config()) as channel:
+        stream = channel.unary_stream(STREAM)(b"", timeout=WAIT_LIMIT)
+        done: list[Any] = []
+        stream.add_done_callback(done.append)
+        if not read:  # retried with nobody reading: the first attempt's end sent it
+            wait_until_sync(lambda: len(received(backends)) == 2)
+        messages = list(stream)
+        calls = received(backends)
+        assert len(calls) == 2
+        (first, _), (second, header) = sorted(calls, key=lambda c: c[1] or "")
+        assert first != second
+        assert header == "1"
+        assert messages == [second.encode(), b"second"]
+        assert stream.code() is grpc.StatusCode.OK
+        assert stream.attempts == 2
+        wait_until_sync(lambda: done == [stream])
+        assert [event for event, _, _ in events] == [RETRY]
+        wait_until_sync(lambda: sync.Pool.status(pool_name).in_flight == 0)
+
+
+def test_a_response_streams_headers_commit_it_before_its_first_message(pool_name: str) -> None:
+    with (
+        scripted(fail_first(headers=True)) as backends,
+        pool(pool_name, backends, retry_config()) as channel,
+    ):
+        stream = channel.unary_stream(STREAM)(b"", timeout=WAIT_LIMIT)
+        with pytest.raises(grpc.RpcError) as failed:
+            list(stream)
+        assert failed.value.code() is UNAVAILABLE
+        assert stream.code() is UNAVAILABLE
+        assert dict(stream.initial_metadata() or ()) == {"began": "yes"}
+        assert len(received(backends)) == 1
+
+
+def test_a_retried_stream_dropped_is_cancelled_and_stopping_ends_one_in_its_backoff(
+    pool_name: str,
+) -> None:
+    slow = retry_config(backoff="3600s")
+    with scripted(fail_first()) as backends:
+        addresses = "ipv4:" + ",".join(backend.address for backend in backends)
+        spec = sync.Pool.child_spec(
+            name=pool_name,
+            pool_size=3,
+            channel={"address": addresses, "options": NO_GRPC_RETRIES},
+            service_config=json.dumps(slow),
+        )
+        supervisor = sync.Supervisor([spec]).start()
+        sync.Pool.wait_connected(pool_name, timeout=WAIT_LIMIT)
+        method = sync.Pool.channel(pool_name).unary_stream(STREAM)
+        waiting = method(b"")  # its first attempt fails: then a 0-3600 s backoff
+        wait_until_sync(lambda: len(received(backends)) == 1)
+        dropped = method(b"", timeout=WAIT_LIMIT)
+        assert next(dropped) in {b"s0", b"s1", b"s2"}  # the second call answers
+        del dropped
+        gc.collect()
+        wait_until_sync(lambda: sync.Pool.status(pool_name).in_flight == 0)
+        supervisor.stop()
+        assert waiting.code() is UNAVAILABLE
+        assert "it stopped" in waiting.details()
+        with pytest.raises(grpc.RpcError):
+            next(waiting)

@@ -1,0 +1,379 @@
+"""A ``conngrpc.sync`` response stream under a retry policy: retried until it commits.
+
+As the asyncio pool's (A6): an attempt that fails with a retryable status before the
+stream commits (its first message read, or response headers with metadata in them) is
+sent again, after the policy's backoff (or the server's pushback), on a connection the
+call has not tried; maxAttempts, retryThrottling and the call's deadline bound them, and
+:class:`conngrpc.pool.retry` decides (``_Plan``).
+
+grpc's sync streams are read in the caller's thread and end in grpc's: whichever sees an
+attempt end first decides what follows, the reader (while one reads) or the attempt's
+end (while none does, as for a stream nobody reads yet). The next attempt goes out from
+the pool's thread, after its backoff. The stream answers every method of grpc's own
+(iteration, ``code()``, ``cancel()``, done callbacks, ...) as the attempt that answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from ..pool.calls import within
+from ..pool.handout import Slot
+from ..pool.retry import Ended, with_previous
+from ..pool.service_config import MethodPolicy
+from .attempts import ROOM_POLL_SECONDS, attempts_of
+from .channel import when_done
+from .failed import failed_call
+from .runtime import ThreadRuntime
+
+if TYPE_CHECKING:
+    from .pooled import _Multicallable
+
+__all__ = ["RetriedStream"]
+
+_OK = grpc.StatusCode.OK
+
+
+class RetriedStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type-arg]
+    """A response stream under a retry policy (see the module)."""
+
+    def __init__(
+        self,
+        multicallable: _Multicallable,
+        runtime: ThreadRuntime,
+        policy: MethodPolicy,
+        request: Any,
+        options: dict[str, Any],
+    ) -> None:
+        self._multicallable = multicallable
+        self._runtime = runtime
+        self._request = request
+        self._options = options
+        timeout = options.get("timeout")
+        self._deadline: float | None = None if timeout is None else time.monotonic() + timeout
+        self._attempts = attempts_of(multicallable, runtime, policy, request)
+        self._plan = self._attempts.plan()
+        self._lock = threading.Condition()
+        self._tried: list[Slot] = []
+        self._call: Any = None  # the attempt running now (None until the first goes)
+        self._slot: Slot | None = None
+        self._number = 0  # the attempt's, from 1
+        self._final: Any = None  # the call that answers, once known
+        self._read = False  # a message was read: the stream committed
+        self._readers = 0
+        self._cancelled = False
+        self._allowed = False  # the next attempt counted against maxAttempts already
+        self._callbacks: list[Callable[[Any], None]] = []
+        runtime.streams.add(self)
+        self._plan.may_send(0)
+        taken = runtime.take_now()
+        if taken is None:  # no connection takes it now: the pool's thread sends it
+            self._allowed = True
+            self._soon(0.0)
+        else:
+            self._launch(*taken)
+
+    def __repr__(self) -> str:
+        return f"<conngrpc.sync retried stream {self._attempts!r}>"
+
+    @property
+    def attempts(self) -> int:
+        """How many attempts the call sent."""
+        return self._attempts.sent
+
+    # --- the attempts ----------------------------------------------------------------
+
+    def _launch(self, slot: Slot, carrying: int) -> None:
+        """Send the next attempt on ``slot`` (counted against it already)."""
+        multicallable, runtime = self._multicallable, self._runtime
+        previous = self._attempts.sent
+        options = within(with_previous(self._options, previous), self._deadline)
+        try:
+            call = multicallable._real(slot)(self._request, **options)
+        except BaseException as error:
+            multicallable._end(runtime, slot, carrying, None)
+            self._settle(failed_call(grpc.StatusCode.UNAVAILABLE, f"{error}"))
+            return
+        self._attempts.sent = previous + 1
+        cause = self._plan.sent()
+        if previous:
+            self._attempts._tell(previous + 1, cause, slot)
+        self._tried.append(slot)
+        call = when_done(call, multicallable._ended(runtime, slot, carrying))
+        if not hasattr(call, "add_done_callback"):  # an interceptor's plain iterator:
+            self._settle(call)  # its end cannot be seen, so it goes once
+            return
+        with self._lock:
+            stale = self._final is not None or self._cancelled
+            if not stale:
+                self._number += 1
+                self._call, self._slot = call, slot
+                self._allowed = False
+                self._lock.notify_all()
+            number = self._number
+        if stale:
+            call.cancel()
+            return
+        own = weakref.ref(self)
+        when_done(call, lambda outcome: _attempt_ended(own, number, slot, outcome))
+
+    def _ended(self, number: int, slot: Slot, outcome: Any, reader: bool) -> None:
+        """Attempt ``number`` ended (``outcome``: its ``code()``, ``details()`` and
+        metadata): it answers, or the next goes after its backoff. A reader decides
+        while one reads; the attempt's end, while none does."""
+        pause = None
+        callbacks: list[Callable[[Any], None]] = []
+        with self._lock:
+            if self._final is not None or number != self._number:
+                return
+            if self._readers and not reader:
+                return  # the reader sees it end, and decides
+            call = self._call
+            code = outcome.code()
+            if code is _OK or self._read or self._cancelled:
+                callbacks = self._settled(call)
+            else:
+                ended = Ended(
+                    call,
+                    slot,
+                    code,
+                    committed=bool(outcome.initial_metadata()),
+                    details=outcome.details(),
+                    metadata=outcome.trailing_metadata(),
+                )
+                pause = self._plan.after(ended)
+                deadline = self._deadline
+                if pause is None:
+                    callbacks = self._settled(call)
+                elif deadline is not None and time.monotonic() + pause >= deadline:
+                    # the deadline passes first: the call ends then, between attempts
+                    pause = max(0.0, deadline - time.monotonic())
+                    self._allowed = True
+                elif not self._plan.may_send(self._attempts.sent):
+                    callbacks = self._settled(call)
+                    pause = None
+                else:
+                    self._allowed = True
+        self._run(callbacks)
+        if pause is not None:
+            self._soon(pause)
+
+    def _soon(self, pause: float) -> None:
+        """Send the next attempt from the pool's thread after ``pause`` seconds."""
+        loop = self._runtime.loop
+        own = weakref.ref(self)
+        try:
+            loop.call_soon_threadsafe(loop.call_later, pause, _next_of, own)
+        except RuntimeError:  # the loop closed: the pool stopped
+            self.stopped()
+
+    def _next(self) -> None:
+        """On the pool's thread: send the next attempt, once a connection takes it."""
+        with self._lock:
+            if self._final is not None or self._cancelled or not self._allowed:
+                return
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            late = failed_call(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            self._settle(late)
+            return
+        runtime = self._runtime
+        taken = runtime.take_avoiding(self._tried)
+        if taken is not None:
+            self._launch(*taken)
+            return
+        wait_for_ready = bool(self._options.get("wait_for_ready"))
+        if runtime.stopped is not None:
+            self.stopped()
+        elif not runtime.handout.slots and not wait_for_ready and runtime.table.settled:
+            details = f"conngrpc.sync pool {runtime.name!r}: {runtime.not_connected().reason}"
+            self._run(self._settle_now(failed_call(grpc.StatusCode.UNAVAILABLE, details)))
+        else:
+            runtime.loop.call_later(ROOM_POLL_SECONDS, _next_of, weakref.ref(self))
+
+    def stopped(self) -> None:
+        """The pool stopped: a call still under way fails as UNAVAILABLE."""
+        runtime = self._runtime
+        details = f"conngrpc.sync pool {runtime.name!r}: it stopped ({runtime.stopped})"
+        with self._lock:
+            call = None if self._final is not None else self._call
+        if call is not None:
+            call.cancel()
+        self._run(self._settle_now(failed_call(grpc.StatusCode.UNAVAILABLE, details)))
+
+    def _settle(self, final: Any) -> None:
+        self._run(self._settle_now(final))
+
+    def _settle_now(self, final: Any) -> list[Callable[[Any], None]]:
+        with self._lock:
+            if self._final is not None:
+                return []
+            return self._settled(final)
+
+    def _settled(self, final: Any) -> list[Callable[[Any], None]]:
+        """Under the lock: ``final`` answers; the callbacks to run (outside it)."""
+        self._final = final
+        self._lock.notify_all()
+        self._runtime.streams.discard(self)
+        callbacks, self._callbacks = self._callbacks, []
+        return callbacks
+
+    def _run(self, callbacks: list[Callable[[Any], None]]) -> None:
+        for callback in callbacks:
+            with contextlib.suppress(Exception):  # as grpc: a callback's failure is its own
+                callback(self)
+
+    def _answer(self, timeout: float | None = None) -> Any:
+        """The call that answers, once known (within ``timeout``)."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: self._final is not None, timeout):
+                raise grpc.FutureTimeoutError()
+            return self._final
+
+    # --- iteration ---------------------------------------------------------------------
+
+    def __iter__(self) -> RetriedStream:
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: self._call is not None or self._final is not None)
+                final, call, number, slot = self._final, self._call, self._number, self._slot
+                if final is None:
+                    self._readers += 1
+            if final is not None:
+                return next(final)
+            try:
+                message = next(call)
+            except StopIteration:
+                self._reader_done()
+                assert slot is not None
+                self._ended(number, slot, call, reader=True)
+                raise
+            except grpc.RpcError:
+                self._reader_done()
+                assert slot is not None
+                self._ended(number, slot, call, reader=True)
+                with self._lock:  # until it answers, or the next attempt went out
+                    self._lock.wait_for(functools.partial(self._moved_on, number))
+                continue
+            except BaseException:
+                self._reader_done()
+                raise
+            self._reader_done(read=True)
+            return message
+
+    def _moved_on(self, number: int) -> bool:
+        """Under the lock: whether it answered, or sent an attempt after ``number``."""
+        return self._final is not None or self._number != number
+
+    def next(self) -> Any:
+        return self.__next__()
+
+    def _reader_done(self, read: bool = False) -> None:
+        with self._lock:
+            self._readers -= 1
+            if read:
+                self._read = True
+
+    # --- grpc.Call, grpc.Future ------------------------------------------------------------
+
+    def initial_metadata(self) -> Any:
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: self._call is not None or self._final is not None)
+                final, call, number = self._final, self._call, self._number
+            if final is not None:
+                return final.initial_metadata()
+            metadata = call.initial_metadata()
+            if metadata:
+                return metadata
+            with self._lock:
+                self._lock.wait_for(functools.partial(self._moved_on, number))
+
+    def trailing_metadata(self) -> Any:
+        return self._answer().trailing_metadata()
+
+    def code(self) -> grpc.StatusCode:
+        return self._answer().code()  # type: ignore[no-any-return]
+
+    def details(self) -> str:
+        return self._answer().details()  # type: ignore[no-any-return]
+
+    def debug_error_string(self) -> str:
+        return self._answer().debug_error_string()  # type: ignore[no-any-return]
+
+    def cancel(self) -> bool:
+        with self._lock:
+            if self._final is not None:
+                return False
+            self._cancelled = True
+            call = self._call
+        if call is None or not call.cancel():
+            cancelled = failed_call(grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
+            self._settle(cancelled)
+        return True
+
+    def cancelled(self) -> bool:
+        with self._lock:
+            return self._cancelled and self._final is not None
+
+    def running(self) -> bool:
+        return self._final is None
+
+    def done(self) -> bool:
+        return self._final is not None
+
+    def is_active(self) -> bool:
+        return self._final is None
+
+    # (grpc's own calls answer None without a deadline, as this does; grpc's types say float)
+    def time_remaining(self) -> float | None:  # type: ignore[override]
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - time.monotonic())
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._answer(timeout).result()
+
+    def exception(self, timeout: float | None = None) -> Any:
+        return self._answer(timeout).exception()
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        return self._answer(timeout).traceback()
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        with self._lock:
+            if self._final is None:
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        with self._lock:
+            if self._final is not None:
+                return False
+            self._callbacks.append(lambda _: callback())
+            return True
+
+
+def _attempt_ended(own: weakref.ref[RetriedStream], number: int, slot: Slot, outcome: Any) -> None:
+    """An attempt's end (grpc's thread): the stream decides, if anyone still holds it."""
+    stream = own()
+    if stream is not None:
+        stream._ended(number, slot, outcome, reader=False)
+
+
+def _next_of(own: weakref.ref[RetriedStream]) -> None:
+    """The pool's thread sends a stream's next attempt, if anyone still holds it."""
+    stream = own()
+    if stream is not None:
+        stream._next()
