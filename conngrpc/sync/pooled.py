@@ -46,7 +46,7 @@ from .attempts import call_with_policy, future_when_ready, future_with_policy
 from .channel import ThreadChannel, when_done
 from .failed import FailedCall, failed_call
 from .runtime import ThreadRuntime, thread_pools
-from .streams import RetriedStream
+from .streams import ReplayedRequests, RetriedStream, client_stream_with_policy
 
 __all__ = ["PooledChannel"]
 
@@ -228,9 +228,19 @@ class _Multicallable(MulticallableBase):
             policy = runtime.method_policy(self._method)
             if policy is not None:
                 options, _ = applied(policy, options, None)
-                if self._attempted(runtime, policy, request):
-                    if how == "stream":
+                if self._attempted(runtime, policy, request, how):
+                    kind = self._kind
+                    if kind == "stream_stream":
+                        requests = self._replayed(runtime, request)
+                        return RetriedStream(self, runtime, policy, None, options, requests)
+                    if kind == "unary_stream":
                         return RetriedStream(self, runtime, policy, request, options)
+                    if kind == "stream_unary":
+                        requests = self._replayed(runtime, request)
+                        with_call = how == "with_call"
+                        return client_stream_with_policy(
+                            self, runtime, policy, requests, options, with_call
+                        )
                     if how == "future":
                         return future_with_policy(self, runtime, policy, request, options)
                     with_call = how == "with_call"
@@ -286,17 +296,24 @@ class _Multicallable(MulticallableBase):
             raise
         return when_done(call, self._ended(runtime, slot, carrying))
 
-    def _attempted(self, runtime: ThreadRuntime, policy: MethodPolicy, request: Any) -> bool:
+    def _replayed(self, runtime: ThreadRuntime, requests: Any) -> ReplayedRequests:
+        return ReplayedRequests(requests, self._make["request_serializer"], runtime.retry_buffer)
+
+    def _attempted(
+        self, runtime: ThreadRuntime, policy: MethodPolicy, request: Any, how: str = ""
+    ) -> bool:
         """Whether a call goes out as attempts under ``policy``: a unary-unary call under a
-        retry or a hedging policy, or a unary-stream one under a retry policy, whose
-        request fits ``grpc.per_rpc_retry_buffer_size`` (a larger one commits as it goes,
-        so it goes once, as grpc's)."""
+        retry or a hedging policy, whose request fits ``grpc.per_rpc_retry_buffer_size``
+        (a larger one commits as it goes, so it goes once, as grpc's); a stream under a
+        retry policy (a client stream's requests kept within that buffer), but for a
+        client stream's ``future()``, which goes once."""
         kind = self._kind
-        if kind == "unary_unary":
-            if policy.retry is None and policy.hedging is None:
-                return False
-        elif kind != "unary_stream" or policy.retry is None:
+        if policy.retry is None and (policy.hedging is None or kind != "unary_unary"):
+            return False  # hedged streams go once
+        if kind == "stream_unary" and how == "future":
             return False
+        if kind.startswith("stream"):
+            return True  # its requests are kept while they fit (ReplayedRequests)
         size = serialized_size(request, self._make["request_serializer"])
         return size <= runtime.retry_buffer
 

@@ -27,7 +27,7 @@ import grpc
 
 from ..pool.calls import within
 from ..pool.handout import Slot
-from ..pool.retry import Ended, with_previous
+from ..pool.retry import Ended, serialized_size, with_previous
 from ..pool.service_config import MethodPolicy
 from .attempts import ROOM_POLL_SECONDS, attempts_of
 from .channel import when_done
@@ -37,9 +37,146 @@ from .runtime import ThreadRuntime
 if TYPE_CHECKING:
     from .pooled import _Multicallable
 
-__all__ = ["RetriedStream"]
+__all__ = ["ReplayedRequests", "RetriedStream", "client_stream_with_policy"]
 
 _OK = grpc.StatusCode.OK
+_OVER = object()  # no request any more, for a view of ReplayedRequests
+
+
+class ReplayedRequests:
+    """A client stream's requests, kept for the next attempt (A6's retry buffer) while
+    their serialized size stays within ``limit``; past it the call commits and none is
+    kept any more.
+
+    Each attempt reads them through a :meth:`view` of its own: the kept ones, in order,
+    then new ones from the caller's iterator, kept as they are drawn (by whichever
+    attempt draws them: an attempt that ended may have drawn one that grpc dropped, and
+    the next gets it). One attempt draws at a time.
+    """
+
+    def __init__(self, requests: Any, serializer: Callable[[Any], bytes] | None, limit: int):
+        self._source = iter(requests)
+        self._serializer = serializer
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._kept: list[Any] = []
+        self._size = 0
+        self._ended = False
+        self._failed: BaseException | None = None
+        self._drawer: object = None  # the view that drew the latest request
+        #: past the buffer: no other attempt may go out
+        self.committed = False
+
+    def view(self) -> Any:
+        """The requests, for one attempt."""
+        me = object()  # this view: past the buffer, only the one that drew last goes on
+        index = 0
+        while True:
+            request = self._next(me, index)
+            if request is _OVER:
+                return
+            index += 1
+            yield request
+
+    def _next(self, view: object, index: int) -> Any:
+        """The request at ``index`` for ``view``: a kept one, or one drawn now; _OVER
+        once there is none (the caller's iterator ended, or the call committed to
+        another attempt)."""
+        with self._lock:
+            if self.committed:
+                if self._drawer is not view:
+                    return _OVER
+            elif index < len(self._kept):
+                return self._kept[index]
+            if self._failed is not None:
+                raise self._failed
+            if self._ended:
+                return _OVER
+            self._drawer = view
+            try:
+                request = next(self._source)
+            except StopIteration:
+                self._ended = True
+                return _OVER
+            except BaseException as error:
+                self._failed = error
+                raise
+            self._keep(request)
+            return request
+
+    def _keep(self, request: Any) -> None:
+        """Under the lock: keep ``request`` for another attempt, unless past the buffer."""
+        if self.committed:
+            return
+        self._size += serialized_size(request, self._serializer)
+        if self._size > self._limit:
+            self.committed = True
+            self._kept.clear()
+        else:
+            self._kept.append(request)
+
+
+def client_stream_with_policy(
+    multicallable: _Multicallable,
+    runtime: ThreadRuntime,
+    policy: MethodPolicy,
+    replay: ReplayedRequests,
+    options: dict[str, Any],
+    with_call: bool,
+) -> Any:
+    """A blocking stream-unary call under a retry policy: its attempts one after the
+    other from the caller's thread, each sent the requests again (:class:`ReplayedRequests`).
+
+    :raises grpc.RpcError: the call failed, for good (grpc's own error of the attempt
+        that answers).
+    """
+    timeout = options.get("timeout")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    attempts = attempts_of(multicallable, runtime, policy, None)
+    plan = attempts.plan()
+    plan.may_send(0)
+    tried: list[Slot] = []
+    while True:
+        taken = runtime.take_avoiding(tried) if tried else None
+        if taken is None:
+            taken = multicallable._take(within(options, deadline))[1:3]
+        slot, carrying = taken
+        previous = attempts.sent
+        attempts.sent = previous + 1
+        cause = plan.sent()
+        if previous:
+            attempts._tell(previous + 1, cause, slot)
+        tried.append(slot)
+        sent = within(with_previous(options, previous), deadline)
+        try:
+            response, call = multicallable._real(slot).with_call(replay.view(), **sent)
+        except grpc.RpcError as error:
+            multicallable._end(runtime, slot, carrying, error)
+            failure: Any = error
+            ended = Ended(
+                error,
+                slot,
+                error.code(),
+                committed=bool(failure.initial_metadata()) or replay.committed,
+                details=failure.details(),
+                metadata=failure.trailing_metadata(),
+            )
+            pause = plan.after(ended)
+            if pause is None:
+                raise
+            if deadline is not None and time.monotonic() + pause >= deadline:
+                time.sleep(max(0.0, deadline - time.monotonic()))  # the backoff, in its thread
+                raise failed_call(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+            time.sleep(pause)  # the backoff, in the caller's thread, which waits for the call
+            if not plan.may_send(attempts.sent):
+                raise
+            continue
+        except BaseException:
+            multicallable._end(runtime, slot, carrying, None)
+            raise
+        multicallable._end(runtime, slot, carrying, call)
+        plan.after(Ended(call, slot, _OK))  # a success, for retryThrottling's tokens
+        return (response, call) if with_call else response
 
 
 class RetriedStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type-arg]
@@ -52,10 +189,13 @@ class RetriedStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type
         policy: MethodPolicy,
         request: Any,
         options: dict[str, Any],
+        requests: ReplayedRequests | None = None,
     ) -> None:
         self._multicallable = multicallable
         self._runtime = runtime
         self._request = request
+        #: a bidirectional stream's requests, sent again to each attempt
+        self._requests = requests
         self._options = options
         timeout = options.get("timeout")
         self._deadline: float | None = None if timeout is None else time.monotonic() + timeout
@@ -96,8 +236,10 @@ class RetriedStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type
         multicallable, runtime = self._multicallable, self._runtime
         previous = self._attempts.sent
         options = within(with_previous(self._options, previous), self._deadline)
+        requests = self._requests
+        request = self._request if requests is None else requests.view()
         try:
-            call = multicallable._real(slot)(self._request, **options)
+            call = multicallable._real(slot)(request, **options)
         except BaseException as error:
             multicallable._end(runtime, slot, carrying, None)
             self._settle(failed_call(grpc.StatusCode.UNAVAILABLE, f"{error}"))
@@ -141,11 +283,13 @@ class RetriedStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type
             if code is _OK or self._read or self._cancelled:
                 callbacks = self._settled(call)
             else:
+                requests = self._requests
                 ended = Ended(
                     call,
                     slot,
                     code,
-                    committed=bool(outcome.initial_metadata()),
+                    committed=bool(outcome.initial_metadata())
+                    or (requests is not None and requests.committed),
                     details=outcome.details(),
                     metadata=outcome.trailing_metadata(),
                 )

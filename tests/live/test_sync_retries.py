@@ -25,12 +25,16 @@ from tests._pools import LIVE_BACKOFF
 from tests._probe import WAIT_LIMIT, wait_until_sync
 from tests._sync_fleet import ServerLoop
 from tests.live.test_retries import (
+    COLLECT,
+    ECHO,
     NO_GRPC_RETRIES,
+    REQUESTS,
     STREAM,
     TRY,
     UNAVAILABLE,
     Script,
     Scripted,
+    calls_in_order,
     fail_first,
     hang,
     hedging_config,
@@ -425,3 +429,67 @@ def test_a_retried_stream_dropped_is_cancelled_and_stopping_ends_one_in_its_back
         assert "it stopped" in waiting.details()
         with pytest.raises(grpc.RpcError):
             next(waiting)
+
+
+# --- client streams ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["__call__", "with_call"])
+def test_a_client_stream_is_retried_on_another_backend_with_the_same_requests(
+    pool_name: str, events: Events, how: str
+) -> None:
+    with scripted(fail_first()) as backends, pool(pool_name, backends, retry_config()) as channel:
+        collect = getattr(channel.stream_unary(COLLECT), how)
+        answer = collect(iter(REQUESTS), timeout=WAIT_LIMIT)
+        response = answer[0] if how == "with_call" else answer
+        (failed_on, first), (answered_by, second) = calls_in_order(backends)
+        assert failed_on is not answered_by
+        assert first.requests == second.requests == REQUESTS  # as the servers read them
+        assert second.metadata[PREVIOUS_ATTEMPTS] == "1"
+        assert response == answered_by.name.encode()
+        assert [event for event, _, _ in events] == [RETRY]
+        wait_until_sync(lambda: sync.Pool.status(pool_name).in_flight == 0)
+
+
+def test_a_bidirectional_stream_is_retried_before_its_first_response(pool_name: str) -> None:
+    with scripted(fail_first()) as backends, pool(pool_name, backends, retry_config()) as channel:
+        stream = channel.stream_stream(ECHO)(iter([b"a", b"b", b"c"]), timeout=WAIT_LIMIT)
+        assert list(stream) == [b"a", b"b", b"c"]
+        assert stream.code() is grpc.StatusCode.OK
+        (failed_on, first), (answered_by, second) = calls_in_order(backends)
+        assert failed_on is not answered_by
+        assert first.requests == [b"a"]  # the server failed it after the first request
+        assert second.requests == [b"a", b"b", b"c"]
+        assert second.metadata[PREVIOUS_ATTEMPTS] == "1"
+        wait_until_sync(lambda: sync.Pool.status(pool_name).in_flight == 0)
+
+
+@pytest.mark.parametrize(("buffer", "retried"), [(20, True), (19, False)])
+def test_a_client_stream_larger_than_the_retry_buffer_commits_and_is_not_retried(
+    pool_name: str, buffer: int, retried: bool
+) -> None:
+    options = [*NO_GRPC_RETRIES, ("grpc.per_rpc_retry_buffer_size", buffer)]
+    with scripted(fail_first()) as backends:
+        addresses = "ipv4:" + ",".join(backend.address for backend in backends)
+        spec = sync.Pool.child_spec(
+            name=pool_name,
+            pool_size=3,
+            channel={"address": addresses, "options": options},
+            service_config=json.dumps(retry_config()),
+        )
+        with sync.Supervisor([spec]):
+            sync.Pool.wait_connected(pool_name, timeout=WAIT_LIMIT)
+            # The buffer counts serialized bytes: 2 requests of 5 bytes, of 10 each sent.
+            collect = sync.Pool.channel(pool_name).stream_unary(
+                COLLECT, request_serializer=lambda request: request * 2
+            )
+            if retried:
+                assert collect(iter([b"12345", b"67890"]), timeout=WAIT_LIMIT)
+                assert len(received(backends)) == 2
+            else:
+                with pytest.raises(grpc.RpcError) as raised:
+                    collect(iter([b"12345", b"67890"]), timeout=WAIT_LIMIT)
+                assert raised.value.code() is UNAVAILABLE
+                assert len(received(backends)) == 1
+            first = calls_in_order(backends)[0][1]
+            assert first.requests == [b"1234512345", b"6789067890"]
