@@ -22,6 +22,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, cast
 
 import anyio
@@ -118,7 +119,7 @@ class ThreadChannel(grpc.Channel):
         calls: grpc.Channel,
         watcher: Watcher,
         config: ChannelConfig,
-        lock: threading.RLock | None = None,
+        lock: AbstractContextManager[Any] | None = None,
     ) -> None:
         self._raw = raw
         # raw, through the config's interceptors (typed as Any: grpc's stubs lack the
@@ -493,7 +494,9 @@ def watcher_of(loop: asyncio.AbstractEventLoop) -> Watcher:
 
 
 async def connect_thread(
-    connector: SyncConnector | None, lock: threading.RLock | None, config: ChannelConfig
+    connector: SyncConnector | None,
+    lock: AbstractContextManager[Any] | None,
+    config: ChannelConfig,
 ) -> ThreadChannel:
     """A sync pool's connector: a grpc sync channel on its own connection, once READY
     (``connector``: the user's, or None for grpc's own; ``lock``: its pool's, which counts
