@@ -192,7 +192,7 @@ def test_the_test_files_of_docs_testing_md_pass_as_written(
 ) -> None:
     text = DOCS.read_text()
     blocks = [snippet.code for snippet in snippets(text)]
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     assert all(PLACEHOLDER in code for code in blocks)
     files = {
         f"test_docs_{index}.py": code.replace(PLACEHOLDER, server_process.address)
@@ -201,7 +201,7 @@ def test_the_test_files_of_docs_testing_md_pass_as_written(
     (configuration,) = re.findall(r"^```toml\n(.*?)^```", text, re.DOTALL | re.MULTILINE)
     files["pyproject.toml"] = configuration
     report = _run_pytest(tmp_path, files)
-    assert "3 passed in" in report, report
+    assert "4 passed in" in report, report
     assert "error" not in report.lower(), report  # at teardown, or logged by grpc
 
 
