@@ -537,3 +537,22 @@ def test_calls_take_grpcs_arguments_by_name_and_the_channel_is_a_context_manager
         with sync.Pool.get_channel(pool_name) as handed_out:
             assert raw(handed_out, "unary_unary", PEER_METHOD)(b"", timeout=5)
         assert sync.Pool.status(pool_name).current_size == 1  # the pool's stays open
+
+
+def test_a_declared_sync_pool_reads_its_config_when_its_spec_is_made(pool_name: str) -> None:
+    found: dict[str, str] = {}
+
+    class Configured(
+        sync.Pool,
+        name=pool_name,
+        pool_size=2,
+        channel={"connect_timeout": 2.0},
+        config=lambda: {"channel": {"address": found["address"]}},
+    ):
+        pass
+
+    with sync_fleet(1) as ([backend], _):
+        found["address"] = backend.address  # known only once the application starts
+        with sync.Supervisor([Configured]):
+            assert Configured.wait_connected(timeout=WAIT_LIMIT).current_size == 2
+            assert raw(Configured.channel(), "unary_unary", PEER_METHOD)(b"", timeout=5)
