@@ -146,9 +146,9 @@ async def _send(
                 break
             joined = runtime.handout.slots
         if capped:  # every channel at its cap: in the queue, first come first served
-            room = await _room(runtime, tried, deadline)
-            if room is not None:
-                slot, carrying = room
+            taken = await room(runtime, tried, deadline)
+            if taken is not None:
+                slot, carrying = taken
                 break
             continue
         if runtime.stopped is not None or (
@@ -187,7 +187,7 @@ class _LoopWaiter:
             self.loop.call_soon_threadsafe(self.event.set)
 
 
-async def _room(
+async def room(
     runtime: ThreadRuntime, tried: list[Slot], deadline: float | None
 ) -> tuple[Slot, int] | None:
     """Wait in the pool's queue for a channel under its cap; the channel, the call

@@ -24,6 +24,7 @@ from ..channel.config import ChannelConfig, Connector
 from ..pool.admission import Admission
 from ..pool.ejection import Outcomes
 from ..pool.handout import Slot
+from ..pool.retry import Throttle
 from ..pool.runtime import PoolRuntime, PoolStatus, thread_pools
 from ..pool.table import Closing, Resolved, Sweep, Tick, Tripped
 from ..supervisor import Registry
@@ -35,6 +36,26 @@ __all__ = ["ThreadAdmission", "ThreadRuntime", "registered", "renew_after_fork",
 #: Notified whenever a sync pool registers its name, changes or stops: calls waiting
 #: for a pool that does not run yet, and PooledChannel subscriptions, wait on it.
 registered = threading.Condition()
+
+
+class LockedThrottle(Throttle):
+    """``retryThrottling``'s token bucket, shared by the threads that end a sync pool's
+    calls: each change under a lock of its own."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, throttle: Throttle) -> None:
+        self._most, self._half, self._ratio = throttle._most, throttle._half, throttle._ratio
+        self.tokens = throttle.tokens
+        self._lock = threading.Lock()
+
+    def failed(self) -> bool:
+        with self._lock:
+            return super().failed()
+
+    def succeeded(self) -> None:
+        with self._lock:
+            super().succeeded()
 
 
 class ThreadAdmission(Admission):
@@ -124,6 +145,8 @@ class ThreadRuntime(PoolRuntime):
         super().__init__(kind, settings)
         #: its admission, as the sync front end uses it (the same object)
         self.admitted = cast("ThreadAdmission", self.admission)
+        if self.throttle is not None:
+            self.throttle = LockedThrottle(self.throttle)
 
     def make_admission(self, cap: int | None) -> Admission:
         return ThreadAdmission(self, cap)
@@ -180,7 +203,9 @@ class ThreadRuntime(PoolRuntime):
         with self.lock:
             super().stop(reason)
             self.changed.notify_all()
-        for stream in list(self.streams):
+        with self.lock:
+            streams = list(self.streams)
+        for stream in streams:
             stream.stopped()
         _tell_everyone()
 

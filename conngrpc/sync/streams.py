@@ -15,6 +15,7 @@ the pool's thread, after its backoff. The stream answers every method of grpc's 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import threading
@@ -29,7 +30,7 @@ from ..pool.calls import within
 from ..pool.handout import Slot
 from ..pool.retry import Ended, serialized_size, with_previous
 from ..pool.service_config import MethodPolicy
-from .attempts import ROOM_POLL_SECONDS, attempts_of
+from .attempts import ROOM_POLL_SECONDS, attempts_of, deliver, room
 from .channel import when_done
 from .failed import failed_call
 from .runtime import ThreadRuntime
@@ -180,7 +181,12 @@ def client_stream_with_policy(
 
 
 class RetriedStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type-arg]
-    """A response stream under a retry policy (see the module)."""
+    """A response stream under a retry policy (see the module).
+
+    Each attempt's end is decided once (:meth:`_ended`): by the reader while one reads
+    (the attempt's end, seen meanwhile, waits for it: a message it got commits the
+    stream), else by the attempt's end. Its waits end at its deadline at the latest.
+    """
 
     def __init__(
         self,
@@ -206,13 +212,18 @@ class RetriedStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type
         self._call: Any = None  # the attempt running now (None until the first goes)
         self._slot: Slot | None = None
         self._number = 0  # the attempt's, from 1
+        self._decided = 0  # the latest attempt whose end was decided
         self._final: Any = None  # the call that answers, once known
         self._read = False  # a message was read: the stream committed
+        self._ahead: list[Any] = []  # a message read ahead (by initial_metadata)
         self._readers = 0
+        #: an attempt's end seen while a reader read: the reader decides it
+        self._seen: tuple[int, Slot, Any] | None = None
         self._cancelled = False
         self._allowed = False  # the next attempt counted against maxAttempts already
         self._callbacks: list[Callable[[Any], None]] = []
-        runtime.streams.add(self)
+        with runtime.lock:
+            runtime.streams.add(self)
         self._plan.may_send(0)
         taken = runtime.take_now()
         if taken is None:  # no connection takes it now: the pool's thread sends it
@@ -269,15 +280,17 @@ class RetriedStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type
 
     def _ended(self, number: int, slot: Slot, outcome: Any, reader: bool) -> None:
         """Attempt ``number`` ended (``outcome``: its ``code()``, ``details()`` and
-        metadata): it answers, or the next goes after its backoff. A reader decides
-        while one reads; the attempt's end, while none does."""
+        metadata): it answers, or the next goes after its backoff; decided once."""
         pause = None
         callbacks: list[Callable[[Any], None]] = []
         with self._lock:
-            if self._final is not None or number != self._number:
+            if self._final is not None or number <= self._decided:
                 return
             if self._readers and not reader:
-                return  # the reader sees it end, and decides
+                self._seen = (number, slot, outcome)  # the reader decides, when it is done
+                return
+            self._decided = number
+            self._seen = None
             call = self._call
             code = outcome.code()
             if code is _OK or self._read or self._cancelled:
@@ -294,16 +307,15 @@ class RetriedStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type
                     metadata=outcome.trailing_metadata(),
                 )
                 pause = self._plan.after(ended)
+                allowed = pause is not None and self._plan.may_send(self._attempts.sent)
                 deadline = self._deadline
-                if pause is None:
+                if pause is None or not allowed:
                     callbacks = self._settled(call)
+                    pause = None
                 elif deadline is not None and time.monotonic() + pause >= deadline:
                     # the deadline passes first: the call ends then, between attempts
                     pause = max(0.0, deadline - time.monotonic())
                     self._allowed = True
-                elif not self._plan.may_send(self._attempts.sent):
-                    callbacks = self._settled(call)
-                    pause = None
                 else:
                     self._allowed = True
         self._run(callbacks)
@@ -320,13 +332,13 @@ class RetriedStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type
             self.stopped()
 
     def _next(self) -> None:
-        """On the pool's thread: send the next attempt, once a connection takes it."""
+        """On the pool's thread: send the next attempt, once a connection takes it (in
+        the pool's queue, first come first served, while every one is at its cap)."""
         with self._lock:
             if self._final is not None or self._cancelled or not self._allowed:
                 return
         if self._deadline is not None and time.monotonic() >= self._deadline:
-            late = failed_call(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-            self._settle(late)
+            self._expired()
             return
         runtime = self._runtime
         taken = runtime.take_avoiding(self._tried)
@@ -336,48 +348,102 @@ class RetriedStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type
         wait_for_ready = bool(self._options.get("wait_for_ready"))
         if runtime.stopped is not None:
             self.stopped()
-        elif not runtime.handout.slots and not wait_for_ready and runtime.table.settled:
+        elif runtime.handout.slots:  # at the cap: in the queue
+            task = runtime.loop.create_task(self._queued())
+            _queued.add(task)  # held until it ends (the loop holds its tasks weakly)
+            task.add_done_callback(_queued.discard)
+        elif not wait_for_ready and runtime.table.settled:
             details = f"conngrpc.sync pool {runtime.name!r}: {runtime.not_connected().reason}"
-            self._run(self._settle_now(failed_call(grpc.StatusCode.UNAVAILABLE, details)))
+            self._settle(failed_call(grpc.StatusCode.UNAVAILABLE, details))
         else:
             runtime.loop.call_later(ROOM_POLL_SECONDS, _next_of, weakref.ref(self))
 
+    async def _queued(self) -> None:
+        """Wait in the pool's queue for room, then send the next attempt."""
+        try:
+            taken = await room(self._runtime, self._tried, self._deadline)
+        except grpc.aio.AioRpcError as error:
+            self._settle(failed_call(error.code(), error.details() or ""))
+            return
+        if taken is None:  # no channel serves now: look again
+            self._runtime.loop.call_later(ROOM_POLL_SECONDS, _next_of, weakref.ref(self))
+        else:
+            self._launch(*taken)
+
+    def _expired(self) -> None:
+        """Its deadline passed with no attempt running: it ends DEADLINE_EXCEEDED."""
+        self._settle(failed_call(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+
     def stopped(self) -> None:
-        """The pool stopped: a call still under way fails as UNAVAILABLE."""
+        """The pool stopped: a call not yet committed fails as UNAVAILABLE (one that
+        committed ends as its channel's close ends it, as a stream without a policy)."""
         runtime = self._runtime
         details = f"conngrpc.sync pool {runtime.name!r}: it stopped ({runtime.stopped})"
         with self._lock:
+            if self._read:
+                return
             call = None if self._final is not None else self._call
         if call is not None:
             call.cancel()
-        self._run(self._settle_now(failed_call(grpc.StatusCode.UNAVAILABLE, details)))
+        self._settle(failed_call(grpc.StatusCode.UNAVAILABLE, details))
 
     def _settle(self, final: Any) -> None:
-        self._run(self._settle_now(final))
-
-    def _settle_now(self, final: Any) -> list[Callable[[Any], None]]:
         with self._lock:
-            if self._final is not None:
-                return []
-            return self._settled(final)
+            callbacks = [] if self._final is not None else self._settled(final)
+        self._run(callbacks)
 
     def _settled(self, final: Any) -> list[Callable[[Any], None]]:
         """Under the lock: ``final`` answers; the callbacks to run (outside it)."""
         self._final = final
         self._lock.notify_all()
-        self._runtime.streams.discard(self)
+        with self._runtime.lock:
+            self._runtime.streams.discard(self)
         callbacks, self._callbacks = self._callbacks, []
         return callbacks
 
     def _run(self, callbacks: list[Callable[[Any], None]]) -> None:
+        """Run done callbacks: never on the pool's thread (grpc never runs them on the
+        program's), where they go to the callbacks' thread."""
+        on_loop = threading.current_thread() is self._runtime.thread
         for callback in callbacks:
-            with contextlib.suppress(Exception):  # as grpc: a callback's failure is its own
-                callback(self)
+            if on_loop:
+                deliver(callback, self)
+            else:
+                with contextlib.suppress(Exception):  # as grpc: its failure is its own
+                    callback(self)
+
+    def _wait(self, done: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Under the lock: wait until ``done()``, at most ``timeout`` seconds, and no
+        later than the deadline, where the call ends DEADLINE_EXCEEDED (cancelled)."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while not done():
+            now = time.monotonic()
+            limits = [t for t in (end, self._deadline) if t is not None]
+            if limits and now >= min(limits):
+                if self._deadline is not None and now >= self._deadline and end != min(limits):
+                    self._lock.release()
+                    try:
+                        self._late()
+                    finally:
+                        self._lock.acquire()
+                    continue
+                return False
+            self._lock.wait(None if not limits else min(limits) - now)
+        return True
+
+    def _late(self) -> None:
+        """Its deadline passed while someone waited: grpc ends it with the running
+        attempt (cancelled after the deadline), or now between attempts."""
+        with self._lock:
+            call = None if self._final is not None else self._call
+        if call is not None:
+            call.cancel()
+        self._expired()
 
     def _answer(self, timeout: float | None = None) -> Any:
         """The call that answers, once known (within ``timeout``)."""
         with self._lock:
-            if not self._lock.wait_for(lambda: self._final is not None, timeout):
+            if not self._wait(lambda: self._final is not None, timeout):
                 raise grpc.FutureTimeoutError()
             return self._final
 
@@ -389,25 +455,24 @@ class RetriedStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type
     def __next__(self) -> Any:
         while True:
             with self._lock:
-                self._lock.wait_for(lambda: self._call is not None or self._final is not None)
+                if self._ahead:
+                    return self._ahead.pop(0)
+                self._wait(lambda: self._call is not None or self._final is not None)
                 final, call, number, slot = self._final, self._call, self._number, self._slot
                 if final is None:
                     self._readers += 1
             if final is not None:
                 return next(final)
+            assert slot is not None
             try:
                 message = next(call)
             except StopIteration:
-                self._reader_done()
-                assert slot is not None
-                self._ended(number, slot, call, reader=True)
+                self._reader_done(number, slot, call)
                 raise
             except grpc.RpcError:
-                self._reader_done()
-                assert slot is not None
-                self._ended(number, slot, call, reader=True)
+                self._reader_done(number, slot, call)
                 with self._lock:  # until it answers, or the next attempt went out
-                    self._lock.wait_for(functools.partial(self._moved_on, number))
+                    self._wait(functools.partial(self._moved_on, number))
                 continue
             except BaseException:
                 self._reader_done()
@@ -422,26 +487,42 @@ class RetriedStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type
     def next(self) -> Any:
         return self.__next__()
 
-    def _reader_done(self, read: bool = False) -> None:
+    def _reader_done(
+        self, number: int = 0, slot: Slot | None = None, ended: Any = None, read: bool = False
+    ) -> None:
+        """A read is over: it got a message (``read``: the stream committed), or saw
+        attempt ``number`` end (``ended``: it decides); or an end seen meanwhile, once
+        no reader reads, is decided now."""
         with self._lock:
             self._readers -= 1
             if read:
                 self._read = True
+            seen = self._seen if not self._readers else None
+        if ended is not None and slot is not None:
+            self._ended(number, slot, ended, reader=True)
+        elif seen is not None:
+            self._ended(*seen, reader=True)
 
     # --- grpc.Call, grpc.Future ------------------------------------------------------------
 
     def initial_metadata(self) -> Any:
+        """The response headers of the attempt that answers: with metadata in them, they
+        commit it; empty, a message read ahead does (kept for the reader)."""
         while True:
             with self._lock:
-                self._lock.wait_for(lambda: self._call is not None or self._final is not None)
-                final, call, number = self._final, self._call, self._number
+                self._wait(lambda: self._call is not None or self._final is not None)
+                final, call, read = self._final, self._call, self._read or bool(self._ahead)
             if final is not None:
                 return final.initial_metadata()
             metadata = call.initial_metadata()
-            if metadata:
+            if metadata or read:
                 return metadata
+            try:
+                message = self.__next__()
+            except (StopIteration, grpc.RpcError):
+                continue  # it answered, with no message: its headers are the answer's
             with self._lock:
-                self._lock.wait_for(functools.partial(self._moved_on, number))
+                self._ahead.append(message)
 
     def trailing_metadata(self) -> Any:
         return self._answer().trailing_metadata()
@@ -507,6 +588,10 @@ class RetriedStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type
                 return False
             self._callbacks.append(lambda _: callback())
             return True
+
+
+#: The streams' tasks waiting in their pools' queues for room.
+_queued: set[asyncio.Task[None]] = set()
 
 
 def _attempt_ended(own: weakref.ref[RetriedStream], number: int, slot: Slot, outcome: Any) -> None:

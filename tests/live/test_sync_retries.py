@@ -21,6 +21,7 @@ from bench.retries import RETRY_CONFIG
 from conngrpc import sync, telemetry
 from conngrpc._server import SLEEP_METHOD, ServerProcess
 from conngrpc.pool.retry import HEDGE, PREVIOUS_ATTEMPTS, RETRY
+from conngrpc.pool.runtime import thread_pools
 from tests._pools import LIVE_BACKOFF
 from tests._probe import WAIT_LIMIT, wait_until_sync
 from tests._sync_fleet import ServerLoop
@@ -28,6 +29,7 @@ from tests.live.test_retries import (
     COLLECT,
     ECHO,
     NO_GRPC_RETRIES,
+    OTHER,
     REQUESTS,
     STREAM,
     TRY,
@@ -493,3 +495,106 @@ def test_a_client_stream_larger_than_the_retry_buffer_commits_and_is_not_retried
                 assert len(received(backends)) == 1
             first = calls_in_order(backends)[0][1]
             assert first.requests == [b"1234512345", b"6789067890"]
+
+
+# --- what a second review found in retried streams (each failed before its fix) ---------------
+
+
+async def always_fail(server: Scripted, context: Any) -> bytes:
+    await context.abort(UNAVAILABLE, "down")
+    return b""
+
+
+@pytest.mark.parametrize("start", ["reading at once", "reading in the backoff"])
+def test_each_attempt_of_a_retried_stream_is_decided_once(pool_name: str, start: str) -> None:
+    """The reader and the attempt's end both see it end: maxAttempts go out, no fewer."""
+    config = retry_config(attempts=3, backoff="0.05s")
+    with scripted(always_fail, 3) as backends, pool(pool_name, backends, config) as channel:
+        for round_ in range(5):
+            stream = channel.unary_stream(STREAM)(b"", timeout=WAIT_LIMIT)
+            if start == "reading in the backoff":  # the attempt's end decided the first
+                wait_until_sync(lambda n=round_: len(received(backends)) >= 3 * n + 1)
+            with pytest.raises(grpc.RpcError) as failed:
+                list(stream)
+            assert failed.value.code() is UNAVAILABLE
+            assert stream.attempts == 3
+            assert len(received(backends)) == 3 * (round_ + 1)
+
+
+def test_a_retried_stream_read_to_its_end_answers_its_status(pool_name: str) -> None:
+    """Its end, seen while the reader held its last message, is decided all the same."""
+    with scripted(hang, 1) as backends, pool(pool_name, backends, retry_config()) as channel:
+        for _ in range(20):
+            stream = channel.unary_stream(STREAM)(b"", timeout=WAIT_LIMIT)
+            stream.cancel()
+            assert stream.code() is grpc.StatusCode.CANCELLED
+    with scripted(fail_first()) as backends, pool(pool_name, backends, retry_config()) as channel:
+        for _ in range(20):
+            stream = channel.unary_stream(STREAM)(b"", timeout=WAIT_LIMIT)
+            assert next(stream)
+            assert next(stream) == b"second"
+            assert stream.code() is grpc.StatusCode.OK  # without reading its end
+
+
+def test_a_retried_streams_empty_headers_come_at_once_and_no_message_is_lost(
+    pool_name: str,
+) -> None:
+    with scripted(fail_first()) as backends, pool(pool_name, backends, retry_config()) as channel:
+        stream = channel.unary_stream(STREAM)(b"", timeout=WAIT_LIMIT)
+        assert not stream.initial_metadata()  # grpc's own: () before any message is read
+        messages = list(stream)
+        assert len(messages) == 2
+        assert messages[1] == b"second"
+        assert stream.attempts == 2
+
+
+def test_a_retried_streams_callbacks_never_run_on_the_pools_thread(pool_name: str) -> None:
+    slow = retry_config(backoff="3600s")  # the deadline passes in the backoff
+    with scripted(fail_first()) as backends, pool(pool_name, backends, slow) as channel:
+        stream = channel.unary_stream(STREAM)(b"", timeout=0.3)
+        heard: list[str] = []
+        called = threading.Event()
+
+        def callback(_: Any) -> None:
+            heard.append(threading.current_thread().name)
+            called.set()
+
+        stream.add_done_callback(callback)
+        assert called.wait(WAIT_LIMIT)
+        assert stream.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert not heard[0].startswith("conngrpc.sync supervisor")
+
+
+def test_a_retried_stream_waits_for_room_in_the_queue_first_come_first_served(
+    pool_name: str,
+) -> None:
+    async def hold_or_answer(server: Scripted, context: Any) -> bytes:
+        if dict(context.invocation_metadata() or ()).get("hold"):
+            return await hang(server, context)
+        return server.name.encode()
+
+    with scripted(hold_or_answer, 1) as backends:
+        spec = sync.Pool.child_spec(
+            name=pool_name,
+            pool_size=1,
+            channel={"address": backends[0].address, "options": NO_GRPC_RETRIES},
+            service_config=json.dumps(retry_config()),
+            max_calls_per_channel=1,
+        )
+        with sync.Supervisor([spec]):
+            sync.Pool.wait_connected(pool_name, timeout=WAIT_LIMIT)
+            channel = sync.Pool.channel(pool_name)
+            hold = channel.unary_unary(OTHER).future(b"", metadata=(("hold", "1"),))
+            wait_until_sync(lambda: len(received(backends)) == 1)
+            stream = channel.unary_stream(STREAM)(b"", timeout=WAIT_LIMIT, metadata=(("n", "S"),))
+            waiting = thread_pools.get(pool_name).admitted.waiting  # type: ignore[union-attr]
+            wait_until_sync(lambda: len(waiting) == 1)  # the stream is first in the queue
+            after = channel.unary_unary(OTHER).future(
+                b"", timeout=WAIT_LIMIT, metadata=(("n", "B"),)
+            )
+            wait_until_sync(lambda: len(waiting) == 2)
+            hold.cancel()
+            assert list(stream) == [b"s0", b"second"]
+            assert after.result(timeout=WAIT_LIMIT) == b"s0"
+            order = [call.metadata.get("n") for call in backends[0].received][1:]
+            assert order == ["S", "B"]
