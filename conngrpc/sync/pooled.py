@@ -252,7 +252,7 @@ class _Multicallable(MulticallableBase):
                 return future_when_ready(self, runtime, request, options)
             return self._started(runtime, *taken, how, request, options)
         try:
-            runtime, slot, carrying, options = self._take(options)
+            runtime, slot, carrying, options = self._take(options, runtime)
         except _Mocked as mocked:
             made = self._mocked(mocked.runtime)
             return getattr(made, "__call__" if how == "stream" else how)(request, **options)
@@ -319,13 +319,17 @@ class _Multicallable(MulticallableBase):
 
     # --- taking a connection ----------------------------------------------------------
 
-    def _take(self, options: dict[str, Any]) -> tuple[ThreadRuntime, Slot, int, dict[str, Any]]:
-        """The pool, the connection the call goes to (counted against it), the calls it
-        carried before, and the call's options (its timeout less any wait).
+    def _take(
+        self, options: dict[str, Any], runtime: ThreadRuntime | None = None
+    ) -> tuple[ThreadRuntime, Slot, int, dict[str, Any]]:
+        """The pool (``runtime``, if the caller found it running), the connection the call
+        goes to (counted against it), the calls it carried before, and the call's options
+        (its timeout less any wait).
 
         :raises grpc.RpcError: the call cannot start (grpc's own failed call).
         """
-        runtime = self._facade.runtime()
+        if runtime is None:
+            runtime = self._facade.runtime()
         if runtime is not None and runtime.mock is None:
             taken = runtime.take_now()
             if taken is not None:
@@ -480,6 +484,7 @@ class _StreamResponse(_Multicallable):
 
 #: grpc's arguments of a call after its request, in their order.
 OPTIONS = ("timeout", "metadata", "credentials", "wait_for_ready", "compression")
+_OPTION_NAMES = frozenset(OPTIONS)
 
 
 def _arguments(
@@ -490,6 +495,8 @@ def _arguments(
 
     :raises TypeError: as a Python function of grpc's signature would.
     """
+    if len(args) == 1 and _OPTION_NAMES.issuperset(kwargs):  # the usual call: at once
+        return args[0], kwargs
     first = "request_iterator" if kind.startswith("stream") else "request"
     if len(args) > 1 + len(OPTIONS):
         raise TypeError(
