@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import anyio
+import grpc.aio
 import pytest
 
 from conngrpc import Pool
 from conngrpc._server import ServerProcess, peer_of
 from tests._fleet import backend_finder, fleet, load, ports_of_every_channel, spread
 from tests._pools import live_pool
-from tests._probe import EventLog, wait_until
+from tests._probe import WAIT_LIMIT, EventLog, wait_until
 from tests._proxy import FaultProxy
 
 pytestmark = pytest.mark.anyio
@@ -51,8 +52,18 @@ def processes(count: int, *args: str) -> Iterator[list[ServerProcess]]:
 
 
 async def peers_of_every_channel(name: str) -> list[str]:
-    """Each connected channel's connection as its server sees it (the client's address)."""
-    return [await peer_of(w.channel) for w in Pool.get_all_workers(name) if w.channel is not None]
+    """Each connected channel's connection as its server sees it (the client's address);
+    a channel closed between the snapshot and its call (its server rotated it out, and
+    its worker let it go meanwhile) is left out."""
+    peers = []
+    for worker in Pool.get_all_workers(name):
+        if worker.channel is None:
+            continue
+        try:
+            peers.append(await peer_of(worker.channel))
+        except grpc.aio.UsageError:  # closed meanwhile: no longer one of the pool's
+            continue
+    return peers
 
 
 def held(name: str) -> dict[str, int]:
@@ -93,7 +104,9 @@ async def test_servers_that_rotate_every_connection_never_empty_the_pool(
         addresses = [s.address for s in servers]
         async with pool(pool_name, addresses, 6):
             await Pool.wait_connected(pool_name, timeout=5)
-            before = await peers_of_every_channel(pool_name)
+            with anyio.fail_after(WAIT_LIMIT):  # all six, none rotated out meanwhile
+                while len(before := await peers_of_every_channel(pool_name)) < 6:
+                    pass
             where = backend_finder(pool_name)
             async with load(pool_name, 100, backend_of=where) as calls:
                 await anyio.sleep(3)  # the load runs for 3 s: the thing under test
