@@ -30,7 +30,15 @@ from .. import telemetry
 from ..channel.config import ChannelConfig, check_interceptors_for
 from ..supervisor import ChildSpec
 from .pooled import PooledChannel
-from .runtime import PoolRuntime, PoolStatus, not_started, pools, run_pool, wait_connected
+from .runtime import (
+    PoolRuntime,
+    PoolStatus,
+    not_started,
+    pools,
+    run_pool,
+    thread_pools,
+    wait_connected,
+)
 from .settings import PoolSettings, ResolvedSettings, merge
 from .table import ChannelWorker
 
@@ -118,6 +126,24 @@ class Declared:
         """
         check_interceptors_for(channel, cls._front)
         return channel
+
+    @classmethod
+    def _runtime(cls, name: str | None, call: str) -> PoolRuntime:
+        """The running pool of ``name`` (the declared one's when None), of this front
+        end's registry.
+
+        :raises PoolNotStartedError: no pool of that name runs (TypeError: no name).
+        """
+        if name is None:
+            name = cls._name(call)
+        registry = thread_pools if cls._front == "thread" else pools
+        try:
+            runtime = registry.get(name)
+        except TypeError:  # unhashable
+            runtime = None
+        if runtime is None:
+            raise not_started("pool", name, cls._front)
+        return runtime
 
     @classmethod
     def _name(cls, call: str) -> str:
@@ -260,20 +286,6 @@ class Pool(Declared):
         :raises RuntimeError: awaited on another event loop than the pool's.
         """
         return await wait_connected(cls._runtime(name, "wait_connected"), count, timeout)
-
-    # --- helpers -----------------------------------------------------------------
-
-    @classmethod
-    def _runtime(cls, name: str | None, call: str) -> PoolRuntime:
-        if name is None:
-            name = cls._name(call)
-        try:
-            runtime = _lookup(name)
-        except TypeError:  # unhashable
-            runtime = None
-        if runtime is None:
-            raise not_started("pool", name)
-        return runtime
 
 
 def get_channel_slowly(name: str | None, pool: PoolRuntime | None, front: str = "asyncio") -> Any:

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 _log = get_logger("conngrpc.sync")
 
 __all__ = [
+    "AnsweredLater",
     "OnLoop",
     "PolicyFuture",
     "attempts_of",
@@ -442,7 +443,36 @@ def forget_after_fork() -> None:
     _callbacks.forget_after_fork()
 
 
-class PolicyFuture(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type-arg]
+class AnsweredLater(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type-arg]
+    """A sync call whose answer is another call, known later (:class:`PolicyFuture`,
+    ``RetriedStream``): the methods of grpc.Call that are that call's, once known
+    (``_answer``), and what is left of the call's deadline (``_deadline``)."""
+
+    _deadline: float | None
+
+    def _answer(self, timeout: float | None = None) -> Any:
+        raise NotImplementedError
+
+    def trailing_metadata(self) -> Any:
+        return self._answer().trailing_metadata()
+
+    def code(self) -> grpc.StatusCode:
+        return self._answer().code()  # type: ignore[no-any-return]
+
+    def details(self) -> str:
+        return self._answer().details()  # type: ignore[no-any-return]
+
+    def debug_error_string(self) -> str:
+        return self._answer().debug_error_string()  # type: ignore[no-any-return]
+
+    # (grpc's own calls answer None without a deadline, as this does; grpc's types say float)
+    def time_remaining(self) -> float | None:  # type: ignore[override]
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - time.monotonic())
+
+
+class PolicyFuture(AnsweredLater):
     """A ``future()`` whose call the pool's thread sends (under a retry or a hedging
     policy, or once a connection takes it), answering as grpc's own future does: every
     method waits for the attempt that answers and is that attempt's (a grpc sync
@@ -516,23 +546,8 @@ class PolicyFuture(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type-
     def initial_metadata(self) -> Any:
         return self._answer().initial_metadata()
 
-    def trailing_metadata(self) -> Any:
-        return self._answer().trailing_metadata()
-
-    def code(self) -> grpc.StatusCode:
-        return self._answer().code()  # type: ignore[no-any-return]
-
-    def details(self) -> str:
-        return self._answer().details()  # type: ignore[no-any-return]
-
     def is_active(self) -> bool:
         return not self._running.done()
-
-    # (grpc's own calls answer None without a deadline, as this does; grpc's types say float)
-    def time_remaining(self) -> float | None:  # type: ignore[override]
-        if self._deadline is None:
-            return None
-        return max(0.0, self._deadline - time.monotonic())
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
         if self._running.done():

@@ -205,15 +205,7 @@ class Pool(Declared):
 
     @classmethod
     def _runtime(cls, name: str | None, call: str) -> ThreadRuntime:
-        if name is None:
-            name = cls._name(call)
-        try:
-            runtime = _lookup(name)
-        except TypeError:  # unhashable
-            runtime = None
-        if runtime is None:
-            raise _not_started(name)
-        return runtime  # type: ignore[return-value]
+        return cast("ThreadRuntime", super()._runtime(name, call))
 
 
 def _not_started(name: object) -> Exception:

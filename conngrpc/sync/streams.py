@@ -30,7 +30,7 @@ from ..pool.calls import within
 from ..pool.handout import Slot
 from ..pool.retry import Ended, serialized_size, with_previous
 from ..pool.service_config import MethodPolicy
-from .attempts import ROOM_POLL_SECONDS, attempts_of, deliver, room
+from .attempts import ROOM_POLL_SECONDS, AnsweredLater, attempts_of, deliver, room
 from .channel import when_done
 from .failed import failed_call
 from .runtime import ThreadRuntime
@@ -180,7 +180,7 @@ def client_stream_with_policy(
         return (response, call) if with_call else response
 
 
-class RetriedStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type-arg]
+class RetriedStream(AnsweredLater):
     """A response stream under a retry policy (see the module).
 
     Each attempt's end is decided once (:meth:`_ended`): by the reader while one reads
@@ -524,18 +524,6 @@ class RetriedStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type
             with self._lock:
                 self._ahead.append(message)
 
-    def trailing_metadata(self) -> Any:
-        return self._answer().trailing_metadata()
-
-    def code(self) -> grpc.StatusCode:
-        return self._answer().code()  # type: ignore[no-any-return]
-
-    def details(self) -> str:
-        return self._answer().details()  # type: ignore[no-any-return]
-
-    def debug_error_string(self) -> str:
-        return self._answer().debug_error_string()  # type: ignore[no-any-return]
-
     def cancel(self) -> bool:
         with self._lock:
             if self._final is not None:
@@ -559,12 +547,6 @@ class RetriedStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[type
 
     def is_active(self) -> bool:
         return self._final is None
-
-    # (grpc's own calls answer None without a deadline, as this does; grpc's types say float)
-    def time_remaining(self) -> float | None:  # type: ignore[override]
-        if self._deadline is None:
-            return None
-        return max(0.0, self._deadline - time.monotonic())
 
     def result(self, timeout: float | None = None) -> Any:
         return self._answer(timeout).result()
