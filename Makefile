@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all dist dist-check lint typecheck unit slow bench bench-quick clean
+.PHONY: demo test test-all dist dist-check lint typecheck unit slow bench bench-quick docs docs-serve clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "conngrpc needs Python 3.10 or newer; $(PYTHON) is " + sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,docs]'
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -24,7 +24,7 @@ test: lint typecheck unit
 # Then the packaging: the distributions' contents, and on each of those Pythons the
 # wheel installed into a fresh venv runs the demo (tools/check_dist.py). Before them,
 # the benchmarks' smoke run, once.
-test-all: lint typecheck dist bench-quick
+test-all: lint typecheck docs dist bench-quick
 	$(PYTHON) tools/test_all.py --dist dist
 
 # The sdist and the wheel, in dist/, which twine must pass. build and twine come with
@@ -53,6 +53,19 @@ unit: $(STAMP)
 slow: $(STAMP)
 	$(BIN)/pytest -m slow tests
 
+# The documentation site (mkdocs.yml), built strictly into site/: a broken link or
+# anchor, a reference that does not resolve or a docstring that does not render fails
+# it. Then every built page is fetched over loopback and each internal link on it must
+# resolve (tools/check_site.py). MkDocs' notice about its 2.0 is silenced: the site
+# pins MkDocs 1 (pyproject.toml's docs extra).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	$(BIN)/python tools/check_site.py site
+
+# The site on 127.0.0.1:8000, rebuilt as docs/ changes.
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
+
 # Benchmarks never run inside `make test`; `make test-all` (so CI) runs bench-quick, a
 # smoke run that checks every benchmark still reports (bench/smoke.py), not its numbers.
 bench: $(STAMP)
@@ -62,4 +75,4 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m bench.smoke
 
 clean:
-	rm -rf $(VENV) $(VENV)-3.* build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VENV)-3.* build dist site *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis

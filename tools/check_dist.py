@@ -46,13 +46,15 @@ SDIST_MUST_HOLD = [
     "docs/telemetry.md",
     "examples/fastapi_service/app.py",
     "tools/test_all.py",
+    "mkdocs.yml",
+    "CHANGELOG.md",
 ]
 #: Top-level folders that belong in the sdist but never in the wheel.
 NOT_IN_THE_WHEEL = ("tests", "bench", "examples", "docs", "tools")
 #: What neither may carry: build output, caches, environments, version control.
 NEVER = re.compile(
     r"(^|/)(__pycache__|\.venv[^/]*|\.git|build|dist|\.mypy_cache|\.pytest_cache"
-    r"|\.ruff_cache|\.hypothesis)(/|$)|\.py[cod]$"
+    r"|\.ruff_cache|\.hypothesis|site)(/|$)|\.py[cod]$"
 )
 
 
