@@ -1,4 +1,5 @@
-"""The keepalive recipe of the README, measured on the installed grpcio.
+"""The keepalive recipe of docs/reliability.md ("Recommended keepalive settings"), measured
+on the installed grpcio.
 
     python -m bench.keepalive      # about 100 s; not part of ``make bench``
 
@@ -10,10 +11,10 @@ channel's ``disconnected`` event. The second case waits for grpc's own default p
 timeout (a minute), which is why this is not part of ``make bench``.
 
 Part 2, what a server accepts: an idle pool of two pings every second without calls
-for 12 s, against a server with default options, with the README's server options, and
-with the interval option misspelt as the README once had it (grpc ignores unknown
-names). The figure is how often a connection was lost (the server's GOAWAY
-``too_many_pings``; the worker reconnects each time).
+for 12 s, against a server with default options, with the recipe's server options, and
+with the interval option misspelt as the docs once had it (grpc ignores unknown names).
+The figure is how often a connection was lost (the server's GOAWAY ``too_many_pings``;
+the worker reconnects each time).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ SERVER_PERMITS_PINGS = [
 ]
 SERVERS = {
     "default grpc server options": [],
-    "the README's server options": SERVER_PERMITS_PINGS,
+    "the recipe's server options": SERVER_PERMITS_PINGS,
     "grpc.http2.min_recv_ping_interval_without_data_ms (misspelt)": [
         "--option=grpc.keepalive_permit_without_calls=1",
         "--option=grpc.http2.min_recv_ping_interval_without_data_ms=500",

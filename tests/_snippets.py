@@ -1,8 +1,10 @@
-"""The README's Python snippets, and a runner that runs one as a new user would.
+"""The Python snippets of the README and of every page under docs/, and a runner that
+runs one as a new user would.
 
 ``python -m tests._snippets FILE`` runs FILE (one snippet, its addresses already
 pointed at a test server) with the stand-ins a snippet leaves to its reader ("your
-generated stub") defined, and top-level ``await`` allowed, as in ``python -m asyncio``.
+generated stub", the modules grpc's code generator writes) defined, and top-level
+``await`` allowed, as in ``python -m asyncio``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import inspect
 import re
 import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,26 +25,72 @@ import grpc.aio
 from conngrpc._server import PEER_METHOD
 from conngrpc.channel.connector import raw_unary
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 
 
 @dataclass(frozen=True)
 class Snippet:
-    line: int  # where its code starts in the README
+    page: str  # the page's path from the top of the tree: "docs/guide/pools.md"
+    line: int  # where its code starts on the page
     code: str
 
     @property
     def id(self) -> str:
-        return f"README.md:{self.line}"
+        return f"{self.page}:{self.line}"
 
 
-def snippets(text: str) -> list[Snippet]:
+def snippets(text: str, page: str = "README.md") -> list[Snippet]:
     """Every fenced ``python`` block of ``text``, with the line its code starts on."""
     found = []
     for match in re.finditer(r"^```python\n(.*?)^```", text, re.DOTALL | re.MULTILINE):
         line = text.count("\n", 0, match.start(1)) + 1
-        found.append(Snippet(line, match.group(1)))
+        found.append(Snippet(page, line, match.group(1)))
     return found
+
+
+def pages() -> list[Path]:
+    """The README and every page of the site (docs/**/*.md)."""
+    return [README, *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def page_snippets(path: Path) -> list[Snippet]:
+    return snippets(path.read_text(), path.relative_to(ROOT).as_posix())
+
+
+def all_snippets() -> list[Snippet]:
+    return [snippet for path in pages() for snippet in page_snippets(path)]
+
+
+@dataclass(frozen=True)
+class RunElsewhere:
+    """Blocks of ``page`` that contain ``marker`` run in ``test``, not here, for ``reason``."""
+
+    page: str
+    marker: str
+    test: str  # "tests/file.py::test_name"
+    reason: str
+
+    def covers(self, snippet: Snippet) -> bool:
+        return snippet.page == self.page and self.marker in snippet.code
+
+
+#: The one list of blocks that the snippet runner does not run itself, each with the test
+#: that runs it instead and why. Every other block of every page runs as written.
+RUN_ELSEWHERE = [
+    RunElsewhere(
+        page="docs/guide/testing.md",
+        marker="def test_",
+        test="tests/test_testing_your_code.py::test_the_test_files_of_docs_testing_md_pass_as_written",
+        reason="each is a whole pytest file, run by pytest with its plugins (pytest-asyncio, "
+        "anyio's), not as a script",
+    ),
+]
+
+
+def run_elsewhere(snippet: Snippet) -> RunElsewhere | None:
+    """The entry of :data:`RUN_ELSEWHERE` that covers ``snippet``, if one does."""
+    return next((entry for entry in RUN_ELSEWHERE if entry.covers(snippet)), None)
 
 
 def addresses(code: str) -> set[str]:
@@ -110,10 +159,25 @@ STAND_INS: dict[str, Any] = {
     "my_fake_channel": object(),
 }
 
+#: The modules grpc's code generator writes for ``inventory.proto``, which a snippet
+#: imports as a reader's program would.
+STAND_IN_MODULES: dict[str, dict[str, Any]] = {
+    "inventory_pb2": {"GetItemRequest": GetItemRequest},
+    "inventory_pb2_grpc": {"InventoryStub": InventoryStub},
+}
+
+
+def _install_stand_in_modules() -> None:
+    for name, attributes in STAND_IN_MODULES.items():
+        module = types.ModuleType(name, "stands in for grpc_tools.protoc's output")
+        module.__dict__.update(attributes)
+        sys.modules[name] = module
+
 
 def run(path: str) -> None:
     code = Path(path).read_text()
     compiled = compile(code, path, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    _install_stand_in_modules()
     namespace: dict[str, Any] = {"__name__": "__main__", **STAND_INS}
     result = eval(compiled, namespace)
     if inspect.iscoroutine(result):

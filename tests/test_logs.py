@@ -1,9 +1,9 @@
 """conngrpc's logs go where the application's go, through ``logging``, never to stdout.
 
-The README's recipes run in a fresh interpreter each, with a real pool whose one backend
-refuses, so conngrpc logs a warning (the first failed attempt). The rest run here, with
-structlog's process-wide configuration set as an application would set it and reset
-after each test.
+The recipes of docs/telemetry.md ("Logs") run in a fresh interpreter each, with a real
+pool whose one backend refuses, so conngrpc logs a warning (the first failed attempt).
+The rest run here, with structlog's process-wide configuration set as an application
+would set it and reset after each test.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import structlog.testing
 from conngrpc._log import get_logger
 from tests._logs import capture_records
 from tests._net import closed_port
-from tests._snippets import README, snippets
+from tests._snippets import ROOT, page_snippets
 
 POOL = textwrap.dedent(
     """
@@ -58,7 +58,7 @@ def run(prelude: str) -> subprocess.CompletedProcess[str]:
 
 
 def recipe(marker: str) -> str:
-    (code,) = [s.code for s in snippets(README.read_text()) if marker in s.code]
+    (code,) = [s.code for s in page_snippets(ROOT / "docs" / "telemetry.md") if marker in s.code]
     return code
 
 
@@ -82,7 +82,7 @@ def log_a_failed_attempt() -> None:
     log.warning("channel connection failed", reason="Connection refused")
 
 
-# --- in a fresh interpreter: nothing configured, and the README's recipes -----------------
+# --- in a fresh interpreter: nothing configured, and the docs' recipes -------------------
 
 
 def test_with_nothing_configured_warnings_go_to_stderr_and_nothing_to_stdout() -> None:

@@ -57,7 +57,8 @@ SOCKETS_CLOSED_WITHIN = 5.0
 CALL_INTERVAL = 0.02
 #: Pause between two looks at the wire.
 POLL = 0.001
-#: Opt-in keepalive for fast detection of a silent peer (see the README).
+#: Opt-in keepalive for fast detection of a silent peer (docs/reliability.md,
+#: "Recommended keepalive settings").
 KEEPALIVE_TIME = 1.0
 PING_TIMEOUT = 1.0
 KEEPALIVE = [

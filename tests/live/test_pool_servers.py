@@ -26,7 +26,8 @@ pytestmark = pytest.mark.anyio
 IDLE_SECONDS = 10.5
 BACKOFF_MIN = 0.3
 BACKOFF_MAX = 1.0
-#: Opt-in keepalive for fast detection of a silent peer (see the README).
+#: Opt-in keepalive for fast detection of a silent peer (docs/reliability.md,
+#: "Recommended keepalive settings").
 KEEPALIVE = [
     ("grpc.keepalive_time_ms", 1000),
     ("grpc.keepalive_timeout_ms", 1000),
