@@ -130,8 +130,9 @@ class InventoryStub:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._peer = raw_unary(channel, PEER_METHOD)
 
-    async def GetItem(self, request: bytes) -> bytes:
-        peer = await self._peer(request, timeout=5)
+    async def GetItem(self, request: bytes, timeout: float = 5, **options: Any) -> bytes:
+        # a generated stub's method takes grpc's call options: the deadline and the rest
+        peer = await self._peer(request, timeout=timeout, **options)
         print(f"stub call answered by the server, which saw {peer.decode()}")
         return peer
 
@@ -142,8 +143,8 @@ class SyncInventoryStub:
     def __init__(self, channel: grpc.Channel) -> None:
         self._peer = channel.unary_unary(PEER_METHOD)
 
-    def GetItem(self, request: bytes) -> bytes:
-        peer: bytes = self._peer(request, timeout=5)
+    def GetItem(self, request: bytes, timeout: float = 5, **options: Any) -> bytes:
+        peer: bytes = self._peer(request, timeout=timeout, **options)
         print(f"stub call answered by the server, which saw {peer.decode()}")
         return peer
 

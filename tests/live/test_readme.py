@@ -38,12 +38,17 @@ NEVER_DIALLED = {"fake:1", "unused:1"}
 #: listens on loopback, on a free port.
 REWRITES = {"start_http_server(9464)": 'start_http_server(0, addr="127.0.0.1")'}
 
-#: A snippet that only defines the hooks a server calls (gunicorn's) is followed by the
-#: calls that server makes, so that the hooks run too: in a worker, after the fork, then
-#: at its exit.
+#: A snippet that only defines the hooks a server calls is followed by the calls that
+#: server makes, so that the hooks run too. gunicorn's: in a worker, after the fork, then
+#: at its exit. uvicorn's: the lifespan around a request to the endpoint.
 HOOK_CALLS = {
     "def post_fork(server, worker):": (
         "post_fork(None, None)\nInventoryPool.wait_connected(timeout=10)\nworker_exit(None, None)\n"
+    ),
+    "async def lifespan(app: FastAPI):": (
+        "async with lifespan(app):\n"
+        "    await InventoryPool.wait_connected(timeout=10)\n"
+        "    print(await get_item('42'))\n"
     ),
 }
 
@@ -52,6 +57,7 @@ HOOK_CALLS = {
 SNIPPETS_PER_PAGE = {
     "README.md": 1,
     "docs/getting-started.md": 2,
+    "docs/guide/deploying.md": 3,
     "docs/guide/failures.md": 2,
     "docs/guide/pools.md": 2,
     "docs/guide/replicas.md": 1,
