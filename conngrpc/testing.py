@@ -58,6 +58,7 @@ class FakeChannel(grpc.aio.Channel):
         self.config = config
         self.serial = serial
         self.worker_index = worker_index
+        #: what its ``Health`` service answers ("SERVING", ...; None: it has none)
         self.health = health
         self.closed = False
         self._state = _READY
@@ -87,6 +88,7 @@ class FakeChannel(grpc.aio.Channel):
             await self._changed.wait()
 
     async def close(self, grace: float | None = None) -> None:
+        """Close it: SHUTDOWN, for good."""
         self.closed = True
         self._set_state(grpc.ChannelConnectivity.SHUTDOWN)
 
