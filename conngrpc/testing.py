@@ -15,7 +15,8 @@ make its connections succeed, fail or drop on command::
         connector.drop(0)                      # worker 0's connection is lost
 
 Parallel tests that must not share servers: ``mock=`` on the channel config makes
-``get_channel`` answer ``mock()`` and opens no connection (see the README).
+``get_channel`` answer ``mock()`` and opens no connection (see the guide's "Testing
+your code" page).
 """
 
 from __future__ import annotations
