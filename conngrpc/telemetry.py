@@ -48,6 +48,7 @@ __all__ = [
     "span",
 ]
 
+#: An event's name: a non-empty tuple of non-empty strings, ``("conngrpc", "pool", "status")``.
 Event = tuple[str, ...]
 
 #: Emitted when a handler raised and was detached.

@@ -28,21 +28,19 @@ import ast
 import builtins
 import importlib.util
 import re
+import sys
 import textwrap
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import griffe
 
-__all__ = ["PUBLIC_MODULES", "PublicNames", "SphinxRoles", "convert_docstring", "convert_roles"]
+sys.path.insert(0, str(Path(__file__).parent))
 
-#: The modules whose ``__all__`` is the public API, in the order a short name is looked up.
-PUBLIC_MODULES = (
-    "conngrpc",
-    "conngrpc.sync",
-    "conngrpc.telemetry",
-    "conngrpc.otel",
-    "conngrpc.testing",
-)
+from public_api import PUBLIC_MODULES
+
+__all__ = ["PublicNames", "SphinxRoles", "convert_docstring", "convert_roles"]
+
 
 #: A role's target resolved outside conngrpc: shown as code, not linked.
 EXTERNAL = ""
