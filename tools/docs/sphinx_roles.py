@@ -14,7 +14,8 @@ this extension:
   build fails on it;
 - links the exception of each ``:raises X:`` field the same way;
 - turns each ``::`` literal block into a fenced code block;
-- reads ``#:`` comments above an attribute as its docstring (Sphinx autodoc's form);
+- reads ``#:`` comments above an attribute as its docstring (Sphinx autodoc's form), and
+  shows no value for one set in ``__init__`` (its value there is a parameter's name);
 - hides a member whose docstring says ``:meta private:`` (autodoc's form again): public by
   name for conngrpc's own use, not part of the API;
 - leaves out of "Bases:" a base class that conngrpc does not export (``Declared``).
@@ -251,6 +252,8 @@ class SphinxRoles(griffe.Extension):
         for obj in list(_walk(pkg, set())):
             if obj.is_attribute and obj.docstring is None:
                 _comment_docstring(obj, loader)
+            if obj.is_attribute and obj.labels == {"instance-attribute"}:
+                obj.value = None  # set in __init__: "health = health" says nothing
             if obj.docstring is None:
                 continue
             value = obj.docstring.value
