@@ -13,7 +13,7 @@ It has the shape of opentelemetry-python-contrib's instrumentors (``instrument``
 ``instrument`` ignored) without depending on ``opentelemetry-instrumentation``: it
 patches nothing. Counters and the histogram are fed by handlers on the telemetry bus;
 the gauges are read from the running pools when the metrics are collected. Every
-instrument, its unit and its attributes are listed in docs/telemetry.md.
+instrument, its unit and its attributes are listed on the Telemetry page (docs/telemetry.md).
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ __all__ = [
     "span",
 ]
 
+#: An event's name: a non-empty tuple of non-empty strings, ``("conngrpc", "pool", "status")``.
 Event = tuple[str, ...]
 
 #: Emitted when a handler raised and was detached.
@@ -291,9 +292,15 @@ class TelemetryBus:
 #: The process-wide bus that conngrpc emits on; the module functions use it.
 default_bus = TelemetryBus()
 
+#: :meth:`TelemetryBus.attach` on :data:`default_bus`.
 attach = default_bus.attach
+#: :meth:`TelemetryBus.attach_many` on :data:`default_bus`.
 attach_many = default_bus.attach_many
+#: :meth:`TelemetryBus.detach` on :data:`default_bus`.
 detach = default_bus.detach
+#: :meth:`TelemetryBus.execute` on :data:`default_bus`.
 execute = default_bus.execute
+#: :meth:`TelemetryBus.span` on :data:`default_bus`.
 span = default_bus.span
+#: :meth:`TelemetryBus.list_handlers` on :data:`default_bus`.
 list_handlers = default_bus.list_handlers

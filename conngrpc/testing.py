@@ -15,7 +15,8 @@ make its connections succeed, fail or drop on command::
         connector.drop(0)                      # worker 0's connection is lost
 
 Parallel tests that must not share servers: ``mock=`` on the channel config makes
-``get_channel`` answer ``mock()`` and opens no connection (see the README).
+``get_channel`` answer ``mock()`` and opens no connection (see the guide's "Testing
+your code" page).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class FakeChannel(grpc.aio.Channel):
         self.config = config
         self.serial = serial
         self.worker_index = worker_index
+        #: what its ``Health`` service answers ("SERVING", ...; None: it has none)
         self.health = health
         self.closed = False
         self._state = _READY
@@ -87,6 +89,7 @@ class FakeChannel(grpc.aio.Channel):
             await self._changed.wait()
 
     async def close(self, grace: float | None = None) -> None:
+        """Close it: SHUTDOWN, for good."""
         self.closed = True
         self._set_state(grpc.ChannelConnectivity.SHUTDOWN)
 

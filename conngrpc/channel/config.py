@@ -51,51 +51,55 @@ class Connector(Protocol):
 class ChannelConfig:
     """How to open, watch and reopen one channel; a plain dict with these keys will do.
 
-    - ``address``: ``host:port`` or any grpc target (``dns:///...``, ``unix:...``).
-    - ``options``: grpc channel arguments as ``(key, value)`` pairs; they override
-      conngrpc's defaults (see ``DEFAULT_OPTIONS`` in ``conngrpc.channel.connector``).
-    - ``credentials``: ``grpc.ChannelCredentials`` for TLS; None connects insecurely.
-    - ``compression``: a ``grpc.Compression`` for every call, or None.
-    - ``interceptors``: ``grpc.aio`` client interceptors (grpc's sync client
-      interceptors for a ``conngrpc.sync`` pool).
-    - ``connect_timeout``: seconds one connection attempt may take.
-    - ``shutdown_grace``: seconds calls in flight may take to finish when the pool is
-      stopped, before they are cancelled and the channel closes.
-    - ``backoff``: waits between attempts; each channel uses its own copy (and, in a
-      pool spread over several backends, each backend that refused one).
-    - ``health_check``: None (off), or the ``grpc.health.v1`` service name to watch
-      (``""`` for the server as a whole): a channel is handed out only while
-      ``Health/Watch`` says SERVING. A server without the health service counts as
-      serving (as grpc's own client-side health checking does), with one warning.
-    - ``max_connection_age``: None, or seconds (jittered by up to 10%) after which a
-      channel is replaced, make before break: the new one is READY (and SERVING) before
-      the old one leaves and drains within ``shutdown_grace``.
-    - ``on_connect`` / ``on_disconnect``: zero-argument callables, sync or async, run
-      after each successful connect and after each lost connection. One that raises
-      crashes the channel's worker, which its supervisor restarts.
-    - ``connector``: turns this config into a ready channel (default: grpc.aio).
-    - ``mock``: when given, ``get_channel`` / ``Channel.get`` answer ``mock()`` and no
-      connection is opened: for tests that must not touch the network.
-    - ``debug``: structured debug logs naming pool, channel index and event.
+    Each field is described where it is declared below, and listed with its type and
+    default in the reference's table of channel settings. Example::
+
+        ChannelConfig("localhost:50051", connect_timeout=2.0, health_check="")
 
     :raises TypeError: a field has the wrong type, or (from :meth:`coerce`) an unknown key.
     :raises ValueError: a field has a value out of range, such as an empty address.
     """
 
+    #: ``host:port`` or any grpc target (``dns:///...``, ``unix:...``)
     address: str
+    #: grpc channel arguments as ``(key, value)`` pairs; they override conngrpc's
+    #: defaults (see ``DEFAULT_OPTIONS`` in ``conngrpc.channel.connector``)
     options: Sequence[tuple[str, Any]] = ()
+    #: ``grpc.ChannelCredentials`` for TLS; None connects insecurely
     credentials: grpc.ChannelCredentials | None = None
+    #: a ``grpc.Compression`` for every call, or None
     compression: grpc.Compression | None = None
+    #: ``grpc.aio`` client interceptors (grpc's sync client interceptors for a
+    #: ``conngrpc.sync`` pool)
     interceptors: Sequence[grpc.aio.ClientInterceptor | SyncInterceptor] = ()
+    #: seconds one connection attempt may take
     connect_timeout: float = 5.0
+    #: seconds calls in flight may take to finish when the pool is stopped, before they
+    #: are cancelled and the channel closes
     shutdown_grace: float = 5.0
+    #: waits between attempts; each channel uses its own copy (and, in a pool spread
+    #: over several backends, each backend that refused one)
     backoff: Backoff = field(default_factory=ExponentialBackoff)
+    #: None (off), or the ``grpc.health.v1`` service name to watch (``""`` for the
+    #: server as a whole): a channel is handed out only while ``Health/Watch`` says
+    #: SERVING. A server without the health service counts as serving (as grpc's own
+    #: client-side health checking does), with one warning.
     health_check: str | None = None
+    #: None, or seconds (jittered by up to 10%) after which a channel is replaced, make
+    #: before break: the new one is READY (and SERVING) before the old one leaves and
+    #: drains within ``shutdown_grace``
     max_connection_age: float | None = None
+    #: a zero-argument callable, sync or async, run after each successful connect; one
+    #: that raises crashes the channel's worker, which its supervisor restarts
     on_connect: Callback | None = None
+    #: as ``on_connect``, run after each lost connection
     on_disconnect: Callback | None = None
+    #: turns this config into a ready channel (None: grpc.aio's, see :class:`Connector`)
     connector: Connector | None = None
+    #: when given, ``get_channel`` / ``Channel.get`` answer ``mock()`` and no connection
+    #: is opened: for tests that must not touch the network
     mock: Callable[[], Any] | None = None
+    #: structured debug logs naming pool, channel index and event
     debug: bool = False
 
     def __post_init__(self) -> None:

@@ -32,7 +32,7 @@ _SHUTDOWN = grpc.ChannelConnectivity.SHUTDOWN
 #: connection, so it is switched off. No keepalive pings are sent by default: a
 #: default grpc server answers pings on idle connections sent more often than every
 #: 5 minutes with GOAWAY ``too_many_pings``. Opt into fast detection of silent peers
-#: through ``options`` (see the README).
+#: through ``options`` (see the Reliability page, "Recommended keepalive settings").
 DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (("grpc.client_idle_timeout_ms", 2**31 - 1),)
 
 #: The channel argument that gives every channel its own connection. grpc shares one

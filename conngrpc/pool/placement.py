@@ -2,8 +2,8 @@
 
 A pool's channels are spread evenly over the backends its resolver found: with N
 channels over K backends that accept, each holds floor(N/K) or ceil(N/K). The facts
-live in the pool's table (:class:`~.table.PoolTable`); these functions read them and
-decide, and the table applies what they decide:
+live in the pool's table (:class:`~conngrpc.pool.table.PoolTable`); these functions read
+them and decide, and the table applies what they decide:
 
 - :func:`choose`: the backend a (re)connecting worker should try, the least loaded
   among those not known to be failing;

@@ -118,13 +118,19 @@ class PooledChannel(grpc.aio.Channel):
     # --- the pool behind it -------------------------------------------------------------
 
     def runtime(self) -> PoolRuntime | None:
-        """The running pool, or None; raises once the facade is closed."""
+        """The running pool, or None; raises once the facade is closed.
+
+        :meta private:
+        """
         if self.closed:
             raise grpc.aio.UsageError(f"the PooledChannel of {self.kind} {self.name!r} is closed")
         return self._registry.get(self.name)
 
     def unavailable(self, runtime: PoolRuntime | None, deadline: float | None) -> FailedCall:
-        """A call failed at once as UNAVAILABLE: no pool runs, or no channel serves."""
+        """A call failed at once as UNAVAILABLE: no pool runs, or no channel serves.
+
+        :meta private:
+        """
         if runtime is None:
             reason = f"no {self.kind} of that name is running"
         else:
@@ -143,6 +149,8 @@ class PooledChannel(grpc.aio.Channel):
 
         :raises TimeoutError: ``deadline`` passed first.
         :raises RuntimeError: the pool runs on another event loop than this wait.
+
+        :meta private:
         """
         with anyio.fail_after(None if deadline is None else max(0.0, deadline - time.monotonic())):
             while True:

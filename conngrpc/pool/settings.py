@@ -15,17 +15,38 @@ __all__ = ["PoolSettings", "ResolvedSettings", "check_name", "check_setting", "m
 
 
 class PoolSettings(TypedDict, total=False):
-    """What a pool is configured with, in a class statement, ``config()`` or ``child_spec``."""
+    """What a pool is configured with, in a class statement, ``config()`` or ``child_spec``.
 
+    Each key, its type and its default are listed in the reference's table of settings.
+    """
+
+    #: the pool's name, registered while it runs; a declared pool's is its class name
     name: str
+    #: how many channels the pool keeps connected
     pool_size: int
+    #: how each channel is opened, watched and reopened: a :class:`ChannelConfig` or a
+    #: dict of its fields (a partial dict is laid over the channel declared below it)
     channel: ChannelConfigLike
+    #: seconds between the pool's ``("conngrpc", "pool", "status")`` events
     telemetry_interval: float
+    #: the pool supervisor's restart intensity: at most this many restarts of its
+    #: channel workers within ``max_seconds``, or it gives up
     max_restarts: int
+    #: the window, in seconds, in which ``max_restarts`` are counted
     max_seconds: float
+    #: a callable, sync or async, returning the backend addresses (``ip:port``,
+    #: ``[ipv6]:port``, ``host:port`` or any grpc target); None resolves the channel's
+    #: target
     resolver: Resolver
+    #: seconds between two resolutions; channels move one at a time, make before break,
+    #: so that every backend holds its share
     resolve_interval: float
+    #: None, or the most calls the :class:`PooledChannel` puts on one channel at once
+    #: (say, the server's stream cap per connection); more wait in its queue
     max_calls_per_channel: int
+    #: grpc's service config (a dict or a JSON string), done across the pool's
+    #: connections as grpc does it across its subchannels: outlier detection, retries,
+    #: hedging, the health check, ``methodConfig``
     service_config: str | Mapping[str, Any]
 
 

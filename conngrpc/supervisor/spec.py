@@ -50,7 +50,10 @@ class ChildSpec:
     """How to run one child: OTP's ``id, start, restart, shutdown, type``.
 
     - ``id``: unique among the supervisor's children (any hashable).
-    - ``start``: a :class:`StartFunction`.
+    - ``start``: an async function called as ``start(task_status=...)`` that calls
+      ``task_status.started(value)`` once the child is ready, exactly like a function
+      passed to ``anyio.TaskGroup.start``; it runs until the child's work is done or it
+      raises, and the supervisor stops it by cancelling it.
     - ``restart``: ``"permanent"`` (always restarted), ``"transient"`` (restarted only
       after it raised) or ``"temporary"`` (never restarted, forgotten once it exits).
     - ``shutdown``: seconds the child is given to finish after it is cancelled.

@@ -174,8 +174,8 @@ async def _send(
 
 class _LoopWaiter:
     """An attempt waiting on the pool's loop for room, in the queue of the threads that
-    wait for it (:meth:`ThreadAdmission.wait_room`): ``notify()`` wakes it, from any
-    thread."""
+    wait for it (:meth:`~conngrpc.sync.runtime.ThreadAdmission.wait_room`): ``notify()``
+    wakes it, from any thread."""
 
     __slots__ = ("event", "loop")
 

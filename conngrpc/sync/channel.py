@@ -134,7 +134,7 @@ class ThreadChannel(grpc.Channel):
         #: its pool's lock, under which the pool counts its PooledChannel calls on it too
         self._lock = lock if lock is not None else threading.RLock()
         #: calls in flight on it: made on it (a hand-out), and through the PooledChannel
-        #: (counted by its pool, which calls its own multicallables: :attr:`uncounted`)
+        #: (counted by its pool, which makes its calls on grpc's multicallables, uncounted)
         self.in_flight = 0
         #: while it drains: what the end of its last call runs
         self._drained: Callable[[], object] | None = None
@@ -157,18 +157,27 @@ class ThreadChannel(grpc.Channel):
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
         """Wait until its state is another than ``last_observed_state`` (the loop's watcher
-        reads it)."""
+        reads it).
+
+        :meta private:
+        """
         await self._watcher.changed(self, last_observed_state)
 
     @property
     def watched_by_aio(self) -> bool:
-        """Whether a grpc.aio channel checks its server's health (a thread inside grpc)."""
+        """Whether a grpc.aio channel checks its server's health (a thread inside grpc).
+
+        :meta private:
+        """
         return self._health is not None
 
     def conngrpc_health_channel(self) -> grpc.aio.Channel:
         """A grpc.aio channel to its server, on the pool's loop, for its health checks:
         a sync call would block a thread for each channel's ``Health/Watch``. It has a
-        connection of its own (health is the server's, not the connection's)."""
+        connection of its own (health is the server's, not the connection's).
+
+        :meta private:
+        """
         if self._health is None:
             used_in["grpc.aio"] = os.getpid()
             config = self._config
@@ -184,6 +193,8 @@ class ThreadChannel(grpc.Channel):
         (the PooledChannel's calls are counted by its pool).
 
         :raises ValueError: it is closed, as grpc's closed channels say.
+
+        :meta private:
         """
         with self._closing:
             if self.closed:
@@ -195,7 +206,10 @@ class ThreadChannel(grpc.Channel):
 
     async def conngrpc_retire(self, grace: float | None) -> None:
         """Close it once its calls in flight have ended, or ``grace`` seconds passed (then
-        grpc cancels those left)."""
+        grpc cancels those left).
+
+        :meta private:
+        """
         if grace:
             loop = asyncio.get_running_loop()
             drained = asyncio.Event()
@@ -216,7 +230,10 @@ class ThreadChannel(grpc.Channel):
         thread, not this one. grpc's ``close()`` waits for the thread that runs its
         calls' callbacks, which may be blocked in the program's code (even in a
         supervisor's ``stop()``, which waits for the pool's thread): the pool's thread
-        never waits for it."""
+        never waits for it.
+
+        :meta private:
+        """
         with self._closing:
             self.closed = True
         if later:
@@ -227,7 +244,10 @@ class ThreadChannel(grpc.Channel):
     def forget_after_fork(self) -> None:
         """A forked child's: the channel is its parent's. It counts as closed (calls on
         it fail at once); its locks, which a thread of the parent may have held as it
-        forked, are made anew; grpc's channel is left alone (closing it may hang)."""
+        forked, are made anew; grpc's channel is left alone (closing it may hang).
+
+        :meta private:
+        """
         self._lock = threading.RLock()
         self._closing = threading.Lock()
         self.closed = True
@@ -264,7 +284,10 @@ class ThreadChannel(grpc.Channel):
 
     def ended(self, _: object = None) -> None:
         """A call on it ended (a done callback's signature); its pool's calls end here
-        too, under the pool's lock."""
+        too, under the pool's lock.
+
+        :meta private:
+        """
         with self._lock:
             self.in_flight -= 1
             if not self.in_flight and self._drained is not None:
@@ -272,7 +295,10 @@ class ThreadChannel(grpc.Channel):
                     self._drained()
 
     def blocking(self, call: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        """Make a call that blocks until it ends (``__call__``, ``with_call``), counted."""
+        """Make a call that blocks until it ends (``__call__``, ``with_call``), counted.
+
+        :meta private:
+        """
         self.began()
         try:
             return call(*args, **kwargs)
@@ -281,7 +307,10 @@ class ThreadChannel(grpc.Channel):
 
     def later(self, start: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         """Start a call that ends later (a future, a response stream), counted until grpc
-        says it is done."""
+        says it is done.
+
+        :meta private:
+        """
         self.began()
         try:
             call = start(*args, **kwargs)

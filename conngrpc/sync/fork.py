@@ -23,9 +23,9 @@ grpc's own rules decide what a child may do with grpc once its parent used it:
 
 In the first two cases, a sync supervisor started in the child raises ``RuntimeError``
 saying why (for the second, only a pool with health checks), rather than letting grpc
-hang or crash there; the third is grpc's to fix, and the README says not to fork with
-calls in flight. The way that always works: fork first, then start the pools in each
-child (gunicorn's ``post_fork`` with ``--preload``, Celery's ``worker_process_init``).
+hang or crash there; the third is grpc's to fix, and the guide's "Threads" page says not
+to fork with calls in flight. The way that always works: fork first, then start the pools
+in each child (gunicorn's ``post_fork`` with ``--preload``, Celery's ``worker_process_init``).
 """
 
 from __future__ import annotations

@@ -119,6 +119,8 @@ class PooledChannel(grpc.Channel):
         """The running pool, or None.
 
         :raises ValueError: the facade is closed.
+
+        :meta private:
         """
         if self.closed:
             raise ValueError(
@@ -153,6 +155,7 @@ class PooledChannel(grpc.Channel):
             _runtime.registered.notify_all()
 
     def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
+        """Stop calling ``callback`` (given to :meth:`subscribe`); no error if it was not."""
         with _runtime.registered:
             self._subscribers.pop(callback, None)
             _runtime.registered.notify_all()

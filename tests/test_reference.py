@@ -1,0 +1,171 @@
+"""The API reference (docs/reference/*.md) covers every public name, read from the pages'
+text: no site build needed. And the docstring conversion the site uses
+(tools/docs/sphinx_roles.py) turns Sphinx roles into the cross-references it should."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "docs" / "reference"
+
+
+def tool(name: str) -> Any:
+    """A module of tools/docs/, loaded from its file."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / "docs" / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: the modules the reference documents
+PUBLIC_MODULES: tuple[str, ...] = tool("public_api").PUBLIC_MODULES
+
+_DIRECTIVE = re.compile(r"^::: (\S+)\n((?:[ \t]+\S.*\n?)*)", re.MULTILINE)
+_MEMBERS = re.compile(r"^\s+members:\s*(.+)$", re.MULTILINE)
+
+
+def directives() -> dict[str, str | None]:
+    """Each ``::: path`` of the reference pages, with its ``members:`` option (None if none)."""
+    found: dict[str, str | None] = {}
+    for page in sorted(REFERENCE.glob("*.md")):
+        for match in _DIRECTIVE.finditer(page.read_text()):
+            members = _MEMBERS.search(match.group(2))
+            found[match.group(1)] = members.group(1).strip() if members else None
+    return found
+
+
+def documented(module: str, name: str, found: dict[str, str | None]) -> bool:
+    """Whether ``module.name`` has its own directive, or its module is documented whole."""
+    return f"{module}.{name}" in found or (module in found and found[module] is None)
+
+
+def public_names() -> list[tuple[str, str]]:
+    return [
+        (module, name)
+        for module in PUBLIC_MODULES
+        for name in importlib.import_module(module).__all__
+        if name != "__version__"
+    ]
+
+
+@pytest.mark.parametrize(("module", "name"), public_names())
+def test_every_public_name_has_a_reference_entry(module: str, name: str) -> None:
+    assert documented(module, name, directives()), (
+        f"{module}.{name} is public ({module}.__all__) but no page of docs/reference/ has "
+        f"'::: {module}.{name}' (nor documents {module} whole): add it to the page it "
+        "belongs to"
+    )
+
+
+def test_the_version_is_named_on_the_reference_index() -> None:
+    assert "__version__" in (REFERENCE / "index.md").read_text()
+
+
+def test_the_check_sees_a_missing_entry() -> None:
+    found = directives()
+    assert documented("conngrpc", "Pool", found)
+    assert documented("conngrpc.telemetry", "attach", found)  # its module, whole
+    assert not documented("conngrpc", "NoSuchName", found)
+    # conngrpc.sync's page lists its names one by one: the module alone covers none
+    assert not documented("conngrpc.sync", "NoSuchName", found)
+
+
+def _public_methods(obj: object) -> set[str]:
+    kinds = (classmethod, staticmethod, property)
+    return {
+        name
+        for name, value in vars(obj).items()
+        if not name.startswith("_") and (inspect.isfunction(value) or isinstance(value, kinds))
+    }
+
+
+@pytest.mark.parametrize(
+    "path", sorted(path for path, members in directives().items() if members not in (None, "false"))
+)
+def test_an_entry_that_lists_its_members_lists_every_method(path: str) -> None:
+    """An entry with ``members: [...]`` (its fields are a table) still shows each method."""
+    module, _, name = path.rpartition(".")
+    listed = set(re.findall(r"\w+", directives()[path] or ""))
+    missing = _public_methods(getattr(importlib.import_module(module), name)) - listed
+    assert not missing, f"{path}: add {sorted(missing)} to its members: list"
+
+
+# --- the docstrings' Sphinx roles, as the site shows them ----------------------------------
+
+
+@pytest.fixture
+def roles() -> Any:
+    """tools/docs/sphinx_roles.py, which needs griffe (the docs extra; make test has it)."""
+    pytest.importorskip("griffe", reason="the docs extra is not installed")
+    return tool("sphinx_roles")
+
+
+def known(roles: Any) -> Callable[[str], str | None]:
+    """A resolver that knows a few names, conngrpc's and others'; None for the rest."""
+    return {
+        "Pool": "conngrpc.Pool",
+        "Pool.channel": "conngrpc.Pool.channel",
+        "conngrpc.pool.pool.Pool": "conngrpc.Pool",
+        "ValueError": roles.EXTERNAL,
+        "grpc.aio.Channel": roles.EXTERNAL,
+    }.get
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a :class:`Pool` here", "a [`Pool`][conngrpc.Pool] here"),
+        (":meth:`Pool.channel`", "[`Pool.channel()`][conngrpc.Pool.channel]"),
+        (":meth:`~Pool.channel`", "[`channel()`][conngrpc.Pool.channel]"),
+        (":class:`~conngrpc.pool.pool.Pool`", "[`Pool`][conngrpc.Pool]"),
+        (":py:class:`Pool`", "[`Pool`][conngrpc.Pool]"),
+        (":exc:`ValueError`", "`ValueError`"),
+        (":class:`grpc.aio.Channel`", "`grpc.aio.Channel`"),
+        (":class:`!Pool`", "`Pool`"),
+        (
+            "``:class:`` alone; :raises ValueError: stays",
+            "``:class:`` alone; :raises ValueError: stays",
+        ),
+    ],
+)
+def test_roles_become_cross_references(roles: Any, text: str, expected: str) -> None:
+    assert roles.convert_roles(text, known(roles)) == expected
+
+
+def test_an_unknown_name_is_left_for_the_build_to_fail_on(roles: Any) -> None:
+    # autorefs reports [`Nope`][Nope] as unresolved, which fails mkdocs build --strict
+    assert roles.convert_roles(":class:`Nope` and :func:`nope.thing`", known(roles)) == (
+        "[`Nope`][Nope] and [`nope.thing()`][nope.thing]"
+    )
+
+
+def test_literal_blocks_become_code_blocks_and_their_roles_stay(roles: Any) -> None:
+    text = "Example::\n\n    x = 1  # :class:`Pool`\n    y = 2\n\nAfter :class:`Pool`.\n"
+    assert roles.convert_docstring(text, known(roles)) == (
+        "Example:\n\n```python\nx = 1  # :class:`Pool`\ny = 2\n```\n\n"
+        "After [`Pool`][conngrpc.Pool].\n"
+    )
+
+
+def test_a_block_that_is_not_python_is_text(roles: Any) -> None:
+    text = "Run it::\n\n    $ python -m conngrpc demo\n"
+    assert roles.convert_docstring(text, known(roles)) == (
+        "Run it:\n\n```text\n$ python -m conngrpc demo\n```\n"
+    )
+
+
+def test_meta_private_is_dropped_from_the_text(roles: Any) -> None:
+    assert roles.convert_docstring("Internal.\n\n:meta private:\n", known(roles)) == (
+        "Internal.\n\n"
+    )

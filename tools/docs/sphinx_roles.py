@@ -1,0 +1,325 @@
+"""A griffe extension that makes conngrpc's Sphinx-style docstrings render in mkdocstrings.
+
+conngrpc's docstrings are written for Sphinx: roles (:class:`Pool`, :meth:`Pool.channel`),
+``:raises X:`` fields, ``#:`` comments as attribute docstrings and ``::`` literal blocks.
+Rendered as they are, the roles would show as literal text. Once the package is loaded,
+this extension:
+
+- turns each role into an autorefs cross-reference, ``[`Pool`][conngrpc.Pool]``, its
+  target resolved in the docstring's scope (as Python would) and then to the public path
+  when the name is exported (``conngrpc.pool.pool.Pool`` is documented as
+  ``conngrpc.Pool``). A name outside conngrpc (``ValueError``, ``grpc.aio.Channel``)
+  becomes plain code: the site loads no other site's inventory. A name that resolves to
+  nothing stays a reference to itself, which autorefs reports as unresolved: the strict
+  build fails on it;
+- links the exception of each ``:raises X:`` field the same way;
+- turns each ``::`` literal block into a fenced code block;
+- reads ``#:`` comments above an attribute as its docstring (Sphinx autodoc's form), and
+  shows no value for one set in ``__init__`` (its value there is a parameter's name);
+- hides a member whose docstring says ``:meta private:`` (autodoc's form again): public by
+  name for conngrpc's own use, not part of the API;
+- leaves out of "Bases:" a base class that conngrpc does not export (``Declared``).
+
+Listed in mkdocs.yml under the Python handler's ``extensions``.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import importlib.util
+import re
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import griffe
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from public_api import PUBLIC_MODULES
+
+__all__ = ["PublicNames", "SphinxRoles", "convert_docstring", "convert_roles"]
+
+
+#: A role's target resolved outside conngrpc: shown as code, not linked.
+EXTERNAL = ""
+
+_ROLE = re.compile(r":(?:py:)?(class|meth|func|attr|exc|data|const|obj|mod):`([^`]+)`")
+_CALLABLE_ROLES = ("meth", "func")
+_META_PRIVATE = re.compile(r"^[ \t]*:meta private:[ \t]*\n?", re.MULTILINE)
+
+#: What a role's target resolves to: an autorefs identifier, EXTERNAL, or None (unknown).
+Resolver = Callable[[str], "str | None"]
+
+
+def convert_roles(text: str, resolve: Resolver) -> str:
+    """``text`` with every Sphinx role made a markdown cross-reference or code span.
+
+    ``~`` shows the last part of the target alone, ``!`` leaves it unlinked, and a
+    method or function is shown with ``()``, as Sphinx does. A target ``resolve`` does not
+    know is linked to itself, so that autorefs reports it.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        role, target = match.group(1), match.group(2).strip()
+        unlinked = target.startswith("!")
+        short = target.startswith("~")
+        target = target.lstrip("!~")
+        shown = target.rsplit(".", 1)[-1] if short else target
+        if role in _CALLABLE_ROLES and not shown.endswith(")"):
+            shown += "()"
+        if unlinked:
+            return f"`{shown}`"
+        identifier = resolve(target)
+        if identifier == EXTERNAL:
+            return f"`{shown}`"
+        return f"[`{shown}`][{identifier or target}]"
+
+    return _ROLE.sub(replace, text)
+
+
+def convert_docstring(text: str, resolve: Resolver) -> str:
+    """A Sphinx docstring as mkdocstrings' markdown: roles converted, ``::`` literal blocks
+    fenced (roles inside them left alone), ``:meta private:`` dropped."""
+    text = _META_PRIVATE.sub("", text)
+    out: list[str] = []
+    for literal, chunk in _literal_blocks(text):
+        if literal:
+            code = textwrap.dedent(chunk).strip("\n")
+            out.append(f"```{_language(code)}\n{code}\n```\n")
+        else:
+            out.append(convert_roles(chunk, resolve))
+    return "".join(out)
+
+
+def _literal_blocks(text: str) -> Iterator[tuple[bool, str]]:
+    """``text`` in pieces: (False, prose) and (True, the indented block after a ``::``)."""
+    lines = text.splitlines(keepends=True)
+    prose: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.rstrip()
+        if not stripped.endswith("::"):
+            prose.append(line)
+            i += 1
+            continue
+        indent = len(line) - len(line.lstrip())
+        j = i + 1
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        block: list[str] = []
+        while j < len(lines) and (
+            not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > indent
+        ):
+            block.append(lines[j])
+            j += 1
+        if not "".join(block).strip():  # a "::" that opens no block: plain text
+            prose.append(line)
+            i += 1
+            continue
+        # "Example::" reads "Example:"; a "::" alone or after a space disappears.
+        head = stripped[:-2].rstrip() if stripped[:-2].endswith(" ") else stripped[:-1]
+        if head.strip():
+            prose.append(head + "\n")
+        prose.append("\n")
+        yield False, "".join(prose)
+        code = _rstrip_blank(block)
+        yield True, "".join(code)
+        prose = block[len(code) :]
+        i = j
+    if prose:
+        yield False, "".join(prose)
+
+
+def _rstrip_blank(lines: list[str]) -> list[str]:
+    """``lines`` without the blank lines at their end."""
+    end = len(lines)
+    while end and not lines[end - 1].strip():
+        end -= 1
+    return lines[:end]
+
+
+def _language(code: str) -> str:
+    """``python`` for code that parses as Python, else ``text``."""
+    try:
+        ast.parse(code)
+    except SyntaxError:
+        return "text"
+    return "python"
+
+
+class PublicNames:
+    """Where each public name of conngrpc lives, and how a role's target resolves to one."""
+
+    def __init__(self, collection: griffe.ModulesCollection) -> None:
+        self.collection = collection
+        #: canonical path -> public path, the first public module that exports it winning
+        self.public: dict[str, str] = {}
+        #: public module -> the names its ``__all__`` exports
+        self.exports: dict[str, list[str]] = {}
+        for module_path in PUBLIC_MODULES:
+            module = collection[module_path]
+            names = [str(name) for name in module.exports or ()]
+            self.exports[module_path] = names
+            for name in names:
+                member = module.members[name]
+                canonical = member.final_target.path if member.is_alias else member.path
+                self.public.setdefault(canonical, f"{module_path}.{name}")
+
+    def public_path(self, canonical: str) -> str | None:
+        """The public path of a canonical one (a member of an exported class included)."""
+        parts = canonical.split(".")
+        for end in range(len(parts), 0, -1):
+            public = self.public.get(".".join(parts[:end]))
+            if public is not None:
+                return ".".join([public, *parts[end:]])
+        return None
+
+    def resolve(self, target: str, scope: griffe.Object) -> str | None:
+        """A role's target, seen from ``scope``: its public path (else its canonical one),
+        EXTERNAL when it is not conngrpc's, or None when it is nothing known."""
+        head, _, rest = target.partition(".")
+        path: str | None = None
+        if head == "conngrpc":
+            path = target
+        else:
+            try:
+                path = scope.resolve(head)
+            except griffe.NameResolutionError:
+                path = self._exported(head, scope)
+            if path is not None and rest:
+                path = f"{path}.{rest}"
+        if path is None:
+            known = head in vars(builtins) or importlib.util.find_spec(head) is not None
+            return EXTERNAL if known else None
+        if path.split(".", 1)[0] != "conngrpc":
+            return EXTERNAL
+        try:
+            found = self.collection[path]
+            canonical = found.final_target.path if found.is_alias else found.path
+        except (KeyError, griffe.AliasResolutionError, griffe.CyclicAliasError):
+            return None
+        return self.public_path(canonical) or canonical
+
+    def _exported(self, name: str, scope: griffe.Object) -> str | None:
+        """The canonical path of a public name, the scope's own public module first."""
+        own = self.public_path(scope.canonical_path) or ""
+        modules = sorted(PUBLIC_MODULES, key=lambda module: not own.startswith(module + "."))
+        for module in modules:
+            if name in self.exports[module]:
+                member = self.collection[module].members[name]
+                return member.final_target.path if member.is_alias else member.path
+        return None
+
+    def documented(self) -> Iterator[griffe.Object]:
+        """Every object the reference renders: the public names and their members."""
+        seen: set[str] = set()
+        for public in self.public:
+            yield from _walk(self.collection[public], seen, public_only=True)
+
+
+def _walk(
+    obj: griffe.Object, seen: set[str], *, public_only: bool = False
+) -> Iterator[griffe.Object]:
+    """``obj`` and its members, recursively; aliases (imports) are not followed."""
+    if obj.is_alias:
+        obj = obj.final_target
+    if obj.path in seen:
+        return
+    seen.add(obj.path)
+    yield obj
+    for member in list(obj.members.values()):
+        if member.is_alias:
+            continue
+        if public_only and not member.is_public:
+            continue
+        yield from _walk(member, seen, public_only=public_only)
+
+
+class SphinxRoles(griffe.Extension):
+    """Converts conngrpc's Sphinx docstrings for mkdocstrings once the package is loaded."""
+
+    def on_package(
+        self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: object
+    ) -> None:
+        if pkg.name != "conngrpc":
+            return
+        names = PublicNames(loader.modules_collection)
+        private = []
+        for obj in list(_walk(pkg, set())):
+            if obj.is_attribute and obj.docstring is None:
+                _comment_docstring(obj, loader)
+            if obj.is_attribute and obj.labels == {"instance-attribute"}:
+                obj.value = None  # set in __init__: "health = health" says nothing
+            if obj.docstring is None:
+                continue
+            value = obj.docstring.value
+            if _META_PRIVATE.search(value):
+                private.append(obj)
+            obj.docstring.value = convert_docstring(
+                value, lambda target, o=obj: names.resolve(target, o)
+            )
+        # Out of the documented tree: a class's members are seen through aliases
+        # (conngrpc.PooledChannel), whose visibility an object's own `public` does not set.
+        # A reference to one from a rendered docstring then fails the build, as it should.
+        for obj in private:
+            if obj.parent is not None:
+                obj.parent.del_member(obj.name)
+        for obj in names.documented():
+            if obj.is_class:
+                _drop_private_bases(obj, names)
+            if obj.docstring is not None:
+                _link_raises(obj, names)
+
+
+def _comment_docstring(attr: griffe.Object, loader: griffe.GriffeLoader) -> None:
+    """The ``#:`` comment lines right above ``attr``, as its docstring."""
+    if attr.lineno is None or attr.filepath is None or isinstance(attr.filepath, list):
+        return
+    lines = loader.lines_collection[attr.filepath]
+    comment: list[str] = []
+    number = attr.lineno - 1  # the line above, counted from 1
+    while number >= 1 and lines[number - 1].strip().startswith("#:"):
+        comment.insert(0, lines[number - 1].strip()[2:].strip())
+        number -= 1
+    if comment:
+        attr.docstring = griffe.Docstring(
+            "\n".join(comment),
+            lineno=number + 1,
+            parent=attr,
+            parser=loader.docstring_parser,
+            parser_options=loader.docstring_options,
+        )
+
+
+def _drop_private_bases(cls: griffe.Object, names: PublicNames) -> None:
+    """``cls`` without the bases that are conngrpc's but not exported ("Bases: Declared")."""
+    kept = []
+    for base in cls.bases:
+        path = base.canonical_path if isinstance(base, griffe.Expr) else str(base)
+        if path.split(".", 1)[0] == "conngrpc" and names.public_path(path) is None:
+            continue
+        kept.append(base)
+    cls.bases = kept
+
+
+def _link_raises(obj: griffe.Object, names: PublicNames) -> None:
+    """Each ``:raises X:`` exception as a name cross-referenced to its public path."""
+    assert obj.docstring is not None
+    for section in obj.docstring.parsed:
+        if section.kind is not griffe.DocstringSectionKind.raises:
+            continue
+        for raised in section.value:
+            if not isinstance(raised.annotation, str):
+                continue
+            identifier = names.resolve(raised.annotation, obj)
+            if identifier:
+                parent, _, name = identifier.rpartition(".")
+                raised.annotation = griffe.ExprName(name, parent=parent)
+            elif identifier is None:
+                griffe.logger.warning(
+                    f"{obj.path}: ':raises {raised.annotation}:' names nothing known"
+                )
