@@ -106,8 +106,8 @@ def test_an_entry_that_lists_its_members_lists_every_method(path: str) -> None:
 
 @pytest.fixture
 def roles() -> Any:
-    """tools/docs/sphinx_roles.py, which needs griffe (the docs extra; make test has it)."""
-    pytest.importorskip("griffe", reason="the docs extra is not installed")
+    """tools/docs/sphinx_roles.py, which needs griffe (the docs extra, which every test
+    environment installs)."""
     return tool("sphinx_roles")
 
 

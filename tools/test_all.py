@@ -3,7 +3,7 @@
 The supported versions are the ``Programming Language :: Python :: 3.X`` classifiers
 in pyproject.toml. For each, the interpreter is ``$PYTHON3X`` when set (``PYTHON310``
 for 3.10), else ``python3.X`` on PATH, else the newest pyenv install of 3.X. Each
-gets its own virtual environment, ``.venv-3.X``, with conngrpc's test extra (built
+gets its own virtual environment, ``.venv-3.X``, with conngrpc's test and docs extras (built
 again when pyproject.toml changes), and runs pytest there (on the testpaths unless
 arguments, which go to pytest, say otherwise): every test, the slow tier (tests marked
 ``slow``, which ``make test`` leaves out) included.
@@ -88,7 +88,8 @@ def find_python(version: str) -> tuple[str | None, str]:
 
 
 def ensure_venv(version: str, python: str) -> Path:
-    """``.venv-3.X`` with conngrpc and its test extra, built by ``python`` if need be."""
+    """``.venv-3.X`` with conngrpc and its test and docs extras (the reference's tools are
+    tested too), built by ``python`` if need be."""
     venv = ROOT / f".venv-{version}"
     stamp = venv / ".installed"
     fresh = (
@@ -100,7 +101,7 @@ def ensure_venv(version: str, python: str) -> Path:
         print(f"test-all: building {venv.name} with {python}", flush=True)
         subprocess.run([python, "-m", "venv", "--clear", str(venv)], check=True)
         pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
-        subprocess.run([*pip, "install", "--quiet", "-e", ".[test]"], cwd=ROOT, check=True)
+        subprocess.run([*pip, "install", "--quiet", "-e", ".[test,docs]"], cwd=ROOT, check=True)
         stamp.write_text(python)
     return venv
 
