@@ -40,8 +40,12 @@ class ChildStartError(SupervisorError):
     """
 
     def __init__(self, supervisor: str, child_id: Hashable, reason: str) -> None:
+        #: the name of the supervisor that raised it
         self.supervisor = supervisor
+        #: the id of the child it is about
         self.child_id = child_id
+        #: what went wrong: the child's exception (its class and text), that it returned
+        #: without calling ``started``, or that the supervisor stopped meanwhile
         self.reason = reason
         super().__init__(f"supervisor {supervisor!r}: child {child_id!r} failed to start: {reason}")
 
@@ -55,9 +59,14 @@ class SupervisorGaveUpError(SupervisorError):
     def __init__(
         self, supervisor: str, child_id: Hashable, max_restarts: int, max_seconds: float
     ) -> None:
+        #: the name of the supervisor that raised it
         self.supervisor = supervisor
+        #: the id of the child it is about
         self.child_id = child_id
+        #: the supervisor's restart intensity that was exceeded: more than
+        #: ``max_restarts`` restarts within ``max_seconds`` seconds
         self.max_restarts = max_restarts
+        #: the window, in seconds, in which the restarts were counted
         self.max_seconds = max_seconds
         super().__init__(
             f"supervisor {supervisor!r} gave up: child {child_id!r} needed more than "
@@ -73,7 +82,9 @@ class StrayCancellationError(SupervisorError):
     """
 
     def __init__(self, supervisor: str, child_id: Hashable) -> None:
+        #: the name of the supervisor that raised it
         self.supervisor = supervisor
+        #: the id of the child it is about
         self.child_id = child_id
         super().__init__(
             f"supervisor {supervisor!r}: child {child_id!r} raised a cancellation that no "
@@ -84,8 +95,7 @@ class StrayCancellationError(SupervisorError):
 class DuplicateChildError(SupervisorError, ValueError):
     """A child id was given twice: it is held already, or it repeats in the children given.
 
-    ``state`` says which: ``"running"`` or ``"terminated"`` (a child with that id is
-    held), or ``"repeated"`` (the id appears ``times`` times in a supervisor's list).
+    ``state`` says which; the message says how often a repeated id appears.
     """
 
     def __init__(
@@ -95,8 +105,12 @@ class DuplicateChildError(SupervisorError, ValueError):
         state: Literal["running", "terminated", "repeated"],
         times: int = 2,
     ) -> None:
+        #: the name of the supervisor that raised it
         self.supervisor = supervisor
+        #: the id of the child it is about
         self.child_id = child_id
+        #: ``"running"`` or ``"terminated"``: a child with that id is held, in that
+        #: state; ``"repeated"``: the id appears more than once in the children given
         self.state = state
         if state == "repeated":
             count = "twice" if times == 2 else f"{times} times"
@@ -115,7 +129,9 @@ class UnknownChildError(SupervisorError, LookupError):
     """No child with that id is known to the supervisor."""
 
     def __init__(self, supervisor: str, child_id: Hashable, known: list[Hashable]) -> None:
+        #: the name of the supervisor that raised it
         self.supervisor = supervisor
+        #: the id of the child it is about
         self.child_id = child_id
         super().__init__(
             f"supervisor {supervisor!r} has no child {child_id!r}; its children are {known!r}"
@@ -126,7 +142,9 @@ class ChildStateError(SupervisorError):
     """A runtime call that needs a running (or a terminated) child got the other kind."""
 
     def __init__(self, supervisor: str, child_id: Hashable, message: str) -> None:
+        #: the name of the supervisor that raised it
         self.supervisor = supervisor
+        #: the id of the child it is about
         self.child_id = child_id
         super().__init__(f"supervisor {supervisor!r}: child {child_id!r} {message}")
 
@@ -137,14 +155,20 @@ class SupervisorNotRunningError(SupervisorError):
     def __init__(
         self, supervisor: str, hint: str = "use it as 'async with Supervisor(...)'"
     ) -> None:
+        #: the name of the supervisor that raised it
         self.supervisor = supervisor
         super().__init__(f"supervisor {supervisor!r} is not running; {hint}")
 
 
 class NameTakenError(ConnGRPCError, ValueError):
-    """A registry name is already held by a live owner."""
+    """A pool or :class:`Channel` was started under a name that a running one holds.
+
+    Pools and channels register their name while they run; the name is free again once
+    its holder has stopped.
+    """
 
     def __init__(self, name: str, registry: str) -> None:
+        #: the name that is taken
         self.name = name
         super().__init__(
             f"registry {registry!r}: expected a free name, got {name!r}, which is already "
@@ -159,7 +183,10 @@ class ChannelUnavailableError(ConnGRPCError):
     """No channel can be handed out; ``pool_name`` and ``reason`` say why."""
 
     def __init__(self, pool_name: str, reason: str) -> None:
+        #: the name of the pool (or channel) asked for
         self.pool_name = pool_name
+        #: why none can be handed out, as the message says it (for a pool that runs, what
+        #: its channels are doing and their latest failure)
         self.reason = reason
         super().__init__(f"{pool_name!r}: {reason}")
 
@@ -176,6 +203,8 @@ class ConnectFailedError(ConnGRPCError, ConnectionError):
     """One attempt to connect a channel failed; ``reason`` is grpc's account of why."""
 
     def __init__(self, address: str, reason: str) -> None:
+        #: the address (or grpc target) the attempt connected to
         self.address = address
+        #: grpc's account of why it failed (refused, unresolvable host, TLS failure, ...)
         self.reason = reason
         super().__init__(f"expected a READY channel to {address!r}, but it failed: {reason}")

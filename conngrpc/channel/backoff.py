@@ -14,7 +14,8 @@ __all__ = ["Backoff", "ExponentialBackoff"]
 
 @runtime_checkable
 class Backoff(Protocol):
-    """Any object with these two methods will do as a channel's backoff.
+    """The waits between a channel's failed attempts: any object with ``next()`` and
+    ``reset()`` will do (see :class:`ExponentialBackoff`, the default).
 
     Each channel works on its own ``copy.copy()`` of the configured backoff, made when
     its worker starts, so state kept in plain attributes is per channel.
@@ -33,8 +34,12 @@ class ExponentialBackoff:
     The n-th wait (from 0) grows from ``min * multiplier**n``, stretched by a random
     factor in ``[1, 1 + jitter]``, so a pool's channels do not retry in lock step; the
     growth stops where the stretched wait reaches ``max``, so waits at the cap are spread
-    over ``[max / (1 + jitter), max]`` (never below ``min``). The defaults are upstream's:
-    1 s to 30 s.
+    over ``[max / (1 + jitter), max]`` (never below ``min``). The defaults are
+    1 s to 30 s, as in ConnGRPC (the Elixir library conngrpc follows), doubling, with
+    up to 20% jitter.
+
+    ``rng`` is the ``random.Random`` the jitter is drawn from (a seeded one makes the
+    waits repeatable in tests); by default, a fresh one.
 
     Example::
 
@@ -42,7 +47,7 @@ class ExponentialBackoff:
 
     :raises TypeError: a setting is not a number.
     :raises ValueError: ``min`` is not > 0, ``max`` is below ``min`` or longer than grpc
-        can wait (about 24.8 days), ``multiplier`` is below 1 or ``jitter`` is outside
+        can wait (about 24.9 days), ``multiplier`` is below 1 or infinite, or ``jitter`` is outside
         ``[0, 1]``.
     """
 
@@ -72,9 +77,13 @@ class ExponentialBackoff:
             )
         if not 0 <= jitter <= 1:
             raise ValueError(f"ExponentialBackoff.jitter: expected 0 to 1, got {jitter!r}")
+        #: ``min``: the shortest wait, in seconds
         self.minimum = float(min)
+        #: ``max``: the longest wait, in seconds
         self.maximum = float(max)
+        #: how much each wait grows over the one before (>= 1)
         self.multiplier = float(multiplier)
+        #: the most a wait is stretched by at random, as a fraction (0 to 1)
         self.jitter = float(jitter)
         self._random = rng if rng is not None else random.Random()
         self._base = self.minimum

@@ -44,15 +44,16 @@ class Connector(Protocol):
     """
 
     def __call__(self, config: ChannelConfig) -> Awaitable[grpc.aio.Channel]:
-        """Connect, or raise."""
+        """A channel for ``config``, once READY; or the attempt's failure, raised as above."""
 
 
 @dataclass(frozen=True, slots=True)
 class ChannelConfig:
-    """How to open, watch and reopen one channel; a plain dict with these keys will do.
+    """How to open, watch and reopen one channel; a plain dict of its fields will do.
 
-    Each field is described where it is declared below, and listed with its type and
-    default in the reference's table of channel settings. Example::
+    Each field, with its type, default and meaning, is in the table of channel settings
+    on the reference's Channels page. Every field is checked when the config is made.
+    Example::
 
         ChannelConfig("localhost:50051", connect_timeout=2.0, health_check="")
 
@@ -60,10 +61,14 @@ class ChannelConfig:
     :raises ValueError: a field has a value out of range, such as an empty address.
     """
 
-    #: ``host:port`` or any grpc target (``dns:///...``, ``unix:...``)
+    #: ``host:port`` or any grpc target (``dns:///...``, ``unix:...``); without a port,
+    #: grpc dials 443
     address: str
-    #: grpc channel arguments as ``(key, value)`` pairs; they override conngrpc's
-    #: defaults (see ``DEFAULT_OPTIONS`` in ``conngrpc.channel.connector``)
+    #: grpc channel arguments as ``(key, value)`` pairs (an int value must fit a C int);
+    #: they override conngrpc's defaults: grpc's client idle timeout off
+    #: (``grpc.client_idle_timeout_ms``), grpc's own connection attempt bounded by
+    #: ``connect_timeout`` (``grpc.initial_reconnect_backoff_ms`` and
+    #: ``grpc.min_reconnect_backoff_ms``), and no keepalive pings
     options: Sequence[tuple[str, Any]] = ()
     #: ``grpc.ChannelCredentials`` for TLS; None connects insecurely
     credentials: grpc.ChannelCredentials | None = None
@@ -72,34 +77,43 @@ class ChannelConfig:
     #: ``grpc.aio`` client interceptors (grpc's sync client interceptors for a
     #: ``conngrpc.sync`` pool)
     interceptors: Sequence[grpc.aio.ClientInterceptor | SyncInterceptor] = ()
-    #: seconds one connection attempt may take
+    #: seconds one connection attempt may take (> 0), after which it counts as failed
     connect_timeout: float = 5.0
-    #: seconds calls in flight may take to finish when the pool is stopped, before they
-    #: are cancelled and the channel closes
+    #: seconds (>= 0) calls in flight may take to finish when the pool is stopped (or
+    #: the channel replaced), before they are cancelled and the channel closes
     shutdown_grace: float = 5.0
-    #: waits between attempts; each channel uses its own copy (and, in a pool spread
-    #: over several backends, each backend that refused one)
+    #: the waits between failed attempts, a :class:`Backoff`; each channel uses its own
+    #: copy (and, in a pool spread over several backends, so does each backend that
+    #: refused one)
     backoff: Backoff = field(default_factory=ExponentialBackoff)
     #: None (off), or the ``grpc.health.v1`` service name to watch (``""`` for the
     #: server as a whole): a channel is handed out only while ``Health/Watch`` says
     #: SERVING. A server without the health service counts as serving (as grpc's own
     #: client-side health checking does), with one warning.
     health_check: str | None = None
-    #: None, or seconds (jittered by up to 10%) after which a channel is replaced, make
+    #: None (never), or seconds (> 0; jittered by up to 10%) after which a channel is
+    #: replaced, make
     #: before break: the new one is READY (and SERVING) before the old one leaves and
     #: drains within ``shutdown_grace``
     max_connection_age: float | None = None
-    #: a zero-argument callable, sync or async, run after each successful connect; one
-    #: that raises crashes the channel's worker, which its supervisor restarts
+    #: a zero-argument callable, sync or async, run after each successful connect,
+    #: before the channel is handed out; one that raises crashes the channel's worker,
+    #: which its supervisor restarts (a crash counts against ``max_restarts``)
     on_connect: Callback | None = None
-    #: as ``on_connect``, run after each lost connection
+    #: as ``on_connect``, run after a connected channel's connection is lost (not when
+    #: the pool stops)
     on_disconnect: Callback | None = None
-    #: turns this config into a ready channel (None: grpc.aio's, see :class:`Connector`)
+    #: opens the channel for this config and returns it once READY (see
+    #: :class:`Connector`); None: conngrpc's own, with grpc.aio (with grpc's sync channels
+    #: in a ``conngrpc.sync`` pool)
     connector: Connector | None = None
-    #: when given, ``get_channel`` / ``Channel.get`` answer ``mock()`` and no connection
-    #: is opened: for tests that must not touch the network
+    #: when given, no connection is opened: ``get_channel`` and ``Channel.get`` answer
+    #: ``mock()``, and calls through ``Pool.channel()`` are made on the channel ``mock()``
+    #: returns; for tests that must not touch the network
     mock: Callable[[], Any] | None = None
-    #: structured debug logs naming pool, channel index and event
+    #: True logs every connect (at debug level) and every failed attempt (at warning
+    #: level; otherwise only the first of a streak) on the ``conngrpc.channel`` logger,
+    #: each naming its pool, channel and backend
     debug: bool = False
 
     def __post_init__(self) -> None:
@@ -157,9 +171,13 @@ class ChannelConfig:
 
     @classmethod
     def coerce(cls, value: ChannelConfigLike, *, where: str = "channel") -> ChannelConfig:
-        """Return ``value`` if it is a ChannelConfig, else build one from its keys.
+        """``value`` itself if it is a ChannelConfig, else one built from its keys.
 
-        :raises TypeError: ``value`` is neither, or a key is not a ChannelConfig field.
+        ``where`` names the setting in error messages.
+
+        :raises TypeError: ``value`` is neither, a key is not a ChannelConfig field, or
+            ``address`` is missing.
+        :raises ValueError: a field's value is out of range.
         """
         if isinstance(value, ChannelConfig):
             return value
@@ -171,7 +189,12 @@ class ChannelConfig:
         raise TypeError(f"{where}: expected a ChannelConfig or a dict of its fields, got {value!r}")
 
     def merged(self, changes: ChannelConfigLike) -> ChannelConfig:
-        """This config with the fields of ``changes`` (a partial dict, or a whole config)."""
+        """This config with the fields of ``changes`` laid over it (a partial dict); a
+        whole ChannelConfig replaces it.
+
+        :raises TypeError: ``changes`` is neither, or a key is not a ChannelConfig field.
+        :raises ValueError: a field's new value is out of range.
+        """
         if isinstance(changes, ChannelConfig):
             return changes
         if not isinstance(changes, Mapping):

@@ -81,8 +81,12 @@ class PoolStatus:
     say), unlike the channels themselves, which belong to the pool's event loop.
     """
 
+    #: the pool's (or channel's) name
     name: str
+    #: the channels it should have: its ``pool_size`` (1 for a :class:`~conngrpc.Channel`)
     expected_size: int
+    #: the channels handed out now (connected, serving, their backend not ejected), or
+    #: mocked
     current_size: int
     #: Channels handed out now per backend address; every backend the resolver knows
     #: is listed, with 0 when it holds none.

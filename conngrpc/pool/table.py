@@ -197,22 +197,29 @@ class FollowUps:
 class ChannelWorker:
     """A snapshot of one channel worker of a pool, as ``Pool.get_all_workers`` lists them.
 
-    ``channel`` is the channel it holds (None when it holds none), connected to
-    ``backend``; ``health`` is the latest ``Health/Watch`` status (None when not
-    health-checked); ``last_failure`` the reason of the latest failed attempt, crash or
-    health refusal (None once connected and serving); ``failures`` counts the failed
-    attempts since the last connect; ``connected_at`` is the ``time.monotonic()`` of
-    the connect.
+    Plain frozen values, taken when it was listed; the worker goes on changing.
     """
 
+    #: the name of the worker's pool (or channel)
     pool_name: str
+    #: the worker's index in its pool, from 0 to ``pool_size - 1``
     index: int
+    #: ``"watching"`` (its channel is handed out) or ``"mocked"`` (with ``mock``): the
+    #: workers ``get_all_workers`` lists are these
     state: WorkerState
+    #: the channel it holds (a ``grpc.aio.Channel``; a ``conngrpc.sync`` pool's
+    #: :class:`~conngrpc.sync.ThreadChannel`), None when it holds none (mocked)
     channel: Any = None
+    #: the backend address its channel is connected to (None when mocked)
     backend: str | None = None
+    #: the latest ``Health/Watch`` status (``"SERVING"``), None when not health-checked
     health: str | None = None
+    #: when it connected, as a ``time.monotonic()`` value
     connected_at: float | None = None
+    #: the reason of the latest failed attempt, crash or health refusal; None once
+    #: connected and serving
     last_failure: str | None = None
+    #: the failed attempts since the last connect
     failures: int = 0
 
     @property

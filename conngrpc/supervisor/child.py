@@ -23,17 +23,20 @@ ChildState = Literal["starting", "running", "stopping", "terminated"]
 
 @dataclass(frozen=True, slots=True)
 class ChildInfo:
-    """One child as :meth:`Supervisor.which_children` reports it.
+    """One child as :meth:`Supervisor.which_children` reports it: a snapshot, taken then."""
 
-    ``running`` is true in every ``state`` but ``"terminated"``. ``value`` is what the
-    child passed to ``task_status.started`` (None before that, and once it is terminated).
-    """
-
+    #: the child's id, as its spec gives it
     id: Hashable
+    #: ``"worker"`` or ``"supervisor"``, as its spec gives it
     type: ChildType
+    #: ``"permanent"``, ``"transient"`` or ``"temporary"``, as its spec gives it
     restart: RestartType
+    #: true in every ``state`` but ``"terminated"``
     running: bool
+    #: what the child passed to ``task_status.started`` (None before that, and once it
+    #: is terminated)
     value: object
+    #: where the child is in its life (see :data:`ChildState`)
     state: ChildState
 
 
@@ -41,9 +44,13 @@ class ChildInfo:
 class ChildCounts:
     """OTP's ``count_children``: specs held, children running, and specs by type."""
 
+    #: the specs the supervisor holds, running or terminated
     specs: int
+    #: the children not terminated (starting, running or stopping)
     active: int
+    #: the specs of type ``"supervisor"``, running or not
     supervisors: int
+    #: the specs of type ``"worker"``, running or not
     workers: int
 
 

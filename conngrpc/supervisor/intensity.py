@@ -21,7 +21,7 @@ class RestartIntensity:
 
     :raises TypeError: ``max_restarts`` is not an int or ``max_seconds`` not a number.
     :raises ValueError: ``max_restarts`` is below 0, or ``max_seconds`` not > 0 (and at
-        most about 24.8 days).
+        most about 24.9 days).
     """
 
     __slots__ = ("_clock", "_restarts", "max_restarts", "max_seconds")

@@ -49,25 +49,30 @@ class ChildSource(Protocol):
 class ChildSpec:
     """How to run one child: OTP's ``id, start, restart, shutdown, type``.
 
-    - ``id``: unique among the supervisor's children (any hashable).
-    - ``start``: an async function called as ``start(task_status=...)`` that calls
-      ``task_status.started(value)`` once the child is ready, exactly like a function
-      passed to ``anyio.TaskGroup.start``; it runs until the child's work is done or it
-      raises, and the supervisor stops it by cancelling it.
-    - ``restart``: ``"permanent"`` (always restarted), ``"transient"`` (restarted only
-      after it raised) or ``"temporary"`` (never restarted, forgotten once it exits).
-    - ``shutdown``: seconds the child is given to finish after it is cancelled.
-    - ``type``: ``"worker"`` or ``"supervisor"``.
+    Example::
+
+        ChildSpec("ticker", run_ticker, restart="transient", shutdown=1.0)
 
     :raises ValueError: a field has a value outside the allowed ones (``shutdown``: 0 to
-        about 24.8 days, or ``math.inf``).
+        about 24.9 days, or ``math.inf``).
     :raises TypeError: a field has the wrong type.
     """
 
+    #: unique among the supervisor's children (any hashable but None)
     id: Hashable
+    #: an async function called as ``start(task_status=...)`` that calls
+    #: ``task_status.started(value)`` once the child is ready, exactly like a function
+    #: passed to ``anyio.TaskGroup.start``; it runs until the child's work is done or it
+    #: raises, and the supervisor stops it by cancelling it
     start: StartFunction
+    #: ``"permanent"`` (always restarted), ``"transient"`` (restarted only after it
+    #: raised) or ``"temporary"`` (never restarted, forgotten once it exits)
     restart: RestartType = "permanent"
+    #: seconds the child is given to end after it is cancelled (``math.inf``: wait for
+    #: it however long it takes)
     shutdown: float = 5.0
+    #: ``"worker"`` or ``"supervisor"`` (a nested supervisor, such as a pool); counted
+    #: apart by :meth:`Supervisor.count_children`
     type: ChildType = "worker"
 
     def __post_init__(self) -> None:

@@ -124,8 +124,11 @@ class Supervisor:
             )
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"Supervisor.name: expected a non-empty str or None, got {name!r}")
+        #: the name given, else ``"supervisor-N"``; errors, logs and telemetry use it
         self.name: str = name if name is not None else f"supervisor-{next(_names)}"
+        #: ``"one_for_one"``, ``"one_for_all"`` or ``"rest_for_one"``, as given
         self.strategy: Strategy = strategy
+        #: ``"right_to_left"`` or ``"all_at_once"``, as given
         self.stop_order: StopOrder = stop_order
         self._intensity = RestartIntensity(max_restarts, max_seconds, clock)
         specs = [to_child_spec(child) for child in children]
