@@ -191,8 +191,10 @@ class Pool(Declared):
         Workers connect in the background: ``wait_connected`` waits for them. The
         started value is the pool's own :class:`Supervisor`. The pool runs on asyncio.
 
-        :raises TypeError: a setting has the wrong type or a channel key is unknown.
-        :raises ValueError: a setting is out of range (empty name, negative size, ...).
+        :raises TypeError: a setting has the wrong type, is unknown or is missing (``name``,
+            ``pool_size``, ``channel``), or a channel key is unknown.
+        :raises ValueError: a setting is out of range (an empty name, a ``pool_size``
+            below 1, ...), or a declared pool is given another name.
         """
         resolved = cls._resolved(settings)
         return ChildSpec(
@@ -209,6 +211,8 @@ class Pool(Declared):
         """A connected channel of the pool, round-robin; never waits.
 
         ``Pool.get_channel(name)``, or ``DemoPool.get_channel()`` for a declared pool.
+        With the channel setting ``mock``, what ``mock()`` returns instead. Emits
+        ``("conngrpc", "pool", "get_channel")`` when a handler listens.
 
         :raises NotConnectedError: the pool runs but no channel is connected now.
         :raises PoolNotStartedError: no pool of that name runs.
@@ -247,7 +251,8 @@ class Pool(Declared):
 
     @classmethod
     def status(cls, name: str | None = None) -> PoolStatus:
-        """The pool's expected and current (connected) size; safe from any thread.
+        """A snapshot of the pool: its expected and connected size, its calls in flight,
+        its backends and those ejected (see :class:`PoolStatus`); safe from any thread.
 
         :raises PoolNotStartedError: no pool of that name runs.
         """
@@ -255,8 +260,9 @@ class Pool(Declared):
 
     @classmethod
     def get_all_workers(cls, name: str | None = None) -> list[ChannelWorker]:
-        """Snapshots of the pool's connected workers, in index order (upstream's
-        ``get_all_pids``): plain frozen values, taken now.
+        """Snapshots of the pool's connected workers (those whose channel is handed out,
+        or mocked), in index order: plain frozen values, taken now. ConnGRPC's
+        ``get_all_pids``.
 
         :raises PoolNotStartedError: no pool of that name runs.
         :raises RuntimeError: called from another thread or event loop than the pool's.
@@ -282,7 +288,8 @@ class Pool(Declared):
             message says what the others are doing and their latest failure.
         :raises PoolNotStartedError: no pool of that name runs, or it stopped meanwhile
             (the message says why).
-        :raises ValueError: ``count`` is outside ``0..pool_size``.
+        :raises ValueError: ``count`` is outside ``0..pool_size``, or ``timeout`` is
+            negative.
         :raises RuntimeError: awaited on another event loop than the pool's.
         """
         return await wait_connected(cls._runtime(name, "wait_connected"), count, timeout)

@@ -82,12 +82,30 @@ class PooledChannel(grpc.aio.Channel):
     """A ``grpc.aio.Channel`` whose calls go through a pool, each to its least-loaded channel.
 
     ``Pool.channel(name)`` (or ``DemoPool.channel()``) makes one; it is not made directly.
+    Build stubs on it once, even before the pool runs: its ``unary_unary()``,
+    ``unary_stream()``, ``stream_unary()`` and ``stream_stream()`` return
+    multicallables as grpc.aio's do, and each call they make goes to the channel the
+    pool hands out with the fewest calls in flight, on the pool's event loop (from
+    another thread or event loop, a call raises ``RuntimeError``).
+
+    While the pool starts, a call waits within its deadline for the first channel, as
+    grpc queues calls while it connects; once its channels have failed and none is
+    connected, a call fails at once as UNAVAILABLE (``grpc.aio.AioRpcError``, the
+    details naming the pool and why), unless made with ``wait_for_ready=True``. Under
+    ``max_calls_per_channel``, calls past the cap wait for room, first come first
+    served. One difference from grpc.aio, on purpose: a call with a response stream is
+    cancelled once nobody holds it before its end (grpc.aio keeps it running until its
+    deadline or its channel's close).
+
     It belongs to no connection: the pool owns its channels, and :meth:`close` only
     detaches this facade (later calls raise ``grpc.aio.UsageError``).
     """
 
+    #: the name of the pool its calls go to
     name: str
+    #: ``"pool"``
     kind: Kind
+    #: true once :meth:`close` was called
     closed: bool
     _registry: Registry[PoolRuntime]
 
@@ -186,6 +204,8 @@ class PooledChannel(grpc.aio.Channel):
         return pool_state(self._registry.get(self.name))
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        """Wait until :meth:`get_state` says something else than ``last_observed_state``
+        (or the facade is closed)."""
         while self.get_state() is last_observed_state and not self.closed:
             runtime = self._registry.get(self.name)
             if runtime is None:

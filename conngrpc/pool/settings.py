@@ -17,36 +17,43 @@ __all__ = ["PoolSettings", "ResolvedSettings", "check_name", "check_setting", "m
 class PoolSettings(TypedDict, total=False):
     """What a pool is configured with, in a class statement, ``config()`` or ``child_spec``.
 
-    Each key, its type and its default are listed in the reference's table of settings.
+    A ``TypedDict``: each key is optional where it is given, and ``child_spec()``
+    fails at once when ``name`` (for a pool with no class statement), ``pool_size`` or
+    ``channel`` is missing overall. Each key, with its type, default and meaning, is in
+    the table of settings on the reference's Pools page.
     """
 
-    #: the pool's name, registered while it runs; a declared pool's is its class name
+    #: the pool's name (non-empty), registered while it runs; a declared pool's is its
+    #: class name unless the class statement gives one, and cannot be changed later
     name: str
-    #: how many channels the pool keeps connected
+    #: how many channels the pool keeps connected (>= 1)
     pool_size: int
     #: how each channel is opened, watched and reopened: a :class:`ChannelConfig` or a
     #: dict of its fields (a partial dict is laid over the channel declared below it)
     channel: ChannelConfigLike
-    #: seconds between the pool's ``("conngrpc", "pool", "status")`` events
+    #: seconds (> 0) between the pool's ``("conngrpc", "pool", "status")`` events
     telemetry_interval: float
-    #: the pool supervisor's restart intensity: at most this many restarts of its
-    #: channel workers within ``max_seconds``, or it gives up
+    #: the pool supervisor's restart intensity (>= 0): at most this many restarts of its
+    #: channel workers within ``max_seconds``; one more and the pool gives up (stops,
+    #: a crash for the supervisor above it)
     max_restarts: int
-    #: the window, in seconds, in which ``max_restarts`` are counted
+    #: the window, in seconds (> 0), in which ``max_restarts`` are counted
     max_seconds: float
-    #: a callable, sync or async, returning the backend addresses (``ip:port``,
-    #: ``[ipv6]:port``, ``host:port`` or any grpc target); None resolves the channel's
-    #: target
+    #: a zero-argument callable, sync or async, returning the backend addresses
+    #: (``ip:port``, ``[ipv6]:port``, ``host:port`` or any grpc target); unset (None),
+    #: the channel's ``address`` is resolved as grpc would (a host name to every A and
+    #: AAAA record)
     resolver: Resolver
-    #: seconds between two resolutions; channels move one at a time, make before break,
-    #: so that every backend holds its share
+    #: seconds (> 0) between two resolutions; channels move one at a time, make before
+    #: break, so that every backend holds its share
     resolve_interval: float
-    #: None, or the most calls the :class:`PooledChannel` puts on one channel at once
-    #: (say, the server's stream cap per connection); more wait in its queue
+    #: the most calls (>= 1) the :class:`PooledChannel` puts on one channel at once
+    #: (say, the server's stream cap per connection); more wait in its queue, first come
+    #: first served. Unset (None), a cap is learnt from the streams a server refuses
     max_calls_per_channel: int
     #: grpc's service config (a dict or a JSON string), done across the pool's
     #: connections as grpc does it across its subchannels: outlier detection, retries,
-    #: hedging, the health check, ``methodConfig``
+    #: hedging, the health check, ``methodConfig``; unset (None), none
     service_config: str | Mapping[str, Any]
 
 

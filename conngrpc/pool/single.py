@@ -27,6 +27,7 @@ GET = ("conngrpc", "channel", "get")
 class Channel:
     """One persistent channel under a supervisor: connects, watches, reconnects.
 
+    A pool of one, found by name: its settings, errors and telemetry are a pool's.
     Example::
 
         async with Supervisor([Channel.child_spec(name="billing", channel={...})]):
@@ -45,9 +46,11 @@ class Channel:
         """A spec that runs the channel (``type="supervisor"``); its name is registered
         while it runs. The channel connects in the background: ``wait_connected`` waits.
 
-        Like a pool's, its target is resolved (``resolver``, every ``resolve_interval``
-        seconds) and the channel connects to one backend that accepts, moving off a
-        backend the resolver no longer lists.
+        ``channel`` is a :class:`ChannelConfig` or a dict of its fields; ``resolver``
+        and ``resolve_interval`` are a pool's settings of those names. Like a pool's,
+        its target is resolved (by ``resolver``, every ``resolve_interval`` seconds) and
+        the channel connects to one backend that accepts, moving off a backend the
+        resolver no longer lists.
 
         :raises TypeError: a setting has the wrong type or a channel key is unknown.
         :raises ValueError: the name is empty or a channel setting is out of range.
@@ -115,6 +118,7 @@ class Channel:
         :raises NotConnectedError: it was not connected when ``timeout`` s ran out; the
             message gives what it is doing and its latest failure.
         :raises PoolNotStartedError: no channel of that name runs, or it stopped meanwhile.
+        :raises ValueError: ``timeout`` is negative.
         :raises RuntimeError: awaited on another event loop than the channel's.
         """
         runtime = _runtime(name)
