@@ -1,6 +1,6 @@
 """OpenTelemetry metrics for conngrpc's pools, channels and supervisors (the ``otel`` extra).
 
-Install with ``pip install conngrpc[otel]`` (it adds ``opentelemetry-api`` only), then::
+Install with ``pip install 'conngrpc[otel]'`` (it adds ``opentelemetry-api`` only), then::
 
     from conngrpc.otel import ConnGRPCInstrumentor
 
@@ -13,7 +13,7 @@ It has the shape of opentelemetry-python-contrib's instrumentors (``instrument``
 ``instrument`` ignored) without depending on ``opentelemetry-instrumentation``: it
 patches nothing. Counters and the histogram are fed by handlers on the telemetry bus;
 the gauges are read from the running pools when the metrics are collected. Every
-instrument, its unit and its attributes are listed on the Telemetry page (docs/telemetry.md).
+instrument, its unit and its attributes are listed on the Telemetry page.
 """
 
 from __future__ import annotations

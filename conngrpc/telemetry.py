@@ -51,7 +51,8 @@ __all__ = [
 #: An event's name: a non-empty tuple of non-empty strings, ``("conngrpc", "pool", "status")``.
 Event = tuple[str, ...]
 
-#: Emitted when a handler raised and was detached.
+#: Emitted when a handler raised and was detached: measurements ``monotonic_time``,
+#: metadata ``handler_id``, ``event`` (the one it failed on) and ``error``.
 HANDLER_FAILURE: Event = ("conngrpc", "telemetry", "handler_failure")
 
 _EMPTY: Mapping[str, Any] = {}
@@ -59,7 +60,8 @@ _log = get_logger("conngrpc.telemetry")
 
 
 class Handler(Protocol):
-    """What a telemetry handler looks like."""
+    """A telemetry handler: any callable taking ``(event, measurements, metadata, config)``
+    by position; ``config`` is what was given to :meth:`TelemetryBus.attach`."""
 
     def __call__(
         self,
@@ -73,11 +75,13 @@ class Handler(Protocol):
 
 
 class Switch:
-    """Whether anyone listens to one event; kept up to date by its bus."""
+    """Whether anyone listens to one event, as :meth:`TelemetryBus.switch` gives it; kept
+    up to date by its bus."""
 
     __slots__ = ("on",)
 
     def __init__(self, on: bool) -> None:
+        #: true while at least one handler is attached to the event
         self.on = on
 
     def __repr__(self) -> str:
@@ -88,9 +92,13 @@ class Switch:
 class HandlerInfo:
     """One attachment of a handler to one event, as :meth:`TelemetryBus.list_handlers` shows it."""
 
+    #: the handler id it was attached under
     id: Hashable
+    #: the event it is attached to
     event: Event
+    #: the handler
     function: Handler
+    #: the ``config`` given when it was attached, passed to each call of the handler
     config: Any
 
 
@@ -109,9 +117,9 @@ def _check_event(event: object) -> Event:
 class TelemetryBus:
     """A table of handlers keyed by event; one process-wide instance is :data:`default_bus`.
 
-    ``_by_event`` maps an event to a tuple of its handlers and holds only events that
-    have at least one, so :meth:`execute` on an event nobody listens to is one failed
-    dict lookup. Attach and detach replace tuples under a lock; execute reads without one.
+    :meth:`execute` on an event nobody listens to costs one dict lookup. Every method
+    may be called from any thread; handlers attached or detached while an event is
+    being executed take effect from the next one.
     """
 
     __slots__ = ("_by_event", "_by_id", "_lock", "_switches")
@@ -212,7 +220,12 @@ class TelemetryBus:
         measurements: Mapping[str, Any],
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        """Call every handler attached to ``event``, in the order they were attached."""
+        """Call every handler attached to ``event``, in the order they were attached.
+
+        ``metadata`` None passes an empty mapping. Nothing is raised: a handler that
+        raises is detached, logged and reported as :data:`HANDLER_FAILURE`, and the next
+        handler runs.
+        """
         handlers = self._by_event.get(event)
         if handlers is None:
             return
@@ -243,7 +256,8 @@ class TelemetryBus:
     def span(
         self, event_prefix: Event, metadata: Mapping[str, Any] | None = None
     ) -> Iterator[dict[str, Any]]:
-        """Time a block, emitting ``prefix + ("start",)``, then ``("stop",)`` or ``("exception",)``.
+        """A context manager that times its block, emitting ``event_prefix + ("start",)``,
+        then ``+ ("stop",)`` or ``+ ("exception",)``.
 
         ``start`` carries ``monotonic_time`` and ``system_time``; ``stop`` and
         ``exception`` carry ``duration`` (integer nanoseconds) and ``monotonic_time``.

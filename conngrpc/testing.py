@@ -14,9 +14,9 @@ make its connections succeed, fail or drop on command::
         await Pool.wait_connected("unit")
         connector.drop(0)                      # worker 0's connection is lost
 
-Parallel tests that must not share servers: ``mock=`` on the channel config makes
-``get_channel`` answer ``mock()`` and opens no connection (see the guide's "Testing
-your code" page).
+Parallel tests that must not share servers: ``mock=`` on the channel config opens no
+connection; ``get_channel`` answers ``mock()`` and the calls of ``Pool.channel()`` go
+to the channel ``mock()`` returns (see the guide's "Testing your code" page).
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ class FakeChannel(grpc.aio.Channel):
     SHUTDOWN. ``worker_index`` is the index of the pool worker it was opened for (None
     outside a pool). It answers ``grpc.health.v1.Health`` (``Watch`` and ``Check``) with
     :attr:`health`, which :meth:`set_health` changes (None: the server has no health
-    service, UNIMPLEMENTED); it carries no other call: those methods raise.
+    service, UNIMPLEMENTED); it carries no other call: any other method raises
+    ``RuntimeError``. :class:`FakeConnector` makes them; a test rarely makes one itself.
     """
 
     def __init__(
@@ -56,11 +57,15 @@ class FakeChannel(grpc.aio.Channel):
         worker_index: int | None = None,
         health: str | None = "SERVING",
     ) -> None:
+        #: the config of the attempt that opened it
         self.config = config
+        #: its index in its connector's ``channels`` (from 0)
         self.serial = serial
+        #: the index of the pool worker it was opened for (None outside a pool)
         self.worker_index = worker_index
         #: what its ``Health`` service answers ("SERVING", ...; None: it has none)
         self.health = health
+        #: true once :meth:`close` was called
         self.closed = False
         self._state = _READY
         self._changed = anyio.Event()
@@ -78,13 +83,16 @@ class FakeChannel(grpc.aio.Channel):
         self._changed = anyio.Event()
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        """READY, IDLE once dropped, SHUTDOWN once closed."""
         return self._state
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        """Wait until its state is another than ``last_observed_state``."""
         while self._state is last_observed_state:
             await self._changed.wait()
 
     async def channel_ready(self) -> None:
+        """Wait until it is READY (a dropped one never is again)."""
         while self._state is not _READY:
             await self._changed.wait()
 
@@ -178,7 +186,9 @@ class FakeConnector:
     """
 
     def __init__(self) -> None:
+        #: the config of every attempt, in order
         self.calls: list[ChannelConfig] = []
+        #: every channel it opened, in order
         self.channels: list[FakeChannel] = []
         self._script: deque[str | BaseException] = deque()
         self._attempted = anyio.Event()
@@ -258,6 +268,8 @@ class FakeConnector:
             await self._attempted.wait()
 
     async def __call__(self, config: ChannelConfig) -> FakeChannel:
+        """One attempt, as scripted: a new READY :class:`FakeChannel`, or the failure or
+        hang :meth:`fail_next`, :meth:`hang_next` or :meth:`down` asked for."""
         self.calls.append(config)
         self._attempted.set()
         self._attempted = anyio.Event()

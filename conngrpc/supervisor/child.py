@@ -13,7 +13,9 @@ from .spec import ChildSpec, ChildType, RestartType
 
 __all__ = ["ChildCounts", "ChildInfo", "ChildState"]
 
-#: Where a child is in its life: ``terminated`` (not running: not started yet, ended or
+#: Where a child is in its life, as :attr:`ChildInfo.state` gives it.
+#:
+#: ``terminated`` (not running: not started yet, ended or
 #: stopped) -> ``starting`` (its start function runs; the supervisor waits for ``started``)
 #: -> ``running`` -> ``stopping`` (cancelled by the supervisor, waited for) ->
 #: ``terminated``. A start that fails or is called off goes from ``starting`` straight to

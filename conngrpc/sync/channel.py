@@ -107,7 +107,10 @@ def _kind(kind: str) -> Any:
 class ThreadChannel(grpc.Channel):
     """One connection of a ``conngrpc.sync`` pool: a grpc sync channel, its calls counted.
 
-    ``get_channel`` hands it out; use it as any ``grpc.Channel``. The pool owns it:
+    ``get_channel`` hands it out; use it as any ``grpc.Channel``. Where an asyncio
+    pool hands out grpc.aio's own channel, a sync pool hands out this wrapper of grpc's
+    sync channel: it counts the calls made on it (the pool's pick reads the counts) and
+    adds :meth:`get_state`, which grpc's sync channel lacks. The pool owns it:
     :meth:`close` leaves it open (the pool closes it when its worker lets it go, once
     its calls in flight have ended, within ``shutdown_grace``), and calls made on it
     after that fail as on a closed grpc channel.
@@ -128,19 +131,21 @@ class ThreadChannel(grpc.Channel):
         self._core = _core_of(raw)
         self._watcher = watcher
         self._config = config
+        #: the backend address it is connected to
         self.address = config.address
         #: the grpc.aio channel that watches its server's health (see the worker)
         self._health: grpc.aio.Channel | None = None
         #: its pool's lock, under which the pool counts its PooledChannel calls on it too
         self._lock = lock if lock is not None else threading.RLock()
-        #: calls in flight on it: made on it (a hand-out), and through the PooledChannel
-        #: (counted by its pool, which makes its calls on grpc's multicallables, uncounted)
+        #: calls in flight on it: those made on it and those the pool's
+        #: :class:`~conngrpc.sync.PooledChannel` sent to it
         self.in_flight = 0
         #: while it drains: what the end of its last call runs
         self._drained: Callable[[], object] | None = None
         #: held while a multicallable is made on it, and when it is closed: grpc crashes
         #: the process when a method is registered on a closed channel
         self._closing = threading.Lock()
+        #: true once its pool has closed it
         self.closed = False
 
     def __repr__(self) -> str:
@@ -150,7 +155,8 @@ class ThreadChannel(grpc.Channel):
     # --- what the pool's worker and pick read -----------------------------------------------
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
-        """The connectivity of its connection, as grpc.aio's ``get_state`` says it."""
+        """Its connection's state now (a ``grpc.ChannelConnectivity``), as grpc.aio's
+        ``get_state`` gives it; SHUTDOWN once its pool has closed it."""
         if self.closed:
             return _SHUTDOWN
         return _STATES[self._core.check_connectivity_state(try_to_connect)]
@@ -257,9 +263,12 @@ class ThreadChannel(grpc.Channel):
     def subscribe(
         self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False
     ) -> None:
+        """Call ``callback`` with its connection's state at each change, as grpc's
+        ``subscribe`` does (on a thread of grpc's)."""
         self._raw.subscribe(callback, try_to_connect)
 
     def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
+        """Stop calling ``callback``, as grpc's ``unsubscribe`` does."""
         self._raw.unsubscribe(callback)
 
     def close(self) -> None:
@@ -279,6 +288,10 @@ class ThreadChannel(grpc.Channel):
     # --- counting ---------------------------------------------------------------------
 
     def began(self) -> None:
+        """A call on it began.
+
+        :meta private:
+        """
         with self._lock:
             self.in_flight += 1
 

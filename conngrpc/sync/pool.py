@@ -99,11 +99,14 @@ class Pool(Declared):
 
     @classmethod
     def child_spec(cls, **settings: Unpack[PoolSettings]) -> ChildSpec:
-        """A spec that runs this pool under a :class:`conngrpc.sync.Supervisor`.
+        """A spec that runs this pool under a :class:`conngrpc.sync.Supervisor` (an
+        asyncio :class:`conngrpc.Supervisor` cannot run it).
 
-        :raises TypeError: a setting has the wrong type (an asyncio one among them) or a
-            channel key is unknown.
-        :raises ValueError: a setting is out of range, or one sync pools do not take yet.
+        :raises TypeError: a setting has the wrong type (an asyncio interceptor, callback
+            or connector among them), is unknown or is missing, or a channel key is
+            unknown.
+        :raises ValueError: a setting is out of range, or a declared pool is given another
+            name.
         """
         resolved = cls._resolved(settings)
         # a sync pool's connector is a plain function (SyncConnector), checked above
@@ -120,7 +123,11 @@ class Pool(Declared):
 
     @classmethod
     def get_channel(cls, name: str | None = None) -> grpc.Channel:
-        """A connected ``grpc.Channel`` of the pool, round-robin; never waits.
+        """A connected channel of the pool, round-robin; never waits.
+
+        A :class:`~conngrpc.sync.ThreadChannel` (a ``grpc.Channel`` whose calls are
+        counted), where the asyncio pool hands out a ``grpc.aio.Channel``; with the
+        channel setting ``mock``, what ``mock()`` returns.
 
         :raises NotConnectedError: the pool runs but no channel is connected now.
         :raises PoolNotStartedError: no sync pool of that name runs.

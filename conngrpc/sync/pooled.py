@@ -80,14 +80,24 @@ class PooledChannel(grpc.Channel):
     """A ``grpc.Channel`` whose calls go through a ``conngrpc.sync`` pool, each to its
     least-loaded connection.
 
-    ``conngrpc.sync.Pool.channel(name)`` (or ``DemoPool.channel()``) makes one. It
-    belongs to no connection: :meth:`close` only detaches this facade (later calls
-    raise ``ValueError``, as on a closed grpc channel). :meth:`subscribe` reports the
-    pool's state, so ``grpc.channel_ready_future(channel)`` waits until the pool hands
-    out a channel.
+    ``conngrpc.sync.Pool.channel(name)`` (or ``DemoPool.channel()``) makes one; build
+    stubs on it once, even before the pool runs, and call them from any thread. Each
+    call of its multicallables (``__call__``, ``with_call``, ``future()`` and the
+    streams) picks a connection as :class:`conngrpc.PooledChannel` does. What differs
+    from it: it is a grpc sync ``grpc.Channel``, not a ``grpc.aio.Channel``; while no
+    channel is connected (the pool starting, or ``wait_for_ready=True``), a blocking
+    call waits in the calling thread, a ``future()`` returns at once and is sent when a
+    channel joins, and a stream waits before it returns; a closed one raises
+    ``ValueError`` (as a closed grpc channel does) instead of ``grpc.aio.UsageError``;
+    and :meth:`subscribe` reports the pool's state, so
+    ``grpc.channel_ready_future(channel)`` waits until the pool hands out a channel.
+
+    It belongs to no connection: :meth:`close` only detaches this facade.
     """
 
+    #: the name of the pool its calls go to
     name: str
+    #: true once :meth:`close` was called
     closed: bool
     _subscribers: dict[Callable[[grpc.ChannelConnectivity], None], grpc.ChannelConnectivity | None]
     _delivery: threading.Thread | None
@@ -130,7 +140,7 @@ class PooledChannel(grpc.Channel):
         return thread_pools.get(self.name)  # type: ignore[return-value]
 
     def get_state(self) -> grpc.ChannelConnectivity:
-        """The pool's state, as the asyncio PooledChannel's ``get_state`` says it;
+        """The pool's state, as :meth:`conngrpc.PooledChannel.get_state` says it;
         SHUTDOWN once this facade is closed."""
         if self.closed:
             return grpc.ChannelConnectivity.SHUTDOWN

@@ -49,12 +49,20 @@ _running: weakref.WeakSet[Supervisor] = weakref.WeakSet()
 class Supervisor:
     """A :class:`conngrpc.Supervisor` on a background thread, for threaded programs.
 
-    Takes the same arguments; the children (``conngrpc.sync.Pool`` classes, their
-    ``child_spec()``, any :class:`~conngrpc.ChildSpec`) run on the supervisor's own
-    event loop. It runs once: :meth:`start` (or entering the block) starts the thread and
-    the children, left to right, and returns once all have started; :meth:`stop` (or
-    leaving the block) stops them, right to left, each pool letting its calls in flight
-    finish within its channels' ``shutdown_grace``, and ends the thread. A supervisor
+    Takes the same arguments but ``clock``; the children (``conngrpc.sync.Pool``
+    classes, their ``child_spec()``, any :class:`~conngrpc.ChildSpec`) run on the
+    supervisor's own event loop. What differs from the asyncio one: a ``with`` block
+    instead of ``async with``, :meth:`start` and :meth:`stop` instead of ``start()``
+    and ``aclose()``, and methods that block the calling thread until the supervisor
+    has done the work (from any thread but its own: from a pool's callback they raise
+    ``RuntimeError``); a give-up stops the children at once but is raised only by
+    :meth:`stop` (leaving the block), as there is no block body to cancel; it has no
+    ``child_spec()``, so it is not nested.
+
+    It runs once: :meth:`start` (or entering the block) starts the thread and the
+    children, left to right, and returns once all have started; :meth:`stop` (or leaving
+    the block) stops them, right to left, each pool letting its calls in flight finish
+    within its channels' ``shutdown_grace``, and ends the thread. A supervisor
     still running when the interpreter exits is stopped then.
 
     :raises ValueError: a bad strategy, stop order, intensity or name.
@@ -79,6 +87,7 @@ class Supervisor:
             name=name,
             stop_order=stop_order,
         )
+        #: the name given, else ``"supervisor-N"``; errors, logs and telemetry use it
         self.name = self._supervisor.name
         self._state: Literal["new", "running", "stopped"] = "new"
         self._thread: threading.Thread | None = None
@@ -211,7 +220,8 @@ class Supervisor:
         return asyncio.run_coroutine_threadsafe(run_it(), loop).result()
 
     def start_child(self, child: ChildSpec | ChildSource) -> object:
-        """Add a child at the right end and start it; the value it passed to ``started``.
+        """Add a child at the right end and start it; return the value it passed to
+        ``started``.
 
         :raises DuplicateChildError: a child with that id is held already.
         :raises ChildStartError: it failed before ``started`` (the cause is chained).
@@ -220,15 +230,24 @@ class Supervisor:
         return self._call("start_child", lambda: self._supervisor.start_child(child))
 
     def terminate_child(self, child_id: Hashable) -> None:
-        """Stop a child without restarting it (see :meth:`conngrpc.Supervisor.terminate_child`)."""
+        """Stop a child without restarting it; its spec stays (a temporary one is dropped).
+
+        As :meth:`conngrpc.Supervisor.terminate_child`, whose errors it raises.
+        """
         self._call("terminate_child", lambda: self._supervisor.terminate_child(child_id))
 
     def restart_child(self, child_id: Hashable) -> object:
-        """Start a terminated child again (see :meth:`conngrpc.Supervisor.restart_child`)."""
+        """Start a terminated child again; return the value it passed to ``started``.
+
+        As :meth:`conngrpc.Supervisor.restart_child`, whose errors it raises.
+        """
         return self._call("restart_child", lambda: self._supervisor.restart_child(child_id))
 
     def delete_child(self, child_id: Hashable) -> None:
-        """Forget a terminated child's spec (see :meth:`conngrpc.Supervisor.delete_child`)."""
+        """Forget the spec of a terminated child.
+
+        As :meth:`conngrpc.Supervisor.delete_child`, whose errors it raises.
+        """
         self._call("delete_child", lambda: self._supervisor.delete_child(child_id))
 
     def which_children(self) -> list[ChildInfo]:
