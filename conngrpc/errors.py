@@ -41,12 +41,12 @@ class ChildStartError(SupervisorError):
 
     def __init__(self, supervisor: str, child_id: Hashable, reason: str) -> None:
         #: the name of the supervisor that raised it
-        self.supervisor = supervisor
+        self.supervisor: str = supervisor
         #: the id of the child it is about
-        self.child_id = child_id
+        self.child_id: Hashable = child_id
         #: what went wrong: the child's exception (its class and text), that it returned
         #: without calling ``started``, or that the supervisor stopped meanwhile
-        self.reason = reason
+        self.reason: str = reason
         super().__init__(f"supervisor {supervisor!r}: child {child_id!r} failed to start: {reason}")
 
 
@@ -60,14 +60,14 @@ class SupervisorGaveUpError(SupervisorError):
         self, supervisor: str, child_id: Hashable, max_restarts: int, max_seconds: float
     ) -> None:
         #: the name of the supervisor that raised it
-        self.supervisor = supervisor
+        self.supervisor: str = supervisor
         #: the id of the child it is about
-        self.child_id = child_id
+        self.child_id: Hashable = child_id
         #: the supervisor's restart intensity that was exceeded: more than
         #: ``max_restarts`` restarts within ``max_seconds`` seconds
-        self.max_restarts = max_restarts
+        self.max_restarts: int = max_restarts
         #: the window, in seconds, in which the restarts were counted
-        self.max_seconds = max_seconds
+        self.max_seconds: float = max_seconds
         super().__init__(
             f"supervisor {supervisor!r} gave up: child {child_id!r} needed more than "
             f"{max_restarts} restart(s) within {max_seconds:g} s; all children were stopped"
@@ -83,9 +83,9 @@ class StrayCancellationError(SupervisorError):
 
     def __init__(self, supervisor: str, child_id: Hashable) -> None:
         #: the name of the supervisor that raised it
-        self.supervisor = supervisor
+        self.supervisor: str = supervisor
         #: the id of the child it is about
-        self.child_id = child_id
+        self.child_id: Hashable = child_id
         super().__init__(
             f"supervisor {supervisor!r}: child {child_id!r} raised a cancellation that no "
             "cancel scope asked for (grpc.aio does so for a call whose channel was closed)"
@@ -106,12 +106,12 @@ class DuplicateChildError(SupervisorError, ValueError):
         times: int = 2,
     ) -> None:
         #: the name of the supervisor that raised it
-        self.supervisor = supervisor
+        self.supervisor: str = supervisor
         #: the id of the child it is about
-        self.child_id = child_id
+        self.child_id: Hashable = child_id
         #: ``"running"`` or ``"terminated"``: a child with that id is held, in that
         #: state; ``"repeated"``: the id appears more than once in the children given
-        self.state = state
+        self.state: Literal["running", "terminated", "repeated"] = state
         if state == "repeated":
             count = "twice" if times == 2 else f"{times} times"
             problem = f"expected unique child ids, got {child_id!r} {count} in the children given"
@@ -130,9 +130,9 @@ class UnknownChildError(SupervisorError, LookupError):
 
     def __init__(self, supervisor: str, child_id: Hashable, known: list[Hashable]) -> None:
         #: the name of the supervisor that raised it
-        self.supervisor = supervisor
+        self.supervisor: str = supervisor
         #: the id of the child it is about
-        self.child_id = child_id
+        self.child_id: Hashable = child_id
         super().__init__(
             f"supervisor {supervisor!r} has no child {child_id!r}; its children are {known!r}"
         )
@@ -143,9 +143,9 @@ class ChildStateError(SupervisorError):
 
     def __init__(self, supervisor: str, child_id: Hashable, message: str) -> None:
         #: the name of the supervisor that raised it
-        self.supervisor = supervisor
+        self.supervisor: str = supervisor
         #: the id of the child it is about
-        self.child_id = child_id
+        self.child_id: Hashable = child_id
         super().__init__(f"supervisor {supervisor!r}: child {child_id!r} {message}")
 
 
@@ -156,7 +156,7 @@ class SupervisorNotRunningError(SupervisorError):
         self, supervisor: str, hint: str = "use it as 'async with Supervisor(...)'"
     ) -> None:
         #: the name of the supervisor that raised it
-        self.supervisor = supervisor
+        self.supervisor: str = supervisor
         super().__init__(f"supervisor {supervisor!r} is not running; {hint}")
 
 
@@ -169,7 +169,7 @@ class NameTakenError(ConnGRPCError, ValueError):
 
     def __init__(self, name: str, registry: str) -> None:
         #: the name that is taken
-        self.name = name
+        self.name: str = name
         super().__init__(
             f"registry {registry!r}: expected a free name, got {name!r}, which is already "
             "registered by a running owner"
@@ -184,10 +184,10 @@ class ChannelUnavailableError(ConnGRPCError):
 
     def __init__(self, pool_name: str, reason: str) -> None:
         #: the name of the pool (or channel) asked for
-        self.pool_name = pool_name
+        self.pool_name: str = pool_name
         #: why none can be handed out, as the message says it (for a pool that runs, what
         #: its channels are doing and their latest failure)
-        self.reason = reason
+        self.reason: str = reason
         super().__init__(f"{pool_name!r}: {reason}")
 
 
@@ -204,7 +204,7 @@ class ConnectFailedError(ConnGRPCError, ConnectionError):
 
     def __init__(self, address: str, reason: str) -> None:
         #: the address (or grpc target) the attempt connected to
-        self.address = address
+        self.address: str = address
         #: grpc's account of why it failed (refused, unresolvable host, TLS failure, ...)
-        self.reason = reason
+        self.reason: str = reason
         super().__init__(f"expected a READY channel to {address!r}, but it failed: {reason}")

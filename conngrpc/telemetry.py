@@ -82,7 +82,7 @@ class Switch:
 
     def __init__(self, on: bool) -> None:
         #: true while at least one handler is attached to the event
-        self.on = on
+        self.on: bool = on
 
     def __repr__(self) -> str:
         return f"<Switch {'on' if self.on else 'off'}>"

@@ -58,15 +58,15 @@ class FakeChannel(grpc.aio.Channel):
         health: str | None = "SERVING",
     ) -> None:
         #: the config of the attempt that opened it
-        self.config = config
+        self.config: ChannelConfig = config
         #: its index in its connector's ``channels`` (from 0)
-        self.serial = serial
+        self.serial: int = serial
         #: the index of the pool worker it was opened for (None outside a pool)
-        self.worker_index = worker_index
+        self.worker_index: int | None = worker_index
         #: what its ``Health`` service answers ("SERVING", ...; None: it has none)
-        self.health = health
+        self.health: str | None = health
         #: true once :meth:`close` was called
-        self.closed = False
+        self.closed: bool = False
         self._state = _READY
         self._changed = anyio.Event()
 

@@ -78,13 +78,13 @@ class ExponentialBackoff:
         if not 0 <= jitter <= 1:
             raise ValueError(f"ExponentialBackoff.jitter: expected 0 to 1, got {jitter!r}")
         #: ``min``: the shortest wait, in seconds
-        self.minimum = float(min)
+        self.minimum: float = float(min)
         #: ``max``: the longest wait, in seconds
-        self.maximum = float(max)
+        self.maximum: float = float(max)
         #: how much each wait grows over the one before (>= 1)
-        self.multiplier = float(multiplier)
+        self.multiplier: float = float(multiplier)
         #: the most a wait is stretched by at random, as a fraction (0 to 1)
-        self.jitter = float(jitter)
+        self.jitter: float = float(jitter)
         self._random = rng if rng is not None else random.Random()
         self._base = self.minimum
         # The base stops growing where its stretched wait reaches max, so that waits at

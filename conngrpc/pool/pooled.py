@@ -103,7 +103,9 @@ class PooledChannel(grpc.aio.Channel):
 
     #: the name of the pool its calls go to
     name: str
-    #: ``"pool"``
+    #: ``"pool"``: what its calls go to, for conngrpc's own use
+    #:
+    #: :meta private:
     kind: Kind
     #: true once :meth:`close` was called
     closed: bool

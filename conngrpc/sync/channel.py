@@ -132,21 +132,21 @@ class ThreadChannel(grpc.Channel):
         self._watcher = watcher
         self._config = config
         #: the backend address it is connected to
-        self.address = config.address
+        self.address: str = config.address
         #: the grpc.aio channel that watches its server's health (see the worker)
         self._health: grpc.aio.Channel | None = None
         #: its pool's lock, under which the pool counts its PooledChannel calls on it too
         self._lock = lock if lock is not None else threading.RLock()
         #: calls in flight on it: those made on it and those the pool's
         #: :class:`~conngrpc.sync.PooledChannel` sent to it
-        self.in_flight = 0
+        self.in_flight: int = 0
         #: while it drains: what the end of its last call runs
         self._drained: Callable[[], object] | None = None
         #: held while a multicallable is made on it, and when it is closed: grpc crashes
         #: the process when a method is registered on a closed channel
         self._closing = threading.Lock()
         #: true once its pool has closed it
-        self.closed = False
+        self.closed: bool = False
 
     def __repr__(self) -> str:
         state = self.get_state().name

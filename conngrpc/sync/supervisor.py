@@ -88,7 +88,7 @@ class Supervisor:
             stop_order=stop_order,
         )
         #: the name given, else ``"supervisor-N"``; errors, logs and telemetry use it
-        self.name = self._supervisor.name
+        self.name: str = self._supervisor.name
         self._state: Literal["new", "running", "stopped"] = "new"
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
