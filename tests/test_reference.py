@@ -154,6 +154,11 @@ def known(roles: Any) -> Callable[[str], str | None]:
         (":exc:`ValueError`", "`ValueError`"),
         (":class:`grpc.aio.Channel`", "`grpc.aio.Channel`"),
         (":class:`!Pool`", "`Pool`"),
+        (":class:`the pool <Pool>`", "[`the pool`][conngrpc.Pool]"),
+        (":meth:`its channel\n<Pool.channel>`", "[`its channel`][conngrpc.Pool.channel]"),
+        (":class:`a pool <!Pool>`", "`a pool`"),
+        (":meth:`Pool.channel()`", "[`Pool.channel()`][conngrpc.Pool.channel]"),
+        (":meth:`~Pool.channel()`", "[`channel()`][conngrpc.Pool.channel]"),
         (
             "``:class:`` alone; :raises ValueError: stays",
             "``:class:`` alone; :raises ValueError: stays",

@@ -48,6 +48,7 @@ EXTERNAL = ""
 
 _ROLE = re.compile(r":(?:py:)?(class|meth|func|attr|exc|data|const|obj|mod):`([^`]+)`")
 _CALLABLE_ROLES = ("meth", "func")
+_TITLED = re.compile(r"(.*?\S)\s*<([^<>]+)>", re.DOTALL)
 _META_PRIVATE = re.compile(r"^[ \t]*:meta private:[ \t]*\n?", re.MULTILINE)
 
 #: What a role's target resolves to: an autorefs identifier, EXTERNAL, or None (unknown).
@@ -57,19 +58,26 @@ Resolver = Callable[[str], "str | None"]
 def convert_roles(text: str, resolve: Resolver) -> str:
     """``text`` with every Sphinx role made a markdown cross-reference or code span.
 
-    ``~`` shows the last part of the target alone, ``!`` leaves it unlinked, and a
-    method or function is shown with ``()``, as Sphinx does. A target ``resolve`` does not
+    ``~`` shows the last part of the target alone, ``!`` leaves it unlinked,
+    ``title <target>`` shows the title, and a method or function is shown with ``()``
+    (a target written with them is looked up without), as Sphinx does. A target ``resolve`` does not
     know is linked to itself, so that autorefs reports it.
     """
 
     def replace(match: re.Match[str]) -> str:
         role, target = match.group(1), match.group(2).strip()
+        titled = _TITLED.fullmatch(target)  # "the pool <Pool>": a title of its own
+        if titled is not None:
+            shown, target = titled.group(1), titled.group(2).strip()
         unlinked = target.startswith("!")
         short = target.startswith("~")
         target = target.lstrip("!~")
-        shown = target.rsplit(".", 1)[-1] if short else target
-        if role in _CALLABLE_ROLES and not shown.endswith(")"):
-            shown += "()"
+        if role in _CALLABLE_ROLES:
+            target = target.removesuffix("()")
+        if titled is None:
+            shown = target.rsplit(".", 1)[-1] if short else target
+            if role in _CALLABLE_ROLES:
+                shown += "()"
         if unlinked:
             return f"`{shown}`"
         identifier = resolve(target)
