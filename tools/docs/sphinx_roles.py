@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from public_api import PUBLIC_MODULES
 
-__all__ = ["PublicNames", "SphinxRoles", "convert_docstring", "convert_roles"]
+__all__ = ["PublicNames", "SphinxRoles", "convert_docstring", "convert_roles", "target_of"]
 
 
 #: A role's target resolved outside conngrpc: shown as code, not linked.
@@ -159,6 +159,11 @@ def _language(code: str) -> str:
     return "python"
 
 
+def target_of(obj: griffe.Object | griffe.Alias) -> griffe.Object:
+    """The object itself, or the one an alias (an import) finally stands for."""
+    return obj.final_target if isinstance(obj, griffe.Alias) else obj
+
+
 class PublicNames:
     """Where each public name of conngrpc lives, and how a role's target resolves to one."""
 
@@ -174,7 +179,7 @@ class PublicNames:
             self.exports[module_path] = names
             for name in names:
                 member = module.members[name]
-                canonical = member.final_target.path if member.is_alias else member.path
+                canonical = target_of(member).path
                 self.public.setdefault(canonical, f"{module_path}.{name}")
 
     def public_path(self, canonical: str) -> str | None:
@@ -207,7 +212,7 @@ class PublicNames:
             return EXTERNAL
         try:
             found = self.collection[path]
-            canonical = found.final_target.path if found.is_alias else found.path
+            canonical = target_of(found).path
         except (KeyError, griffe.AliasResolutionError, griffe.CyclicAliasError):
             return None
         return self.public_path(canonical) or canonical
@@ -219,7 +224,7 @@ class PublicNames:
         for module in modules:
             if name in self.exports[module]:
                 member = self.collection[module].members[name]
-                return member.final_target.path if member.is_alias else member.path
+                return target_of(member).path
         return None
 
     def documented(self) -> Iterator[griffe.Object]:
@@ -233,8 +238,7 @@ def _walk(
     obj: griffe.Object, seen: set[str], *, public_only: bool = False
 ) -> Iterator[griffe.Object]:
     """``obj`` and its members, recursively; aliases (imports) are not followed."""
-    if obj.is_alias:
-        obj = obj.final_target
+    obj = target_of(obj)
     if obj.path in seen:
         return
     seen.add(obj.path)
