@@ -131,7 +131,7 @@ def test_every_way_of_writing_a_heading_has_its_anchor() -> None:
 
 def test_every_way_of_writing_a_link_is_read() -> None:
     page = (
-        '[inline](a.md#x) [titled](b.md "a title") ![image](c.png) [ref][r] <https://x.org>\n'
+        '[inline](a.md#x) [titled](b.md "a title") ![image](c.png) [ref][r] <https://127.0.0.1:9/x>\n'
         "`[code](not-a-link.md)`\n\n[r]: d.md#y\n"
     )
     assert links(page) == ["a.md#x", "b.md", "c.png", "d.md#y"]
