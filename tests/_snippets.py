@@ -29,24 +29,54 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 
 
+#: The languages of a fenced block that is Python, which runs as a test.
+PYTHON = frozenset({"python", "py", "python3", "py3"})
+
+
 @dataclass(frozen=True)
 class Snippet:
     page: str  # the page's path from the top of the tree: "docs/guide/pools.md"
     line: int  # where its code starts on the page
     code: str
+    language: str = "python"  # the first word of the fence's info string
 
     @property
     def id(self) -> str:
         return f"{self.page}:{self.line}"
 
 
-def snippets(text: str, page: str = "README.md") -> list[Snippet]:
-    """Every fenced ``python`` block of ``text``, with the line its code starts on."""
+_FENCE = re.compile(r"(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\n]*)")
+
+
+def fenced_blocks(text: str, page: str = "README.md") -> list[Snippet]:
+    """Every fenced code block of ``text``, whatever its fence (backticks or tildes, three
+    or more), its indentation (in a list or an admonition, which superfences renders) or
+    its info string (``py``, ``{.python}``, ``python title="x"``), with the line its code
+    starts on; the code is dedented by the fence's indentation."""
+    lines = text.splitlines(keepends=True)
     found = []
-    for match in re.finditer(r"^```python\n(.*?)^```", text, re.DOTALL | re.MULTILINE):
-        line = text.count("\n", 0, match.start(1)) + 1
-        found.append(Snippet(page, line, match.group(1)))
+    i = 0
+    while i < len(lines):
+        opening = _FENCE.fullmatch(lines[i].rstrip("\r\n"))
+        if opening is None:
+            i += 1
+            continue
+        indent, fence = opening["indent"], opening["fence"]
+        closing = re.compile(rf"[ \t]*{re.escape(fence[0])}{{{len(fence)},}}[ \t]*")
+        info = opening["info"].strip().lstrip("{").split()
+        language = info[0].lstrip(".").lower() if info else ""
+        end = i + 1
+        while end < len(lines) and not closing.fullmatch(lines[end].rstrip("\r\n")):
+            end += 1
+        code = [line.removeprefix(indent) for line in lines[i + 1 : end]]
+        found.append(Snippet(page, i + 2, "".join(code), language))
+        i = end + 1
     return found
+
+
+def snippets(text: str, page: str = "README.md") -> list[Snippet]:
+    """Every fenced Python block of ``text``, with the line its code starts on."""
+    return [block for block in fenced_blocks(text, page) if block.language in PYTHON]
 
 
 def pages() -> list[Path]:
@@ -56,6 +86,15 @@ def pages() -> list[Path]:
 
 def page_snippets(path: Path) -> list[Snippet]:
     return snippets(path.read_text(), path.relative_to(ROOT).as_posix())
+
+
+def all_blocks() -> list[Snippet]:
+    """Every fenced block of every page, Python or not."""
+    return [
+        block
+        for path in pages()
+        for block in fenced_blocks(path.read_text(), path.relative_to(ROOT).as_posix())
+    ]
 
 
 def all_snippets() -> list[Snippet]:

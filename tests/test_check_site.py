@@ -23,6 +23,10 @@ PAGES = {
         <script src="assets/missing.js"></script>
         </head><body><h1 id="top">Home</h1>
         <img src="/assets/logo.png" alt="">
+        <img srcset="assets/logo.png 1x, assets/missing@2x.png 2x" alt="">
+        <picture><source srcset="assets/logo.png"></picture>
+        <video poster="assets/missing.jpg"></video>
+        <iframe src="guide/"></iframe>
         <a href="guide/">guide</a>
         <a href="guide/#intro">an id on another page</a>
         <a href="guide/index.html#legacy">an a name on another page</a>
@@ -59,6 +63,8 @@ ASSETS = {"assets/style.css": "body {}", "assets/logo.png": "png", "empty/note.t
 INDEXED = ["", "guide/", "a b/"]  # orphan/ left out of the search index
 BROKEN = {
     ("/", "assets/missing.js", "HTTP 404"),
+    ("/", "assets/missing@2x.png", "HTTP 404"),
+    ("/", "assets/missing.jpg", "HTTP 404"),
     ("/", "guide/#missing", "no id 'missing' on guide/"),
     ("/", "#nowhere", "no id 'nowhere' on /"),
     ("/", "missing/", "HTTP 404"),
@@ -95,16 +101,18 @@ def test_finds_exactly_the_broken_links(tmp_path: Path) -> None:
 
     assert {(b.page, b.link, b.why) for b in report.broken} == BROKEN
     assert report.pages == len(PAGES)
-    # a, link, script and img on every page, the 4 external ones and the bare <a> left out.
-    assert report.links == 16 + 5 + 1 + 1 + 2
+    # Every URL attribute on every page (srcset's two candidates count two), the 4
+    # external links and the bare <a> left out.
+    assert report.links == 21 + 5 + 1 + 1 + 2
 
 
 def test_each_target_is_fetched_once(tmp_path: Path) -> None:
     report = check_site.check_site(make_site(tmp_path))
 
     # 5 pages, 3 other names of pages (guide/index.html, guide redirected, index.html),
-    # 2 assets, 5 targets not found (missing.js, missing/, empty/, gone.html, nope/).
-    assert report.fetches == 5 + 3 + 2 + 5
+    # 2 assets, 7 targets not found (missing.js, missing@2x.png, missing.jpg, missing/,
+    # empty/, gone.html, nope/).
+    assert report.fetches == 5 + 3 + 2 + 7
 
 
 def test_a_missing_search_index_and_sitemap_are_reported(tmp_path: Path) -> None:

@@ -1,19 +1,25 @@
 """The README is a front page: short, and every link in it to a file of the repository,
 and to a heading in it, resolves.
 
-Anchors are made as the documentation site makes them (Python-Markdown's ``toc``, which
-MkDocs uses): the heading's text without its markup (backticks, asterisks, links),
-lower-cased, punctuation dropped, runs of spaces and hyphens made one hyphen; a repeated
-heading gets ``_1``, ``_2``.
+A page's anchors are read as the documentation site makes them: the page rendered by
+Python-Markdown with mkdocs.yml's extensions (so a heading's anchor is the ``toc``
+extension's own slug, with ``{#id}``, setext headings and fenced code as the site has
+them), then the ids of the HTML, read as tools/check_site.py reads a built page. The
+README's links are those of its rendered HTML (inline, reference-style, with a title,
+images), its code left out.
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
+import functools
 from pathlib import Path
+from typing import Any
 
+import markdown
 import pytest
+import yaml
+
+from tools.check_site import is_internal, parse_html
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -22,35 +28,35 @@ README = ROOT / "README.md"
 MOST_LINES = 200
 
 
-def slug(heading: str) -> str:
-    """The anchor the site gives a heading whose Markdown text is ``heading``."""
-    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link: its text
-    text = text.replace("`", "").replace("*", "")  # code and emphasis marks
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    text = re.sub(r"[^\w\s-]", "", text).strip().lower()
-    return re.sub(r"[-\s]+", "-", text)
+@functools.cache
+def site_extensions() -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """mkdocs.yml's ``markdown_extensions``: their names, and the options of each."""
+    names: list[str] = []
+    options: dict[str, dict[str, Any]] = {}
+    for entry in yaml.safe_load((ROOT / "mkdocs.yml").read_text())["markdown_extensions"]:
+        name, config = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+        names.append(name)
+        options[name] = dict(config or {})
+    options.get("pymdownx.snippets", {})["base_path"] = [str(ROOT)]
+    return names, options
 
 
-def anchors(markdown: str) -> set[str]:
-    """Every heading's anchor in a Markdown file (headings inside code fences are not)."""
-    found: set[str] = set()
-    prose = re.sub(r"^```.*?^```", "", markdown, flags=re.DOTALL | re.MULTILINE)
-    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*\s*$", prose, re.MULTILINE):
-        base = candidate = slug(heading)
-        count = 0
-        while candidate in found:
-            count += 1
-            candidate = f"{base}_{count}"
-        found.add(candidate)
-    return found
+def render(text: str) -> str:
+    """``text`` as the site renders a page's Markdown."""
+    names, options = site_extensions()
+    return markdown.Markdown(extensions=names, extension_configs=options).convert(text)
 
 
-def links(markdown: str) -> list[str]:
-    """The targets of the Markdown links outside code, which name no other host."""
-    prose = re.sub(r"^```.*?^```", "", markdown, flags=re.DOTALL | re.MULTILINE)
-    prose = re.sub(r"`[^`\n]*`", "", prose)
-    targets = re.findall(r"\]\(([^)\s]+)\)", prose)
-    return [target for target in targets if not re.match(r"[a-z][a-z0-9+.-]*:", target)]
+def anchors(text: str) -> set[str]:
+    """Every id the site gives an element of a Markdown page: its headings' anchors."""
+    return parse_html(render(text))[1]
+
+
+def links(text: str) -> list[str]:
+    """The targets of a Markdown file's links and images that name no other host (the
+    page's own permalinks and code line anchors, which the site adds, left out)."""
+    html = markdown.markdown(text, extensions=["attr_list", "tables", "pymdownx.superfences"])
+    return [link for link in parse_html(html)[0] if is_internal(link)]
 
 
 README_LINKS = links(README.read_text())
@@ -97,12 +103,35 @@ def test_a_link_in_the_readme_resolves(target: str) -> None:
 )
 def test_anchors_are_made_as_the_site_makes_them(heading: str, anchor: str) -> None:
     """Each pair read from the built site (``id="..."`` on the heading)."""
-    assert slug(heading) == anchor
+    assert anchor in anchors(f"## {heading}\n")
+
+
+def headings(text: str) -> set[str]:
+    """The anchors of ``text`` but the code line anchors (``__codelineno-0-1``)."""
+    return {anchor for anchor in anchors(text) if not anchor.startswith("__")}
 
 
 def test_a_repeated_heading_gets_a_numbered_anchor() -> None:
-    assert anchors("# A\n\n## Notes\n\n## Notes\n\n```\n# not a heading\n```\n") == {
+    assert headings("# A\n\n## Notes\n\n## Notes\n\n```\n# not a heading\n```\n") == {
         "a",
         "notes",
         "notes_1",
     }
+
+
+def test_every_way_of_writing_a_heading_has_its_anchor() -> None:
+    page = (
+        "Setext\n======\n\n"
+        "## Named {#chosen}\n\n"
+        "## The _emphasised_ and __strong__ words\n\n"
+        "- a list\n\n    ```text\n    # not a heading, in a list\n    ```\n"
+    )
+    assert headings(page) == {"setext", "chosen", "the-emphasised-and-strong-words"}
+
+
+def test_every_way_of_writing_a_link_is_read() -> None:
+    page = (
+        '[inline](a.md#x) [titled](b.md "a title") ![image](c.png) [ref][r] <https://127.0.0.1:9/x>\n'
+        "`[code](not-a-link.md)`\n\n[r]: d.md#y\n"
+    )
+    assert links(page) == ["a.md#x", "b.md", "c.png", "d.md#y"]

@@ -8,11 +8,13 @@ import importlib
 import importlib.util
 import inspect
 import re
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "docs" / "reference"
@@ -31,23 +33,32 @@ def tool(name: str) -> Any:
 #: the modules the reference documents
 PUBLIC_MODULES: tuple[str, ...] = tool("public_api").PUBLIC_MODULES
 
-_DIRECTIVE = re.compile(r"^::: (\S+)\n((?:[ \t]+\S.*\n?)*)", re.MULTILINE)
-_MEMBERS = re.compile(r"^\s+members:\s*(.+)$", re.MULTILINE)
+#: A ``::: path`` line and the indented YAML of its options under it.
+_DIRECTIVE = re.compile(r"^::: *(\S+) *\n((?:(?:[ \t]+\S.*)?\n)*)", re.MULTILINE)
+
+#: An entry's ``members`` option: None when it has none (every public member shown),
+#: False for none, else the names it lists.
+Members = list[str] | bool | None
 
 
-def directives() -> dict[str, str | None]:
-    """Each ``::: path`` of the reference pages, with its ``members:`` option (None if none)."""
-    found: dict[str, str | None] = {}
+def members_option(options: str) -> Members:
+    """The ``members`` option of a directive's indented YAML block."""
+    parsed = yaml.safe_load(textwrap.dedent(options)) or {}
+    return (parsed.get("options") or {}).get("members")
+
+
+def directives() -> dict[str, Members]:
+    """Each ``::: path`` of the reference pages, with its ``members`` option."""
+    found: dict[str, Members] = {}
     for page in sorted(REFERENCE.glob("*.md")):
         for match in _DIRECTIVE.finditer(page.read_text()):
-            members = _MEMBERS.search(match.group(2))
-            found[match.group(1)] = members.group(1).strip() if members else None
+            found[match.group(1)] = members_option(match.group(2))
     return found
 
 
-def documented(module: str, name: str, found: dict[str, str | None]) -> bool:
+def documented(module: str, name: str, found: dict[str, Members]) -> bool:
     """Whether ``module.name`` has its own directive, or its module is documented whole."""
-    return f"{module}.{name}" in found or (module in found and found[module] is None)
+    return f"{module}.{name}" in found or (module in found and found[module] in (None, True))
 
 
 def public_names() -> list[tuple[str, str]]:
@@ -90,13 +101,23 @@ def _public_methods(obj: object) -> set[str]:
     }
 
 
+def test_the_members_option_is_read_however_yaml_writes_it() -> None:
+    assert members_option("    options:\n      members: [a, b]\n") == ["a", "b"]
+    assert members_option("    options:\n      members:\n        - a\n\n        - b\n") == [
+        "a",
+        "b",
+    ]
+    assert members_option("    options:\n      members: false\n") is False
+    assert members_option("    options:\n      show_source: false\n") is None
+
+
 @pytest.mark.parametrize(
-    "path", sorted(path for path, members in directives().items() if members not in (None, "false"))
+    "path", sorted(path for path, members in directives().items() if isinstance(members, list))
 )
 def test_an_entry_that_lists_its_members_lists_every_method(path: str) -> None:
     """An entry with ``members: [...]`` (its fields are a table) still shows each method."""
     module, _, name = path.rpartition(".")
-    listed = set(re.findall(r"\w+", directives()[path] or ""))
+    listed = set(directives()[path] or ())
     missing = _public_methods(getattr(importlib.import_module(module), name)) - listed
     assert not missing, f"{path}: add {sorted(missing)} to its members: list"
 
@@ -133,6 +154,11 @@ def known(roles: Any) -> Callable[[str], str | None]:
         (":exc:`ValueError`", "`ValueError`"),
         (":class:`grpc.aio.Channel`", "`grpc.aio.Channel`"),
         (":class:`!Pool`", "`Pool`"),
+        (":class:`the pool <Pool>`", "[`the pool`][conngrpc.Pool]"),
+        (":meth:`its channel\n<Pool.channel>`", "[`its channel`][conngrpc.Pool.channel]"),
+        (":class:`a pool <!Pool>`", "`a pool`"),
+        (":meth:`Pool.channel()`", "[`Pool.channel()`][conngrpc.Pool.channel]"),
+        (":meth:`~Pool.channel()`", "[`channel()`][conngrpc.Pool.channel]"),
         (
             "``:class:`` alone; :raises ValueError: stays",
             "``:class:`` alone; :raises ValueError: stays",

@@ -17,7 +17,7 @@ import conngrpc
 
 try:
     import tomllib
-except ImportError:  # Python 3.10: pytest itself depends on the backport there
+except ImportError:  # Python 3.10: the test extra installs the backport
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent

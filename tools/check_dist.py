@@ -46,8 +46,14 @@ SDIST_MUST_HOLD = [
     "docs/telemetry.md",
     "examples/fastapi_service/app.py",
     "tools/test_all.py",
+    # What `make docs` builds the site from and checks it with (tests/test_docs_build.py).
     "mkdocs.yml",
     "CHANGELOG.md",
+    "docs/stylesheets/extra.css",
+    "tools/docs/hooks.py",
+    "tools/docs/sphinx_roles.py",
+    "tools/docs/public_api.py",
+    "tools/check_site.py",
 ]
 #: Top-level folders that belong in the sdist but never in the wheel.
 NOT_IN_THE_WHEEL = ("tests", "bench", "examples", "docs", "tools")

@@ -5,12 +5,12 @@
 SITE (default ``site``) is the folder ``mkdocs build`` wrote. It is served over HTTP on
 127.0.0.1 (a free port, for the length of the run), and every ``.html`` file under it is
 fetched from that server, whether or not a link leads to it. On each page, every internal
-link (``href``/``src`` of ``a``, ``link``, ``script`` and ``img``: relative, root-relative
-or a fragment alone) must resolve: the target, fetched over HTTP, answers 200, and a
-``#fragment`` names an ``id`` (or an ``a`` element's ``name``) on the target page, if that
-is HTML. A folder without ``index.html`` is not found, as on a static host. Links
-with a scheme or a host of their own (``https:``, ``mailto:``, ``javascript:``, ``//...``)
-are not followed. Each target is fetched once.
+link (the URL attributes of ``LINK_ATTRIBUTES``: ``a``'s ``href``, ``img``'s ``src`` and
+``srcset``, ...; relative, root-relative or a fragment alone) must resolve: the target,
+fetched over HTTP, answers 200, and a ``#fragment`` names an ``id`` (or an ``a``
+element's ``name``) on the target page, if that is HTML. A folder without ``index.html``
+is not found, as on a static host. Links with a scheme or a host of their own
+(``https:``, ``mailto:``, ``javascript:``, ``//...``) are not followed. Each target is fetched once.
 
 The site must also carry ``sitemap.xml`` (well-formed, a ``urlset``) and the search
 plugin's ``search/search_index.json``, which must list every page (``404.html`` aside).
@@ -38,8 +38,20 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import quote, unquote, urldefrag, urljoin, urlsplit
 
-#: The elements and attributes whose URLs are checked.
-LINK_ATTRIBUTES = {"a": "href", "link": "href", "script": "src", "img": "src"}
+#: The elements and the attributes of theirs that hold a URL, all checked.
+LINK_ATTRIBUTES = {
+    "a": ("href",),
+    "area": ("href",),
+    "link": ("href",),
+    "script": ("src",),
+    "img": ("src", "srcset"),
+    "source": ("src", "srcset"),
+    "iframe": ("src",),
+    "embed": ("src",),
+    "audio": ("src",),
+    "video": ("src", "poster"),
+    "track": ("src",),
+}
 #: The search plugin's index, relative to the site's top.
 SEARCH_INDEX = "search/search_index.json"
 SITEMAP = "sitemap.xml"
@@ -63,9 +75,13 @@ class _Page(HTMLParser):
             self.anchors.add(ident)
         if tag == "a" and (name := values.get("name")) is not None:
             self.anchors.add(name)
-        attribute = LINK_ATTRIBUTES.get(tag)
-        if attribute is not None and (link := values.get(attribute)) is not None:
-            self.links.append(link.strip())
+        for attribute in LINK_ATTRIBUTES.get(tag, ()):
+            if (link := values.get(attribute)) is None:
+                continue
+            if attribute == "srcset":  # "a.png, b.png 2x": each candidate's URL
+                self.links += [c.split()[0] for c in link.split(",") if c.strip()]
+            else:
+                self.links.append(link.strip())
 
 
 def parse_html(text: str) -> tuple[list[str], set[str]]:
@@ -181,6 +197,7 @@ class Fetcher:
                 charset = answer.headers.get_content_charset() or "utf-8"
                 status = answer.status
         except urllib.error.HTTPError as error:
+            error.close()  # it holds the answer, and its connection, open
             return Fetched(error.code, url, None, reason=f"HTTP {error.code}")
         if not html:
             return Fetched(status, final, None)

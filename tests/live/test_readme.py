@@ -19,12 +19,15 @@ import anyio
 import pytest
 
 from tests._snippets import (
+    PYTHON,
     ROOT,
     RUN_ELSEWHERE,
     Snippet,
     addresses,
+    all_blocks,
     all_snippets,
     run_elsewhere,
+    snippets,
 )
 
 pytestmark = pytest.mark.anyio
@@ -76,6 +79,37 @@ RUN_BY_ANOTHER_TEST = [snippet for snippet in SNIPPETS if run_elsewhere(snippet)
 
 def test_every_page_has_its_snippets() -> None:
     assert dict(Counter(snippet.page for snippet in SNIPPETS)) == SNIPPETS_PER_PAGE
+
+
+#: The languages of the pages' blocks that are not Python, so not run. A block in any
+#: other language, or in none, fails: a Python block must say so to be run.
+NOT_PYTHON = {"sh", "text", "yaml", "toml"}
+
+
+def test_every_block_names_a_language_the_test_knows() -> None:
+    unknown = [
+        f"{block.id} ({block.language or 'no language'})"
+        for block in all_blocks()
+        if block.language not in PYTHON | NOT_PYTHON
+    ]
+    assert not unknown, f"label these python (they run) or one of {sorted(NOT_PYTHON)}: {unknown}"
+
+
+def test_every_python_fence_is_found() -> None:
+    page = (
+        "# A page\n"
+        "```py\na = 1\n```\n"
+        "- an item:\n\n    ```python\n    b = 2\n\n    c = 3\n    ```\n"
+        "!!! note\n    ~~~~{.python .annotate}\n    d = 4\n    ```\n    ~~~~\n"
+        '```python title="e.py"\ne = 5\n```\n'
+        "````text\n```python\nnot = code\n```\n````\n"
+    )
+    assert [(s.line, s.code) for s in snippets(page)] == [
+        (3, "a = 1\n"),
+        (8, "b = 2\n\nc = 3\n"),
+        (14, "d = 4\n```\n"),
+        (18, "e = 5\n"),
+    ]
 
 
 def test_every_rewrite_and_hook_call_applies_to_a_snippet() -> None:

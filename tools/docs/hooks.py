@@ -27,7 +27,7 @@ from mkdocs.exceptions import PluginError
 sys.path.insert(0, str(Path(__file__).parent))
 
 from public_api import PUBLIC_MODULES
-from sphinx_roles import PublicNames, SphinxRoles
+from sphinx_roles import PublicNames, SphinxRoles, target_of
 
 _MARKER = re.compile(r"<!-- conngrpc-([a-z-]+)(?:: ([a-z]+))? -->")
 
@@ -76,7 +76,7 @@ def _cell(text: str) -> str:
 
 def _docstring(obj: griffe.Object | griffe.Alias, what: str) -> str:
     """``obj``'s docstring (converted), or the build stops naming ``what``."""
-    target = obj.final_target if obj.is_alias else obj
+    target = target_of(obj)
     if target.docstring is None or not target.docstring.value.strip():
         raise MissingDocstringError(
             f"docs: {what} has no docstring (a #: comment above an attribute or a "

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from public_api import PUBLIC_MODULES
 
-__all__ = ["PublicNames", "SphinxRoles", "convert_docstring", "convert_roles"]
+__all__ = ["PublicNames", "SphinxRoles", "convert_docstring", "convert_roles", "target_of"]
 
 
 #: A role's target resolved outside conngrpc: shown as code, not linked.
@@ -48,6 +48,7 @@ EXTERNAL = ""
 
 _ROLE = re.compile(r":(?:py:)?(class|meth|func|attr|exc|data|const|obj|mod):`([^`]+)`")
 _CALLABLE_ROLES = ("meth", "func")
+_TITLED = re.compile(r"(.*?\S)\s*<([^<>]+)>", re.DOTALL)
 _META_PRIVATE = re.compile(r"^[ \t]*:meta private:[ \t]*\n?", re.MULTILINE)
 
 #: What a role's target resolves to: an autorefs identifier, EXTERNAL, or None (unknown).
@@ -57,19 +58,26 @@ Resolver = Callable[[str], "str | None"]
 def convert_roles(text: str, resolve: Resolver) -> str:
     """``text`` with every Sphinx role made a markdown cross-reference or code span.
 
-    ``~`` shows the last part of the target alone, ``!`` leaves it unlinked, and a
-    method or function is shown with ``()``, as Sphinx does. A target ``resolve`` does not
+    ``~`` shows the last part of the target alone, ``!`` leaves it unlinked,
+    ``title <target>`` shows the title, and a method or function is shown with ``()``
+    (a target written with them is looked up without), as Sphinx does. A target ``resolve`` does not
     know is linked to itself, so that autorefs reports it.
     """
 
     def replace(match: re.Match[str]) -> str:
         role, target = match.group(1), match.group(2).strip()
+        titled = _TITLED.fullmatch(target)  # "the pool <Pool>": a title of its own
+        if titled is not None:
+            shown, target = titled.group(1), titled.group(2).strip()
         unlinked = target.startswith("!")
         short = target.startswith("~")
         target = target.lstrip("!~")
-        shown = target.rsplit(".", 1)[-1] if short else target
-        if role in _CALLABLE_ROLES and not shown.endswith(")"):
-            shown += "()"
+        if role in _CALLABLE_ROLES:
+            target = target.removesuffix("()")
+        if titled is None:
+            shown = target.rsplit(".", 1)[-1] if short else target
+            if role in _CALLABLE_ROLES:
+                shown += "()"
         if unlinked:
             return f"`{shown}`"
         identifier = resolve(target)
@@ -151,6 +159,11 @@ def _language(code: str) -> str:
     return "python"
 
 
+def target_of(obj: griffe.Object | griffe.Alias) -> griffe.Object:
+    """The object itself, or the one an alias (an import) finally stands for."""
+    return obj.final_target if isinstance(obj, griffe.Alias) else obj
+
+
 class PublicNames:
     """Where each public name of conngrpc lives, and how a role's target resolves to one."""
 
@@ -166,7 +179,7 @@ class PublicNames:
             self.exports[module_path] = names
             for name in names:
                 member = module.members[name]
-                canonical = member.final_target.path if member.is_alias else member.path
+                canonical = target_of(member).path
                 self.public.setdefault(canonical, f"{module_path}.{name}")
 
     def public_path(self, canonical: str) -> str | None:
@@ -199,7 +212,7 @@ class PublicNames:
             return EXTERNAL
         try:
             found = self.collection[path]
-            canonical = found.final_target.path if found.is_alias else found.path
+            canonical = target_of(found).path
         except (KeyError, griffe.AliasResolutionError, griffe.CyclicAliasError):
             return None
         return self.public_path(canonical) or canonical
@@ -211,7 +224,7 @@ class PublicNames:
         for module in modules:
             if name in self.exports[module]:
                 member = self.collection[module].members[name]
-                return member.final_target.path if member.is_alias else member.path
+                return target_of(member).path
         return None
 
     def documented(self) -> Iterator[griffe.Object]:
@@ -225,8 +238,7 @@ def _walk(
     obj: griffe.Object, seen: set[str], *, public_only: bool = False
 ) -> Iterator[griffe.Object]:
     """``obj`` and its members, recursively; aliases (imports) are not followed."""
-    if obj.is_alias:
-        obj = obj.final_target
+    obj = target_of(obj)
     if obj.path in seen:
         return
     seen.add(obj.path)
