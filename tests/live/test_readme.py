@@ -59,6 +59,7 @@ HOOK_CALLS = {
 #: snippet cannot drop out of the test unseen.
 SNIPPETS_PER_PAGE = {
     "README.md": 1,
+    "docs/index.md": 1,
     "docs/getting-started.md": 2,
     "docs/guide/deploying.md": 3,
     "docs/guide/failures.md": 2,
