@@ -91,44 +91,16 @@ def _summary(obj: griffe.Object | griffe.Alias, what: str) -> str:
     return paragraph.split(". ", 1)[0].removesuffix(".") + "."
 
 
-def _type(annotation: object, names: PublicNames) -> str:
-    """An annotation as source text, conngrpc's private type aliases spelt out."""
-    if not isinstance(annotation, griffe.Expr):
-        return str(annotation)
-    if isinstance(annotation, griffe.ExprName):
-        return _name(annotation, names)
-    parts = []
-    for part in annotation.iterate(flat=True):
-        if isinstance(part, griffe.ExprName):
-            spelt = _name(part, names)
-            parts.append(f"({spelt})" if spelt != part.name and "|" in spelt else spelt)
-        else:
-            parts.append(str(part))
-    return "".join(parts)
-
-
-def _name(name: griffe.ExprName, names: PublicNames) -> str:
-    """A name in an annotation; a private alias of conngrpc's becomes its value."""
-    path = name.canonical_path
-    if path.startswith("conngrpc.") and names.public_path(path) is None:
-        try:
-            target = names.collection[path]
-        except KeyError:
-            return name.name
-        if target.is_attribute and target.value is not None:
-            return _type(target.value, names)
-    return name.name
-
-
 def _settings_table(owner: str, keys: list[str], defaults: dict[str, str], anchor: str) -> str:
     """name | type | default | meaning, one row per key of the class at ``owner``."""
-    package, names = _loaded()
+    package, _ = _loaded()
     cls = package[owner.removeprefix("conngrpc.")]
     rows = ["| Setting | Type | Default | Meaning |", "| --- | --- | --- | --- |"]
     for key in keys:
         attribute = cls.members[key]
         meaning = _cell(_docstring(attribute, f"{owner}.{key}"))
-        kind = f"`{_type(attribute.annotation, names)}`"
+        # private type aliases are spelt out already (sphinx_roles.expand_private_aliases)
+        kind = f"`{attribute.annotation}`"
         default = defaults.get(key, "required")
         rows.append(f"| [](){{#{anchor}.{key}}}`{key}` | {kind} | {default} | {meaning} |")
     return "\n".join(rows) + "\n"

@@ -18,7 +18,11 @@ this extension:
   shows no value for one set in ``__init__`` (its value there is a parameter's name);
 - hides a member whose docstring says ``:meta private:`` (autodoc's form again): public by
   name for conngrpc's own use, not part of the API;
-- leaves out of "Bases:" a base class that conngrpc does not export (``Declared``).
+- leaves out of "Bases:" a base class that conngrpc does not export (``Declared``);
+- spells out, in the annotations of what the reference renders (parameters, returns,
+  attributes), each type alias that conngrpc does not export (``Strategy`` becomes
+  ``Literal['one_for_one', ...]``): a reader could not look the alias's name up. The other
+  names stay names, so they still link.
 
 Listed in mkdocs.yml under the Python handler's ``extensions``.
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import dataclasses
 import importlib.util
 import re
 import sys
@@ -40,7 +45,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from public_api import PUBLIC_MODULES
 
-__all__ = ["PublicNames", "SphinxRoles", "convert_docstring", "convert_roles", "target_of"]
+__all__ = [
+    "PublicNames",
+    "SphinxRoles",
+    "convert_docstring",
+    "convert_roles",
+    "expand_annotations",
+    "expand_private_aliases",
+    "target_of",
+]
 
 
 #: A role's target resolved outside conngrpc: shown as code, not linked.
@@ -167,13 +180,19 @@ def target_of(obj: griffe.Object | griffe.Alias) -> griffe.Object:
 class PublicNames:
     """Where each public name of conngrpc lives, and how a role's target resolves to one."""
 
-    def __init__(self, collection: griffe.ModulesCollection) -> None:
+    def __init__(
+        self, collection: griffe.ModulesCollection, modules: tuple[str, ...] = PUBLIC_MODULES
+    ) -> None:
         self.collection = collection
+        #: the public modules, in the order a short name is looked up; the package first
+        self.modules = modules
+        #: the package's name ("conngrpc")
+        self.package = modules[0].split(".", 1)[0]
         #: canonical path -> public path, the first public module that exports it winning
         self.public: dict[str, str] = {}
         #: public module -> the names its ``__all__`` exports
         self.exports: dict[str, list[str]] = {}
-        for module_path in PUBLIC_MODULES:
+        for module_path in modules:
             module = collection[module_path]
             names = [str(name) for name in module.exports or ()]
             self.exports[module_path] = names
@@ -196,7 +215,7 @@ class PublicNames:
         EXTERNAL when it is not conngrpc's, or None when it is nothing known."""
         head, _, rest = target.partition(".")
         path: str | None = None
-        if head == "conngrpc":
+        if head == self.package:
             path = target
         else:
             try:
@@ -208,7 +227,7 @@ class PublicNames:
         if path is None:
             known = head in vars(builtins) or importlib.util.find_spec(head) is not None
             return EXTERNAL if known else None
-        if path.split(".", 1)[0] != "conngrpc":
+        if path.split(".", 1)[0] != self.package:
             return EXTERNAL
         try:
             found = self.collection[path]
@@ -220,12 +239,35 @@ class PublicNames:
     def _exported(self, name: str, scope: griffe.Object) -> str | None:
         """The canonical path of a public name, the scope's own public module first."""
         own = self.public_path(scope.canonical_path) or ""
-        modules = sorted(PUBLIC_MODULES, key=lambda module: not own.startswith(module + "."))
+        modules = sorted(self.modules, key=lambda module: not own.startswith(module + "."))
         for module in modules:
             if name in self.exports[module]:
                 member = self.collection[module].members[name]
                 return target_of(member).path
         return None
+
+    def private_alias(self, expr: griffe.Expr) -> tuple[str, griffe.Expr] | None:
+        """The path and value of the type alias a name in an annotation stands for, when it
+        is the package's and not exported; None for any other name or expression."""
+        if not isinstance(expr, (griffe.ExprName, griffe.ExprAttribute)):
+            return None
+        path = expr.canonical_path
+        if path.split(".", 1)[0] != self.package or self.public_path(path) is not None:
+            return None
+        try:
+            found = target_of(self.collection[path])
+        except (KeyError, griffe.AliasResolutionError, griffe.CyclicAliasError):
+            return None
+        if self.public_path(found.path) is not None or not (
+            found.is_type_alias
+            or (found.is_attribute and found.parent is not None and found.parent.is_module)
+        ):
+            return None
+        value = found.value
+        # A TypeVar, NewType, ... is a call: its name is what a signature should show.
+        if not isinstance(value, griffe.Expr) or isinstance(value, griffe.ExprCall):
+            return None
+        return found.path, value
 
     def documented(self) -> Iterator[griffe.Object]:
         """Every object the reference renders: the public names and their members."""
@@ -260,6 +302,10 @@ class SphinxRoles(griffe.Extension):
         if pkg.name != "conngrpc":
             return
         names = PublicNames(loader.modules_collection)
+        # Before griffe's dataclasses extension (always loaded last) copies the fields'
+        # annotations into each __init__, and before any docstring is parsed.
+        for obj in list(names.documented()):
+            expand_annotations(obj, names)
         private = []
         for obj in list(_walk(pkg, set())):
             if obj.is_attribute and obj.docstring is None:
@@ -285,6 +331,53 @@ class SphinxRoles(griffe.Extension):
                 _drop_private_bases(obj, names)
             if obj.docstring is not None:
                 _link_raises(obj, names)
+
+
+def expand_private_aliases(
+    expr: griffe.Expr, names: PublicNames, seen: frozenset[str] = frozenset()
+) -> griffe.Expr:
+    """``expr`` with each name of a private type alias replaced by the alias's value,
+    recursively; ``expr`` itself when it has none. The tree is rebuilt, never changed in
+    place: an alias's value is shared by every annotation that names it."""
+    alias = names.private_alias(expr)
+    if alias is not None:
+        path, value = alias
+        if path in seen:  # an alias that names itself: leave the name
+            return expr
+        return expand_private_aliases(value, names, seen | {path})
+    if isinstance(expr, (griffe.ExprName, griffe.ExprAttribute)):
+        return expr  # a name to link, or a dotted one whose parts are names
+    changes = {}
+    for field in dataclasses.fields(expr):
+        value = getattr(expr, field.name)
+        expanded = _expand_value(value, names, seen)
+        if expanded is not value:
+            changes[field.name] = expanded
+    return dataclasses.replace(expr, **changes) if changes else expr
+
+
+def _expand_value(value: object, names: PublicNames, seen: frozenset[str]) -> object:
+    """A field of an Expr, expanded: an Expr, or a list or tuple of them (and strings)."""
+    if isinstance(value, griffe.Expr):
+        return expand_private_aliases(value, names, seen)
+    if isinstance(value, (list, tuple)):
+        items = [_expand_value(item, names, seen) for item in value]
+        if any(new is not old for new, old in zip(items, value, strict=True)):
+            return type(value)(items)
+    return value
+
+
+def expand_annotations(obj: griffe.Object, names: PublicNames) -> None:
+    """``obj``'s annotations (parameters and return, or its own) with private type aliases
+    spelt out."""
+    if isinstance(obj, griffe.Function):
+        for parameter in obj.parameters:
+            if isinstance(parameter.annotation, griffe.Expr):
+                parameter.annotation = expand_private_aliases(parameter.annotation, names)
+        if isinstance(obj.returns, griffe.Expr):
+            obj.returns = expand_private_aliases(obj.returns, names)
+    elif isinstance(obj, griffe.Attribute) and isinstance(obj.annotation, griffe.Expr):
+        obj.annotation = expand_private_aliases(obj.annotation, names)
 
 
 def _comment_docstring(attr: griffe.Object, loader: griffe.GriffeLoader) -> None:
