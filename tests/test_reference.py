@@ -306,3 +306,44 @@ def test_no_private_alias_is_left_in_conngrpc_s_reference(roles: Any) -> None:
     assert str(supervisor.parameters["strategy"].annotation) == (
         "Literal['one_for_one', 'one_for_all', 'rest_for_one']"
     )
+
+
+# --- the settings tables ---------------------------------------------------------------
+
+
+def settings_rows(which: str) -> dict[str, tuple[str, str, str]]:
+    """The table of ``<!-- conngrpc-settings: which -->``: setting -> type, default, meaning."""
+    table = tool("hooks").table("settings", which)
+    rows = {}
+    for line in table.splitlines()[2:]:
+        # | [](){#anchor}`key` | `type` | default | meaning |, a | in code escaped or not
+        key = re.match(r"\| \[\]\(\)\{#[^}]+\}`(\w+)` \| ", line)
+        assert key is not None, line
+        kind, default, meaning = re.fullmatch(
+            r"`(.*)` \| (.*?) \| (.*) \|", line[key.end() :]
+        ).groups()
+        rows[key.group(1)] = (kind, default, meaning)
+    return rows
+
+
+def test_a_setting_unset_by_default_says_so_as_its_text_does() -> None:
+    rows = settings_rows("pool")
+    for key in ("resolver", "max_calls_per_channel", "service_config"):
+        kind, default, meaning = rows[key]
+        assert default == "unset", (key, default)
+        assert "None" not in kind  # child_spec refuses None for it
+        assert "unset" in meaning.lower(), (key, meaning)  # the comment says what unset does
+    assert rows["resolve_interval"][1] == "`30.0`"
+
+
+@pytest.mark.parametrize("which", ["pool", "channel"])
+def test_a_default_of_none_is_shown_only_where_none_may_be_given(which: str) -> None:
+    rows = settings_rows(which)
+    for key, (kind, default, _) in rows.items():
+        if default == "`None`":
+            assert kind.endswith("| None"), (key, kind)
+        if default == "unset":
+            assert "None" not in kind, (key, kind)
+    if which == "channel":  # ChannelConfig(credentials=None) is valid, and its text says so
+        assert rows["credentials"][1] == "`None`"
+        assert rows["health_check"][1] == "`None`"

@@ -4,7 +4,8 @@ A page of docs/reference/ asks for a table with a marker, which is replaced here
 
 - ``<!-- conngrpc-public-names -->``: every public name, one line each, linked to its entry;
 - ``<!-- conngrpc-settings: pool -->``: a pool's settings (the keys of ``PoolSettings``,
-  their types, the defaults ``ResolvedSettings`` gives them, and their ``#:`` comments);
+  their types, the defaults ``ResolvedSettings`` gives them, and their ``#:`` comments); a
+  default of None that the setting's type does not take reads "unset";
 - ``<!-- conngrpc-settings: channel -->``: ``ChannelConfig``'s fields, the same way;
 - ``<!-- conngrpc-errors -->``: the error classes as a tree, from ``ConnGRPCError`` down.
 
@@ -102,8 +103,24 @@ def _settings_table(owner: str, keys: list[str], defaults: dict[str, str], ancho
         # private type aliases are spelt out already (sphinx_roles.expand_private_aliases)
         kind = f"`{attribute.annotation}`"
         default = defaults.get(key, "required")
+        if default == _NONE and not _takes_none(attribute.annotation):
+            # None stands for "not given" and may not be passed (child_spec refuses it):
+            # the setting's comment says what leaving it unset does
+            default = "unset"
         rows.append(f"| [](){{#{anchor}.{key}}}`{key}` | {kind} | {default} | {meaning} |")
     return "\n".join(rows) + "\n"
+
+
+#: A default of None, as the table shows it when None is a value the type takes.
+_NONE = "`None`"
+
+
+def _takes_none(annotation: object) -> bool:
+    """Whether an annotation (an Expr) lets None be given: ``X | None`` (ruff's UP rules
+    keep conngrpc from writing ``Optional[X]``)."""
+    if isinstance(annotation, griffe.ExprBinOp) and annotation.operator == "|":
+        return _takes_none(annotation.left) or _takes_none(annotation.right)
+    return str(annotation) == "None"
 
 
 def _defaults(cls: type) -> dict[str, str]:
