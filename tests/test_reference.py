@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import inspect
 import re
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -347,3 +348,45 @@ def test_a_default_of_none_is_shown_only_where_none_may_be_given(which: str) -> 
     if which == "channel":  # ChannelConfig(credentials=None) is valid, and its text says so
         assert rows["credentials"][1] == "`None`"
         assert rows["health_check"][1] == "`None`"
+
+
+# --- names outside conngrpc, checked by importing them --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "missing"),
+    [
+        ("grpc.aio.Channel", None),
+        ("grpc.aio.Chanel", "grpc.aio has no attribute 'Chanel'"),
+        ("grpc.StatusCode.UNAVAILABLE", None),
+        ("asyncio.Queue.get", None),
+        ("asyncio.Queue.gte", "asyncio.Queue has no attribute 'gte'"),
+        ("anyio.abc.TaskGroup", None),
+        ("structlog.stdlib.BoundLogger", None),
+        ("typing.Anyy", "typing has no attribute 'Anyy'"),
+        ("ValueError", None),
+        ("str.jion", "str has no attribute 'jion'"),
+        ("dataclasses.Field.name", None),  # an instance's slot, not a class attribute
+    ],
+)
+def test_a_name_outside_conngrpc_is_looked_up_where_it_lives(
+    roles: Any, path: str, missing: str | None
+) -> None:
+    assert roles.missing_external(path) == missing
+
+
+def test_a_name_from_a_module_not_installed_here_is_taken_as_written(
+    roles: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("opentelemetry.metrics")
+    assert roles.missing_external("opentelemetry.metrics.MeterProvder") == (
+        "opentelemetry.metrics has no attribute 'MeterProvder'"
+    )
+    # as without the otel extra: the module cannot be imported, so cannot be checked
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)
+    monkeypatch.delitem(sys.modules, "opentelemetry.metrics", raising=False)
+    assert roles.missing_external("opentelemetry.metrics.MeterProvder") is None
+    # a module that is there but needs one that is not
+    (tmp_path / "needs_absent.py").write_text("import conngrpc_no_such_module\nThing = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert roles.missing_external("needs_absent.Thingg") is None

@@ -9,9 +9,12 @@ this extension:
   target resolved in the docstring's scope (as Python would) and then to the public path
   when the name is exported (``conngrpc.pool.pool.Pool`` is documented as
   ``conngrpc.Pool``). A name outside conngrpc (``ValueError``, ``grpc.aio.Channel``)
-  becomes plain code: the site loads no other site's inventory. A name that resolves to
-  nothing stays a reference to itself, which autorefs reports as unresolved: the strict
-  build fails on it;
+  becomes plain code: the site loads no other site's inventory. It is checked first: its
+  module imported and the rest walked as attributes; one that names nothing there logs a
+  warning (``grpc.aio.Chanel``), which fails the strict build, and one whose module does
+  not import here (an optional dependency) is taken as written. A conngrpc name that
+  resolves to nothing stays a reference to itself, which autorefs reports as
+  unresolved: the strict build fails on it too;
 - links the exception of each ``:raises X:`` field the same way;
 - turns each ``::`` literal block into a fenced code block;
 - reads ``#:`` comments above an attribute as its docstring (Sphinx autodoc's form), and
@@ -52,6 +55,7 @@ __all__ = [
     "convert_roles",
     "expand_annotations",
     "expand_private_aliases",
+    "missing_external",
     "target_of",
 ]
 
@@ -172,6 +176,55 @@ def _language(code: str) -> str:
     return "python"
 
 
+def missing_external(path: str) -> str | None:
+    """Why a dotted path outside conngrpc (``grpc.aio.Channel``, ``ValueError``) names
+    nothing, found by importing its longest module and walking the rest as attributes;
+    None when it names something, or cannot be checked here (its module, or one that
+    module needs, is not installed: an optional dependency's name is taken as written)."""
+    parts = path.split(".")
+    found: object = builtins
+    walked = 0
+    if parts[0] not in vars(builtins):
+        for end in range(len(parts), 0, -1):
+            module = ".".join(parts[:end])
+            try:
+                found = importlib.import_module(module)
+            except ModuleNotFoundError as error:
+                missing = error.name or ""
+                if module == missing or module.startswith(missing + "."):
+                    continue  # no module by that name: a shorter one, then attributes
+                return None  # it needs a module not installed here
+            except Exception:  # a module that does not import here
+                return None
+            walked = end
+            break
+        else:
+            return None  # not installed here
+    for index in range(walked, len(parts)):
+        name = parts[index]
+        if hasattr(found, name):
+            found = getattr(found, name)
+        elif _instance_attribute(found, name):
+            return None  # set on instances: nothing further to walk
+        else:
+            owner = ".".join(parts[:index]) or "builtins"
+            return f"{owner} has no attribute {name!r}"
+    return None
+
+
+def _instance_attribute(cls: object, name: str) -> bool:
+    """Whether ``name`` is declared for a class's instances (annotated, or a slot)."""
+    if not isinstance(cls, type):
+        return False
+    for klass in cls.__mro__:
+        slots = vars(klass).get("__slots__", ())
+        if name in vars(klass).get("__annotations__", {}) or name in (
+            (slots,) if isinstance(slots, str) else slots
+        ):
+            return True
+    return False
+
+
 def target_of(obj: griffe.Object | griffe.Alias) -> griffe.Object:
     """The object itself, or the one an alias (an import) finally stands for."""
     return obj.final_target if isinstance(obj, griffe.Alias) else obj
@@ -225,9 +278,15 @@ class PublicNames:
             if path is not None and rest:
                 path = f"{path}.{rest}"
         if path is None:
-            known = head in vars(builtins) or importlib.util.find_spec(head) is not None
-            return EXTERNAL if known else None
+            # neither a name of the docstring's module nor an exported one: a builtin, or a
+            # dotted path from a top-level module
+            if head not in vars(builtins) and importlib.util.find_spec(head) is None:
+                return None
+            path = target
         if path.split(".", 1)[0] != self.package:
+            missing = missing_external(path)
+            if missing is not None:
+                griffe.logger.warning(f"{scope.path}: {target!r} names nothing: {missing}")
             return EXTERNAL
         try:
             found = self.collection[path]
