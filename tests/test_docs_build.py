@@ -7,6 +7,9 @@ it, with one docstring of the copied package changed.
 
 from __future__ import annotations
 
+import html
+import importlib
+import inspect
 import os
 import re
 import shlex
@@ -37,9 +40,9 @@ def mkdocs_command() -> tuple[dict[str, str], list[str]]:
     return env, arguments
 
 
-def build(tmp_path: Path, role: str) -> subprocess.CompletedProcess[str]:
+def build(tmp_path: Path, role: str | None = None) -> subprocess.CompletedProcess[str]:
     """``make docs``'s build of a copy of the site whose ConnGRPCError docstring names
-    ``role``."""
+    ``role`` (unchanged without one)."""
     for source in SITE_SOURCES:
         if (ROOT / source).is_dir():
             shutil.copytree(
@@ -47,10 +50,11 @@ def build(tmp_path: Path, role: str) -> subprocess.CompletedProcess[str]:
             )
         else:
             shutil.copy(ROOT / source, tmp_path / source)
-    errors = tmp_path / "conngrpc" / "errors.py"
-    text = errors.read_text()
-    assert DOCSTRING in text
-    errors.write_text(text.replace(DOCSTRING, f'"""Base class; see {role}."""'))
+    if role is not None:
+        errors = tmp_path / "conngrpc" / "errors.py"
+        text = errors.read_text()
+        assert DOCSTRING in text
+        errors.write_text(text.replace(DOCSTRING, f'"""Base class; see {role}."""'))
     env, arguments = mkdocs_command()
     return subprocess.run(
         [sys.executable, "-m", "mkdocs", *arguments],
@@ -69,21 +73,113 @@ def test_the_command_is_read_from_the_makefile() -> None:
     assert env == {"NO_MKDOCS_2_WARNING": "1"}
 
 
+def test_roles_that_name_something_build(tmp_path: Path) -> None:
+    # conngrpc's, another package's (checked by importing it), one the module imports
+    result = build(tmp_path, ":class:`Pool`, :class:`grpc.aio.Channel`, :class:`Hashable`")
+    output = result.stdout + result.stderr
+
+    assert result.returncode == 0, output
+    page = (tmp_path / "site/reference/errors/index.html").read_text()
+    assert 'href="../pool/#conngrpc.Pool"' in page
+    assert "<code>grpc.aio.Channel</code>" in page
+    assert "<code>Hashable</code>" in page
+
+
 @pytest.mark.parametrize(
-    ("role", "fails"),
-    [(":class:`Pool`", False), (":class:`NoSuchName`", True), (":meth:`Pool.no_such`", True)],
+    ("role", "error"),
+    [
+        (":class:`NoSuchName`", "Could not find cross-reference target 'NoSuchName'"),
+        (":meth:`Pool.no_such`", "Could not find cross-reference target 'Pool.no_such'"),
+        # outside conngrpc: grpc.aio imported, Chanel looked up in it
+        (
+            ":class:`grpc.aio.Chanel`",
+            "'grpc.aio.Chanel' names nothing: grpc.aio has no attribute 'Chanel'",
+        ),
+        # a name the module imports (collections.abc's), then an attribute of it
+        (
+            ":meth:`Hashable.__hsh__`",
+            "'Hashable.__hsh__' names nothing: collections.abc.Hashable has no attribute '__hsh__'",
+        ),
+    ],
 )
-def test_a_role_that_names_nothing_fails_the_build(tmp_path: Path, role: str, fails: bool) -> None:
+def test_a_role_that_names_nothing_fails_the_build(tmp_path: Path, role: str, error: str) -> None:
     result = build(tmp_path, role)
     output = result.stdout + result.stderr
 
-    if not fails:
-        assert result.returncode == 0, output
-        assert (
-            'href="../pool/#conngrpc.Pool"'
-            in (tmp_path / "site/reference/errors/index.html").read_text()
-        )
-        return
-    target = role.split("`")[1]
     assert result.returncode != 0, f"the build passed with {role} in a docstring:\n{output}"
-    assert f"Could not find cross-reference target '{target}'" in output, output
+    assert error in output, output
+
+
+# --- every public class, as the built reference shows it -----------------------------------
+
+#: Entries whose constructor is not for callers (mkdocs.yml merges __init__ into every
+#: other class): Pool.channel() makes a PooledChannel, get_channel hands out a ThreadChannel.
+NO_CONSTRUCTOR = {
+    "conngrpc.PooledChannel",
+    "conngrpc.sync.PooledChannel",
+    "conngrpc.sync.ThreadChannel",
+}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The reference pages of ``make docs``'s build of the site as it is: path -> HTML."""
+    root = tmp_path_factory.mktemp("site")
+    result = build(root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {str(page): page.read_text() for page in (root / "site/reference").glob("*/index.html")}
+
+
+def public_classes() -> list[tuple[str, type]]:
+    sys.path.insert(0, str(ROOT / "tools" / "docs"))
+    try:
+        from public_api import PUBLIC_MODULES
+    finally:
+        sys.path.pop(0)
+    return [
+        (f"{module}.{name}", value)
+        for module in PUBLIC_MODULES
+        for name, value in vars(importlib.import_module(module)).items()
+        if name in importlib.import_module(module).__all__ and inspect.isclass(value)
+    ]
+
+
+def entry(site: dict[str, str], identifier: str) -> str:
+    """The HTML of one object's entry, from its heading to its first member's."""
+    for page in site.values():
+        start = page.find(f'id="{identifier}"')
+        if start != -1:
+            end = page.find('class="doc doc-object doc-', start)
+            return page[start : end if end != -1 else None]
+    raise AssertionError(f"{identifier} has no entry in the built reference")
+
+
+def text(html_text: str) -> str:
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", "", html_text)).split())
+
+
+def _constructs(cls: type) -> bool:
+    """Whether conngrpc defines an ``__init__`` for ``cls`` (a Protocol's is no constructor)."""
+    if getattr(cls, "_is_protocol", False):
+        return False
+    return any(
+        "__init__" in vars(base) for base in cls.__mro__ if base.__module__.startswith("conngrpc")
+    )
+
+
+@pytest.mark.parametrize(("identifier", "cls"), public_classes(), ids=lambda value: str(value))
+def test_every_class_shows_its_constructor_and_its_docstring(
+    site: dict[str, str], identifier: str, cls: type
+) -> None:
+    html_text = entry(site, identifier)
+    signature = re.search(r'<div class="doc-signature highlight"><pre>(.*?)</pre>', html_text, re.S)
+    shown = text(signature.group(1)) if signature else ""
+    if _constructs(cls) and identifier not in NO_CONSTRUCTOR:
+        assert shown.startswith(f"{cls.__name__}("), (identifier, shown)
+    else:
+        assert not shown, (identifier, shown)
+    # the docstring's first paragraph, its longest run of words outside markup
+    summary = (inspect.getdoc(cls) or "").split("\n\n")[0]
+    words = max(re.split(r"``[^`]*``|:\w+:`[^`]*`|[*_]", summary), key=len).strip(" .,;:")
+    assert len(words) > 10, (identifier, summary)
+    assert " ".join(words.split()) in text(html_text), (identifier, words)

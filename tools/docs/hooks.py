@@ -4,7 +4,8 @@ A page of docs/reference/ asks for a table with a marker, which is replaced here
 
 - ``<!-- conngrpc-public-names -->``: every public name, one line each, linked to its entry;
 - ``<!-- conngrpc-settings: pool -->``: a pool's settings (the keys of ``PoolSettings``,
-  their types, the defaults ``ResolvedSettings`` gives them, and their ``#:`` comments);
+  their types, the defaults ``ResolvedSettings`` gives them, and their ``#:`` comments); a
+  default of None that the setting's type does not take reads "unset";
 - ``<!-- conngrpc-settings: channel -->``: ``ChannelConfig``'s fields, the same way;
 - ``<!-- conngrpc-errors -->``: the error classes as a tree, from ``ConnGRPCError`` down.
 
@@ -91,47 +92,35 @@ def _summary(obj: griffe.Object | griffe.Alias, what: str) -> str:
     return paragraph.split(". ", 1)[0].removesuffix(".") + "."
 
 
-def _type(annotation: object, names: PublicNames) -> str:
-    """An annotation as source text, conngrpc's private type aliases spelt out."""
-    if not isinstance(annotation, griffe.Expr):
-        return str(annotation)
-    if isinstance(annotation, griffe.ExprName):
-        return _name(annotation, names)
-    parts = []
-    for part in annotation.iterate(flat=True):
-        if isinstance(part, griffe.ExprName):
-            spelt = _name(part, names)
-            parts.append(f"({spelt})" if spelt != part.name and "|" in spelt else spelt)
-        else:
-            parts.append(str(part))
-    return "".join(parts)
-
-
-def _name(name: griffe.ExprName, names: PublicNames) -> str:
-    """A name in an annotation; a private alias of conngrpc's becomes its value."""
-    path = name.canonical_path
-    if path.startswith("conngrpc.") and names.public_path(path) is None:
-        try:
-            target = names.collection[path]
-        except KeyError:
-            return name.name
-        if target.is_attribute and target.value is not None:
-            return _type(target.value, names)
-    return name.name
-
-
 def _settings_table(owner: str, keys: list[str], defaults: dict[str, str], anchor: str) -> str:
     """name | type | default | meaning, one row per key of the class at ``owner``."""
-    package, names = _loaded()
+    package, _ = _loaded()
     cls = package[owner.removeprefix("conngrpc.")]
     rows = ["| Setting | Type | Default | Meaning |", "| --- | --- | --- | --- |"]
     for key in keys:
         attribute = cls.members[key]
         meaning = _cell(_docstring(attribute, f"{owner}.{key}"))
-        kind = f"`{_type(attribute.annotation, names)}`"
+        # private type aliases are spelt out already (sphinx_roles.expand_private_aliases)
+        kind = f"`{attribute.annotation}`"
         default = defaults.get(key, "required")
+        if default == _NONE and not _takes_none(attribute.annotation):
+            # None stands for "not given" and may not be passed (child_spec refuses it):
+            # the setting's comment says what leaving it unset does
+            default = "unset"
         rows.append(f"| [](){{#{anchor}.{key}}}`{key}` | {kind} | {default} | {meaning} |")
     return "\n".join(rows) + "\n"
+
+
+#: A default of None, as the table shows it when None is a value the type takes.
+_NONE = "`None`"
+
+
+def _takes_none(annotation: object) -> bool:
+    """Whether an annotation (an Expr) lets None be given: ``X | None`` (ruff's UP rules
+    keep conngrpc from writing ``Optional[X]``)."""
+    if isinstance(annotation, griffe.ExprBinOp) and annotation.operator == "|":
+        return _takes_none(annotation.left) or _takes_none(annotation.right)
+    return str(annotation) == "None"
 
 
 def _defaults(cls: type) -> dict[str, str]:

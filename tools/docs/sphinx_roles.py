@@ -9,16 +9,23 @@ this extension:
   target resolved in the docstring's scope (as Python would) and then to the public path
   when the name is exported (``conngrpc.pool.pool.Pool`` is documented as
   ``conngrpc.Pool``). A name outside conngrpc (``ValueError``, ``grpc.aio.Channel``)
-  becomes plain code: the site loads no other site's inventory. A name that resolves to
-  nothing stays a reference to itself, which autorefs reports as unresolved: the strict
-  build fails on it;
+  becomes plain code: the site loads no other site's inventory. It is checked first: its
+  module imported and the rest walked as attributes; one that names nothing there logs a
+  warning (``grpc.aio.Chanel``), which fails the strict build, and one whose module does
+  not import here (an optional dependency) is taken as written. A conngrpc name that
+  resolves to nothing stays a reference to itself, which autorefs reports as
+  unresolved: the strict build fails on it too;
 - links the exception of each ``:raises X:`` field the same way;
 - turns each ``::`` literal block into a fenced code block;
 - reads ``#:`` comments above an attribute as its docstring (Sphinx autodoc's form), and
   shows no value for one set in ``__init__`` (its value there is a parameter's name);
 - hides a member whose docstring says ``:meta private:`` (autodoc's form again): public by
   name for conngrpc's own use, not part of the API;
-- leaves out of "Bases:" a base class that conngrpc does not export (``Declared``).
+- leaves out of "Bases:" a base class that conngrpc does not export (``Declared``);
+- spells out, in the annotations of what the reference renders (parameters, returns,
+  attributes), each type alias that conngrpc does not export (``Strategy`` becomes
+  ``Literal['one_for_one', ...]``): a reader could not look the alias's name up. The other
+  names stay names, so they still link.
 
 Listed in mkdocs.yml under the Python handler's ``extensions``.
 """
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import dataclasses
 import importlib.util
 import re
 import sys
@@ -40,7 +48,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from public_api import PUBLIC_MODULES
 
-__all__ = ["PublicNames", "SphinxRoles", "convert_docstring", "convert_roles", "target_of"]
+__all__ = [
+    "PublicNames",
+    "SphinxRoles",
+    "convert_docstring",
+    "convert_roles",
+    "expand_annotations",
+    "expand_private_aliases",
+    "missing_external",
+    "target_of",
+]
 
 
 #: A role's target resolved outside conngrpc: shown as code, not linked.
@@ -159,6 +176,55 @@ def _language(code: str) -> str:
     return "python"
 
 
+def missing_external(path: str) -> str | None:
+    """Why a dotted path outside conngrpc (``grpc.aio.Channel``, ``ValueError``) names
+    nothing, found by importing its longest module and walking the rest as attributes;
+    None when it names something, or cannot be checked here (its module, or one that
+    module needs, is not installed: an optional dependency's name is taken as written)."""
+    parts = path.split(".")
+    found: object = builtins
+    walked = 0
+    if parts[0] not in vars(builtins):
+        for end in range(len(parts), 0, -1):
+            module = ".".join(parts[:end])
+            try:
+                found = importlib.import_module(module)
+            except ModuleNotFoundError as error:
+                missing = error.name or ""
+                if module == missing or module.startswith(missing + "."):
+                    continue  # no module by that name: a shorter one, then attributes
+                return None  # it needs a module not installed here
+            except Exception:  # a module that does not import here
+                return None
+            walked = end
+            break
+        else:
+            return None  # not installed here
+    for index in range(walked, len(parts)):
+        name = parts[index]
+        if hasattr(found, name):
+            found = getattr(found, name)
+        elif _instance_attribute(found, name):
+            return None  # set on instances: nothing further to walk
+        else:
+            owner = ".".join(parts[:index]) or "builtins"
+            return f"{owner} has no attribute {name!r}"
+    return None
+
+
+def _instance_attribute(cls: object, name: str) -> bool:
+    """Whether ``name`` is declared for a class's instances (annotated, or a slot)."""
+    if not isinstance(cls, type):
+        return False
+    for klass in cls.__mro__:
+        slots = vars(klass).get("__slots__", ())
+        if name in vars(klass).get("__annotations__", {}) or name in (
+            (slots,) if isinstance(slots, str) else slots
+        ):
+            return True
+    return False
+
+
 def target_of(obj: griffe.Object | griffe.Alias) -> griffe.Object:
     """The object itself, or the one an alias (an import) finally stands for."""
     return obj.final_target if isinstance(obj, griffe.Alias) else obj
@@ -167,13 +233,19 @@ def target_of(obj: griffe.Object | griffe.Alias) -> griffe.Object:
 class PublicNames:
     """Where each public name of conngrpc lives, and how a role's target resolves to one."""
 
-    def __init__(self, collection: griffe.ModulesCollection) -> None:
+    def __init__(
+        self, collection: griffe.ModulesCollection, modules: tuple[str, ...] = PUBLIC_MODULES
+    ) -> None:
         self.collection = collection
+        #: the public modules, in the order a short name is looked up; the package first
+        self.modules = modules
+        #: the package's name ("conngrpc")
+        self.package = modules[0].split(".", 1)[0]
         #: canonical path -> public path, the first public module that exports it winning
         self.public: dict[str, str] = {}
         #: public module -> the names its ``__all__`` exports
         self.exports: dict[str, list[str]] = {}
-        for module_path in PUBLIC_MODULES:
+        for module_path in modules:
             module = collection[module_path]
             names = [str(name) for name in module.exports or ()]
             self.exports[module_path] = names
@@ -196,7 +268,7 @@ class PublicNames:
         EXTERNAL when it is not conngrpc's, or None when it is nothing known."""
         head, _, rest = target.partition(".")
         path: str | None = None
-        if head == "conngrpc":
+        if head == self.package:
             path = target
         else:
             try:
@@ -206,9 +278,15 @@ class PublicNames:
             if path is not None and rest:
                 path = f"{path}.{rest}"
         if path is None:
-            known = head in vars(builtins) or importlib.util.find_spec(head) is not None
-            return EXTERNAL if known else None
-        if path.split(".", 1)[0] != "conngrpc":
+            # neither a name of the docstring's module nor an exported one: a builtin, or a
+            # dotted path from a top-level module
+            if head not in vars(builtins) and importlib.util.find_spec(head) is None:
+                return None
+            path = target
+        if path.split(".", 1)[0] != self.package:
+            missing = missing_external(path)
+            if missing is not None:
+                griffe.logger.warning(f"{scope.path}: {target!r} names nothing: {missing}")
             return EXTERNAL
         try:
             found = self.collection[path]
@@ -220,12 +298,35 @@ class PublicNames:
     def _exported(self, name: str, scope: griffe.Object) -> str | None:
         """The canonical path of a public name, the scope's own public module first."""
         own = self.public_path(scope.canonical_path) or ""
-        modules = sorted(PUBLIC_MODULES, key=lambda module: not own.startswith(module + "."))
+        modules = sorted(self.modules, key=lambda module: not own.startswith(module + "."))
         for module in modules:
             if name in self.exports[module]:
                 member = self.collection[module].members[name]
                 return target_of(member).path
         return None
+
+    def private_alias(self, expr: griffe.Expr) -> tuple[str, griffe.Expr] | None:
+        """The path and value of the type alias a name in an annotation stands for, when it
+        is the package's and not exported; None for any other name or expression."""
+        if not isinstance(expr, (griffe.ExprName, griffe.ExprAttribute)):
+            return None
+        path = expr.canonical_path
+        if path.split(".", 1)[0] != self.package or self.public_path(path) is not None:
+            return None
+        try:
+            found = target_of(self.collection[path])
+        except (KeyError, griffe.AliasResolutionError, griffe.CyclicAliasError):
+            return None
+        if self.public_path(found.path) is not None or not (
+            found.is_type_alias
+            or (found.is_attribute and found.parent is not None and found.parent.is_module)
+        ):
+            return None
+        value = found.value
+        # A TypeVar, NewType, ... is a call: its name is what a signature should show.
+        if not isinstance(value, griffe.Expr) or isinstance(value, griffe.ExprCall):
+            return None
+        return found.path, value
 
     def documented(self) -> Iterator[griffe.Object]:
         """Every object the reference renders: the public names and their members."""
@@ -260,6 +361,10 @@ class SphinxRoles(griffe.Extension):
         if pkg.name != "conngrpc":
             return
         names = PublicNames(loader.modules_collection)
+        # Before griffe's dataclasses extension (always loaded last) copies the fields'
+        # annotations into each __init__, and before any docstring is parsed.
+        for obj in list(names.documented()):
+            expand_annotations(obj, names)
         private = []
         for obj in list(_walk(pkg, set())):
             if obj.is_attribute and obj.docstring is None:
@@ -285,6 +390,53 @@ class SphinxRoles(griffe.Extension):
                 _drop_private_bases(obj, names)
             if obj.docstring is not None:
                 _link_raises(obj, names)
+
+
+def expand_private_aliases(
+    expr: griffe.Expr, names: PublicNames, seen: frozenset[str] = frozenset()
+) -> griffe.Expr:
+    """``expr`` with each name of a private type alias replaced by the alias's value,
+    recursively; ``expr`` itself when it has none. The tree is rebuilt, never changed in
+    place: an alias's value is shared by every annotation that names it."""
+    alias = names.private_alias(expr)
+    if alias is not None:
+        path, value = alias
+        if path in seen:  # an alias that names itself: leave the name
+            return expr
+        return expand_private_aliases(value, names, seen | {path})
+    if isinstance(expr, (griffe.ExprName, griffe.ExprAttribute)):
+        return expr  # a name to link, or a dotted one whose parts are names
+    changes = {}
+    for field in dataclasses.fields(expr):
+        value = getattr(expr, field.name)
+        expanded = _expand_value(value, names, seen)
+        if expanded is not value:
+            changes[field.name] = expanded
+    return dataclasses.replace(expr, **changes) if changes else expr
+
+
+def _expand_value(value: object, names: PublicNames, seen: frozenset[str]) -> object:
+    """A field of an Expr, expanded: an Expr, or a list or tuple of them (and strings)."""
+    if isinstance(value, griffe.Expr):
+        return expand_private_aliases(value, names, seen)
+    if isinstance(value, (list, tuple)):
+        items = [_expand_value(item, names, seen) for item in value]
+        if any(new is not old for new, old in zip(items, value, strict=True)):
+            return type(value)(items)
+    return value
+
+
+def expand_annotations(obj: griffe.Object, names: PublicNames) -> None:
+    """``obj``'s annotations (parameters and return, or its own) with private type aliases
+    spelt out."""
+    if isinstance(obj, griffe.Function):
+        for parameter in obj.parameters:
+            if isinstance(parameter.annotation, griffe.Expr):
+                parameter.annotation = expand_private_aliases(parameter.annotation, names)
+        if isinstance(obj.returns, griffe.Expr):
+            obj.returns = expand_private_aliases(obj.returns, names)
+    elif isinstance(obj, griffe.Attribute) and isinstance(obj.annotation, griffe.Expr):
+        obj.annotation = expand_private_aliases(obj.annotation, names)
 
 
 def _comment_docstring(attr: griffe.Object, loader: griffe.GriffeLoader) -> None:
