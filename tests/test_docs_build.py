@@ -40,25 +40,45 @@ def mkdocs_command() -> tuple[dict[str, str], list[str]]:
     return env, arguments
 
 
-def build(tmp_path: Path, role: str | None = None) -> subprocess.CompletedProcess[str]:
-    """``make docs``'s build of a copy of the site whose ConnGRPCError docstring names
-    ``role`` (unchanged without one)."""
+#: Roles that name something: conngrpc's, another package's (checked by importing it), one
+#: the module imports (collections.abc's).
+NAMING_SOMETHING = ":class:`Pool`, :class:`grpc.aio.Channel`, :class:`Hashable`"
+
+#: Roles that name nothing, each with what the failed build says of it.
+NAMING_NOTHING = {
+    ":class:`NoSuchName`": "Could not find cross-reference target 'NoSuchName'",
+    ":meth:`Pool.no_such`": "Could not find cross-reference target 'Pool.no_such'",
+    # outside conngrpc: grpc.aio imported, Chanel looked up in it
+    ":class:`grpc.aio.Chanel`": (
+        "'grpc.aio.Chanel' names nothing: grpc.aio has no attribute 'Chanel'"
+    ),
+    # a name the module imports (collections.abc's), then an attribute of it
+    ":meth:`Hashable.__hsh__`": (
+        "'Hashable.__hsh__' names nothing: collections.abc.Hashable has no attribute '__hsh__'"
+    ),
+}
+
+
+def build(root: Path, roles: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``make docs``'s build of a copy of the site whose ConnGRPCError docstring gains a
+    paragraph naming ``roles`` (unchanged without them)."""
     for source in SITE_SOURCES:
         if (ROOT / source).is_dir():
             shutil.copytree(
-                ROOT / source, tmp_path / source, ignore=shutil.ignore_patterns("__pycache__")
+                ROOT / source, root / source, ignore=shutil.ignore_patterns("__pycache__")
             )
         else:
-            shutil.copy(ROOT / source, tmp_path / source)
-    if role is not None:
-        errors = tmp_path / "conngrpc" / "errors.py"
+            shutil.copy(ROOT / source, root / source)
+    if roles is not None:
+        errors = root / "conngrpc" / "errors.py"
         text = errors.read_text()
         assert DOCSTRING in text
-        errors.write_text(text.replace(DOCSTRING, f'"""Base class; see {role}."""'))
+        changed = f'{DOCSTRING[:-3]}\n\n    See {roles}.\n    """'
+        errors.write_text(text.replace(DOCSTRING, changed))
     env, arguments = mkdocs_command()
     return subprocess.run(
         [sys.executable, "-m", "mkdocs", *arguments],
-        cwd=tmp_path,
+        cwd=root,
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -67,47 +87,48 @@ def build(tmp_path: Path, role: str | None = None) -> subprocess.CompletedProces
     )
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, int]:
+    """One build (each takes seconds) of a copy whose ConnGRPCError docstring names the
+    roles above, those naming something and those naming nothing: its root, its output
+    and its exit status. MkDocs writes every page before a strict build gives up."""
+    root = tmp_path_factory.mktemp("site")
+    result = build(root, ", ".join([NAMING_SOMETHING, *NAMING_NOTHING]))
+    return root, result.stdout + result.stderr, result.returncode
+
+
 def test_the_command_is_read_from_the_makefile() -> None:
     env, arguments = mkdocs_command()
     assert arguments[:2] == ["build", "--strict"]
     assert env == {"NO_MKDOCS_2_WARNING": "1"}
 
 
-def test_roles_that_name_something_build(tmp_path: Path) -> None:
-    # conngrpc's, another package's (checked by importing it), one the module imports
-    result = build(tmp_path, ":class:`Pool`, :class:`grpc.aio.Channel`, :class:`Hashable`")
-    output = result.stdout + result.stderr
-
-    assert result.returncode == 0, output
-    page = (tmp_path / "site/reference/errors/index.html").read_text()
+def test_roles_that_name_something_link_or_show_as_code(built: tuple[Path, str, int]) -> None:
+    root, output, _ = built
+    for name in ("'Pool'", "grpc.aio.Channel'", "'Hashable'"):
+        assert f"{name} names nothing" not in output
+        assert f"target {name}" not in output
+    page = (root / "site/reference/errors/index.html").read_text()
     assert 'href="../pool/#conngrpc.Pool"' in page
     assert "<code>grpc.aio.Channel</code>" in page
     assert "<code>Hashable</code>" in page
 
 
-@pytest.mark.parametrize(
-    ("role", "error"),
-    [
-        (":class:`NoSuchName`", "Could not find cross-reference target 'NoSuchName'"),
-        (":meth:`Pool.no_such`", "Could not find cross-reference target 'Pool.no_such'"),
-        # outside conngrpc: grpc.aio imported, Chanel looked up in it
-        (
-            ":class:`grpc.aio.Chanel`",
-            "'grpc.aio.Chanel' names nothing: grpc.aio has no attribute 'Chanel'",
-        ),
-        # a name the module imports (collections.abc's), then an attribute of it
-        (
-            ":meth:`Hashable.__hsh__`",
-            "'Hashable.__hsh__' names nothing: collections.abc.Hashable has no attribute '__hsh__'",
-        ),
-    ],
-)
-def test_a_role_that_names_nothing_fails_the_build(tmp_path: Path, role: str, error: str) -> None:
-    result = build(tmp_path, role)
-    output = result.stdout + result.stderr
+@pytest.mark.parametrize(("role", "error"), NAMING_NOTHING.items())
+def test_a_role_that_names_nothing_fails_the_build(
+    built: tuple[Path, str, int], role: str, error: str
+) -> None:
+    _, output, returncode = built
 
-    assert result.returncode != 0, f"the build passed with {role} in a docstring:\n{output}"
+    assert returncode != 0, f"the build passed with {role} in a docstring:\n{output}"
     assert error in output, output
+
+
+def test_the_site_as_it_is_builds(tmp_path: Path) -> None:
+    # the pages the tests below read come from the failed build above: the real site
+    # must build too (make docs builds it; this is the same command on the same copy)
+    result = build(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- every public class, as the built reference shows it -----------------------------------
@@ -122,11 +143,10 @@ NO_CONSTRUCTOR = {
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The reference pages of ``make docs``'s build of the site as it is: path -> HTML."""
-    root = tmp_path_factory.mktemp("site")
-    result = build(root)
-    assert result.returncode == 0, result.stdout + result.stderr
+def site(built: tuple[Path, str, int]) -> dict[str, str]:
+    """The reference pages of that build: path -> HTML. Its one changed docstring gained a
+    paragraph after the first, which is what the test below reads."""
+    root, _, _ = built
     return {str(page): page.read_text() for page in (root / "site/reference").glob("*/index.html")}
 
 
