@@ -63,7 +63,7 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 	$(BIN)/python tools/check_site.py site
 
-# The site on 127.0.0.1:8000, rebuilt as docs/ changes.
+# The site on 127.0.0.1:8000, rebuilt as docs/, the docstrings or the changelog change.
 docs-serve: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
 
