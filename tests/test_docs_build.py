@@ -20,6 +20,7 @@ import types
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,6 +103,13 @@ def test_the_command_is_read_from_the_makefile() -> None:
     env, arguments = mkdocs_command()
     assert arguments[:2] == ["build", "--strict"]
     assert env == {"NO_MKDOCS_2_WARNING": "1"}
+
+
+def test_docs_serve_rebuilds_when_anything_the_build_reads_changes() -> None:
+    # mkdocs serve watches docs/ and mkdocs.yml itself; the rest, only if listed
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    watched = {"docs", "mkdocs.yml", *config.get("watch", [])}
+    assert set(SITE_SOURCES) <= watched, set(SITE_SOURCES) - watched
 
 
 def test_roles_that_name_something_link_or_show_as_code(built: tuple[Path, str, int]) -> None:
