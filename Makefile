@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m conngrpc demo
 
-# make test: ruff, mypy and the tests without the slow tier (under 3 minutes on 2 cores).
+# make test: ruff, mypy and the tests without the slow tier (about 3 minutes on 2 cores).
 test: lint typecheck unit
 
 # pytest on every supported Python found (PYTHON310=... style overrides, python3.X on
