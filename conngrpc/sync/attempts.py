@@ -33,7 +33,7 @@ from ..pool.calls import FailedCall, within
 from ..pool.handout import Slot
 from ..pool.retry import Attempts, Ended
 from ..pool.service_config import MethodPolicy
-from .channel import finished, when_done
+from .channel import OwnThread, finished, when_done
 from .failed import failed_call
 from .runtime import ThreadRuntime
 
@@ -49,6 +49,7 @@ __all__ = [
     "attempts_of",
     "call_with_policy",
     "deliver",
+    "ended_of",
     "forget_after_fork",
     "future_when_ready",
     "future_with_policy",
@@ -305,15 +306,7 @@ def call_with_policy(
         response, call = multicallable._real(slot).with_call(request, **options)
     except grpc.RpcError as error:
         multicallable._end(runtime, slot, carrying, error)
-        failure: Any = error
-        ended = Ended(
-            error,
-            slot,
-            error.code(),
-            committed=bool(failure.initial_metadata()),
-            details=failure.details(),
-            metadata=failure.trailing_metadata(),
-        )
+        ended = ended_of(error, error, slot)
         pause = plan.after(ended)
         if pause is None:
             raise
@@ -392,50 +385,36 @@ def future_when_ready(
     return PolicyFuture(runtime, _on_loop(runtime, start()), None, deadline)
 
 
-class _Callbacks:
-    """The thread that runs the done callbacks of the futures whose calls the pool's
-    thread sent (never that thread: a callback may block, or call through the pool).
-    It starts with the first callback and ends once none is left."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._due: list[tuple[Callable[[Any], None], Any]] = []
-        self._thread: threading.Thread | None = None
-
-    def deliver(self, fn: Callable[[Any], None], future: Any) -> None:
-        with self._lock:
-            self._due.append((fn, future))
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="conngrpc.sync callbacks", daemon=True
-                )
-                self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                if not self._due:
-                    self._thread = None
-                    return
-                fn, future = self._due.pop(0)
-            try:
-                fn(future)
-            except Exception as error:  # as grpc: logged, and the others still run
-                _log.error("a done callback of a conngrpc.sync future raised", exc_info=error)
-
-    def forget_after_fork(self) -> None:
-        """A forked child's: the parent's thread stayed there."""
-        self._lock = threading.Lock()
-        self._due = []
-        self._thread = None
+def ended_of(call: Any, outcome: Any, slot: Slot, *, committed: bool = False) -> Ended:
+    """How ``call`` ended, for its policy: read from ``outcome``, the grpc sync call or
+    the ``grpc.RpcError`` it raised (which is one). Committed by response headers, or
+    by ``committed`` (its requests no longer fit the retry buffer)."""
+    return Ended(
+        call,
+        slot,
+        outcome.code(),
+        committed=bool(outcome.initial_metadata()) or committed,
+        details=outcome.details(),
+        metadata=outcome.trailing_metadata(),
+    )
 
 
-_callbacks = _Callbacks()
+def _run_callback(due: tuple[Callable[[Any], None], Any]) -> None:
+    fn, future = due
+    try:
+        fn(future)
+    except Exception as error:  # as grpc: logged, and the others still run
+        _log.error("a done callback of a conngrpc.sync future raised", exc_info=error)
+
+
+#: Runs the done callbacks of the futures whose calls the pool's thread sent (never that
+#: thread: a callback may block, or call through the pool).
+_callbacks = OwnThread("conngrpc.sync callbacks", _run_callback)
 
 
 def deliver(fn: Callable[[Any], None], future: Any) -> None:
     """Call ``fn(future)`` on the callbacks' thread."""
-    _callbacks.deliver(fn, future)
+    _callbacks.put((fn, future))
 
 
 def forget_after_fork() -> None:

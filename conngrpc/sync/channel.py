@@ -18,12 +18,13 @@ worker, which reconnects.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 import anyio
 import grpc
@@ -38,6 +39,7 @@ from ..errors import ConnectFailedError
 
 __all__ = [
     "STATE_POLL_SECONDS",
+    "OwnThread",
     "SyncConnector",
     "ThreadChannel",
     "Watcher",
@@ -52,6 +54,8 @@ __all__ = [
 #: How often a sync pool's loop reads the state of the channels its workers watch. A
 #: lost connection is skipped by the pick at once; this is how soon its worker hears.
 STATE_POLL_SECONDS = 0.02
+
+T = TypeVar("T")
 
 _READY = grpc.ChannelConnectivity.READY
 _FAILED = grpc.ChannelConnectivity.TRANSIENT_FAILURE
@@ -243,7 +247,7 @@ class ThreadChannel(grpc.Channel):
         with self._closing:
             self.closed = True
         if later:
-            _closer.close(self._raw)
+            _closer.put(self._raw)
         else:
             self._raw.close()
 
@@ -387,43 +391,52 @@ def _counted(responses: Any, done: Callable[[Any], None]) -> Any:
         done(None)
 
 
-class _Closer:
-    """Closes the channels its pools let go of, in a thread of its own, one after the
-    other (grpc's ``close()`` may wait on the program; see :meth:`ThreadChannel.close_now`).
-    The thread starts with the first channel to close and ends once none is left."""
+class OwnThread(Generic[T]):
+    """Hands each item put to ``handle``, one after the other, in order, in a thread of
+    its own (never the caller's, which may be the pool's). The thread starts with the
+    first item and ends once none is left."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._channels: list[grpc.Channel] = []
-        self._thread: threading.Thread | None = None
+    _lock: threading.Lock
+    _due: collections.deque[T]
+    _thread: threading.Thread | None
 
-    def close(self, channel: grpc.Channel) -> None:
+    def __init__(self, name: str, handle: Callable[[T], None]) -> None:
+        self._name = name
+        self._handle = handle
+        self.forget_after_fork()
+
+    def put(self, item: T) -> None:
         with self._lock:
-            self._channels.append(channel)
+            self._due.append(item)
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="conngrpc.sync closer", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
 
     def _run(self) -> None:
         while True:
             with self._lock:
-                if not self._channels:
+                if not self._due:
                     self._thread = None
                     return
-                channel = self._channels.pop(0)
-            with contextlib.suppress(Exception):  # closing is all that is left to do
-                channel.close()
+                item = self._due.popleft()
+            self._handle(item)
 
     def forget_after_fork(self) -> None:
-        """A forked child's: the parent's channels stay unclosed, its thread stayed."""
+        """None due, no thread: as made, and in a forked child, whose parent's thread
+        and items stayed in the parent."""
         self._lock = threading.Lock()
-        self._channels = []
+        self._due = collections.deque()
         self._thread = None
 
 
-_closer = _Closer()
+def _close(channel: grpc.Channel) -> None:
+    with contextlib.suppress(Exception):  # closing is all that is left to do
+        channel.close()
+
+
+#: Closes the channels its pools let go of, one after the other, in a thread of its own
+#: (grpc's ``close()`` may wait on the program; see :meth:`ThreadChannel.close_now`).
+_closer = OwnThread("conngrpc.sync closer", _close)
 
 
 class _UnaryResponse:

@@ -30,7 +30,14 @@ from ..pool.calls import within
 from ..pool.handout import Slot
 from ..pool.retry import Ended, serialized_size, with_previous
 from ..pool.service_config import MethodPolicy
-from .attempts import ROOM_POLL_SECONDS, AnsweredLater, attempts_of, deliver, room
+from .attempts import (
+    ROOM_POLL_SECONDS,
+    AnsweredLater,
+    attempts_of,
+    deliver,
+    ended_of,
+    room,
+)
 from .channel import when_done
 from .failed import failed_call
 from .runtime import ThreadRuntime
@@ -153,15 +160,7 @@ def client_stream_with_policy(
             response, call = multicallable._real(slot).with_call(replay.view(), **sent)
         except grpc.RpcError as error:
             multicallable._end(runtime, slot, carrying, error)
-            failure: Any = error
-            ended = Ended(
-                error,
-                slot,
-                error.code(),
-                committed=bool(failure.initial_metadata()) or replay.committed,
-                details=failure.details(),
-                metadata=failure.trailing_metadata(),
-            )
+            ended = ended_of(error, error, slot, committed=replay.committed)
             pause = plan.after(ended)
             if pause is None:
                 raise
@@ -297,15 +296,8 @@ class RetriedStream(AnsweredLater):
                 callbacks = self._settled(call)
             else:
                 requests = self._requests
-                ended = Ended(
-                    call,
-                    slot,
-                    code,
-                    committed=bool(outcome.initial_metadata())
-                    or (requests is not None and requests.committed),
-                    details=outcome.details(),
-                    metadata=outcome.trailing_metadata(),
-                )
+                replayed_past = requests is not None and requests.committed
+                ended = ended_of(call, outcome, slot, committed=replayed_past)
                 pause = self._plan.after(ended)
                 allowed = pause is not None and self._plan.may_send(self._attempts.sent)
                 deadline = self._deadline
