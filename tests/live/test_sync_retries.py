@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from bench.retries import RETRY_CONFIG
-from conngrpc import sync, telemetry
+from conngrpc import ChildSpec, sync, telemetry
 from conngrpc._server import SLEEP_METHOD, ServerProcess
 from conngrpc.pool.retry import HEDGE, PREVIOUS_ATTEMPTS, RETRY
 from conngrpc.pool.runtime import thread_pools
@@ -61,23 +61,29 @@ def scripted(script: Script, count: int = 3) -> Iterator[list[Scripted]]:
         loop.close()
 
 
-@contextmanager
-def pool(
+def spec_of(
     name: str, backends: list[Scripted], config: dict[str, Any], size: int | None = None
-) -> Iterator[grpc.Channel]:
+) -> ChildSpec:
+    """A sync pool over ``backends`` (one channel each unless ``size``), given ``config``."""
     addresses = "ipv4:" + ",".join(backend.address for backend in backends)
     channel = {
         "address": addresses,
         "backoff": LIVE_BACKOFF,
         "options": NO_GRPC_RETRIES,
     }
-    spec = sync.Pool.child_spec(
+    return sync.Pool.child_spec(
         name=name,
         pool_size=size or len(backends),
         channel=channel,
         service_config=json.dumps(config),
     )
-    with sync.Supervisor([spec]):
+
+
+@contextmanager
+def pool(
+    name: str, backends: list[Scripted], config: dict[str, Any], size: int | None = None
+) -> Iterator[grpc.Channel]:
+    with sync.Supervisor([spec_of(name, backends, config, size)]):
         sync.Pool.wait_connected(name, timeout=WAIT_LIMIT)
         yield sync.Pool.channel(name)
 
@@ -346,14 +352,7 @@ def test_a_future_under_a_policy_answers_a_deadline_and_a_cancel_as_grpcs(
 def test_stopping_the_pool_during_a_backoff_fails_the_call_as_unavailable(pool_name: str) -> None:
     slow = retry_config(backoff="3600s")
     with scripted(fail_first()) as backends:
-        addresses = "ipv4:" + ",".join(backend.address for backend in backends)
-        spec = sync.Pool.child_spec(
-            name=pool_name,
-            pool_size=3,
-            channel={"address": addresses, "options": NO_GRPC_RETRIES},
-            service_config=json.dumps(slow),
-        )
-        supervisor = sync.Supervisor([spec]).start()
+        supervisor = sync.Supervisor([spec_of(pool_name, backends, slow)]).start()
         sync.Pool.wait_connected(pool_name, timeout=WAIT_LIMIT)
         future = sync.Pool.channel(pool_name).unary_unary(TRY).future(b"", timeout=60)
         wait_until_sync(lambda: len(received(backends)) == 1)  # failed: in its backoff
@@ -409,14 +408,7 @@ def test_a_retried_stream_dropped_is_cancelled_and_stopping_ends_one_in_its_back
 ) -> None:
     slow = retry_config(backoff="3600s")
     with scripted(fail_first()) as backends:
-        addresses = "ipv4:" + ",".join(backend.address for backend in backends)
-        spec = sync.Pool.child_spec(
-            name=pool_name,
-            pool_size=3,
-            channel={"address": addresses, "options": NO_GRPC_RETRIES},
-            service_config=json.dumps(slow),
-        )
-        supervisor = sync.Supervisor([spec]).start()
+        supervisor = sync.Supervisor([spec_of(pool_name, backends, slow)]).start()
         sync.Pool.wait_connected(pool_name, timeout=WAIT_LIMIT)
         method = sync.Pool.channel(pool_name).unary_stream(STREAM)
         waiting = method(b"")  # its first attempt fails: then a 0-3600 s backoff
